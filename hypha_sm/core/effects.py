@@ -1,0 +1,118 @@
+"""Outputs of the core: requests to the shell, named as imperatives.
+
+Every effect that can fail or finish later comes back as an event (``OfferDelivered`` /
+``OfferFailed``, ``JobStarted`` / ``JobExited``, ``StatusDelivered`` / ``StatusFailed``).
+Replies answer the ``reply_to`` token of the request they belong to.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from hypha_sm.core.policy import ExecutorSpec
+from hypha_sm.core.resources import Amounts
+
+JobStatus = Literal["running", "finished", "failed", "cancelled"]
+
+
+class _Effect(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class SendOffer(_Effect, tag="send_offer"):
+    """Offer a lease to the scheduler that advertised ``request_id``."""
+
+    lease_id: str
+    request_id: str
+    scheduler: str
+    reply_address: str
+    price: float
+    resources: Amounts
+    expires_wall: float
+
+
+class ReplyRenewed(_Effect, tag="reply_renewed"):
+    """Answer a renewal: the lease now runs until ``expires_wall``."""
+
+    reply_to: int
+    lease_id: str
+    expires_wall: float
+
+
+class ReplyRenewFailed(_Effect, tag="reply_renew_failed"):
+    """Answer a renewal with a refusal and its reason."""
+
+    reply_to: int
+    lease_id: str
+    reason: str
+
+
+class ReplyDispatched(_Effect, tag="reply_dispatched"):
+    """Answer a dispatch: the job started; the lease runs until ``expires_wall``."""
+
+    reply_to: int
+    job_id: str
+    lease_id: str
+    expires_wall: float
+
+
+class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed"):
+    """Answer a dispatch with a refusal and its reason."""
+
+    reply_to: int
+    job_id: str
+    reason: str
+
+
+class StartJob(_Effect, tag="start_job"):
+    """Start a job with this executor; report ``JobStarted`` or ``JobStartFailed``."""
+
+    job_id: str
+    lease_id: str
+    executor: ExecutorSpec
+    spec: str
+    work_dir_id: str
+    resources: Amounts
+
+
+class StopJob(_Effect, tag="stop_job"):
+    """Stop a job's whole process tree; report ``JobExited`` once every process is gone.
+
+    ``force`` skips the grace period (sent when an earlier stop is overdue).
+    """
+
+    job_id: str
+    force: bool
+
+
+class SendJobStatus(_Effect, tag="send_job_status"):
+    """Tell the dispatching scheduler how the job stands. Terminal reports are acknowledged."""
+
+    job_id: str
+    scheduler: str
+    status: JobStatus
+    exit_code: int | None
+    reason: str
+
+
+Effect = (
+    SendOffer
+    | ReplyRenewed
+    | ReplyRenewFailed
+    | ReplyDispatched
+    | ReplyDispatchFailed
+    | StartJob
+    | StopJob
+    | SendJobStatus
+)
+
+
+class NodeStopped(_Effect, tag="node_stopped"):
+    """Nothing is left running; the shell may exit. ``reason`` is drained or timed_out."""
+
+    reason: str
+
+
+Effect = Effect | NodeStopped

@@ -1,0 +1,236 @@
+"""The run-time engine: machine definitions bound to pure guards and actions, run by `transitions`.
+
+Each machine kind gets ONE ``transitions.Machine`` with ONE model object (a flyweight). To fire
+an event on a record, the engine loads the record's phase into the model, triggers the event,
+and copies the resulting phase back. The library evaluates the declared guards in order and runs
+the declared actions of the transition it picked, so the table in ``machines/`` is what runs;
+records stay plain ``__slots__`` objects (see docs/decisions.md for why and the measurements).
+
+Actions never trigger another record of their own kind directly (that would clobber the
+flyweight); they post internal events, which the state processes after the current transition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transitions import Machine
+
+from hypha_sm.core.errors import InvalidTransition, InvariantViolation, SpecError
+from hypha_sm.core.spec import MachineSpec
+
+if TYPE_CHECKING:
+    from hypha_sm.core.records import Record
+    from hypha_sm.core.state import WorkerState
+
+
+class Ctx:
+    """What a guard or action sees: the state, the record, and the event's payload."""
+
+    __slots__ = ("event", "fired", "rec", "state")
+
+    def __init__(self, state: WorkerState, rec: Any, event: Any) -> None:
+        self.state = state
+        self.rec = rec
+        self.event = event
+        self.fired = -1
+
+
+Guard = Callable[[Ctx], bool]
+Action = Callable[[Ctx], None]
+ActionWithArg = Callable[[Ctx, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The guards and actions one machine's definition may name. Registered explicitly."""
+
+    machine: str
+    guards: dict[str, Guard]
+    actions: dict[str, Action]
+    actions_with_arg: dict[str, ActionWithArg]
+
+    @classmethod
+    def new(cls, machine: str) -> Registry:
+        """An empty registry for ``machine``."""
+        return cls(machine, {}, {}, {})
+
+    def guard(self, fn: Guard) -> Guard:
+        """Register a pure predicate under its function name."""
+        self.guards[fn.__name__] = fn
+        return fn
+
+    def action(self, fn: Action) -> Action:
+        """Register an action that takes no argument."""
+        self.actions[fn.__name__] = fn
+        return fn
+
+    def action_with_arg(self, fn: ActionWithArg) -> ActionWithArg:
+        """Register an action written as ``name(arg)`` in the machine file."""
+        self.actions_with_arg[fn.__name__] = fn
+        return fn
+
+
+IGNORE = "ignore"
+HANDLE = "handle"
+
+
+class KindRuntime:
+    """One machine kind: its spec, its `transitions.Machine`, and its dispositions."""
+
+    def __init__(self, spec: MachineSpec, registry: Registry) -> None:
+        self.spec = spec
+        self.kind = spec.name
+        self.terminal = spec.terminal
+        self.deadline_event: dict[str, str] = {
+            s.name: s.deadline for s in spec.states if s.deadline is not None
+        }
+        #: (phase, event) -> HANDLE | IGNORE | reject reason
+        self.disposition: dict[tuple[str, str], str] = {}
+        self.rejects: set[tuple[str, str]] = set()
+        for state in spec.states:
+            for ev in state.ignore:
+                self.disposition[(state.name, ev)] = IGNORE
+            for ev, reason in state.reject.items():
+                self.disposition[(state.name, ev)] = reason
+                self.rejects.add((state.name, ev))
+        table = []
+        for t in spec.transitions:
+            self.disposition[(t.src, t.event)] = HANDLE
+            callbacks: list[Callable[[Ctx], None]] = [_marker(t.index)]
+            for ref in t.effects:
+                if ref.arg is None:
+                    if ref.name not in registry.actions:
+                        raise _unresolved(spec, t.src, ref.name, registry, "action")
+                    callbacks.append(registry.actions[ref.name])
+                else:
+                    if ref.name not in registry.actions_with_arg:
+                        raise _unresolved(spec, t.src, ref.name, registry, "action(arg)")
+                    callbacks.append(_bind(registry.actions_with_arg[ref.name], ref.arg))
+            conditions = []
+            if t.guard is not None:
+                if t.guard not in registry.guards:
+                    raise _unresolved(spec, t.src, t.guard, registry, "guard")
+                conditions.append(registry.guards[t.guard])
+            table.append(
+                {
+                    "trigger": t.event,
+                    "source": t.src,
+                    "dest": t.dst,  # None: an internal transition (no exit/enter)
+                    "conditions": conditions,
+                    "after": callbacks,
+                }
+            )
+        used_guards = {t.guard for t in spec.transitions if t.guard}
+        used_actions = {r.name for t in spec.transitions for r in t.effects}
+        for name in sorted(set(registry.guards) - used_guards):
+            raise spec.error(f"guard {name!r} is registered in code but no transition uses it")
+        unused = set(registry.actions) | set(registry.actions_with_arg)
+        for name in sorted(unused - used_actions):
+            raise spec.error(f"action {name!r} is registered in code but no transition uses it")
+
+        self.model = _Flyweight()
+        self.machine = Machine(
+            model=self.model,
+            states=[s.name for s in spec.states],
+            transitions=table,
+            initial=spec.initial,
+            auto_transitions=False,
+            send_event=False,
+            model_attribute="state",
+        )
+        self._busy = False
+
+    def fire(self, state: WorkerState, rec: Record, event: str, payload: object) -> None:
+        """Fire ``event`` on ``rec`` through the library; record the transition taken."""
+        src = rec._phase
+        disposition = self.disposition.get((src, event))
+        if disposition is None:
+            raise InvalidTransition(
+                self.kind, rec.key, src, event, "no transition, ignore or reject is declared"
+            )
+        if disposition is IGNORE:
+            state.trace.append((self.kind, rec.key, src, event, None, -1))
+            return
+        if disposition is not HANDLE:
+            state.reject(self.kind, rec.key, src, event, payload, disposition)
+            return
+        if self._busy:
+            raise InvariantViolation(f"re-entrant fire on {self.kind}: post an event instead")
+        ctx = Ctx(state, rec, payload)
+        before = rec.deadline
+        model = self.model
+        model.state = src
+        self._busy = True
+        try:
+            fired = model.trigger(event, ctx)
+        finally:
+            self._busy = False
+        if not fired or ctx.fired < 0:
+            raise InvalidTransition(self.kind, rec.key, src, event, "no declared transition fired")
+        if rec._phase != src:
+            raise InvalidTransition(
+                self.kind, rec.key, src, event, "an action changed the phase directly"
+            )
+        dst: str = model.state
+        rec._phase = dst
+        state.trace.append((self.kind, rec.key, src, event, dst, ctx.fired))
+        if dst in self.terminal:
+            state.drop(rec)
+        elif dst != src:
+            if dst in self.deadline_event:
+                if rec.deadline == before or rec.deadline == math.inf:
+                    raise InvariantViolation(
+                        f"{self.kind} {rec.key!r} entered {dst!r} without arming its deadline"
+                    )
+            else:
+                rec.deadline = math.inf
+
+
+class _Flyweight:
+    """The single model object of a kind's `transitions.Machine`; holds only the loaded phase."""
+
+    state: str
+
+
+def _marker(index: int) -> Callable[[Ctx], None]:
+    def mark(ctx: Ctx) -> None:
+        ctx.fired = index
+
+    return mark
+
+
+def _bind(fn: ActionWithArg, arg: str) -> Callable[[Ctx], None]:
+    def bound(ctx: Ctx) -> None:
+        fn(ctx, arg)
+
+    bound.__name__ = f"{fn.__name__}({arg})"
+    return bound
+
+
+def _unresolved(
+    spec: MachineSpec, state: str, name: str, registry: Registry, what: str
+) -> SpecError:
+    known = sorted(
+        registry.guards if what == "guard" else
+        registry.actions if what == "action" else registry.actions_with_arg
+    )
+    return spec.error(f"{what} {name!r} does not resolve; known: {known}", state)
+
+
+class Engine:
+    """Every machine kind, validated against its registry. Built once; shared by states."""
+
+    def __init__(self, specs: Mapping[str, MachineSpec], registries: Mapping[str, Registry]):
+        missing = sorted(set(registries) - set(specs))
+        if missing:
+            raise SpecError("machines/", missing[0], None, "code expects this machine; no file defines it")
+        extra = sorted(set(specs) - set(registries))
+        if extra:
+            spec = specs[extra[0]]
+            raise spec.error("no code registers guards and actions for this machine")
+        self.specs = dict(specs)
+        self.runtimes = {name: KindRuntime(specs[name], registries[name]) for name in specs}

@@ -1,0 +1,131 @@
+"""Inputs to the core: facts, named in the past tense.
+
+Remote events come from peers and may be hostile; result events report how an effect ended;
+commands come from the operator. Time is not a field: it arrives beside every event as ``Now``.
+``reply_to`` is an opaque token the shell maps back to the request waiting for an answer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from hypha_sm.core.policy import ExecutorRef
+from hypha_sm.core.resources import Amounts
+
+
+class Now(NamedTuple):
+    """The time of an input: ``mono`` for every deadline, ``wall`` only for what crosses the wire."""
+
+    mono: float
+    wall: float
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class AdvertisementReceived(_Event, tag="advertisement_received"):
+    """A scheduler advertised a job on ``hypha/worker``."""
+
+    request_id: str
+    scheduler: str
+    reply_address: str
+    resources: Amounts
+    executors: tuple[ExecutorRef, ...]
+    bid: float
+    #: Wall-clock time after which the scheduler no longer listens for offers.
+    expires_wall: float
+
+
+class RenewRequested(_Event, tag="renew_requested"):
+    """A peer asked to renew (or, the first time, accept) a lease."""
+
+    lease_id: str
+    peer: str
+    reply_to: int
+
+
+class DispatchRequested(_Event, tag="dispatch_requested"):
+    """A peer asked to run a job under a lease it holds."""
+
+    job_id: str
+    lease_id: str
+    peer: str
+    executor: ExecutorRef
+    #: The job spec, passed through to the executor untouched (JSON text).
+    spec: str
+    reply_to: int
+
+
+class OfferDelivered(_Event, tag="offer_delivered"):
+    """The scheduler acknowledged an offer."""
+
+    lease_id: str
+
+
+class OfferFailed(_Event, tag="offer_failed"):
+    """An offer could not be delivered."""
+
+    lease_id: str
+    reason: str
+
+
+class JobStarted(_Event, tag="job_started"):
+    """The executor started the job."""
+
+    job_id: str
+
+
+class JobStartFailed(_Event, tag="job_start_failed"):
+    """The executor could not start the job; nothing of it is left running."""
+
+    job_id: str
+    reason: str
+
+
+class JobExited(_Event, tag="job_exited"):
+    """The job ended and every process of it is gone. Negative codes are signals."""
+
+    job_id: str
+    exit_code: int
+
+
+class StatusDelivered(_Event, tag="status_delivered"):
+    """The scheduler acknowledged a job status report (``status`` says which one)."""
+
+    job_id: str
+    status: str
+
+
+class StatusFailed(_Event, tag="status_failed"):
+    """A job status report could not be delivered."""
+
+    job_id: str
+    status: str
+    reason: str
+
+
+class ShutdownRequested(_Event, tag="shutdown_requested"):
+    """The operator asked the node to stop: take no new work, cancel everything."""
+
+
+class Tick(_Event, tag="tick"):
+    """Time passed. Deadlines due at ``now`` fire (they also fire before any other input)."""
+
+
+Event = (
+    AdvertisementReceived
+    | RenewRequested
+    | DispatchRequested
+    | OfferDelivered
+    | OfferFailed
+    | JobStarted
+    | JobStartFailed
+    | JobExited
+    | StatusDelivered
+    | StatusFailed
+    | ShutdownRequested
+    | Tick
+)

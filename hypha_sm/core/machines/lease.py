@@ -1,0 +1,160 @@
+"""The lease machine: offer, acceptance by renewal, dispatch, expiry, release exactly once."""
+
+from __future__ import annotations
+
+from hypha_sm.core.effects import ReplyDispatchFailed, ReplyRenewed, ReplyRenewFailed, StartJob
+from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.events import DispatchRequested, RenewRequested
+from hypha_sm.core.policy import RUNTIME_FOR_CLASS
+from hypha_sm.core.records import JobRec, LeaseRec
+
+REGISTRY = Registry.new("lease")
+
+
+@REGISTRY.guard
+def from_owner(ctx: Ctx) -> bool:
+    """Only the scheduler the lease was offered to may renew it."""
+    request: RenewRequested = ctx.event
+    lease: LeaseRec = ctx.rec
+    return request.peer == lease.owner
+
+
+@REGISTRY.guard
+def not_from_owner(ctx: Ctx) -> bool:
+    """Only the owner may dispatch under the lease."""
+    request: DispatchRequested = ctx.event
+    lease: LeaseRec = ctx.rec
+    return request.peer != lease.owner
+
+
+@REGISTRY.guard
+def has_job(ctx: Ctx) -> bool:
+    """The lease carries a job (one job per lease)."""
+    lease: LeaseRec = ctx.rec
+    return lease.job_id is not None
+
+
+@REGISTRY.guard
+def job_id_in_use(ctx: Ctx) -> bool:
+    """A live job already has this id."""
+    request: DispatchRequested = ctx.event
+    return request.job_id in ctx.state.records["job"]
+
+
+@REGISTRY.guard
+def executor_not_configured(ctx: Ctx) -> bool:
+    """No configured executor has the requested class and name."""
+    request: DispatchRequested = ctx.event
+    return ctx.state.policy.executor_for(request.executor) is None
+
+
+@REGISTRY.guard
+def executor_runtime_mismatch(ctx: Ctx) -> bool:
+    """The configured executor's runtime cannot run this class of job."""
+    request: DispatchRequested = ctx.event
+    spec = ctx.state.policy.executor_for(request.executor)
+    assert spec is not None
+    return RUNTIME_FOR_CLASS.get(spec.cls) != spec.runtime
+
+
+@REGISTRY.action
+def extend(ctx: Ctx) -> None:
+    """The lease now expires lease_timeout from now (replacing, not adding)."""
+    state = ctx.state
+    state.arm(ctx.rec, state.now.mono + state.policy.timings.lease_timeout)
+
+
+@REGISTRY.action
+def reply_renewed(ctx: Ctx) -> None:
+    """Answer the renewal with the new expiry, in wall-clock time."""
+    state = ctx.state
+    request: RenewRequested = ctx.event
+    lease: LeaseRec = ctx.rec
+    expires_wall = state.now.wall + (lease.deadline - state.now.mono)
+    state.emit(ReplyRenewed(request.reply_to, lease.key, expires_wall))
+
+
+@REGISTRY.action_with_arg
+def reply_renew_failed(ctx: Ctx, reason: str) -> None:
+    """Refuse the renewal with a reason."""
+    request: RenewRequested = ctx.event
+    ctx.state.count(f"rejected.lease.{reason}")
+    ctx.state.emit(ReplyRenewFailed(request.reply_to, request.lease_id, reason))
+
+
+@REGISTRY.action_with_arg
+def reply_dispatch_failed(ctx: Ctx, reason: str) -> None:
+    """Refuse the dispatch with a reason."""
+    request: DispatchRequested = ctx.event
+    ctx.state.count(f"rejected.lease.{reason}")
+    ctx.state.emit(ReplyDispatchFailed(request.reply_to, request.job_id, reason))
+
+
+@REGISTRY.action
+def create_job(ctx: Ctx) -> None:
+    """Create the job and ask the executor to start it; the reply waits for the start."""
+    state = ctx.state
+    request: DispatchRequested = ctx.event
+    lease: LeaseRec = ctx.rec
+    executor = state.policy.executor_for(request.executor)
+    assert executor is not None
+    job = JobRec(
+        request.job_id,
+        lease_id=lease.key,
+        scheduler=lease.owner,
+        executor=executor,
+        spec=request.spec,
+        reply_to=request.reply_to,
+    )
+    lease.job_id = job.key
+    state.create(job)
+    state.arm(job, state.now.mono + state.policy.timings.start_timeout)
+    state.emit(
+        StartJob(
+            job_id=job.key,
+            lease_id=lease.key,
+            executor=executor,
+            spec=request.spec,
+            work_dir_id=state.ids.next_id(),
+            resources=lease.resources.to_amounts(),
+        )
+    )
+
+
+@REGISTRY.action
+def cancel_job(ctx: Ctx) -> None:
+    """Tell the job its lease is lost; the reservation stays until its processes are gone."""
+    lease: LeaseRec = ctx.rec
+    assert lease.job_id is not None
+    ctx.state.post("job", lease.job_id, "lease_lost")
+
+
+@REGISTRY.action
+def arm_drain_deadline(ctx: Ctx) -> None:
+    """Check back after the job's stop should have completed."""
+    state = ctx.state
+    timings = state.policy.timings
+    state.arm(ctx.rec, state.now.mono + timings.kill_grace + 2 * timings.kill_retry)
+
+
+@REGISTRY.action
+def rearm_overdue_drain(ctx: Ctx) -> None:
+    """Still waiting for the job's processes: count it and check back later."""
+    ctx.state.count("lease.drain_overdue")
+    arm_drain_deadline(ctx)
+
+
+@REGISTRY.action
+def detach_job(ctx: Ctx) -> None:
+    """The job never got going; the lease may carry another."""
+    lease: LeaseRec = ctx.rec
+    lease.job_id = None
+
+
+@REGISTRY.action_with_arg
+def release(ctx: Ctx, reason: str) -> None:
+    """Return the reservation (exactly once: the ledger raises on a second release)."""
+    lease: LeaseRec = ctx.rec
+    lease.end_reason = reason
+    ctx.state.release(lease.key)
+    ctx.state.count(f"lease.released.{reason}")
