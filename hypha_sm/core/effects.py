@@ -21,7 +21,7 @@ class _Effect(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fiel
     pass
 
 
-class SendOffer(_Effect, tag="send_offer"):
+class SendOffer(_Effect, tag="send_offer", frozen=True):
     """Offer a lease to the scheduler that advertised ``request_id``."""
 
     lease_id: str
@@ -33,7 +33,7 @@ class SendOffer(_Effect, tag="send_offer"):
     expires_wall: float
 
 
-class ReplyRenewed(_Effect, tag="reply_renewed"):
+class ReplyRenewed(_Effect, tag="reply_renewed", frozen=True):
     """Answer a renewal: the lease now runs until ``expires_wall``."""
 
     reply_to: int
@@ -41,7 +41,7 @@ class ReplyRenewed(_Effect, tag="reply_renewed"):
     expires_wall: float
 
 
-class ReplyRenewFailed(_Effect, tag="reply_renew_failed"):
+class ReplyRenewFailed(_Effect, tag="reply_renew_failed", frozen=True):
     """Answer a renewal with a refusal and its reason."""
 
     reply_to: int
@@ -49,7 +49,7 @@ class ReplyRenewFailed(_Effect, tag="reply_renew_failed"):
     reason: str
 
 
-class ReplyDispatched(_Effect, tag="reply_dispatched"):
+class ReplyDispatched(_Effect, tag="reply_dispatched", frozen=True):
     """Answer a dispatch: the job started; the lease runs until ``expires_wall``."""
 
     reply_to: int
@@ -58,7 +58,7 @@ class ReplyDispatched(_Effect, tag="reply_dispatched"):
     expires_wall: float
 
 
-class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed"):
+class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed", frozen=True):
     """Answer a dispatch with a refusal and its reason."""
 
     reply_to: int
@@ -66,7 +66,7 @@ class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed"):
     reason: str
 
 
-class StartJob(_Effect, tag="start_job"):
+class StartJob(_Effect, tag="start_job", frozen=True):
     """Start a job with this executor; report ``JobStarted`` or ``JobStartFailed``."""
 
     job_id: str
@@ -77,7 +77,7 @@ class StartJob(_Effect, tag="start_job"):
     resources: Amounts
 
 
-class StopJob(_Effect, tag="stop_job"):
+class StopJob(_Effect, tag="stop_job", frozen=True):
     """Stop a job's whole process tree; report ``JobExited`` once every process is gone.
 
     ``force`` skips the grace period (sent when an earlier stop is overdue).
@@ -87,13 +87,19 @@ class StopJob(_Effect, tag="stop_job"):
     force: bool
 
 
-class SendJobStatus(_Effect, tag="send_job_status"):
+class SendJobStatus(_Effect, tag="send_job_status", frozen=True):
     """Tell the dispatching scheduler how the job stands. Terminal reports are acknowledged."""
 
     job_id: str
     scheduler: str
     status: JobStatus
     exit_code: int | None
+    reason: str
+
+
+class NodeStopped(_Effect, tag="node_stopped", frozen=True):
+    """Nothing is left running; the shell may exit. ``reason`` is drained or timed_out."""
+
     reason: str
 
 
@@ -106,13 +112,5 @@ Effect = (
     | StartJob
     | StopJob
     | SendJobStatus
+    | NodeStopped
 )
-
-
-class NodeStopped(_Effect, tag="node_stopped"):
-    """Nothing is left running; the shell may exit. ``reason`` is drained or timed_out."""
-
-    reason: str
-
-
-Effect = Effect | NodeStopped

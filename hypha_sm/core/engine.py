@@ -132,7 +132,7 @@ class KindRuntime:
         for name in sorted(unused - used_actions):
             raise spec.error(f"action {name!r} is registered in code but no transition uses it")
 
-        self.model = _Flyweight()
+        self.model: Any = _Flyweight()  # `transitions` adds `trigger` and the event methods
         self.machine = Machine(
             model=self.model,
             states=[s.name for s in spec.states],
@@ -215,8 +215,11 @@ def _unresolved(
     spec: MachineSpec, state: str, name: str, registry: Registry, what: str
 ) -> SpecError:
     known = sorted(
-        registry.guards if what == "guard" else
-        registry.actions if what == "action" else registry.actions_with_arg
+        registry.guards
+        if what == "guard"
+        else registry.actions
+        if what == "action"
+        else registry.actions_with_arg
     )
     return spec.error(f"{what} {name!r} does not resolve; known: {known}", state)
 
@@ -227,7 +230,9 @@ class Engine:
     def __init__(self, specs: Mapping[str, MachineSpec], registries: Mapping[str, Registry]):
         missing = sorted(set(registries) - set(specs))
         if missing:
-            raise SpecError("machines/", missing[0], None, "code expects this machine; no file defines it")
+            raise SpecError(
+                "machines/", missing[0], None, "code expects this machine; no file defines it"
+            )
         extra = sorted(set(specs) - set(registries))
         if extra:
             spec = specs[extra[0]]

@@ -26,7 +26,7 @@ class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_field
     pass
 
 
-class AdvertisementReceived(_Event, tag="advertisement_received"):
+class AdvertisementReceived(_Event, tag="advertisement_received", frozen=True):
     """A scheduler advertised a job on ``hypha/worker``."""
 
     request_id: str
@@ -39,7 +39,7 @@ class AdvertisementReceived(_Event, tag="advertisement_received"):
     expires_wall: float
 
 
-class RenewRequested(_Event, tag="renew_requested"):
+class RenewRequested(_Event, tag="renew_requested", frozen=True):
     """A peer asked to renew (or, the first time, accept) a lease."""
 
     lease_id: str
@@ -47,7 +47,7 @@ class RenewRequested(_Event, tag="renew_requested"):
     reply_to: int
 
 
-class DispatchRequested(_Event, tag="dispatch_requested"):
+class DispatchRequested(_Event, tag="dispatch_requested", frozen=True):
     """A peer asked to run a job under a lease it holds."""
 
     job_id: str
@@ -59,47 +59,47 @@ class DispatchRequested(_Event, tag="dispatch_requested"):
     reply_to: int
 
 
-class OfferDelivered(_Event, tag="offer_delivered"):
+class OfferDelivered(_Event, tag="offer_delivered", frozen=True):
     """The scheduler acknowledged an offer."""
 
     lease_id: str
 
 
-class OfferFailed(_Event, tag="offer_failed"):
+class OfferFailed(_Event, tag="offer_failed", frozen=True):
     """An offer could not be delivered."""
 
     lease_id: str
     reason: str
 
 
-class JobStarted(_Event, tag="job_started"):
+class JobStarted(_Event, tag="job_started", frozen=True):
     """The executor started the job."""
 
     job_id: str
 
 
-class JobStartFailed(_Event, tag="job_start_failed"):
+class JobStartFailed(_Event, tag="job_start_failed", frozen=True):
     """The executor could not start the job; nothing of it is left running."""
 
     job_id: str
     reason: str
 
 
-class JobExited(_Event, tag="job_exited"):
+class JobExited(_Event, tag="job_exited", frozen=True):
     """The job ended and every process of it is gone. Negative codes are signals."""
 
     job_id: str
     exit_code: int
 
 
-class StatusDelivered(_Event, tag="status_delivered"):
+class StatusDelivered(_Event, tag="status_delivered", frozen=True):
     """The scheduler acknowledged a job status report (``status`` says which one)."""
 
     job_id: str
     status: str
 
 
-class StatusFailed(_Event, tag="status_failed"):
+class StatusFailed(_Event, tag="status_failed", frozen=True):
     """A job status report could not be delivered."""
 
     job_id: str
@@ -107,11 +107,11 @@ class StatusFailed(_Event, tag="status_failed"):
     reason: str
 
 
-class ShutdownRequested(_Event, tag="shutdown_requested"):
+class ShutdownRequested(_Event, tag="shutdown_requested", frozen=True):
     """The operator asked the node to stop: take no new work, cancel everything."""
 
 
-class Tick(_Event, tag="tick"):
+class Tick(_Event, tag="tick", frozen=True):
     """Time passed. Deadlines due at ``now`` fire (they also fire before any other input)."""
 
 

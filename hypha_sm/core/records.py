@@ -35,7 +35,10 @@ class Record:
     @phase.setter
     def phase(self, value: str) -> None:
         raise InvalidTransition(
-            self.kind, self.key, self._phase, "<assignment>",
+            self.kind,
+            self.key,
+            self._phase,
+            "<assignment>",
             f"phase set to {value!r} outside a declared transition",
         )
 
@@ -75,8 +78,17 @@ class RequestRec(Record):
     """An advertisement held in the window, with what evaluating it decided."""
 
     __slots__ = (
-        "amounts", "arrival", "bid", "executors", "expires_mono", "offer_price",
-        "offer_resources", "reply_address", "requested", "scheduler", "score",
+        "amounts",
+        "arrival",
+        "bid",
+        "executors",
+        "expires_mono",
+        "offer_price",
+        "offer_resources",
+        "reply_address",
+        "requested",
+        "scheduler",
+        "score",
     )
     kind = "request"
 
@@ -128,8 +140,15 @@ class JobRec(Record):
     """A job: its lease, its executor, the pending dispatch reply, and how it ended."""
 
     __slots__ = (
-        "exit_code", "executor", "lease_id", "outcome", "reason", "reply_to", "scheduler",
-        "spec", "started",
+        "executor",
+        "exit_code",
+        "lease_id",
+        "outcome",
+        "reason",
+        "reply_to",
+        "scheduler",
+        "spec",
+        "started",
     )
     kind = "job"
 

@@ -219,7 +219,9 @@ def _parse_states(
             raise _fail(file, machine, "state name is not snake_case", st_name)
         if not isinstance(body, dict):
             raise _fail(file, machine, "state must be a table", st_name)
-        _known_keys(body, ("doc", "deadline", "ignore", "reject"), file, machine, f"[states.{st_name}]")
+        _known_keys(
+            body, ("doc", "deadline", "ignore", "reject"), file, machine, f"[states.{st_name}]"
+        )
         deadline = body.get("deadline")
         if deadline is not None and deadline not in events:
             raise _fail(file, machine, f"deadline event {deadline!r} is not declared", st_name)
@@ -286,13 +288,17 @@ def _parse_transitions(
         for text in effect_names:
             match = _EFFECT_RE.match(text)
             if not match:
-                raise _fail(file, machine, f"{where}: effect {text!r} is not 'name' or 'name(arg)'")
+                raise _fail(
+                    file, machine, f"{where}: effect {text!r} is not 'name' or 'name(arg)'"
+                )
             effects.append(EffectRef(match.group(1), match.group(2)))
         for src in sources:
             if src not in states:
                 raise _fail(file, machine, f"{where}: source state {src!r} is not declared")
             if states[src].terminal:
-                raise _fail(file, machine, f"{where}: a terminal state cannot have transitions", src)
+                raise _fail(
+                    file, machine, f"{where}: a terminal state cannot have transitions", src
+                )
             for ev in triggers:
                 if ev not in events:
                     raise _fail(file, machine, f"{where}: event {ev!r} is not declared", src)
@@ -334,9 +340,13 @@ def _validate(spec: MachineSpec) -> None:
     for state in spec.states:
         if state.deadline is not None:
             if spec.event_index[state.deadline].kind != "timer":
-                raise spec.error(f"deadline event {state.deadline!r} must be of kind 'timer'", state.name)
+                raise spec.error(
+                    f"deadline event {state.deadline!r} must be of kind 'timer'", state.name
+                )
             if (state.name, state.deadline) not in groups:
-                raise spec.error(f"no transition handles its deadline event {state.deadline!r}", state.name)
+                raise spec.error(
+                    f"no transition handles its deadline event {state.deadline!r}", state.name
+                )
 
     # Reachability from the initial state.
     edges: dict[str, set[str]] = {s.name: set() for s in spec.states}
@@ -365,32 +375,30 @@ def _validate(spec: MachineSpec) -> None:
     for state in spec.states:
         if state.terminal:
             continue
-        if spec.deadlines_required and not any(
-            (state.name, ev) in handled for ev in timers
-        ):
+        if spec.deadlines_required and not any((state.name, ev) in handled for ev in timers):
             raise spec.error(
                 "no deadline edge: every live state of this machine needs a timer transition",
                 state.name,
             )
-        for ev in spec.events:
-            if ev.kind not in EXTERNAL_KINDS:
+        for declared in spec.events:
+            if declared.kind not in EXTERNAL_KINDS:
                 continue
             if (
-                (state.name, ev.name) not in handled
-                and ev.name not in state.ignore
-                and ev.name not in state.reject
+                (state.name, declared.name) not in handled
+                and declared.name not in state.ignore
+                and declared.name not in state.reject
             ):
                 raise spec.error(
-                    f"{ev.kind} event {ev.name!r} is neither handled, ignored nor rejected",
+                    f"{declared.kind} event {declared.name!r} is neither handled, ignored nor rejected",
                     state.name,
                 )
 
     used = {t.event for t in spec.transitions}
     for state in spec.states:
         used |= state.ignore | set(state.reject)
-    for ev in spec.events:
-        if ev.name not in used:
-            raise spec.error(f"event {ev.name!r} is declared but never used")
+    for declared in spec.events:
+        if declared.name not in used:
+            raise spec.error(f"event {declared.name!r} is declared but never used")
 
 
 def _reachable(edges: Mapping[str, set[str]], start: str) -> set[str]:

@@ -72,7 +72,9 @@ class WorkerState:
     def drop(self, rec: Record) -> None:
         """Remove a record that reached a terminal phase (terminal phases absorb)."""
         if rec._phase not in self.engine.runtimes[rec.kind].terminal:
-            raise InvariantViolation(f"{rec.kind} {rec.key!r} dropped in live phase {rec._phase!r}")
+            raise InvariantViolation(
+                f"{rec.kind} {rec.key!r} dropped in live phase {rec._phase!r}"
+            )
         del self.records[rec.kind][rec.key]
         self.counters[f"{rec.kind}.{rec._phase}"] += 1
 
@@ -175,3 +177,21 @@ class WorkerState:
     def live(self, kind: str) -> int:
         """How many records of ``kind`` are live."""
         return len(self.records[kind])
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything that determines future behaviour, as plain data (replay compares these)."""
+        return {
+            "now": {"mono": self.now.mono, "wall": self.now.wall},
+            "accepting": self.accepting,
+            "capacity": self.capacity.to_amounts(),
+            "reserved": self.reserved.to_amounts(),
+            "reservations": {k: v.to_amounts() for k, v in sorted(self.reservations.items())},
+            "ids_issued": self.ids.counter,
+            "next_deadline": self.next_deadline(),
+            "records": {
+                kind: {key: table[key].fields() for key in sorted(table)}
+                for kind, table in self.records.items()
+            },
+            "counters": dict(sorted(self.counters.items())),
+            "remembered_ads": len(self.seen_ads),
+        }

@@ -63,7 +63,9 @@ def reply_dispatched(ctx: Ctx) -> None:
     job: JobRec = ctx.rec
     assert job.reply_to is not None
     job.started = True
-    ctx.state.emit(ReplyDispatched(job.reply_to, job.key, job.lease_id, _lease_expiry_wall(ctx, job)))
+    ctx.state.emit(
+        ReplyDispatched(job.reply_to, job.key, job.lease_id, _lease_expiry_wall(ctx, job))
+    )
     job.reply_to = None
 
 

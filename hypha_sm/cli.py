@@ -1,0 +1,208 @@
+"""The ``hypha-sm`` command line: ``diagram``, ``replay``, ``machines``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hypha_sm import __version__
+from hypha_sm.core.errors import HyphaSMError
+from hypha_sm.core.reducer import Step
+from hypha_sm.log.codec import Entry, LogFormatError
+from hypha_sm.log.replay import replay
+from hypha_sm.log.store import read_lines
+from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hypha-sm`` console script."""
+    parser = argparse.ArgumentParser(
+        prog="hypha-sm",
+        description="Worker node for the Hypha compute market, as a declarative state-machine engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"hypha-sm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_diagram = sub.add_parser(
+        "diagram", help="generate diagrams of machines/ into docs/diagrams/"
+    )
+    p_diagram.add_argument("--out", type=Path, default=None, help="output directory")
+    p_diagram.add_argument(
+        "--check", action="store_true", help="fail if the files on disk are stale (CI)"
+    )
+    p_diagram.add_argument(
+        "--no-svg", action="store_true", help="do not render SVG even if `dot` is installed"
+    )
+
+    p_replay = sub.add_parser("replay", help="re-run an event log and check its effects")
+    p_replay.add_argument("log", type=Path)
+    p_replay.add_argument("--until", type=int, help="stop after this seq and print the state")
+    focus = p_replay.add_mutually_exclusive_group()
+    focus.add_argument("--lease", help="print the timeline of one lease")
+    focus.add_argument("--job", help="print the timeline of one job")
+    p_replay.add_argument("--no-check", action="store_true", help="do not compare effects")
+    p_replay.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
+    p_machines.add_argument("--dir", type=Path, default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "diagram":
+            return _diagram(args)
+        if args.command == "replay":
+            return _replay(args)
+        return _machines(args)
+    except (HyphaSMError, LogFormatError, FileNotFoundError) as exc:
+        print(f"hypha-sm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from hypha_sm.diagrams.render import render_all, stale_files, write_all
+
+    out = args.out or default_machines_dir().parent / "docs" / "diagrams"
+    files = render_all(load_specs(), svg=False if args.no_svg else None)
+    if args.check:
+        stale = stale_files(out, files)
+        if stale:
+            print(f"stale diagrams in {out}: {', '.join(stale)}", file=sys.stderr)
+            print("run `hypha-sm diagram` and commit the result", file=sys.stderr)
+            return 1
+        print(f"diagrams in {out} are up to date ({len(files)} files)")
+        return 0
+    changed = write_all(out, files)
+    print(
+        f"wrote {len(files)} files to {out}"
+        + (f"; changed: {', '.join(changed)}" if changed else "")
+    )
+    return 0
+
+
+def _machines(args: argparse.Namespace) -> int:
+    engine, machines_hash = load_engine(args.dir)
+    for name, spec in sorted(engine.specs.items()):
+        print(
+            f"{spec.file}: {name}: {len(spec.states)} states, {len(spec.events)} events, "
+            f"{len(spec.transitions)} transitions"
+        )
+    print(f"all valid; {machines_hash}")
+    return 0
+
+
+class _Timeline:
+    """Collects the lines of one lease's or job's life while a log replays."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.keys = {key}
+        self.t0: float | None = None
+        self.lines: list[str] = []
+
+    def __call__(self, entry: Entry, result: Step) -> None:
+        if self.t0 is None:
+            self.t0 = entry.mono
+        moves = []
+        for machine, key, src, event, dst, index in result.trace:
+            if key in self.keys and machine in (self.kind, "job", "lease"):
+                if machine == self.kind and event == "created":
+                    moves.append(f"{machine} created ({dst})")
+                elif dst is None:
+                    moves.append(f"{machine} {src}: {event} ignored/rejected")
+                else:
+                    moves.append(f"{machine} {src} -> {dst} on {event} (#{index})")
+        effects = [
+            e
+            for e in result.effects
+            if self.keys & {getattr(e, "lease_id", None), getattr(e, "job_id", None)}
+        ]
+        if self.kind == "lease":
+            for e in result.effects:  # follow the lease's job too
+                job_id = getattr(e, "job_id", None)
+                if getattr(e, "lease_id", None) in self.keys and job_id:
+                    self.keys.add(job_id)
+        if not moves and not effects:
+            return
+        what = entry.event.__struct_config__.tag
+        self.lines.append(f"#{entry.seq:<5} +{entry.mono - self.t0:9.3f}s  {what}")
+        self.lines.extend(f"{'':18}{m}" for m in moves)
+        self.lines.extend(f"{'':18}=> {_effect_text(e)}" for e in effects)
+
+
+def _effect_text(effect: object) -> str:
+    data = msgspec.to_builtins(effect)
+    kind = str(data.pop("type"))
+    return kind + " " + " ".join(f"{k}={v}" for k, v in data.items() if k not in ("spec",))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    engine, machines_hash = load_engine()
+    timeline = None
+    if args.lease:
+        timeline = _Timeline("lease", args.lease)
+    elif args.job:
+        timeline = _Timeline("job", args.job)
+    started = time.perf_counter()
+    report = replay(
+        read_lines(args.log),
+        engine,
+        machines_hash,
+        until=args.until,
+        check_effects=not args.no_check,
+        observe=timeline,
+    )
+    elapsed = time.perf_counter() - started
+    rate = report.events / elapsed if elapsed > 0 else math.inf
+    header = report.header
+    summary: dict[str, Any] = {
+        "log": str(args.log),
+        "engine_version": header.engine_version,
+        "machines_match": report.machines_match,
+        "events": report.events,
+        "seconds": round(elapsed, 6),
+        "events_per_second": round(rate),
+        "ok": report.ok,
+        "divergence": report.divergence.to_builtins() if report.divergence else None,
+        "error": None
+        if report.error is None
+        else {"seq": report.error[0], "exception": repr(report.error[1])},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"log: {args.log} (v{header.version}, engine {header.engine_version}, seed {header.seed})"
+        )
+        if not report.machines_match:
+            print(
+                f"warning: machines differ from the recording ({header.machines_hash} vs "
+                f"{machines_hash}); a divergence may be expected",
+            )
+        if timeline is not None:
+            print(f"timeline of {timeline.kind} {next(iter(timeline.keys))}:")
+            print("\n".join(timeline.lines) if timeline.lines else "  (never seen)")
+        print(f"replayed {report.events} events in {elapsed:.3f} s ({rate:,.0f} events/s)")
+        if report.divergence is not None:
+            print("DIVERGED:")
+            print(json.dumps(report.divergence.to_builtins(), indent=2))
+        elif report.error is not None:
+            seq, exc = report.error
+            print(f"ERROR at seq {seq}: {exc!r}")
+        else:
+            print("effects match the recording" if not args.no_check else "effects not checked")
+    if args.until is not None:
+        print(json.dumps(msgspec.to_builtins(report.state.snapshot()), indent=2, default=str))
+    if report.divergence is not None:
+        return 1
+    return 3 if report.error is not None else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

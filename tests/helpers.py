@@ -1,0 +1,127 @@
+"""Shared builders for tests: a worker with a known policy, events with sensible defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+
+from hypha_sm.core.engine import Engine
+from hypha_sm.core.events import (
+    AdvertisementReceived,
+    DispatchRequested,
+    Event,
+    Now,
+    RenewRequested,
+    Tick,
+)
+from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
+from hypha_sm.core.reducer import Step, initial_state, step
+from hypha_sm.core.resources import Amounts
+from hypha_sm.core.state import WorkerState
+from hypha_sm.machines_io import load_engine
+
+SEED = bytes(range(16))
+WALL0 = 1_700_000_000.0
+SCHED = "12D3KooWScheduler"
+OTHER = "12D3KooWStranger"
+TRAIN = ExecutorRef(cls="train", name="diloco-transformer")
+AGGREGATE = ExecutorRef(cls="aggregate", name="parameter-server")
+CAPACITY = Amounts(gpu=24, cpu=16, memory=64, storage=500)
+
+
+@cache
+def engine() -> Engine:
+    return load_engine()[0]
+
+
+def policy(
+    strategy: str = "flexible",
+    price: float = 100.0,
+    floor: float = 100.0,
+    capacity: Amounts = CAPACITY,
+    **kw: object,
+) -> Policy:
+    return Policy(
+        capacity=capacity,
+        executors=(
+            ExecutorSpec(cls="train", name="diloco-transformer", runtime="process"),
+            ExecutorSpec(cls="aggregate", name="parameter-server", runtime="parameter-server"),
+        ),
+        offer=Offer(price=price, floor=floor, strategy=strategy),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def at(t: float) -> Now:
+    """Monotonic t seconds after start, with the wall clock WALL0 + t."""
+    return Now(t, WALL0 + t)
+
+
+class Worker:
+    """A state plus a clock, with the inputs and outputs recorded."""
+
+    def __init__(self, pol: Policy | None = None, seed: bytes = SEED) -> None:
+        self.policy = pol or policy()
+        self.state: WorkerState = initial_state(engine(), self.policy, seed)
+        self.t = 0.0
+        self.inputs: list[tuple[Now, Event]] = []
+        self.outputs: list[Step] = []
+
+    def feed(self, event: Event, t: float | None = None) -> Step:
+        if t is not None:
+            self.t = t
+        now = at(self.t)
+        self.inputs.append((now, event))
+        out = step(self.state, event, now)
+        self.outputs.append(out)
+        return out
+
+    def tick(self, t: float) -> Step:
+        return self.feed(Tick(), t)
+
+    def advance(self, dt: float) -> Step:
+        return self.tick(self.t + dt)
+
+    @property
+    def timings(self) -> Timings:
+        return self.policy.timings
+
+
+def ad(
+    request_id: str = "req-1",
+    *,
+    gpu: float = 0.0,
+    cpu: float = 1.0,
+    memory: float = 1.0,
+    storage: float = 0.0,
+    bid: float = 100.0,
+    executors: Iterable[ExecutorRef] = (TRAIN,),
+    scheduler: str = SCHED,
+    expires_in: float = 5.0,
+    t: float = 0.0,
+) -> AdvertisementReceived:
+    return AdvertisementReceived(
+        request_id=request_id,
+        scheduler=scheduler,
+        reply_address="tcp://127.0.0.1:7000",
+        resources=Amounts(gpu=gpu, cpu=cpu, memory=memory, storage=storage),
+        executors=tuple(executors),
+        bid=bid,
+        expires_wall=WALL0 + t + expires_in,
+    )
+
+
+def renew(lease_id: str, peer: str = SCHED, reply_to: int = 1) -> RenewRequested:
+    return RenewRequested(lease_id=lease_id, peer=peer, reply_to=reply_to)
+
+
+def dispatch(
+    lease_id: str,
+    job_id: str = "job-1",
+    peer: str = SCHED,
+    executor: ExecutorRef = TRAIN,
+    reply_to: int = 2,
+) -> DispatchRequested:
+    return DispatchRequested(
+        job_id=job_id, lease_id=lease_id, peer=peer, executor=executor, spec="{}", reply_to=reply_to
+    )
