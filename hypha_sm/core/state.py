@@ -116,7 +116,7 @@ class WorkerState:
         """Fire an event on a live record now (only from outside an action of the same kind)."""
         rec = self.records[kind].get(key)
         if rec is None:
-            raise InvariantViolation(f"internal event {event!r} for missing {kind} {key!r}")
+            raise InvariantViolation(f"event {event!r} for {kind} {key!r}, which is not live")
         self.engine.runtimes[kind].fire(self, rec, event, payload)
 
     def post(self, kind: str, key: str, event: str, payload: object = None) -> None:

@@ -1,0 +1,141 @@
+"""Loading machine definitions: the real ones are valid, and each kind of bad one fails clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from hypha_sm.core.engine import Engine, Registry
+from hypha_sm.core.errors import SpecError
+from hypha_sm.core.machines import REGISTRIES
+from hypha_sm.core.spec import machines_hash, parse_machine
+from hypha_sm.machines_io import load_specs, read_sources
+
+GOOD = """
+[machine]
+name = "toy"
+initial = "a"
+terminal = ["z"]
+deadlines_required = true
+
+[events]
+poke = { kind = "remote" }
+done = { kind = "result" }
+late = { kind = "timer" }
+
+[states.a]
+deadline = "late"
+[states.z]
+
+[[transitions]]
+from = "a"
+on = "poke"
+guard = "ok"
+to = "z"
+
+[[transitions]]
+from = "a"
+on = "poke"
+
+[[transitions]]
+from = "a"
+on = ["done", "late"]
+to = "z"
+"""
+
+
+def test_the_shipped_machines_are_valid_and_bound_to_code() -> None:
+    """Every file in machines/ parses, validates, and resolves every guard and action name."""
+    specs = load_specs()
+    assert set(specs) == {"node", "batch", "request", "lease", "job"}
+    Engine(specs, REGISTRIES)
+
+
+def test_a_minimal_machine_is_valid() -> None:
+    """The toy machine used as the base of the bad cases below is itself valid."""
+    spec = parse_machine("toy.toml", GOOD)
+    assert [t.label for t in spec.transitions] == ["poke [ok]", "poke", "done", "late"]
+
+
+BAD_CASES = [
+    ("no initial", ('initial = "a"\n', ""), None, "exactly one initial state"),
+    ("unknown initial", ('initial = "a"', 'initial = "q"'), None, "initial state 'q' is not declared"),
+    ("unknown target", ('to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n', 'to = "nowhere"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n'), None, "target state 'nowhere'"),
+    ("unreachable", ("[states.z]", "[states.z]\n[states.orphan]\n"), "orphan", "unreachable"),
+    ("terminal with exit", ("[states.z]", '[states.z]\n[[transitions]]\nfrom = "z"\non = "poke"\nto = "a"\n'), "z", "terminal state cannot have transitions"),
+    ("guarded fallback", ('from = "a"\non = "poke"\n\n', 'from = "a"\non = "poke"\nguard = "other"\n\n'), "a", "last transition must be unguarded"),
+    ("unguarded first", ('guard = "ok"\nto = "z"', 'to = "z"'), "a", "must come last"),
+    ("remote not answered", ('poke = { kind = "remote" }', 'poke = { kind = "remote" }\nnudge = { kind = "remote" }'), "a", "remote event 'nudge' is neither handled"),
+    ("no deadline edge", ('on = ["done", "late"]', 'on = ["done"]'), "a", "deadline"),
+    ("deadline not a timer", ('deadline = "late"', 'deadline = "done"'), "a", "must be of kind 'timer'"),
+    ("bad kind", ('late = { kind = "timer" }', 'late = { kind = "clock" }'), None, "kind 'clock'"),
+    ("unused event", ('late = { kind = "timer" }', 'late = { kind = "timer" }\nspare = { kind = "internal" }'), None, "'spare' is declared but never used"),
+    ("typo key", ('deadlines_required = true', 'deadlines_required = true\ninital = "a"'), None, "unknown key(s) ['inital']"),
+    ("bad effect", ('to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n', 'to = "z"\neffects = ["Bad Name"]\n\n[[transitions]]\nfrom = "a"\non = "poke"\n'), None, "is not 'name' or 'name(arg)'"),
+    ("ignored and handled", ('deadline = "late"', 'deadline = "late"\nignore = ["poke"]'), "a", "handled and also ignored"),
+    ("reject result", ('deadline = "late"', 'deadline = "late"\nreject = { done = "nope" }'), "a", "only remote events can be rejected"),
+    ("unreachable with exits", ('[states.z]', '[states.z]\n[states.t]\n[[transitions]]\nfrom = "t"\non = "late"\n'), "t", "unreachable"),
+    ("not toml", ('[machine]', '[machine'), None, "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "state", "message"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_a_bad_definition_fails_naming_file_machine_state_and_problem(
+    case: str, edit: tuple[str, str], state: str | None, message: str
+) -> None:
+    """Each broken definition raises SpecError with the file, the machine, the state and the problem."""
+    old, new = edit
+    assert old in GOOD, case
+    with pytest.raises(SpecError) as err:
+        parse_machine("machines/toy.toml", GOOD.replace(old, new, 1))
+    text = str(err.value)
+    assert text.startswith("machines/toy.toml: machine ")
+    assert message in text
+    if state is not None:
+        assert err.value.state == state
+        assert f"state {state!r}" in text
+
+
+def test_a_trap_state_is_refused() -> None:
+    """A live state from which no terminal state can be reached is a trap."""
+    text = GOOD.replace("[states.z]", "[states.z]\n[states.t]\n").replace(
+        'on = ["done", "late"]\nto = "z"',
+        'on = ["done", "late"]\nto = "t"\n\n[[transitions]]\nfrom = "t"\non = "poke"\n',
+    )
+    text = text.replace("[states.t]\n", '[states.t]\ndeadline = "late"\nignore = ["done"]\n')
+    text += '\n[[transitions]]\nfrom = "t"\non = "late"\n'
+    with pytest.raises(SpecError) as err:
+        parse_machine("machines/toy.toml", text)
+    assert "trap state" in str(err.value)
+    assert err.value.state == "t"
+
+
+def test_unresolved_guard_names_the_machine_state_and_known_names() -> None:
+    """A guard the code does not register fails when the engine is built, listing the known ones."""
+    spec = parse_machine("machines/toy.toml", GOOD)
+    with pytest.raises(SpecError) as err:
+        Engine({"toy": spec}, {"toy": Registry.new("toy")})
+    assert "guard 'ok' does not resolve" in str(err.value)
+    assert err.value.state == "a"
+
+
+def test_code_registering_an_unused_action_is_refused() -> None:
+    """Guards and actions in code that no transition names are drift, and fail the load."""
+    spec = parse_machine("machines/toy.toml", GOOD)
+    registry = Registry.new("toy")
+    registry.guard(lambda ctx: True).__name__  # noqa: B018
+    registry.guards["ok"] = registry.guards.pop("<lambda>")
+
+    def stray(ctx: object) -> None: ...
+
+    registry.actions["stray"] = stray  # type: ignore[assignment]
+    with pytest.raises(SpecError, match="action 'stray' is registered in code but no transition uses it"):
+        Engine({"toy": spec}, {"toy": registry})
+
+
+def test_machines_hash_is_stable_and_changes_with_content() -> None:
+    """The log header's machines hash depends on the files' names and bytes only."""
+    sources = read_sources()
+    assert machines_hash(sources) == machines_hash(dict(reversed(list(sources.items()))))
+    changed = dict(sources)
+    changed["machines/node.toml"] += b"\n# comment\n"
+    assert machines_hash(changed) != machines_hash(sources)
