@@ -123,5 +123,10 @@ def dispatch(
     reply_to: int = 2,
 ) -> DispatchRequested:
     return DispatchRequested(
-        job_id=job_id, lease_id=lease_id, peer=peer, executor=executor, spec="{}", reply_to=reply_to
+        job_id=job_id,
+        lease_id=lease_id,
+        peer=peer,
+        executor=executor,
+        spec="{}",
+        reply_to=reply_to,
     )

@@ -11,7 +11,6 @@ import pytest
 
 from hypha_sm.cli import main
 from hypha_sm.core.events import (
-    AdvertisementReceived,
     DispatchRequested,
     JobExited,
     JobStarted,
@@ -55,9 +54,9 @@ EVENTS = [
 
 def _same(a: object, b: object) -> bool:
     """Equality that treats NaN as equal to NaN (it is the same input)."""
-    return msgspec.json.encode(msgspec.to_builtins(a)).replace(b"null", b"") == msgspec.json.encode(
-        msgspec.to_builtins(b)
-    ).replace(b"null", b"") and repr(a) == repr(b)
+    return msgspec.json.encode(msgspec.to_builtins(a)).replace(
+        b"null", b""
+    ) == msgspec.json.encode(msgspec.to_builtins(b)).replace(b"null", b"") and repr(a) == repr(b)
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
@@ -65,7 +64,8 @@ def test_every_event_round_trips_exactly_through_a_log_line(event: object) -> No
     """Floats (including NaN and infinities from hostile peers) come back bit for bit."""
     entry = Entry(3, 1.5, 1_700_000_001.25, event, [])  # type: ignore[arg-type]
     line = encode_entry(entry)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
     back = decode_entry(line, 4)
     assert _same(back.event, event)
     assert (back.seq, back.mono, back.wall) == (3, 1.5, 1_700_000_001.25)
@@ -169,7 +169,9 @@ def test_cli_replay_exits_1_and_prints_the_divergence_as_json(
     assert summary["divergence"]["seq"] == seq
 
 
-def test_cli_replay_until_prints_the_state_at_that_point(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_replay_until_prints_the_state_at_that_point(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`--until N` stops after entry N and prints the state: here the lease is offered."""
     assert main(["replay", str(LOGS / "job-lifecycle.jsonl"), "--until", "2"]) == 0
     out = capsys.readouterr().out
@@ -203,7 +205,8 @@ def test_a_saved_failing_example_replays_to_the_same_failure(tmp_path: Path) -> 
     path = tmp_path / "failure.jsonl"
     write_inputs(path, eng, machines_hash, Worker().policy, SEED, inputs)
     report = replay(path.read_bytes().splitlines(keepends=True), eng, machines_hash)
-    assert report.error is not None and report.error[0] == 2
+    assert report.error is not None
+    assert report.error[0] == 2
     assert "ghost" in repr(report.error[1])
 
 

@@ -58,27 +58,95 @@ def test_a_minimal_machine_is_valid() -> None:
 
 BAD_CASES = [
     ("no initial", ('initial = "a"\n', ""), None, "exactly one initial state"),
-    ("unknown initial", ('initial = "a"', 'initial = "q"'), None, "initial state 'q' is not declared"),
-    ("unknown target", ('to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n', 'to = "nowhere"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n'), None, "target state 'nowhere'"),
+    (
+        "unknown initial",
+        ('initial = "a"', 'initial = "q"'),
+        None,
+        "initial state 'q' is not declared",
+    ),
+    (
+        "unknown target",
+        (
+            'to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n',
+            'to = "nowhere"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n',
+        ),
+        None,
+        "target state 'nowhere'",
+    ),
     ("unreachable", ("[states.z]", "[states.z]\n[states.orphan]\n"), "orphan", "unreachable"),
-    ("terminal with exit", ("[states.z]", '[states.z]\n[[transitions]]\nfrom = "z"\non = "poke"\nto = "a"\n'), "z", "terminal state cannot have transitions"),
-    ("guarded fallback", ('from = "a"\non = "poke"\n\n', 'from = "a"\non = "poke"\nguard = "other"\n\n'), "a", "last transition must be unguarded"),
+    (
+        "terminal with exit",
+        ("[states.z]", '[states.z]\n[[transitions]]\nfrom = "z"\non = "poke"\nto = "a"\n'),
+        "z",
+        "terminal state cannot have transitions",
+    ),
+    (
+        "guarded fallback",
+        ('from = "a"\non = "poke"\n\n', 'from = "a"\non = "poke"\nguard = "other"\n\n'),
+        "a",
+        "last transition must be unguarded",
+    ),
     ("unguarded first", ('guard = "ok"\nto = "z"', 'to = "z"'), "a", "must come last"),
-    ("remote not answered", ('poke = { kind = "remote" }', 'poke = { kind = "remote" }\nnudge = { kind = "remote" }'), "a", "remote event 'nudge' is neither handled"),
+    (
+        "remote not answered",
+        ('poke = { kind = "remote" }', 'poke = { kind = "remote" }\nnudge = { kind = "remote" }'),
+        "a",
+        "remote event 'nudge' is neither handled",
+    ),
     ("no deadline edge", ('on = ["done", "late"]', 'on = ["done"]'), "a", "deadline"),
-    ("deadline not a timer", ('deadline = "late"', 'deadline = "done"'), "a", "must be of kind 'timer'"),
+    (
+        "deadline not a timer",
+        ('deadline = "late"', 'deadline = "done"'),
+        "a",
+        "must be of kind 'timer'",
+    ),
     ("bad kind", ('late = { kind = "timer" }', 'late = { kind = "clock" }'), None, "kind 'clock'"),
-    ("unused event", ('late = { kind = "timer" }', 'late = { kind = "timer" }\nspare = { kind = "internal" }'), None, "'spare' is declared but never used"),
-    ("typo key", ('deadlines_required = true', 'deadlines_required = true\ninital = "a"'), None, "unknown key(s) ['inital']"),
-    ("bad effect", ('to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n', 'to = "z"\neffects = ["Bad Name"]\n\n[[transitions]]\nfrom = "a"\non = "poke"\n'), None, "is not 'name' or 'name(arg)'"),
-    ("ignored and handled", ('deadline = "late"', 'deadline = "late"\nignore = ["poke"]'), "a", "handled and also ignored"),
-    ("reject result", ('deadline = "late"', 'deadline = "late"\nreject = { done = "nope" }'), "a", "only remote events can be rejected"),
-    ("unreachable with exits", ('[states.z]', '[states.z]\n[states.t]\n[[transitions]]\nfrom = "t"\non = "late"\n'), "t", "unreachable"),
-    ("not toml", ('[machine]', '[machine'), None, "not valid TOML"),
+    (
+        "unused event",
+        ('late = { kind = "timer" }', 'late = { kind = "timer" }\nspare = { kind = "internal" }'),
+        None,
+        "'spare' is declared but never used",
+    ),
+    (
+        "typo key",
+        ("deadlines_required = true", 'deadlines_required = true\ninital = "a"'),
+        None,
+        "unknown key(s) ['inital']",
+    ),
+    (
+        "bad effect",
+        (
+            'to = "z"\n\n[[transitions]]\nfrom = "a"\non = "poke"\n',
+            'to = "z"\neffects = ["Bad Name"]\n\n[[transitions]]\nfrom = "a"\non = "poke"\n',
+        ),
+        None,
+        "is not 'name' or 'name(arg)'",
+    ),
+    (
+        "ignored and handled",
+        ('deadline = "late"', 'deadline = "late"\nignore = ["poke"]'),
+        "a",
+        "handled and also ignored",
+    ),
+    (
+        "reject result",
+        ('deadline = "late"', 'deadline = "late"\nreject = { done = "nope" }'),
+        "a",
+        "only remote events can be rejected",
+    ),
+    (
+        "unreachable with exits",
+        ("[states.z]", '[states.z]\n[states.t]\n[[transitions]]\nfrom = "t"\non = "late"\n'),
+        "t",
+        "unreachable",
+    ),
+    ("not toml", ("[machine]", "[machine"), None, "not valid TOML"),
 ]
 
 
-@pytest.mark.parametrize(("case", "edit", "state", "message"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+@pytest.mark.parametrize(
+    ("case", "edit", "state", "message"), BAD_CASES, ids=[c[0] for c in BAD_CASES]
+)
 def test_a_bad_definition_fails_naming_file_machine_state_and_problem(
     case: str, edit: tuple[str, str], state: str | None, message: str
 ) -> None:
@@ -128,7 +196,9 @@ def test_code_registering_an_unused_action_is_refused() -> None:
     def stray(ctx: object) -> None: ...
 
     registry.actions["stray"] = stray  # type: ignore[assignment]
-    with pytest.raises(SpecError, match="action 'stray' is registered in code but no transition uses it"):
+    with pytest.raises(
+        SpecError, match="action 'stray' is registered in code but no transition uses it"
+    ):
         Engine({"toy": spec}, {"toy": registry})
 
 

@@ -121,6 +121,8 @@ class KindRuntime:
                     "source": t.src,
                     "dest": t.dst,  # None: an internal transition (no exit/enter)
                     "conditions": conditions,
+                    # A new phase starts with no deadline; its actions arm the one it needs.
+                    "before": [_clear_deadline] if t.dst not in (None, t.src) else [],
                     "after": callbacks,
                 }
             )
@@ -161,7 +163,6 @@ class KindRuntime:
         if self._busy:
             raise InvariantViolation(f"re-entrant fire on {self.kind}: post an event instead")
         ctx = Ctx(state, rec, payload)
-        before = rec.deadline
         model = self.model
         model.state = src
         self._busy = True
@@ -180,20 +181,20 @@ class KindRuntime:
         state.trace.append((self.kind, rec.key, src, event, dst, ctx.fired))
         if dst in self.terminal:
             state.drop(rec)
-        elif dst != src:
-            if dst in self.deadline_event:
-                if rec.deadline == before or rec.deadline == math.inf:
-                    raise InvariantViolation(
-                        f"{self.kind} {rec.key!r} entered {dst!r} without arming its deadline"
-                    )
-            else:
-                rec.deadline = math.inf
+        elif dst != src and dst in self.deadline_event and rec.deadline == math.inf:
+            raise InvariantViolation(
+                f"{self.kind} {rec.key!r} entered {dst!r} without arming its deadline"
+            )
 
 
 class _Flyweight:
     """The single model object of a kind's `transitions.Machine`; holds only the loaded phase."""
 
     state: str
+
+
+def _clear_deadline(ctx: Ctx) -> None:
+    ctx.rec.deadline = math.inf
 
 
 def _marker(index: int) -> Callable[[Ctx], None]:

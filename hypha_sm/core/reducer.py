@@ -151,7 +151,10 @@ def _on_status_result(state: WorkerState, event: StatusDelivered | StatusFailed)
 
 
 def _on_shutdown(state: WorkerState, event: ShutdownRequested) -> None:
-    state.fire("node", "node", "shutdown_requested", event)
+    if "node" in state.records["node"]:
+        state.fire("node", "node", "shutdown_requested", event)
+    else:
+        state.count("late.shutdown_requested")  # already stopped; the shell is exiting
 
 
 def _on_tick(state: WorkerState, event: Tick) -> None:

@@ -180,11 +180,11 @@ def _event_list(spec: MachineSpec, names: Iterable[str]) -> str:
 
 
 def _state_section(spec: MachineSpec, state: StateSpec) -> list[str]:
-    tags = [
-        tag
-        for tag, on in (("initial", state.name == spec.initial), ("terminal", state.terminal))
-        if on
-    ]
+    tags = []
+    if state.name == spec.initial:
+        tags.append("initial")
+    if state.terminal:
+        tags.append("terminal")
     title = f"### {_code(state.name)}" + (f" ({', '.join(tags)})" if tags else "")
     lines = [title, ""]
     if state.doc:
