@@ -570,24 +570,63 @@ def print_table(rows: list[Row]) -> None:
 
 
 def profile(engine: Engine, what: str, sizes: Sizes) -> None:
+    """cProfile of the engine's steps only (event building and baselines are not profiled)."""
     import cProfile
     import pstats
 
+    prof = cProfile.Profile()
     if what == "ads":
-        sizes = Sizes(**{**sizes.__dict__, "ad_reps": 1})
-        target: Callable[[], object] = lambda: bench_ads(engine, sizes, lambda s: None)  # noqa: E731
+        rng = random.Random(1)
+        state = initial_state(engine, ad_policy(), SEED)
+        clock = Clock()
+        for b in range(sizes.ad_batches * 3):
+            batch = ad_batch(rng, f"p-b{b}", clock.t)
+            nows = [clock.advance(1e-6) for _ in batch]
+            prof.enable()
+            for ad, now in zip(batch, nows, strict=True):
+                step(state, ad, now)
+            prof.disable()
+            clock.advance(1.0)
+            step(state, Tick(), clock.now())
+        print(f"profile: {sizes.ad_batches * 300:,} advertisements through step")
     else:
         pop = build_population(engine, sizes.live)
         if what == "renew":
-            sizes = Sizes(**{**sizes.__dict__, "renew_reps": 1})
-            target = lambda: bench_renewals(pop, sizes, lambda s: None)  # noqa: E731
+            rng = random.Random(2)
+            picks = [pop.lease_ids[rng.randrange(sizes.live)] for _ in range(sizes.renew_per_rep)]
+            events = [renew(lid, pop.owners[lid], i) for i, lid in enumerate(picks)]
+            nows = [pop.clock.advance(1e-6) for _ in events]
+            state = pop.state
+            prof.enable()
+            for event, now in zip(events, nows, strict=True):
+                step(state, event, now)
+            prof.disable()
+            print(f"profile: {len(events):,} renewals, {sizes.live:,} live leases")
         else:
             sizes = Sizes(**{**sizes.__dict__, "mix_reps": 1})
-            target = lambda: bench_mix(pop, sizes, lambda s: None)  # noqa: E731
-    prof = cProfile.Profile()
-    prof.runcall(target)
+            prof.runcall(bench_mix, pop, sizes, lambda s: None)
+            print(f"profile: {sizes.mix_rounds} mix rounds (includes building the round's events)")
     stats = pstats.Stats(prof)
     stats.sort_stats("tottime").print_stats(25)
+    # Where the time goes, by package (tottime summed over the functions of each file group).
+    groups: Counter[str] = Counter()
+    total = 0.0
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if "transitions" in filename:
+            group = "transitions library"
+        elif "logging" in filename:
+            group = "logging (debug/info calls made by transitions)"
+        elif "hypha_sm" in filename:
+            group = "hypha_sm/" + filename.split("hypha_sm/", 1)[1]
+        elif filename == "~":
+            group = "builtins (isinstance, heappush, getattr, ...)"
+        else:
+            group = Path(filename).name
+        groups[group] += tottime
+        total += tottime
+    print("tottime by file:")
+    for group, t in groups.most_common(12):
+        print(f"  {t / total:6.1%}  {t:7.3f} s  {group}")
 
 
 def main() -> None:

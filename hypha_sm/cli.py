@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 def _diagram(args: argparse.Namespace) -> int:
     from hypha_sm.diagrams.render import render_all, stale_files, write_all
 
-    out = args.out or default_machines_dir().parent / "docs" / "diagrams"
+    out = args.out or _default_diagrams_dir()
     files = render_all(load_specs(), svg=False if args.no_svg else None)
     if args.check:
         stale = stale_files(out, files)
@@ -83,7 +83,19 @@ def _diagram(args: argparse.Namespace) -> int:
         f"wrote {len(files)} files to {out}"
         + (f"; changed: {', '.join(changed)}" if changed else "")
     )
+    unmade = stale_files(out, files)
+    if unmade:
+        print(
+            f"warning: could not render {', '.join(unmade)}: install Graphviz (`dot`) to update them",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _default_diagrams_dir() -> Path:
+    """``docs/diagrams`` of the checkout the machines come from, else of the current directory."""
+    beside = default_machines_dir().parent / "docs" / "diagrams"
+    return beside if beside.is_dir() else Path.cwd() / "docs" / "diagrams"
 
 
 def _machines(args: argparse.Namespace) -> int:

@@ -165,18 +165,20 @@ def test_stale_files_and_write_all(tmp_path: Path) -> None:
     """Nothing stale after write_all; a modified file and a stray generated .dot are reported."""
     out = tmp_path / "diagrams"
     files = render_all(specs(), svg=False)
-    assert stale_files(out, files) == sorted(files)  # nothing written yet
+    svgs = sorted(f"{name}.svg" for name in specs())
+    assert stale_files(out, files) == sorted([*files, *svgs])  # nothing written yet
     assert write_all(out, files) == sorted(files)
-    assert stale_files(out, files) == []
+    # Without Graphviz the SVGs cannot be made, and the check says so.
+    assert stale_files(out, files) == svgs
     assert write_all(out, files) == []  # unchanged files are not rewritten
 
     (out / "lease.md").write_bytes(files["lease.md"] + b"edited\n")
     (out / "ghost.dot").write_bytes(files["node.dot"])  # e.g. a machine that was removed
-    assert stale_files(out, files) == ["ghost.dot", "lease.md"]
+    assert stale_files(out, files) == sorted(["ghost.dot", "lease.md", *svgs])
 
     assert write_all(out, files) == ["ghost.dot", "lease.md"]
     assert not (out / "ghost.dot").exists()
-    assert stale_files(out, files) == []
+    assert stale_files(out, files) == svgs
 
 
 def test_hand_written_files_are_left_alone(tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_hand_written_files_are_left_alone(tmp_path: Path) -> None:
     write_all(tmp_path, files)
     (tmp_path / "notes.md").write_text("# my notes\n")
     (tmp_path / "keep.txt").write_text("not a generated suffix\n")
-    assert stale_files(tmp_path, files) == []
+    assert stale_files(tmp_path, files) == sorted(f"{name}.svg" for name in specs())
     assert write_all(tmp_path, files) == []
     assert (tmp_path / "notes.md").exists()
     assert (tmp_path / "keep.txt").exists()
@@ -196,7 +198,7 @@ def test_svg_follows_dot_availability(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     files = render_all(specs())
     assert not any(name.endswith(".svg") for name in files)
-    assert b".svg)" not in files["README.md"]
+    assert b"(lease.svg)" in files["README.md"]  # the committed SVGs stay linked
     with pytest.raises(FileNotFoundError, match="dot"):
         render_all(specs(), svg=True)
 
@@ -406,3 +408,29 @@ def test_golden_page_assembles_the_parts() -> None:
 def test_label_escaping(escape: Callable[[str], str], raw: str, expected: str) -> None:
     """Mermaid labels use entity codes for separators; DOT strings escape quotes and backslashes."""
     assert escape(raw) == expected
+
+
+@needs_dot
+def test_svg_freshness_is_judged_by_its_dot_source_not_its_bytes(tmp_path: Path) -> None:
+    """An SVG is fresh while it was rendered from the current DOT, whatever Graphviz drew.
+
+    So `hypha-sm diagram --check` gives the same answer with another Graphviz version or fonts,
+    and on a machine without Graphviz, where the committed SVGs are kept, not deleted.
+    """
+    files = render_all(specs(), svg=True)
+    write_all(tmp_path, files)
+    assert stale_files(tmp_path, files) == []
+
+    svg = tmp_path / "lease.svg"
+    svg.write_bytes(svg.read_bytes().replace(b"<svg", b"<svg data-other-graphviz='1'", 1))
+    assert stale_files(tmp_path, files) == []
+    assert write_all(tmp_path, files) == []  # not rewritten: same source
+
+    without_dot = render_all(specs(), svg=False)
+    assert stale_files(tmp_path, without_dot) == []
+    assert write_all(tmp_path, without_dot) == []
+    assert svg.exists()
+
+    other = dict(files)
+    other["lease.dot"] = files["lease.dot"] + b"// changed\n"
+    assert stale_files(tmp_path, other) == ["lease.dot", "lease.svg"]

@@ -46,7 +46,7 @@ def outcome_finished(ctx: Ctx) -> bool:
 
 @REGISTRY.guard
 def outcome_cancelled(ctx: Ctx) -> bool:
-    """The job was stopped because its lease was lost."""
+    """The job was stopped because its lease expired or the node shut down."""
     job: JobRec = ctx.rec
     return job.outcome == "cancelled"
 

@@ -121,12 +121,17 @@ def create_job(ctx: Ctx) -> None:
     )
 
 
-@REGISTRY.action
-def cancel_job(ctx: Ctx) -> None:
-    """Tell the job its lease is lost; the reservation stays until its processes are gone."""
+#: Why draining began (the job event posted) -> the reason the lease is finally released for.
+_DRAIN_REASONS = {"lease_expired": "expired", "shutdown": "shutdown"}
+
+
+@REGISTRY.action_with_arg
+def cancel_job(ctx: Ctx, why: str) -> None:
+    """Tell the job why it must stop; the reservation stays until its processes are gone."""
     lease: LeaseRec = ctx.rec
     assert lease.job_id is not None
-    ctx.state.post("job", lease.job_id, "lease_lost")
+    lease.end_reason = _DRAIN_REASONS[why]
+    ctx.state.post("job", lease.job_id, why)
 
 
 @REGISTRY.action
@@ -158,3 +163,10 @@ def release(ctx: Ctx, reason: str) -> None:
     lease.end_reason = reason
     ctx.state.release(lease.key)
     ctx.state.count(f"lease.released.{reason}")
+
+
+@REGISTRY.action
+def release_drained(ctx: Ctx) -> None:
+    """The job's processes are gone: return the reservation, for the reason draining began."""
+    lease: LeaseRec = ctx.rec
+    release(ctx, lease.end_reason)

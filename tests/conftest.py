@@ -1,0 +1,22 @@
+"""Hypothesis profiles: "dev" by default, "ci" for the thorough, reproducible run.
+
+Select with the environment variable ``HYPOTHESIS_PROFILE``. No timing thresholds anywhere:
+the core is pure, and a slow machine must not turn into a flaky test.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("dev", max_examples=100, stateful_step_count=40, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    stateful_step_count=60,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

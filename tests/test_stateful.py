@@ -1,0 +1,913 @@
+"""A worker fed random, partly hostile inputs, checked against a reference model after every step.
+
+The model is built only from the inputs we feed and the effects the core returns (plus the trace,
+to learn *when* the core released something, which is then checked for legality). It predicts the
+answer to every renewal and dispatch, the filter verdict of every advertisement, the rank order
+and reservation outcome of every flush, and cross-checks leases and jobs with the core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import msgspec.structs
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from hypha_sm.core.effects import (
+    NodeStopped,
+    ReplyDispatched,
+    ReplyDispatchFailed,
+    ReplyRenewed,
+    ReplyRenewFailed,
+    SendJobStatus,
+    SendOffer,
+    StartJob,
+    StopJob,
+)
+from hypha_sm.core.events import (
+    AdvertisementReceived,
+    DispatchRequested,
+    Event,
+    JobExited,
+    JobStarted,
+    JobStartFailed,
+    Now,
+    OfferDelivered,
+    OfferFailed,
+    RenewRequested,
+    ShutdownRequested,
+    StatusDelivered,
+    StatusFailed,
+    Tick,
+)
+from hypha_sm.core.policy import (
+    RUNTIME_FOR_CLASS,
+    ExecutorRef,
+    ExecutorSpec,
+    Offer,
+    Policy,
+    Timings,
+)
+from hypha_sm.core.reducer import initial_state, next_deadline, step
+from hypha_sm.core.resources import Amounts, Resources
+from hypha_sm.core.state import WorkerState
+from tests.helpers import AGGREGATE, CAPACITY, OTHER, SCHED, TRAIN, at, engine
+
+THIRD = "12D3KooWThird"
+PEERS = (SCHED, OTHER, THIRD)
+MISCONFIGURED = ExecutorRef(cls="train", name="misconfigured")
+UNKNOWN_NAME = ExecutorRef(cls="train", name="not-configured")
+FOREIGN_CLASS = ExecutorRef(cls="inference", name="llm")
+EXECUTORS = (
+    ExecutorSpec(cls="train", name="diloco-transformer", runtime="process"),
+    ExecutorSpec(cls="aggregate", name="parameter-server", runtime="parameter-server"),
+    ExecutorSpec(cls="train", name="misconfigured", runtime="parameter-server"),
+)
+UNKNOWN_LEASE = "00000000-0000-4000-8000-000000000000"
+MICRO = 1_000_000
+FINAL = ("finished", "failed", "cancelled")
+
+CAPACITIES = (
+    CAPACITY,
+    Amounts(cpu=4, memory=8),
+    Amounts(gpu=8, cpu=2, memory=4, storage=10),
+    Amounts(cpu=0.5, memory=0.25),
+)
+PRICES = ((100.0, 100.0), (150.0, 120.0), (100.0, 120.0), (0.0, 0.0), (200.0, 50.0))
+
+GOOD_AMOUNT = st.sampled_from([0.0, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]) | st.floats(0, 32)
+BAD_AMOUNT = st.sampled_from([-1.0, -1e-9, math.nan, math.inf, -math.inf, 2e9])
+AMOUNTS = st.builds(
+    Amounts,
+    gpu=st.sampled_from([0.0, 0.0, 0.0, 1.0, 8.0, 24.0]),
+    cpu=GOOD_AMOUNT,
+    memory=GOOD_AMOUNT,
+    storage=st.sampled_from([0.0, 0.0, 10.0, 500.0]),
+)
+HOSTILE_AMOUNTS = st.tuples(
+    AMOUNTS, st.sampled_from(["gpu", "cpu", "memory", "storage"]), BAD_AMOUNT
+).map(lambda t: msgspec.structs.replace(t[0], **{t[1]: t[2]}))
+BIDS = st.one_of(
+    st.sampled_from([0.0, 50.0, 99.99, 100.0, 119.99, 120.0, 130.0, 150.0, 200.0, 1e6]),
+    st.floats(0, 500),
+    st.sampled_from([math.nan, math.inf, -math.inf, -1.0]),
+)
+EXPIRES_IN = st.sampled_from([5.0, 5.0, 60.0, 0.1, 0.2, 0.0, -1.0, math.inf, math.nan, 1e12])
+EXECUTOR_LISTS = st.lists(
+    st.sampled_from([TRAIN, TRAIN, AGGREGATE, UNKNOWN_NAME, FOREIGN_CLASS, MISCONFIGURED]),
+    max_size=2,
+).map(tuple)
+DT = st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.5, 1.0, 5.0, 10.0, 15.0, 30.0]) | st.floats(0, 30)
+
+
+def micro(amounts: Amounts) -> Resources | None:
+    """The model's own conversion to micro-units (rounded up), None when invalid."""
+    out = []
+    for value in (amounts.gpu, amounts.cpu, amounts.memory, amounts.storage):
+        if not (0.0 <= value <= 1e9):
+            return None
+        out.append(math.ceil(value * MICRO))
+    return Resources(*out)
+
+
+def fits(a: Resources, b: Resources) -> bool:
+    """Every dimension of a is <= b's."""
+    return all(x <= y for x, y in zip(a, b, strict=True))
+
+
+def amounts_of(r: Resources) -> Amounts:
+    """Micro-units back to float units, as the wire carries them."""
+    return Amounts(*(x / MICRO for x in r))
+
+
+def add(a: Resources, b: Resources, sign: int = 1) -> Resources:
+    """a + sign * b, per dimension."""
+    return Resources(*(x + sign * y for x, y in zip(a, b, strict=True)))
+
+
+ZERO = Resources(0, 0, 0, 0)
+
+
+def snapshot(state: WorkerState) -> str:
+    """Everything replay must reproduce, as a NaN-safe text (repr round-trips floats)."""
+    records = {
+        kind: {key: sorted(rec.fields().items()) for key, rec in sorted(table.items())}
+        for kind, table in sorted(state.records.items())
+    }
+    return repr(
+        (
+            records,
+            state.reserved,
+            sorted(state.reservations.items()),
+            sorted(state.counters.items()),
+            state.ids.counter,
+            next_deadline(state),
+        )
+    )
+
+
+@dataclass
+class MRequest:
+    """An admitted advertisement as the model saw it."""
+
+    ad: AdvertisementReceived
+    admitted: Now
+    arrival: int
+    price: float = 0.0
+    resources: Resources | None = None
+    score: float = 0.0
+
+
+@dataclass
+class MLease:
+    """A lease as the model saw it: from the offer, renewals and job results."""
+
+    owner: str
+    resources: Resources
+    expiry: float
+    accepted: bool = False
+    draining: bool = False
+    job: str | None = None
+
+
+@dataclass
+class MJob:
+    """A job the core asked to start, with what the (simulated) executor has reported."""
+
+    lease: str
+    owner: str
+    reply_to: int
+    created: float
+    proc: str = "pending"  # pending -> alive -> gone, from the shell's side
+    answered: bool = False
+    started: bool = False
+    stopped: bool = False
+    report_deadline: float = math.inf
+
+
+class WorkerMachine(RuleBasedStateMachine):
+    """Random inputs to the pure core; a reference model predicts and checks every step."""
+
+    leases = Bundle("leases")
+    job_ids = Bundle("job_ids")
+
+    # -- setup ----------------------------------------------------------------------------
+
+    @initialize(
+        strategy=st.sampled_from(["whole", "flexible"]),
+        capacity=st.sampled_from(CAPACITIES),
+        prices=st.sampled_from(PRICES),
+        window_limit=st.sampled_from([100, 100, 3]),
+        max_leases=st.sampled_from([1024, 1024, 2]),
+        seed=st.binary(min_size=16, max_size=16),
+    )
+    def start(self, strategy, capacity, prices, window_limit, max_leases, seed):
+        """A fresh worker under a random policy (strategy, capacity, price/floor) and seed."""
+        price, floor = prices
+        self.policy = Policy(
+            capacity=capacity,
+            executors=EXECUTORS,
+            offer=Offer(price=price, floor=floor, strategy=strategy),
+            timings=Timings(window_limit=window_limit),
+            max_leases=max_leases,
+        )
+        self.seed = seed
+        self.timings = self.policy.timings
+        self.capacity = micro(capacity)
+        self.state = initial_state(engine(), self.policy, seed)
+        self.t = 0.0
+        self.now = at(0.0)
+        self.last_mono = -math.inf
+        self.inputs: list[tuple[Now, Event]] = []
+        self.outputs: list[str] = []
+        self.reply_seq = 0
+        self.fresh = 0
+        # the reference model
+        self.requests: dict[str, MRequest] = {}
+        self.seen: dict[str, float] = {}
+        self.arrivals = 0
+        self.m_leases: dict[str, MLease] = {}
+        self.m_jobs: dict[str, MJob] = {}
+        self.released: set[str] = set()
+        self.ids: set[str] = set()
+        self.offers_pending: list[str] = []
+        self.acks_pending: list[tuple[str, str]] = []
+        self.accepting = True
+        self.shutdown_at = math.inf
+        self.stopped = False
+        self.offers = 0
+
+    # -- the driver -----------------------------------------------------------------------
+
+    def _reply_to(self) -> int:
+        self.reply_seq += 1
+        return self.reply_seq
+
+    def _lease_status(self, lease_id: str) -> str:
+        """What the model says the lease is at self.now, before the step runs."""
+        lease = self.m_leases.get(lease_id)
+        if lease is None:
+            return "gone"
+        if lease.draining:
+            return "draining"
+        if self.now.mono >= lease.expiry:
+            return "draining" if lease.job is not None else "gone"
+        return "active" if lease.accepted else "offered"
+
+    def _job_live(self, job_id: str) -> bool:
+        job = self.m_jobs.get(job_id)
+        return job is not None and self.now.mono < job.report_deadline
+
+    def _predict(self, event: Event) -> str | None:
+        """The expected answer to a renewal or dispatch ("renewed"/"start" or a reason)."""
+        if isinstance(event, RenewRequested):
+            status = self._lease_status(event.lease_id)
+            if status == "gone":
+                return "unknown_lease"
+            if status == "draining":
+                return "lease_expired"
+            if event.peer != self.m_leases[event.lease_id].owner:
+                return "not_owner"
+            return "renewed"
+        if isinstance(event, DispatchRequested):
+            status = self._lease_status(event.lease_id)
+            if status == "gone":
+                return "unknown_lease"
+            if status == "draining":
+                return "lease_expired"
+            if status == "offered":
+                return "lease_not_accepted"
+            lease = self.m_leases[event.lease_id]
+            if event.peer != lease.owner:
+                return "not_owner"
+            if lease.job is not None:
+                return "lease_busy"
+            if self._job_live(event.job_id):
+                return "duplicate_job"
+            spec = self.policy.executor_for(event.executor)
+            if spec is None:
+                return "executor_not_configured"
+            if RUNTIME_FOR_CLASS.get(spec.cls) != spec.runtime:
+                return "executor_runtime_mismatch"
+            return "start"
+        return None
+
+    def _expect_admitted(self, event: AdvertisementReceived) -> bool:
+        rid = event.request_id
+        if rid in self.requests:
+            return False
+        if rid in self.seen and self.seen[rid] > self.last_mono:
+            return False
+        return self.accepting
+
+    def _feed(self, event: Event) -> list[str]:
+        """Step the core at self.t, check the step against the model; return new lease ids."""
+        self.now = now = at(self.t)
+        expected = self._predict(event)
+        admitted = (
+            self._expect_admitted(event) if isinstance(event, AdvertisementReceived) else None
+        )
+        self.inputs.append((now, event))
+        out = step(self.state, event, now)  # any exception is a failure
+        self.outputs.append(repr(out.effects))
+        self.last_mono = now.mono
+        offers = {e.lease_id: e for e in out.effects if isinstance(e, SendOffer)}
+        self._check_trace(event, out.trace, offers, admitted)
+        new = self._check_effects(event, out.effects, expected)
+        self._apply_input(event)
+        return new
+
+    # -- checking the trace ---------------------------------------------------------------
+
+    def _filter(self, req: MRequest) -> str | None:
+        """The model's filter chain, in the order machines/request.toml declares it."""
+        ad, offer = req.ad, self.policy.offer
+        if not (0.0 <= ad.bid < math.inf):
+            return "invalid_bid"
+        requested = micro(ad.resources)
+        if requested is None:
+            return "invalid_resources"
+        expires = req.admitted.mono + (ad.expires_wall - req.admitted.wall)
+        if not (expires > self.now.mono):
+            return "expired"
+        if any(self.policy.executor_for(ref) is None for ref in ad.executors):
+            return "unsupported_executor"
+        if ad.bid < offer.floor:
+            return "below_floor"
+        if offer.strategy == "flexible" and ad.bid < offer.price:
+            return "below_price"
+        if not fits(requested, self.capacity):
+            return "exceeds_capacity"
+        if offer.strategy == "flexible" and requested == ZERO:
+            return "empty_request"
+        if offer.strategy == "whole":
+            req.resources, req.price = self.capacity, max(ad.bid, offer.price)
+        else:
+            req.resources, req.price = requested, ad.bid
+        g, c, m, s = req.resources
+        weighted = (25.0 * g + 1.0 * c + 0.1 * m + 0.01 * s) / MICRO
+        req.score = req.price / weighted if weighted > 0 else 0.0
+        return None
+
+    def _reserved(self) -> Resources:
+        total = ZERO
+        for lease in self.m_leases.values():
+            total = add(total, lease.resources)
+        return total
+
+    def _check_trace(self, event, trace, offers, admitted) -> None:
+        specs = engine().specs
+        now = self.now.mono
+        created = False
+        last_rank: tuple[float, int] | None = None
+        before_create: tuple[Resources, int] | None = None
+        self.drained_now: set[str] = set()
+        for kind, key, src, ev, dst, idx in trace:
+            assert src not in specs[kind].terminal, f"{kind} {key} left terminal {src}"
+            if kind == "request":
+                if ev == "created":
+                    assert isinstance(event, AdvertisementReceived)
+                    assert key == event.request_id
+                    created = True
+                    self.arrivals += 1
+                    self.requests[key] = MRequest(event, self.now, self.arrivals)
+                    window = self.policy.dedupe_window
+                    forget = now + window
+                    expires = now + (event.expires_wall - self.now.wall)
+                    if expires == expires:
+                        forget = max(now, min(expires, forget))
+                    self.seen[key] = forget
+                elif ev == "batch_closed":
+                    last_rank = None
+                    effect = specs[kind].transitions[idx].effects[0]
+                    reason = self._filter(self.requests[key])
+                    if reason is None:
+                        assert dst == "ranked", (key, effect)
+                    else:
+                        assert str(effect) == f"decline({reason})", (key, str(effect), reason)
+                elif ev == "reserve":
+                    req = self.requests[key]
+                    rank = (-req.score, req.arrival)
+                    assert last_rank is None or last_rank <= rank, "flush out of rank order"
+                    last_rank = rank
+                    if dst == "offered":
+                        assert before_create is not None
+                        free, count = before_create
+                        assert fits(req.resources, free)
+                        assert count < self.policy.max_leases
+                        before_create = None
+                    else:
+                        free = add(self.capacity, self._reserved(), -1)
+                        full = len(self.m_leases) >= self.policy.max_leases
+                        reason = str(specs[kind].transitions[idx].effects[0])
+                        if full:
+                            assert reason == "decline(too_many_leases)"
+                        else:
+                            assert reason == "decline(insufficient_resources)"
+                            assert not fits(req.resources, free)
+                elif ev == "window_discarded":
+                    assert isinstance(event, ShutdownRequested)
+                if dst in specs[kind].terminal:
+                    del self.requests[key]
+            elif kind == "lease":
+                self._check_lease_entry(event, key, src, ev, dst, offers)
+                if ev == "created":
+                    before_create = self._before_create
+            elif kind == "job":
+                self._check_job_entry(event, key, src, ev, dst)
+            elif kind == "node" and dst == "stopped":
+                self.stopped = True
+        if admitted is not None:
+            assert created == admitted, f"admission of {event.request_id}: {created}"
+
+    def _check_lease_entry(self, event, key, src, ev, dst, offers) -> None:
+        now = self.now.mono
+        if src == "":
+            if ev == "created":
+                assert key not in self.ids and key not in self.released, f"id {key} reused"
+                self.ids.add(key)
+                offer = offers[key]
+                req = self.requests[offer.request_id]
+                assert req.resources is not None
+                assert offer.resources == amounts_of(req.resources)
+                assert offer.price == req.price and offer.scheduler == req.ad.scheduler
+                self._before_create = (
+                    add(self.capacity, self._reserved(), -1),
+                    len(self.m_leases),
+                )
+                self.m_leases[key] = MLease(
+                    offer.scheduler, req.resources, now + self.timings.offer_timeout
+                )
+            return  # a rejection of an unknown or released lease
+        assert key not in self.released, f"released lease {key} moved again"
+        lease = self.m_leases[key]
+        if dst is None or ev == "renew_requested" or (dst == src and ev != "job_detached"):
+            return  # ignored, refused, or renewed (checked against the reply)
+        if ev == "job_detached" and dst == "active":
+            assert self._ended_job(event) == lease.job
+            lease.job = None
+            return
+        if dst == "draining":
+            if ev == "lease_expired":
+                assert lease.accepted and now >= lease.expiry and lease.job is not None
+            else:
+                assert ev == "shutdown" and isinstance(event, ShutdownRequested)
+            lease.draining = True
+            self.drained_now.add(key)
+            return
+        assert dst == "released", (src, ev, dst)
+        if ev == "offer_expired":
+            assert not lease.accepted and now >= lease.expiry
+        elif ev == "lease_expired":
+            assert lease.accepted and now >= lease.expiry and lease.job is None
+        elif ev == "offer_failed":
+            assert isinstance(event, OfferFailed) and event.lease_id == key
+        elif ev == "shutdown":
+            assert isinstance(event, ShutdownRequested) and lease.job is None
+        else:
+            assert ev in ("job_ended", "job_detached"), ev
+            assert lease.job is not None and self._ended_job(event) == lease.job
+        del self.m_leases[key]
+        self.released.add(key)
+
+    @staticmethod
+    def _ended_job(event: Event) -> str | None:
+        if isinstance(event, JobExited | JobStartFailed):
+            return event.job_id
+        return None
+
+    def _check_job_entry(self, event, key, src, ev, dst) -> None:
+        now = self.now.mono
+        if ev == "created":
+            assert isinstance(event, DispatchRequested) and event.job_id == key
+            return
+        job = self.m_jobs[key]
+        if ev == "job_started":
+            assert isinstance(event, JobStarted) and event.job_id == key
+        elif ev in ("job_exited", "job_start_failed"):
+            assert self._ended_job(event) == key
+        elif ev in ("status_delivered", "status_failed"):
+            assert isinstance(event, StatusDelivered | StatusFailed) and event.job_id == key
+        elif ev == "start_overdue":
+            assert now >= job.created + self.timings.start_timeout
+        elif ev == "report_overdue":
+            assert now >= job.report_deadline
+        elif ev == "lease_lost" and dst is not None:
+            assert job.lease in self.drained_now, "job cancelled without losing its lease"
+        if dst in engine().specs["job"].terminal:
+            gone = job.proc == "gone" or self._ended_job(event) == key
+            assert gone, f"job {key} dropped while its processes may live"
+            del self.m_jobs[key]
+
+    # -- checking the effects -------------------------------------------------------------
+
+    def _check_effects(self, event, effects, expected) -> list[str]:
+        now = self.now
+        new: list[str] = []
+        answered = 0
+        started = False
+        for effect in effects:
+            if isinstance(effect, SendOffer):
+                assert self.accepting, "offer while shutting down"
+                assert effect.lease_id in self.m_leases
+                req = self.requests.get(effect.request_id)
+                assert req is None  # the request reached "offered" and was dropped
+                assert effect.expires_wall == now.wall + self.timings.offer_timeout
+                lease = self.m_leases[effect.lease_id]
+                assert lease.owner == effect.scheduler
+                self.offers += 1
+                self.offers_pending.append(effect.lease_id)
+                new.append(effect.lease_id)
+            elif isinstance(effect, ReplyRenewed | ReplyRenewFailed):
+                assert isinstance(event, RenewRequested), effect
+                assert effect.reply_to == event.reply_to and effect.lease_id == event.lease_id
+                answered += 1
+                if isinstance(effect, ReplyRenewed):
+                    assert expected == "renewed"
+                    lease = self.m_leases[event.lease_id]
+                    assert event.peer == lease.owner, "renewed for a non-owner"
+                    lease.accepted = True
+                    lease.expiry = now.mono + self.timings.lease_timeout
+                    assert math.isclose(
+                        effect.expires_wall, now.wall + self.timings.lease_timeout, abs_tol=1e-6
+                    )
+                else:
+                    assert effect.reason == expected, (effect.reason, expected)
+            elif isinstance(effect, StartJob):
+                assert isinstance(event, DispatchRequested) and expected == "start", expected
+                assert effect.job_id == event.job_id and effect.lease_id == event.lease_id
+                lease = self.m_leases[event.lease_id]
+                assert lease.accepted and event.peer == lease.owner, "job for a non-owner"
+                assert effect.executor == self.policy.executor_for(event.executor)
+                assert effect.spec == event.spec
+                assert effect.resources == amounts_of(lease.resources)
+                assert effect.work_dir_id not in self.ids, "work dir id reused"
+                self.ids.add(effect.work_dir_id)
+                previous = self.m_jobs.get(effect.job_id)
+                assert previous is None, "a second job with a live job's id"
+                self.m_jobs[effect.job_id] = MJob(
+                    event.lease_id, lease.owner, event.reply_to, now.mono
+                )
+                lease.job = effect.job_id
+                started = True
+            elif isinstance(effect, ReplyDispatchFailed):
+                if isinstance(event, DispatchRequested) and effect.reply_to == event.reply_to:
+                    assert effect.reason == expected, (effect.reason, expected)
+                    answered += 1
+                else:
+                    self._check_deferred_failure(event, effect)
+            elif isinstance(effect, ReplyDispatched):
+                job = self.m_jobs[effect.job_id]
+                assert isinstance(event, JobStarted) and event.job_id == effect.job_id
+                assert not job.answered and effect.reply_to == job.reply_to
+                assert job.lease == effect.lease_id
+                job.answered = job.started = True
+                expiry = self.m_leases[job.lease].expiry
+                wall = now.wall + (expiry - now.mono)
+                assert math.isclose(effect.expires_wall, wall, abs_tol=1e-6)
+            elif isinstance(effect, StopJob):
+                job = self.m_jobs[effect.job_id]
+                assert job.proc != "gone", "stop sent for a job that is gone"
+                assert job.stopped or not effect.force
+                job.stopped = True
+            elif isinstance(effect, SendJobStatus):
+                self._check_status(event, effect)
+            elif isinstance(effect, NodeStopped):
+                shutting_down = isinstance(event, ShutdownRequested) or not self.accepting
+                assert shutting_down and not getattr(self, "announced", False)
+                self.announced = True
+                if effect.reason == "drained":
+                    assert not self.state.records["lease"] and not self.state.records["job"]
+                else:
+                    assert now.mono >= self.shutdown_at + self.timings.shutdown_timeout
+            else:  # pragma: no cover - a new effect type needs a check here
+                raise AssertionError(f"unchecked effect {effect!r}")
+        if isinstance(event, RenewRequested):
+            assert answered == 1, "a renewal must be answered exactly once, at once"
+        if isinstance(event, DispatchRequested):
+            assert answered + started == 1, "a dispatch is refused at once or starts a job"
+            if not started:
+                assert expected != "start", "a valid dispatch was refused"
+        return new
+
+    def _check_deferred_failure(self, event: Event, effect: ReplyDispatchFailed) -> None:
+        job = self.m_jobs.get(effect.job_id)
+        if job is None:  # a job that failed to start is dropped in the same step
+            assert isinstance(event, JobStartFailed) and effect.reason == "start_failed"
+            return
+        assert not job.answered and effect.reply_to == job.reply_to
+        job.answered = True
+        reason = effect.reason
+        if reason == "exited_during_start":
+            assert isinstance(event, JobExited) and event.job_id == effect.job_id
+        elif reason == "start_timeout":
+            assert self.now.mono >= job.created + self.timings.start_timeout
+        else:
+            assert reason == "lease_expired", reason
+            assert job.lease in self.drained_now
+
+    def _check_status(self, event: Event, effect: SendJobStatus) -> None:
+        job = self.m_jobs[effect.job_id]
+        assert effect.scheduler == job.owner, "status sent to someone else"
+        self.acks_pending.append((effect.job_id, effect.status))
+        if effect.status == "running":
+            assert isinstance(event, JobStarted) and event.job_id == effect.job_id
+            return
+        assert self._ended_job(event) == effect.job_id, "final status before the job ended"
+        job.report_deadline = self.now.mono + self.timings.report_timeout
+        if isinstance(event, JobExited):
+            assert effect.exit_code == event.exit_code
+            if effect.status == "finished":
+                assert event.exit_code == 0 and job.started and not job.stopped
+        if effect.status == "cancelled":
+            assert job.stopped
+
+    def _apply_input(self, event: Event) -> None:
+        """What the shell now knows about job processes."""
+        if isinstance(event, JobStarted):
+            job = self.m_jobs.get(event.job_id)
+            if job is not None and job.proc == "pending":
+                job.proc = "alive"
+        elif isinstance(event, JobStartFailed | JobExited):
+            job = self.m_jobs.get(event.job_id)
+            if job is not None:
+                job.proc = "gone"
+        elif isinstance(event, ShutdownRequested) and self.accepting:
+            self.accepting = False
+            self.shutdown_at = self.now.mono
+
+    # -- rules: remote inputs -------------------------------------------------------------
+
+    @rule(
+        target=leases,
+        rid=st.sampled_from([f"ad-{i}" for i in range(6)]) | st.none(),
+        scheduler=st.sampled_from(PEERS),
+        resources=st.one_of(AMOUNTS, AMOUNTS, HOSTILE_AMOUNTS),
+        executors=EXECUTOR_LISTS,
+        bid=BIDS,
+        expires_in=EXPIRES_IN,
+    )
+    def advertise(self, rid, scheduler, resources, executors, bid, expires_in):
+        """A scheduler advertises (valid, malformed, stale or duplicate); offers are checked."""
+        if rid is None:
+            self.fresh += 1
+            rid = f"fresh-{self.fresh}"
+        ad = AdvertisementReceived(
+            request_id=rid,
+            scheduler=scheduler,
+            reply_address="tcp://127.0.0.1:7000",
+            resources=resources,
+            executors=executors,
+            bid=bid,
+            expires_wall=at(self.t).wall + expires_in,
+        )
+        return multiple(*self._feed(ad))
+
+    @rule(target=leases, n=st.integers(2, 8), bid=BIDS, cpu=GOOD_AMOUNT)
+    def advertise_burst(self, n, bid, cpu):
+        """A burst of fresh advertisements at one instant (fills small windows)."""
+        new: list[str] = []
+        for _ in range(n):
+            self.fresh += 1
+            ad = AdvertisementReceived(
+                request_id=f"burst-{self.fresh}",
+                scheduler=PEERS[self.fresh % 3],
+                reply_address="tcp://127.0.0.1:7000",
+                resources=Amounts(cpu=cpu, memory=0.25),
+                executors=(TRAIN,),
+                bid=bid,
+                expires_wall=at(self.t).wall + 5.0,
+            )
+            new += self._feed(ad)
+        return multiple(*new)
+
+    @rule(
+        target=leases,
+        lease=leases | st.just(UNKNOWN_LEASE),
+        peer=st.sampled_from(["owner", "owner", *PEERS]),
+    )
+    def renew(self, lease, peer):
+        """A peer renews a lease (owner, stranger, or an unknown id); the reply is predicted."""
+        if peer == "owner":
+            peer = self.m_leases[lease].owner if lease in self.m_leases else SCHED
+        event = RenewRequested(lease_id=lease, peer=peer, reply_to=self._reply_to())
+        return multiple(*self._feed(event))
+
+    @precondition(lambda self: bool(self.m_leases))
+    @rule(target=leases)
+    def owners_renew_everything(self):
+        """Every scheduler renews every lease it holds, at one instant."""
+        new: list[str] = []
+        for lease_id in sorted(self.m_leases):
+            owner = self.m_leases[lease_id].owner
+            new += self._feed(RenewRequested(lease_id, owner, self._reply_to()))
+        return multiple(*new)
+
+    @rule(target=job_ids)
+    def new_job_id(self):
+        """A scheduler picks a job id (ids may later be reused, on purpose)."""
+        self.fresh += 1
+        return f"job-{self.fresh}"
+
+    @rule(
+        target=leases,
+        lease=leases | st.just(UNKNOWN_LEASE),
+        job_id=job_ids,
+        peer=st.sampled_from(["owner", "owner", "owner", *PEERS]),
+        executor=st.sampled_from([TRAIN, TRAIN, AGGREGATE, MISCONFIGURED, UNKNOWN_NAME]),
+    )
+    def dispatch(self, lease, job_id, peer, executor):
+        """A peer dispatches a job under a lease; refusals and starts are predicted."""
+        if peer == "owner":
+            peer = self.m_leases[lease].owner if lease in self.m_leases else SCHED
+        event = DispatchRequested(
+            job_id=job_id,
+            lease_id=lease,
+            peer=peer,
+            executor=executor,
+            spec='{"model": "x"}',
+            reply_to=self._reply_to(),
+        )
+        return multiple(*self._feed(event))
+
+    # -- rules: results of effects --------------------------------------------------------
+
+    @precondition(lambda self: bool(self.offers_pending))
+    @rule(target=leases, data=st.data(), delivered=st.booleans())
+    def offer_result(self, data, delivered):
+        """The shell reports how one offer's delivery went (possibly after the lease ended)."""
+        lease_id = self.offers_pending.pop(data.draw(st.integers(0, len(self.offers_pending) - 1)))
+        event = OfferDelivered(lease_id) if delivered else OfferFailed(lease_id, "unreachable")
+        return multiple(*self._feed(event))
+
+    def _jobs_where(self, *procs: str) -> list[str]:
+        return sorted(j for j, m in self.m_jobs.items() if m.proc in procs)
+
+    @precondition(lambda self: bool(self._jobs_where("pending")))
+    @rule(target=leases, data=st.data(), ok=st.booleans())
+    def job_start_result(self, data, ok):
+        """The executor reports that a job it was asked to start started, or failed to."""
+        job_id = data.draw(st.sampled_from(self._jobs_where("pending")))
+        event = JobStarted(job_id) if ok else JobStartFailed(job_id, "spawn failed")
+        return multiple(*self._feed(event))
+
+    @precondition(lambda self: bool(self._jobs_where("pending", "alive")))
+    @rule(target=leases, data=st.data(), code=st.sampled_from([0, 0, 1, 137, -9, -15]))
+    def job_exits(self, data, code):
+        """A started (or still starting) job's processes are all gone, with an exit code."""
+        job_id = data.draw(st.sampled_from(self._jobs_where("pending", "alive")))
+        return multiple(*self._feed(JobExited(job_id, code)))
+
+    @precondition(
+        lambda self: any(m.stopped and m.proc != "gone" for m in self.m_jobs.values())
+    )
+    @rule(target=leases, data=st.data())
+    def stopped_job_exits(self, data):
+        """A job the core asked to stop is finally gone (signal exit)."""
+        stopped = sorted(j for j, m in self.m_jobs.items() if m.stopped and m.proc != "gone")
+        job_id = data.draw(st.sampled_from(stopped))
+        return multiple(*self._feed(JobExited(job_id, -15)))
+
+    @precondition(lambda self: bool(self.acks_pending))
+    @rule(target=leases, data=st.data(), delivered=st.booleans())
+    def status_result(self, data, delivered):
+        """The scheduler acknowledges a status report, or its delivery fails."""
+        job_id, status = self.acks_pending.pop(
+            data.draw(st.integers(0, len(self.acks_pending) - 1))
+        )
+        event = (
+            StatusDelivered(job_id, status)
+            if delivered
+            else StatusFailed(job_id, status, "unreachable")
+        )
+        return multiple(*self._feed(event))
+
+    # -- rules: time and commands ---------------------------------------------------------
+
+    @rule(target=leases, dt=DT)
+    def advance(self, dt):
+        """Time passes by dt; the shell ticks."""
+        self.t += dt
+        return multiple(*self._feed(Tick()))
+
+    @precondition(lambda self: next_deadline(self.state) < math.inf)
+    @rule(offset=st.sampled_from([0.0, 0.0, -1e-6]))
+    def clock_to_next_deadline(self, offset):
+        """The clock moves to exactly the next deadline (or just before); the next input lands there."""
+        self.t = max(self.t, next_deadline(self.state) + offset)
+
+    @precondition(lambda self: next_deadline(self.state) < math.inf)
+    @rule(target=leases)
+    def tick_at_next_deadline(self):
+        """The shell wakes at exactly the next deadline."""
+        self.t = max(self.t, next_deadline(self.state))
+        return multiple(*self._feed(Tick()))
+
+    @rule(target=leases)
+    def shutdown(self):
+        """The operator asks the node to stop (possibly again)."""
+        return multiple(*self._feed(ShutdownRequested()))
+
+    # -- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def ledger_balances(self):
+        """Reserved fits capacity, equals the reservations and the live leases' resources."""
+        state = self.state
+        assert fits(state.reserved, state.capacity), "double booked"
+        assert all(x >= 0 for x in state.reserved)
+        total = ZERO
+        for amount in state.reservations.values():
+            total = add(total, amount)
+        assert total == state.reserved
+        leases = state.records["lease"]
+        assert set(state.reservations) == set(leases)
+        total = ZERO
+        for lease in leases.values():
+            total = add(total, lease.resources)
+            assert state.reservations[lease.key] == lease.resources
+        assert total == state.reserved
+
+    @invariant()
+    def released_leases_stay_gone(self):
+        """A released lease id never comes back as a record or a reservation."""
+        assert not self.released & set(self.state.records["lease"])
+        assert not self.released & set(self.state.reservations)
+
+    @invariant()
+    def jobs_run_only_under_live_leases(self):
+        """Starting/running jobs sit on an active lease that names them; cancelling ones too."""
+        leases = self.state.records["lease"]
+        for job in self.state.records["job"].values():
+            if job.phase in ("starting", "running", "cancelling"):
+                lease = leases.get(job.lease_id)
+                assert lease is not None, f"{job.phase} job {job.key} without a lease"
+                assert lease.job_id == job.key
+                if job.phase != "cancelling":
+                    assert lease.phase == "active", (job.phase, lease.phase)
+
+    @invariant()
+    def processes_hold_their_reservation(self):
+        """While a job's processes may be alive, its lease's reservation is held."""
+        for job in self.m_jobs.values():
+            if job.proc != "gone":
+                assert job.lease in self.state.reservations, "reservation freed under a job"
+
+    @invariant()
+    def deadlines_are_in_the_future(self):
+        """Nothing due is left unfired, and next_deadline is the earliest live deadline."""
+        live = [
+            rec.deadline for table in self.state.records.values() for rec in table.values()
+        ]
+        assert all(d > self.now.mono for d in live), "a due deadline did not fire"
+        assert next_deadline(self.state) == min(live, default=math.inf)
+
+    @invariant()
+    def terminal_phases_absorb(self):
+        """No live record sits in a terminal phase of its machine."""
+        specs = engine().specs
+        for kind, table in self.state.records.items():
+            for rec in table.values():
+                assert rec.phase not in specs[kind].terminal, (kind, rec.key, rec.phase)
+
+    @invariant()
+    def model_agrees_with_core(self):
+        """The model's leases and jobs are exactly the core's, with the same owners and phases."""
+        leases = self.state.records["lease"]
+        assert set(leases) == set(self.m_leases)
+        for key, model in self.m_leases.items():
+            lease = leases[key]
+            phase = "draining" if model.draining else "active" if model.accepted else "offered"
+            assert lease.phase == phase, (lease.phase, phase)
+            assert lease.owner == model.owner and lease.resources == model.resources
+            assert lease.job_id == model.job
+            if not model.draining:
+                assert lease.deadline == model.expiry
+        assert set(self.state.records["job"]) == set(self.m_jobs)
+        assert set(self.state.records["request"]) == set(self.requests)
+        assert self.state.counters["offers"] == self.offers
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def teardown(self):
+        """Replaying the recorded inputs from the same seed reproduces every effect and the state."""
+        if not getattr(self, "inputs", None) or len(self.inputs) != len(self.outputs):
+            return  # nothing ran, or a step raised (that failure is reported already)
+        state = initial_state(engine(), self.policy, self.seed)
+        for (now, event), effects in zip(self.inputs, self.outputs, strict=True):
+            assert repr(step(state, event, now).effects) == effects, "replay diverged"
+        assert snapshot(state) == snapshot(self.state)
+
+
+TestWorkerMachine = WorkerMachine.TestCase
