@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hypha_sm.core.effects import SendJobStatus, SendOffer, StartJob, StopJob
+from hypha_sm.core.engine import Engine
 from hypha_sm.core.events import (
     Event,
     JobExited,
@@ -23,6 +24,7 @@ from hypha_sm.core.events import (
     ShutdownRequested,
     StatusDelivered,
     StatusFailed,
+    Tick,
 )
 from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
 from hypha_sm.core.resources import Amounts
@@ -61,16 +63,28 @@ def policies() -> list[Policy]:
 class Walk:
     rng: random.Random
     worker: Worker
-    offers: list[tuple[str, str]] = field(default_factory=list)  # (lease id, owner)
+    offers: list[tuple[str, str]] = field(default_factory=list)  # live (lease id, owner)
+    dead: list[str] = field(default_factory=list)  # leases that ended
     unanswered_offers: list[str] = field(default_factory=list)
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> spawned|started|exited
     stopped: set[str] = field(default_factory=set)
     reports: list[tuple[str, str]] = field(default_factory=list)
     ad_ids: list[str] = field(default_factory=list)
     counter: int = 0
+    #: ad, burst, renew, dispatch, offer answer, job result, report answer, shutdown, advance
+    weights: tuple[float, ...] = (30, 2, 40, 24, 12, 40, 16, 1, 35)
+    big_jumps: float = 0.2
+    invalid_share: float = 0.75
+    small_steps: tuple[float, ...] = (0.05, 0.3, 1.0)
+    deadline_jumps: float = 0.5
 
     def feed(self, event: Event, t: float | None = None) -> None:
         out = self.worker.feed(event, t)
+        for machine, key, _src, _event, dst, _index in out.trace:
+            if machine == "lease" and dst == "released":
+                # The scheduler learns of it (a failed renewal); keep a few for late messages.
+                self.offers = [o for o in self.offers if o[0] != key]
+                self.dead.append(key)
         for effect in out.effects:
             if isinstance(effect, SendOffer):
                 self.offers.append((effect.lease_id, effect.scheduler))
@@ -89,7 +103,7 @@ class Walk:
             return ad(rng.choice(self.ad_ids), t=self.worker.t)
         request_id = f"ad-{self.counter}"
         self.ad_ids.append(request_id)
-        kind = rng.randrange(12)
+        kind = rng.randrange(9) if rng.random() < self.invalid_share else 9
         t = self.worker.t
         if kind == 0:
             return ad(request_id, bid=math.nan, t=t)
@@ -121,27 +135,22 @@ class Walk:
         )
 
     def move(self) -> None:
-        rng = self.rng
-        choice = rng.randrange(200)
-        if choice < 30:
+        actions = (
+            lambda: self.feed(self.random_ad()),
+            self.burst,
+            self.renew_some_lease,
+            self.dispatch_on_some_lease,
+            self.answer_an_offer,
+            self.job_result,
+            self.answer_a_report,
+            lambda: self.feed(ShutdownRequested()),
+            self.advance,
+        )
+        self.rng.choices(actions, weights=self.weights)[0]()
+
+    def burst(self) -> None:
+        for _ in range(self.worker.policy.timings.window_limit):
             self.feed(self.random_ad())
-        elif choice < 32:
-            for _ in range(self.worker.policy.timings.window_limit):
-                self.feed(self.random_ad())
-        elif choice < 72:
-            self.renew_some_lease()
-        elif choice < 96:
-            self.dispatch_on_some_lease()
-        elif choice < 108:
-            self.answer_an_offer()
-        elif choice < 148:
-            self.job_result()
-        elif choice < 164:
-            self.answer_a_report()
-        elif choice < 165:
-            self.feed(ShutdownRequested())
-        else:
-            self.advance()
 
     def pick_offer(self) -> tuple[str, str]:
         # Mostly the newest offer: a scheduler accepts within the 0.5 s offer window.
@@ -155,8 +164,8 @@ class Walk:
             return self.advance()
         lease, owner = self.pick_offer()
         peer = owner if rng.random() < 0.85 else OTHER
-        if rng.random() < 0.05:
-            lease = "unknown-lease"
+        if rng.random() < 0.1:
+            lease = rng.choice(self.dead) if self.dead else "unknown-lease"
         self.feed(renew(lease, peer=peer))
         return None
 
@@ -187,8 +196,10 @@ class Walk:
         rng = self.rng
         if not self.reports:
             return self.advance()
-        job, status = self.reports.pop(rng.randrange(len(self.reports)))
-        if rng.random() < 0.8:
+        # Mostly the newest report (the scheduler answers promptly), sometimes an old one late.
+        index = len(self.reports) - 1 if rng.random() < 0.7 else rng.randrange(len(self.reports))
+        job, status = self.reports.pop(index)
+        if rng.random() < 0.7:
             self.feed(StatusDelivered(job, status))
         else:
             self.feed(StatusFailed(job, status, "unreachable"))
@@ -196,12 +207,11 @@ class Walk:
 
     def job_result(self) -> None:
         rng = self.rng
-        if not self.jobs:
+        pending = [job for job, phase in self.jobs.items() if phase != "exited"]
+        if not pending:
             return self.advance()
-        job = rng.choice(list(self.jobs))
+        job = pending[-1] if rng.random() < 0.6 else rng.choice(pending)
         phase = self.jobs[job]
-        if phase == "exited":
-            return None
         if phase == "spawned":
             roll = rng.random()
             if roll < 0.7 and job not in self.stopped:
@@ -223,24 +233,36 @@ class Walk:
         worker = self.worker
         roll = rng.random()
         deadline = worker.state.next_deadline()
-        if roll < 0.5 and deadline < math.inf:
-            worker.tick(deadline)
-        elif roll < 0.8:
-            worker.advance(rng.choice([0.05, 0.3, 1.0]))
+        if roll < self.deadline_jumps and deadline < math.inf:
+            self.feed(Tick(), deadline)
+        elif roll < 1 - self.big_jumps:
+            self.feed(Tick(), worker.t + rng.choice(self.small_steps))
         else:
-            worker.advance(rng.choice([11.0, 40.0, 70.0]))
+            self.feed(Tick(), worker.t + rng.choice([11.0, 40.0, 70.0]))
+
+
+def walk(n: int, steps: int, seed: int, eng: Engine | None = None) -> Worker:
+    """Walk number ``n`` of a seeded family: the same arguments always give the same inputs."""
+    rng = random.Random(f"{seed}-{n}")
+    pols = policies()
+    w = Walk(rng, Worker(pols[n % len(pols)], seed=rng.randbytes(16), eng=eng))
+    if n % 2:  # a cooperative scheduler and a prompt shell: jobs get all the way through
+        w.weights = (20, 0.5, 40, 30, 10, 60, 40, 0.5, 25)
+        w.big_jumps = 0.05
+        w.invalid_share = 0.1
+        w.small_steps = (0.01, 0.05, 0.1)
+        w.deadline_jumps = 0.2
+    for _ in range(steps):
+        w.move()
+    return w.worker
 
 
 def explore(walks: int = 2000, steps: int = 100, seed: int = 1) -> Counter[tuple[str, int]]:
     """Fired declared transitions as (machine, index) -> count, over many seeded walks."""
     fired: Counter[tuple[str, int]] = Counter()
-    rng = random.Random(seed)
-    pols = policies()
     for n in range(walks):
-        walk = Walk(rng, Worker(pols[n % len(pols)], seed=rng.randbytes(16)))
-        for _ in range(steps):
-            walk.move()
-        for out in walk.worker.outputs:
+        worker = walk(n, steps, seed)
+        for out in worker.outputs:
             for machine, _key, _src, _event, _dst, index in out.trace:
                 if index >= 0:
                     fired[(machine, index)] += 1

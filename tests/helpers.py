@@ -15,10 +15,10 @@ from hypha_sm.core.events import (
     Tick,
 )
 from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
-from hypha_sm.core.reducer import Step, initial_state, step
+from hypha_sm.core.reducer import Step, build_engine, initial_state, step
 from hypha_sm.core.resources import Amounts
 from hypha_sm.core.state import WorkerState
-from hypha_sm.machines_io import load_engine
+from hypha_sm.machines_io import load_engine, load_specs
 
 SEED = bytes(range(16))
 WALL0 = 1_700_000_000.0
@@ -32,6 +32,12 @@ CAPACITY = Amounts(gpu=24, cpu=16, memory=64, storage=500)
 @cache
 def engine() -> Engine:
     return load_engine()[0]
+
+
+@cache
+def library_engine() -> Engine:
+    """The same machines, fired through `transitions.Machine.trigger` (the reference path)."""
+    return build_engine(load_specs(), via_library=True)
 
 
 def policy(
@@ -60,9 +66,11 @@ def at(t: float) -> Now:
 class Worker:
     """A state plus a clock, with the inputs and outputs recorded."""
 
-    def __init__(self, pol: Policy | None = None, seed: bytes = SEED) -> None:
+    def __init__(
+        self, pol: Policy | None = None, seed: bytes = SEED, eng: Engine | None = None
+    ) -> None:
         self.policy = pol or policy()
-        self.state: WorkerState = initial_state(engine(), self.policy, seed)
+        self.state: WorkerState = initial_state(eng or engine(), self.policy, seed)
         self.t = 0.0
         self.inputs: list[tuple[Now, Event]] = []
         self.outputs: list[Step] = []

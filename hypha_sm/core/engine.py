@@ -1,10 +1,19 @@
-"""The run-time engine: machine definitions bound to pure guards and actions, run by `transitions`.
+"""The run-time engine: machine definitions bound to pure guards and actions, on `transitions`.
 
-Each machine kind gets ONE ``transitions.Machine`` with ONE model object (a flyweight). To fire
-an event on a record, the engine loads the record's phase into the model, triggers the event,
-and copies the resulting phase back. The library evaluates the declared guards in order and runs
-the declared actions of the transition it picked, so the table in ``machines/`` is what runs;
-records stay plain ``__slots__`` objects (see docs/decisions.md for why and the measurements).
+Each machine kind gets ONE ``transitions.Machine``, built from the definition in ``machines/``
+with the registered guards as its conditions and the registered actions as its callbacks, and
+ONE model object (a flyweight): records stay plain ``__slots__`` objects.
+
+Firing an event on a record takes one of two paths over that same Machine:
+
+- the table path (the default): the engine reads the Machine's ordered transitions for the
+  record's phase and the event, and runs the first whose condition holds: its ``before`` and
+  ``after`` callbacks, then its destination. This is what ``Machine.trigger`` does for our
+  definitions (no state callbacks, no queueing), minus the library's per-call dispatch cost,
+  which is about 70% of the time (docs/decisions.md has the measurements);
+- the library path (``via_library=True``): load the phase into the flyweight, call the
+  library's ``trigger``, copy the phase back. The tests run both paths over the same inputs and
+  require identical traces, effects and states.
 
 Actions never trigger another record of their own kind directly (that would clobber the
 flyweight); they post internal events, which the state processes after the current transition.
@@ -15,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from transitions import Machine
 
@@ -81,8 +90,9 @@ HANDLE = "handle"
 class KindRuntime:
     """One machine kind: its spec, its `transitions.Machine`, and its dispositions."""
 
-    def __init__(self, spec: MachineSpec, registry: Registry) -> None:
+    def __init__(self, spec: MachineSpec, registry: Registry, *, via_library: bool = False) -> None:
         self.spec = spec
+        self.via_library = via_library
         self.kind = spec.name
         self.terminal = spec.terminal
         self.deadline_event: dict[str, str] = {
@@ -100,7 +110,7 @@ class KindRuntime:
         table = []
         for t in spec.transitions:
             self.disposition[(t.src, t.event)] = HANDLE
-            callbacks: list[Callable[[Ctx], None]] = [_marker(t.index)]
+            callbacks: list[Callable[[Ctx], None]] = []
             for ref in t.effects:
                 if ref.arg is None:
                     if ref.name not in registry.actions:
@@ -121,8 +131,9 @@ class KindRuntime:
                     "source": t.src,
                     "dest": t.dst,  # None: an internal transition (no exit/enter)
                     "conditions": conditions,
-                    # A new phase starts with no deadline; its actions arm the one it needs.
-                    "before": [_clear_deadline] if t.dst not in (None, t.src) else [],
+                    # Marks which declared transition fired; a new phase also starts with no
+                    # deadline (its actions arm the one it needs).
+                    "before": [_begin(t.index, clear_deadline=t.dst not in (None, t.src))],
                     "after": callbacks,
                 }
             )
@@ -144,8 +155,22 @@ class KindRuntime:
             send_event=False,
             model_attribute="state",
         )
+        self.table = self._compile()
         self._busy = False
 
+    def _compile(self) -> dict[tuple[str, str], tuple[_Option, ...]]:
+        """The Machine's transitions per (phase, event), in order, as (guard, callbacks, dest)."""
+        table: dict[tuple[str, str], tuple[_Option, ...]] = {}
+        for event_name, event in self.machine.events.items():
+            for src, transitions in event.transitions.items():
+                options = []
+                for tr in transitions:
+                    if len(tr.conditions) > 1 or any(c.target is not True for c in tr.conditions):
+                        raise InvariantViolation("engine supports one positive guard per transition")
+                    guard = tr.conditions[0].func if tr.conditions else None
+                    options.append(cast(_Option, (guard, (*tr.before, *tr.after), tr.dest)))
+                table[(src, event_name)] = tuple(options)
+        return table
     def fire(self, state: WorkerState, rec: Record, event: str, payload: object) -> None:
         """Fire ``event`` on ``rec`` through the library; record the transition taken."""
         src = rec._phase
@@ -163,20 +188,24 @@ class KindRuntime:
         if self._busy:
             raise InvariantViolation(f"re-entrant fire on {self.kind}: post an event instead")
         ctx = Ctx(state, rec, payload)
-        model = self.model
-        model.state = src
         self._busy = True
         try:
-            fired = model.trigger(event, ctx)
+            dst = self._via_library(ctx, src, event) if self.via_library else None
+            if not self.via_library:
+                for guard, callbacks, dest in self.table[(src, event)]:
+                    if guard is None or guard(ctx):
+                        for callback in callbacks:
+                            callback(ctx)
+                        dst = dest or src
+                        break
         finally:
             self._busy = False
-        if not fired or ctx.fired < 0:
+        if dst is None or ctx.fired < 0:
             raise InvalidTransition(self.kind, rec.key, src, event, "no declared transition fired")
         if rec._phase != src:
             raise InvalidTransition(
                 self.kind, rec.key, src, event, "an action changed the phase directly"
             )
-        dst: str = model.state
         rec._phase = dst
         state.trace.append((self.kind, rec.key, src, event, dst, ctx.fired))
         if dst in self.terminal:
@@ -187,21 +216,37 @@ class KindRuntime:
             )
 
 
+    def _via_library(self, ctx: Ctx, src: str, event: str) -> str | None:
+        model = self.model
+        model.state = src
+        if not model.trigger(event, ctx):
+            return None
+        dst: str = model.state
+        return dst
+
+
+_Option = tuple[Guard | None, tuple[Callable[[Ctx], None], ...], str | None]
+
+
 class _Flyweight:
     """The single model object of a kind's `transitions.Machine`; holds only the loaded phase."""
 
     state: str
 
 
-def _clear_deadline(ctx: Ctx) -> None:
-    ctx.rec.deadline = math.inf
+def _begin(index: int, *, clear_deadline: bool) -> Callable[[Ctx], None]:
+    if clear_deadline:
 
+        def begin_phase(ctx: Ctx) -> None:
+            ctx.fired = index
+            ctx.rec.deadline = math.inf
 
-def _marker(index: int) -> Callable[[Ctx], None]:
-    def mark(ctx: Ctx) -> None:
+        return begin_phase
+
+    def begin(ctx: Ctx) -> None:
         ctx.fired = index
 
-    return mark
+    return begin
 
 
 def _bind(fn: ActionWithArg, arg: str) -> Callable[[Ctx], None]:
@@ -228,7 +273,13 @@ def _unresolved(
 class Engine:
     """Every machine kind, validated against its registry. Built once; shared by states."""
 
-    def __init__(self, specs: Mapping[str, MachineSpec], registries: Mapping[str, Registry]):
+    def __init__(
+        self,
+        specs: Mapping[str, MachineSpec],
+        registries: Mapping[str, Registry],
+        *,
+        via_library: bool = False,
+    ) -> None:
         missing = sorted(set(registries) - set(specs))
         if missing:
             raise SpecError(
@@ -239,4 +290,7 @@ class Engine:
             spec = specs[extra[0]]
             raise spec.error("no code registers guards and actions for this machine")
         self.specs = dict(specs)
-        self.runtimes = {name: KindRuntime(specs[name], registries[name]) for name in specs}
+        self.runtimes = {
+            name: KindRuntime(specs[name], registries[name], via_library=via_library)
+            for name in specs
+        }
