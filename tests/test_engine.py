@@ -152,3 +152,21 @@ def test_ids_are_deterministic_per_seed_and_distinct() -> None:
     assert a == lease_ids(bytes(16))
     assert len(set(a)) == 3
     assert set(a).isdisjoint(lease_ids(bytes(range(16))))
+
+
+def test_rapid_renewals_do_not_grow_the_timer_heap_without_bound() -> None:
+    """Each renewal leaves a stale timer entry; compaction keeps about two per live record."""
+    from tests.helpers import renew
+
+    worker = Worker()
+    worker.feed(ad("a"), 0.0)
+    lease = worker.tick(0.2).effects[0].lease_id  # type: ignore[union-attr]
+    for i in range(5000):
+        out = worker.feed(renew(lease, reply_to=i), 0.3 + i * 0.001)
+        assert out.effects[0].lease_id == lease  # type: ignore[union-attr]
+    assert len(worker.state.timers) <= 2 * worker.state.live_records() + 1024
+    # The deadline that counts is the last renewal's, and it still fires exactly then.
+    last = worker.t + worker.timings.lease_timeout
+    assert worker.state.next_deadline() == last
+    worker.tick(last)
+    assert lease not in worker.state.records["lease"]

@@ -88,7 +88,29 @@ class WorkerState:
         """Set the record's deadline; its phase's deadline event fires at exactly ``at``."""
         rec.deadline = at
         self.timer_seq += 1
-        heapq.heappush(self.timers, (at, self.timer_seq, rec.kind, rec.key))
+        timers = self.timers
+        heapq.heappush(timers, (at, self.timer_seq, rec.kind, rec.key))
+        if len(timers) > 2 * self.live_records() + 1024:
+            self._compact_timers()
+
+    def live_records(self) -> int:
+        """How many records are live, of every kind."""
+        return sum(len(table) for table in self.records.values())
+
+    def _compact_timers(self) -> None:
+        # Renewals leave the old entry behind until its time comes; a peer renewing fast could
+        # pile them up. Keep one entry per live record (its current deadline); the (at, seq)
+        # order of what remains is unchanged, so firing order is too.
+        latest: dict[tuple[str, str], tuple[float, int, str, str]] = {}
+        for entry in self.timers:
+            at, seq, kind, key = entry
+            rec = self.records[kind].get(key)
+            if rec is not None and rec.deadline == at:
+                best = latest.get((kind, key))
+                if best is None or seq > best[1]:
+                    latest[(kind, key)] = entry
+        self.timers = list(latest.values())
+        heapq.heapify(self.timers)
 
     def next_deadline(self) -> float:
         """The earliest pending deadline (``inf`` if none). Discards stale timer entries."""
