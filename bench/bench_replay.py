@@ -69,8 +69,13 @@ def record(target_events: int) -> bytes:
             executors = (ExecutorRef(cls="train", name="other"),) if i % 7 == 0 else (TRAIN,)
             effects = feed(
                 AdvertisementReceived(
-                    f"r{round_no}-{i}", "12D3KooWSched", "tcp://127.0.0.1:1",
-                    Amounts(gpu=1, cpu=1, memory=2), executors, bid, wall0 + t + 5,
+                    f"r{round_no}-{i}",
+                    "12D3KooWSched",
+                    "tcp://127.0.0.1:1",
+                    Amounts(gpu=1, cpu=1, memory=2),
+                    executors,
+                    bid,
+                    wall0 + t + 5,
                 )
             )
             offers += [e.lease_id for e in effects if isinstance(e, SendOffer)]
@@ -82,7 +87,9 @@ def record(target_events: int) -> bytes:
             active.append(lease)
         for lease in offers[:2]:  # and runs a job on two of them
             reply += 1
-            effects = feed(DispatchRequested(f"job-{lease}", lease, "12D3KooWSched", TRAIN, "{}", reply))
+            effects = feed(
+                DispatchRequested(f"job-{lease}", lease, "12D3KooWSched", TRAIN, "{}", reply)
+            )
             for e in effects:
                 if isinstance(e, StartJob):
                     feed(JobStarted(e.job_id))
@@ -101,20 +108,14 @@ def record(target_events: int) -> bytes:
     return sink.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def measure(events: int, repeat: int) -> tuple[int, float, float]:
+    """(events in the log, replay events/s, decode-only events/s), medians of ``repeat`` runs."""
     engine, machines_hash = load_engine()
-    data = record(args.events)
-    lines = data.splitlines(keepends=True)
-    events = len(lines) - 1
-    print(f"python {platform.python_version()}, {events:,} events, {len(data) / 1e6:.1f} MB log")
-
+    lines = record(events).splitlines(keepends=True)
+    count = len(lines) - 1
     decoder = msgspec.json.Decoder(Entry)
     decode_times, replay_times = [], []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         start = time.perf_counter()
         for line in lines[1:]:
             decoder.decode(line)
@@ -122,15 +123,25 @@ def main() -> None:
         start = time.perf_counter()
         report = replay(lines, engine, machines_hash)
         replay_times.append(time.perf_counter() - start)
-        assert report.ok and report.events == events, (report.divergence, report.error)
-    decode = statistics.median(decode_times)
-    full = statistics.median(replay_times)
-    rate = events / full
+        if not report.ok or report.events != count:
+            raise RuntimeError(f"replay failed: {report.divergence or report.error}")
+    return count, count / statistics.median(replay_times), count / statistics.median(decode_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    count, rate, decode = measure(args.events, args.repeat)
+    print(f"python {platform.python_version()}, {count:,} events")
     print(f"{'figure':44} {'value':>14} {'target':>12}  verdict")
-    print(f"{'replay (decode + step + compare effects)':44} {rate:>10,.0f} ev/s {'>= 50,000':>12}  "
-          f"{'PASS' if rate >= 50_000 else 'MISS'}")
-    print(f"{'baseline: decode only':44} {events / decode:>10,.0f} ev/s")
-    print(f"{'replay cost / decode-only cost':44} {full / decode:>13.1f}x")
+    verdict = "PASS" if rate >= 50_000 else "MISS"
+    print(
+        f"{'replay (decode + step + compare effects)':44} {rate:>10,.0f} ev/s {'>= 50,000':>12}  {verdict}"
+    )
+    print(f"{'baseline: decode only':44} {decode:>10,.0f} ev/s")
+    print(f"{'replay cost / decode-only cost':44} {decode / rate:>13.1f}x")
 
 
 if __name__ == "__main__":

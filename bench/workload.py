@@ -200,9 +200,7 @@ def build_population(engine: Engine, n: int, dt: float = 1e-6) -> Population:
     for b in range(n // 100):
         for i in range(100):
             sched = SCHEDULERS[(b * 100 + i) % len(SCHEDULERS)]
-            event = advertisement(
-                f"pop-{b:05d}-{i:02d}", clock.t, bid=100.0 + i, scheduler=sched
-            )
+            event = advertisement(f"pop-{b:05d}-{i:02d}", clock.t, bid=100.0 + i, scheduler=sched)
             out = step(state, event, clock.advance(dt))
             transitions += transitions_in(out)
             steps += 1
