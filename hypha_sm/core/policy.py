@@ -6,6 +6,7 @@ the event log stores it in its header so that a replay runs under the same polic
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import msgspec
@@ -80,3 +81,55 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if spec.cls == ref.cls and spec.name == ref.name:
                 return spec
         return None
+
+
+class PolicyError(ValueError):
+    """A policy value is not acceptable; the message names the key, the value and what is allowed."""
+
+
+def parse_strategy(value: object) -> Strategy:
+    """``"whole"``/``"flexible"``, or the original's table form ``{ type = "whole" }``."""
+    raw = value.get("type") if isinstance(value, dict) and set(value) == {"type"} else value
+    if raw == "whole":
+        return "whole"
+    if raw == "flexible":
+        return "flexible"
+    raise PolicyError(
+        f'offer.strategy = {value!r}: expected "whole", "flexible", '
+        'or a table { type = "whole" | "flexible" }'
+    )
+
+
+def policy_from_config(data: dict[str, object]) -> Policy:
+    """Build a Policy from plain config data (as read from TOML), normalising ``offer.strategy``.
+
+    Raises:
+        PolicyError: with the offending key, its value and what is allowed.
+    """
+    data = dict(data)
+    offer = data.get("offer")
+    if isinstance(offer, dict) and "strategy" in offer:
+        data["offer"] = {**offer, "strategy": parse_strategy(offer["strategy"])}
+    try:
+        policy = msgspec.convert(data, Policy)
+    except msgspec.ValidationError as exc:
+        raise PolicyError(str(exc)) from None
+    for name, amount in msgspec.structs.asdict(policy.capacity).items():
+        if not (0.0 <= amount <= 1e9):
+            raise PolicyError(f"capacity.{name} = {amount!r}: expected a number from 0 to 1e9")
+    offer_value = policy.offer
+    if not (0.0 <= offer_value.floor < math.inf and 0.0 <= offer_value.price < math.inf):
+        raise PolicyError(
+            f"offer price/floor = {offer_value.price!r}/{offer_value.floor!r}: "
+            "expected finite numbers >= 0"
+        )
+    timings = msgspec.structs.asdict(policy.timings)
+    for name, seconds in timings.items():
+        if name == "window_limit":
+            if not (isinstance(seconds, int) and seconds >= 1):
+                raise PolicyError(f"timings.window_limit = {seconds!r}: expected an integer >= 1")
+        elif not (0.0 < seconds < math.inf):
+            raise PolicyError(f"timings.{name} = {seconds!r}: expected seconds > 0")
+    if policy.max_leases < 1:
+        raise PolicyError(f"max_leases = {policy.max_leases!r}: expected an integer >= 1")
+    return policy
