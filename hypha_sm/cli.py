@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from hypha_sm import __version__
+from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.reducer import Step
 from hypha_sm.log.codec import Entry, LogFormatError
@@ -127,7 +128,8 @@ class _Timeline:
                 if machine == self.kind and event == "created":
                     moves.append(f"{machine} created ({dst})")
                 elif dst is None:
-                    moves.append(f"{machine} {src}: {event} ignored/rejected")
+                    what = "rejected" if index == REJECTED else "ignored"
+                    moves.append(f"{machine} {src or '(none)'}: {event} {what}")
                 else:
                     moves.append(f"{machine} {src} -> {dst} on {event} (#{index})")
         effects = [

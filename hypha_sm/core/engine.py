@@ -86,11 +86,18 @@ class Registry:
 IGNORE = "ignore"
 HANDLE = "handle"
 
+#: Trace markers in place of a transition index (which is >= 0).
+IGNORED = -1
+REJECTED = -2
+CREATED = -3
+
 
 class KindRuntime:
     """One machine kind: its spec, its `transitions.Machine`, and its dispositions."""
 
-    def __init__(self, spec: MachineSpec, registry: Registry, *, via_library: bool = False) -> None:
+    def __init__(
+        self, spec: MachineSpec, registry: Registry, *, via_library: bool = False
+    ) -> None:
         self.spec = spec
         self.via_library = via_library
         self.kind = spec.name
@@ -166,11 +173,14 @@ class KindRuntime:
                 options = []
                 for tr in transitions:
                     if len(tr.conditions) > 1 or any(c.target is not True for c in tr.conditions):
-                        raise InvariantViolation("engine supports one positive guard per transition")
+                        raise InvariantViolation(
+                            "engine supports one positive guard per transition"
+                        )
                     guard = tr.conditions[0].func if tr.conditions else None
                     options.append(cast(_Option, (guard, (*tr.before, *tr.after), tr.dest)))
                 table[(src, event_name)] = tuple(options)
         return table
+
     def fire(self, state: WorkerState, rec: Record, event: str, payload: object) -> None:
         """Fire ``event`` on ``rec`` through the library; record the transition taken."""
         src = rec._phase
@@ -180,7 +190,7 @@ class KindRuntime:
                 self.kind, rec.key, src, event, "no transition, ignore or reject is declared"
             )
         if disposition is IGNORE:
-            state.trace.append((self.kind, rec.key, src, event, None, -1))
+            state.trace.append((self.kind, rec.key, src, event, None, IGNORED))
             return
         if disposition is not HANDLE:
             state.reject(self.kind, rec.key, src, event, payload, disposition)
@@ -214,7 +224,6 @@ class KindRuntime:
             raise InvariantViolation(
                 f"{self.kind} {rec.key!r} entered {dst!r} without arming its deadline"
             )
-
 
     def _via_library(self, ctx: Ctx, src: str, event: str) -> str | None:
         model = self.model

@@ -13,7 +13,7 @@ from collections import Counter, deque
 from typing import Any
 
 from hypha_sm.core.effects import Effect, ReplyDispatchFailed, ReplyRenewFailed
-from hypha_sm.core.engine import Engine
+from hypha_sm.core.engine import CREATED, REJECTED, Engine
 from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.events import DispatchRequested, Now, RenewRequested
 from hypha_sm.core.ids import IdGen
@@ -22,7 +22,7 @@ from hypha_sm.core.records import BatchRec, NodeRec, Record
 from hypha_sm.core.resources import ZERO, Resources, to_resources
 
 #: A trace entry: (machine, key, from phase, event, to phase or None if ignored/rejected,
-#: index of the declared transition that fired, or -1).
+#: index of the declared transition that fired, or IGNORED / REJECTED / CREATED (< 0)).
 TraceEntry = tuple[str, str, str, str, str | None, int]
 
 KINDS = ("node", "batch", "request", "lease", "job")
@@ -67,7 +67,7 @@ class WorkerState:
             raise InvariantViolation(f"{rec.kind} {rec.key!r} already exists")
         rec._phase = self.engine.specs[rec.kind].initial
         table[rec.key] = rec
-        self.trace.append((rec.kind, rec.key, "", "created", rec._phase, -1))
+        self.trace.append((rec.kind, rec.key, "", "created", rec._phase, CREATED))
 
     def drop(self, rec: Record) -> None:
         """Remove a record that reached a terminal phase (terminal phases absorb)."""
@@ -165,7 +165,7 @@ class WorkerState:
     ) -> None:
         """Refuse a remote event: reply with the reason when the peer waits for one, and count it."""
         self.counters[f"rejected.{kind}.{reason}"] += 1
-        self.trace.append((kind, key, phase, event, None, -1))
+        self.trace.append((kind, key, phase, event, None, REJECTED))
         if isinstance(payload, RenewRequested):
             self.emit(ReplyRenewFailed(payload.reply_to, payload.lease_id, reason))
         elif isinstance(payload, DispatchRequested):
