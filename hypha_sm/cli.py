@@ -128,8 +128,8 @@ class _Timeline:
                 if machine == self.kind and event == "created":
                     moves.append(f"{machine} created ({dst})")
                 elif dst is None:
-                    what = "rejected" if index == REJECTED else "ignored"
-                    moves.append(f"{machine} {src or '(none)'}: {event} {what}")
+                    verdict = "rejected" if index == REJECTED else "ignored"
+                    moves.append(f"{machine} {src or '(none)'}: {event} {verdict}")
                 else:
                     moves.append(f"{machine} {src} -> {dst} on {event} (#{index})")
         effects = [
@@ -144,8 +144,8 @@ class _Timeline:
                     self.keys.add(job_id)
         if not moves and not effects:
             return
-        what = entry.event.__struct_config__.tag
-        self.lines.append(f"#{entry.seq:<5} +{entry.mono - self.t0:9.3f}s  {what}")
+        tag = entry.event.__struct_config__.tag
+        self.lines.append(f"#{entry.seq:<5} +{entry.mono - self.t0:9.3f}s  {tag}")
         self.lines.extend(f"{'':18}{m}" for m in moves)
         self.lines.extend(f"{'':18}=> {_effect_text(e)}" for e in effects)
 
