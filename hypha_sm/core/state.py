@@ -93,6 +93,10 @@ class WorkerState:
         if len(timers) > 2 * self.live_records() + 1024:
             self._compact_timers()
 
+    def arm_after(self, rec: Record, delay: float) -> None:
+        """Arm the record's deadline ``delay`` seconds from now."""
+        self.arm(rec, self.now.mono + delay)
+
     def live_records(self) -> int:
         """How many records are live, of every kind."""
         return sum(len(table) for table in self.records.values())

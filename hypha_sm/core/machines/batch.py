@@ -70,7 +70,7 @@ def admit(ctx: Ctx) -> None:
 def open_window(ctx: Ctx) -> None:
     """Start the window; it closes window_wait after this first advertisement."""
     state = ctx.state
-    state.arm(ctx.rec, state.now.mono + state.policy.timings.window_wait)
+    state.arm_after(ctx.rec, state.policy.timings.window_wait)
 
 
 @REGISTRY.action

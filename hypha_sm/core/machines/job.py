@@ -112,7 +112,7 @@ def stop(ctx: Ctx, reason: str) -> None:
     job.reason = reason
     timings = state.policy.timings
     state.emit(StopJob(job.key, force=False))
-    state.arm(job, state.now.mono + timings.kill_grace + timings.kill_retry)
+    state.arm_after(job, timings.kill_grace + timings.kill_retry)
 
 
 @REGISTRY.action
@@ -122,7 +122,7 @@ def force_stop(ctx: Ctx) -> None:
     job: JobRec = ctx.rec
     state.count("job.stop_overdue")
     state.emit(StopJob(job.key, force=True))
-    state.arm(job, state.now.mono + state.policy.timings.kill_retry)
+    state.arm_after(job, state.policy.timings.kill_retry)
 
 
 @REGISTRY.action_with_arg
@@ -142,7 +142,7 @@ def conclude(ctx: Ctx, outcome: str) -> None:
     if isinstance(event, JobExited):
         job.exit_code = event.exit_code
     state.emit(SendJobStatus(job.key, job.scheduler, status, job.exit_code, job.reason))
-    state.arm(job, state.now.mono + state.policy.timings.report_timeout)
+    state.arm_after(job, state.policy.timings.report_timeout)
     state.post("lease", job.lease_id, "job_ended" if job.started else "job_detached")
 
 

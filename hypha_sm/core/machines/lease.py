@@ -61,7 +61,7 @@ def executor_runtime_mismatch(ctx: Ctx) -> bool:
 def extend(ctx: Ctx) -> None:
     """The lease now expires lease_timeout from now (replacing, not adding)."""
     state = ctx.state
-    state.arm(ctx.rec, state.now.mono + state.policy.timings.lease_timeout)
+    state.arm_after(ctx.rec, state.policy.timings.lease_timeout)
 
 
 @REGISTRY.action
@@ -108,7 +108,7 @@ def create_job(ctx: Ctx) -> None:
     )
     lease.job_id = job.key
     state.create(job)
-    state.arm(job, state.now.mono + state.policy.timings.start_timeout)
+    state.arm_after(job, state.policy.timings.start_timeout)
     state.emit(
         StartJob(
             job_id=job.key,
@@ -139,7 +139,7 @@ def arm_drain_deadline(ctx: Ctx) -> None:
     """Check back after the job's stop should have completed."""
     state = ctx.state
     timings = state.policy.timings
-    state.arm(ctx.rec, state.now.mono + timings.kill_grace + 2 * timings.kill_retry)
+    state.arm_after(ctx.rec, timings.kill_grace + 2 * timings.kill_retry)
 
 
 @REGISTRY.action

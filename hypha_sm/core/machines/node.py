@@ -27,7 +27,7 @@ def cancel_everything(ctx: Ctx) -> None:
 def arm_shutdown_deadline(ctx: Ctx) -> None:
     """Give up waiting after shutdown_timeout."""
     state = ctx.state
-    state.arm(ctx.rec, state.now.mono + state.policy.timings.shutdown_timeout)
+    state.arm_after(ctx.rec, state.policy.timings.shutdown_timeout)
 
 
 @REGISTRY.action_with_arg

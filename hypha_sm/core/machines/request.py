@@ -133,7 +133,7 @@ def offer(ctx: Ctx) -> None:
         price=rec.offer_price,
     )
     state.create(lease)
-    state.arm(lease, now.mono + timeout)
+    state.arm_after(lease, timeout)
     state.count("offers")
     state.emit(
         SendOffer(
