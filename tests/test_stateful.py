@@ -9,8 +9,8 @@ and reservation outcome of every flush, and cross-checks leases and jobs with th
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec.structs
 from hypothesis import strategies as st
@@ -52,7 +52,6 @@ from hypha_sm.core.events import (
     Tick,
 )
 from hypha_sm.core.policy import (
-    RUNTIME_FOR_CLASS,
     ExecutorRef,
     ExecutorSpec,
     Offer,
@@ -62,18 +61,23 @@ from hypha_sm.core.policy import (
 from hypha_sm.core.reducer import initial_state, next_deadline, step
 from hypha_sm.core.resources import Amounts, Resources
 from hypha_sm.core.state import WorkerState
-from tests.helpers import AGGREGATE, CAPACITY, OTHER, SCHED, TRAIN, at, engine
+from hypha_sm.log.store import write_inputs
+from hypha_sm.machines_io import load_engine
+from tests.helpers import AGGREGATE, CAPACITY, OTHER, SCHED, TRAIN, at, engine, library_engine
 
 THIRD = "12D3KooWThird"
 PEERS = (SCHED, OTHER, THIRD)
 MISCONFIGURED = ExecutorRef(cls="train", name="misconfigured")
 UNKNOWN_NAME = ExecutorRef(cls="train", name="not-configured")
 FOREIGN_CLASS = ExecutorRef(cls="inference", name="llm")
+WRONG_CLASS = ExecutorRef(cls="aggregate", name="diloco-transformer")
 EXECUTORS = (
     ExecutorSpec(cls="train", name="diloco-transformer", runtime="process"),
     ExecutorSpec(cls="aggregate", name="parameter-server", runtime="parameter-server"),
     ExecutorSpec(cls="train", name="misconfigured", runtime="parameter-server"),
 )
+RUNTIME = {"train": "process", "aggregate": "parameter-server"}
+REUSE = "<the id of a live job>"
 UNKNOWN_LEASE = "00000000-0000-4000-8000-000000000000"
 MICRO = 1_000_000
 FINAL = ("finished", "failed", "cancelled")
@@ -85,6 +89,20 @@ CAPACITIES = (
     Amounts(cpu=0.5, memory=0.25),
 )
 PRICES = ((100.0, 100.0), (150.0, 120.0), (100.0, 120.0), (0.0, 0.0), (200.0, 50.0))
+#: The defaults, and short dyadic timings under which many deadlines coincide exactly.
+TIMINGS = (
+    Timings(),
+    Timings(
+        window_wait=0.25,
+        offer_timeout=0.5,
+        lease_timeout=2.0,
+        start_timeout=4.0,
+        kill_grace=0.5,
+        kill_retry=1.0,
+        report_timeout=2.0,
+        shutdown_timeout=4.0,
+    ),
+)
 
 GOOD_AMOUNT = st.sampled_from([0.0, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]) | st.floats(0, 32)
 BAD_AMOUNT = st.sampled_from([-1.0, -1e-9, math.nan, math.inf, -math.inf, 2e9])
@@ -105,10 +123,32 @@ BIDS = st.one_of(
 )
 EXPIRES_IN = st.sampled_from([5.0, 5.0, 60.0, 0.1, 0.2, 0.0, -1.0, math.inf, math.nan, 1e12])
 EXECUTOR_LISTS = st.lists(
-    st.sampled_from([TRAIN, TRAIN, AGGREGATE, UNKNOWN_NAME, FOREIGN_CLASS, MISCONFIGURED]),
+    st.sampled_from(
+        [TRAIN, TRAIN, AGGREGATE, UNKNOWN_NAME, FOREIGN_CLASS, MISCONFIGURED, WRONG_CLASS]
+    ),
     max_size=2,
 ).map(tuple)
-DT = st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.5, 1.0, 5.0, 10.0, 15.0, 30.0]) | st.floats(0, 30)
+#: What can happen to a job after its dispatch, in stories drawn as short lists.
+JOB_STORY = (
+    "start",
+    "start",
+    "start",
+    "exit_0",
+    "start_failed",
+    "exit_0",
+    "exit_1",
+    "ack_running",
+    "ack_final",
+    "ack_failed",
+    "renew",
+    "lease_expires",
+    "next_deadline",
+    "shutdown",
+)
+SMALL_DT = st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0])
+DT = st.one_of(
+    SMALL_DT, SMALL_DT, SMALL_DT, st.sampled_from([5.0, 9.99, 10.0, 15.0, 30.0]), st.floats(0, 30)
+)
 
 
 def micro(amounts: Amounts) -> Resources | None:
@@ -119,6 +159,11 @@ def micro(amounts: Amounts) -> Resources | None:
             return None
         out.append(math.ceil(value * MICRO))
     return Resources(*out)
+
+
+def configured(ref: ExecutorRef) -> ExecutorSpec | None:
+    """The model's own executor lookup: class and name must both match."""
+    return next((e for e in EXECUTORS if (e.cls, e.name) == (ref.cls, ref.name)), None)
 
 
 def fits(a: Resources, b: Resources) -> bool:
@@ -193,6 +238,7 @@ class MJob:
     answered: bool = False
     started: bool = False
     stopped: bool = False
+    stopped_for_start: bool = False
     report_deadline: float = math.inf
 
 
@@ -201,6 +247,7 @@ class WorkerMachine(RuleBasedStateMachine):
 
     leases = Bundle("leases")
     job_ids = Bundle("job_ids")
+    last: WorkerMachine | None = None
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -208,24 +255,33 @@ class WorkerMachine(RuleBasedStateMachine):
         strategy=st.sampled_from(["whole", "flexible"]),
         capacity=st.sampled_from(CAPACITIES),
         prices=st.sampled_from(PRICES),
-        window_limit=st.sampled_from([100, 100, 3]),
+        timings=st.sampled_from(TIMINGS),
+        window_limit=st.sampled_from([100, 100, 3, 1]),
         max_leases=st.sampled_from([1024, 1024, 2]),
         seed=st.binary(min_size=16, max_size=16),
+        via_library=st.booleans(),
     )
-    def start(self, strategy, capacity, prices, window_limit, max_leases, seed):
+    def start(
+        self, strategy, capacity, prices, timings, window_limit, max_leases, seed, via_library
+    ):
         """A fresh worker under a random policy (strategy, capacity, price/floor) and seed."""
         price, floor = prices
         self.policy = Policy(
             capacity=capacity,
             executors=EXECUTORS,
             offer=Offer(price=price, floor=floor, strategy=strategy),
-            timings=Timings(window_limit=window_limit),
+            timings=msgspec.structs.replace(timings, window_limit=window_limit),
             max_leases=max_leases,
         )
         self.seed = seed
+        WorkerMachine.last = self  # the example Hypothesis ran last: saved as a log on failure
         self.timings = self.policy.timings
         self.capacity = micro(capacity)
-        self.state = initial_state(engine(), self.policy, seed)
+        # Either engine path (table or `transitions` library); replay uses both.
+        self.engines = (
+            (library_engine(), engine()) if via_library else (engine(), library_engine())
+        )
+        self.state = initial_state(self.engines[0], self.policy, seed)
         self.t = 0.0
         self.now = at(0.0)
         self.last_mono = -math.inf
@@ -233,10 +289,12 @@ class WorkerMachine(RuleBasedStateMachine):
         self.outputs: list[str] = []
         self.reply_seq = 0
         self.fresh = 0
+        self.job_names = 0
         # the reference model
         self.requests: dict[str, MRequest] = {}
         self.seen: dict[str, float] = {}
         self.arrivals = 0
+        self.window_closes = math.inf
         self.m_leases: dict[str, MLease] = {}
         self.m_jobs: dict[str, MJob] = {}
         self.released: set[str] = set()
@@ -245,12 +303,13 @@ class WorkerMachine(RuleBasedStateMachine):
         self.acks_pending: list[tuple[str, str]] = []
         self.accepting = True
         self.shutdown_at = math.inf
-        self.stopped = False
+        self.announced = False
         self.offers = 0
 
     # -- the driver -----------------------------------------------------------------------
 
     def _reply_to(self) -> int:
+        """A fresh reply token."""
         self.reply_seq += 1
         return self.reply_seq
 
@@ -266,6 +325,7 @@ class WorkerMachine(RuleBasedStateMachine):
         return "active" if lease.accepted else "offered"
 
     def _job_live(self, job_id: str) -> bool:
+        """The job is still live at self.now (its report deadline has not passed)."""
         job = self.m_jobs.get(job_id)
         return job is not None and self.now.mono < job.report_deadline
 
@@ -276,7 +336,7 @@ class WorkerMachine(RuleBasedStateMachine):
             if status == "gone":
                 return "unknown_lease"
             if status == "draining":
-                return "lease_expired"
+                return "lease_ending"
             if event.peer != self.m_leases[event.lease_id].owner:
                 return "not_owner"
             return "renewed"
@@ -285,7 +345,7 @@ class WorkerMachine(RuleBasedStateMachine):
             if status == "gone":
                 return "unknown_lease"
             if status == "draining":
-                return "lease_expired"
+                return "lease_ending"
             if status == "offered":
                 return "lease_not_accepted"
             lease = self.m_leases[event.lease_id]
@@ -295,18 +355,19 @@ class WorkerMachine(RuleBasedStateMachine):
                 return "lease_busy"
             if self._job_live(event.job_id):
                 return "duplicate_job"
-            spec = self.policy.executor_for(event.executor)
+            spec = configured(event.executor)
             if spec is None:
                 return "executor_not_configured"
-            if RUNTIME_FOR_CLASS.get(spec.cls) != spec.runtime:
+            if RUNTIME[spec.cls] != spec.runtime:
                 return "executor_runtime_mismatch"
             return "start"
         return None
 
     def _expect_admitted(self, event: AdvertisementReceived) -> bool:
+        """The advertisement will create a request (not a duplicate, node accepting)."""
         rid = event.request_id
-        if rid in self.requests:
-            return False
+        if rid in self.requests and self.now.mono < self.window_closes:
+            return False  # held in a window that stays open at this instant
         if rid in self.seen and self.seen[rid] > self.last_mono:
             return False
         return self.accepting
@@ -341,7 +402,7 @@ class WorkerMachine(RuleBasedStateMachine):
         expires = req.admitted.mono + (ad.expires_wall - req.admitted.wall)
         if not (expires > self.now.mono):
             return "expired"
-        if any(self.policy.executor_for(ref) is None for ref in ad.executors):
+        if any(configured(ref) is None for ref in ad.executors):
             return "unsupported_executor"
         if ad.bid < offer.floor:
             return "below_floor"
@@ -361,12 +422,14 @@ class WorkerMachine(RuleBasedStateMachine):
         return None
 
     def _reserved(self) -> Resources:
+        """What the model's live leases hold."""
         total = ZERO
         for lease in self.m_leases.values():
             total = add(total, lease.resources)
         return total
 
     def _check_trace(self, event, trace, offers, admitted) -> None:
+        """Walk the step's transitions in order: check each for legality, update the model."""
         specs = engine().specs
         now = self.now.mono
         created = False
@@ -426,22 +489,25 @@ class WorkerMachine(RuleBasedStateMachine):
                     before_create = self._before_create
             elif kind == "job":
                 self._check_job_entry(event, key, src, ev, dst)
-            elif kind == "node" and dst == "stopped":
-                self.stopped = True
+            elif kind == "batch" and dst is not None and dst != src:
+                self.window_closes = now + self.timings.window_wait if dst == "open" else math.inf
         if admitted is not None:
             assert created == admitted, f"admission of {event.request_id}: {created}"
 
     def _check_lease_entry(self, event, key, src, ev, dst, offers) -> None:
+        """A lease is created from an offer, drains or is released only for a legal reason."""
         now = self.now.mono
         if src == "":
             if ev == "created":
-                assert key not in self.ids and key not in self.released, f"id {key} reused"
+                assert key not in self.ids, f"id {key} reused"
+                assert key not in self.released, f"released id {key} reused"
                 self.ids.add(key)
                 offer = offers[key]
                 req = self.requests[offer.request_id]
                 assert req.resources is not None
                 assert offer.resources == amounts_of(req.resources)
-                assert offer.price == req.price and offer.scheduler == req.ad.scheduler
+                assert offer.price == req.price
+                assert offer.scheduler == req.ad.scheduler
                 self._before_create = (
                     add(self.capacity, self._reserved(), -1),
                     len(self.m_leases),
@@ -460,51 +526,67 @@ class WorkerMachine(RuleBasedStateMachine):
             return
         if dst == "draining":
             if ev == "lease_expired":
-                assert lease.accepted and now >= lease.expiry and lease.job is not None
+                assert lease.accepted
+                assert now >= lease.expiry
+                assert lease.job is not None
             else:
-                assert ev == "shutdown" and isinstance(event, ShutdownRequested)
+                assert ev == "shutdown"
+                assert isinstance(event, ShutdownRequested)
             lease.draining = True
             self.drained_now.add(key)
             return
         assert dst == "released", (src, ev, dst)
         if ev == "offer_expired":
-            assert not lease.accepted and now >= lease.expiry
+            assert not lease.accepted
+            assert now >= lease.expiry
         elif ev == "lease_expired":
-            assert lease.accepted and now >= lease.expiry and lease.job is None
+            assert lease.accepted
+            assert now >= lease.expiry
+            assert lease.job is None
         elif ev == "offer_failed":
-            assert isinstance(event, OfferFailed) and event.lease_id == key
+            assert isinstance(event, OfferFailed)
+            assert event.lease_id == key
         elif ev == "shutdown":
-            assert isinstance(event, ShutdownRequested) and lease.job is None
+            assert isinstance(event, ShutdownRequested)
+            assert lease.job is None
         else:
             assert ev in ("job_ended", "job_detached"), ev
-            assert lease.job is not None and self._ended_job(event) == lease.job
+            assert lease.job is not None
+            assert self._ended_job(event) == lease.job
         del self.m_leases[key]
         self.released.add(key)
 
     @staticmethod
     def _ended_job(event: Event) -> str | None:
+        """The job whose processes this input reports gone, if any."""
         if isinstance(event, JobExited | JobStartFailed):
             return event.job_id
         return None
 
     def _check_job_entry(self, event, key, src, ev, dst) -> None:
+        """A job moves only on its own results or a due deadline, and drops only when gone."""
         now = self.now.mono
         if ev == "created":
-            assert isinstance(event, DispatchRequested) and event.job_id == key
+            assert isinstance(event, DispatchRequested)
+            assert event.job_id == key
             return
         job = self.m_jobs[key]
         if ev == "job_started":
-            assert isinstance(event, JobStarted) and event.job_id == key
+            assert isinstance(event, JobStarted)
+            assert event.job_id == key
         elif ev in ("job_exited", "job_start_failed"):
             assert self._ended_job(event) == key
         elif ev in ("status_delivered", "status_failed"):
-            assert isinstance(event, StatusDelivered | StatusFailed) and event.job_id == key
+            assert isinstance(event, StatusDelivered | StatusFailed)
+            assert event.job_id == key
         elif ev == "start_overdue":
             assert now >= job.created + self.timings.start_timeout
         elif ev == "report_overdue":
             assert now >= job.report_deadline
-        elif ev == "lease_lost" and dst is not None:
+        elif ev == "lease_expired" and dst is not None:
             assert job.lease in self.drained_now, "job cancelled without losing its lease"
+        elif ev == "shutdown":
+            assert isinstance(event, ShutdownRequested)
         if dst in engine().specs["job"].terminal:
             gone = job.proc == "gone" or self._ended_job(event) == key
             assert gone, f"job {key} dropped while its processes may live"
@@ -513,6 +595,7 @@ class WorkerMachine(RuleBasedStateMachine):
     # -- checking the effects -------------------------------------------------------------
 
     def _check_effects(self, event, effects, expected) -> list[str]:
+        """Check every effect against the model and the input; return the new lease ids."""
         now = self.now
         new: list[str] = []
         answered = 0
@@ -520,18 +603,20 @@ class WorkerMachine(RuleBasedStateMachine):
         for effect in effects:
             if isinstance(effect, SendOffer):
                 assert self.accepting, "offer while shutting down"
-                assert effect.lease_id in self.m_leases
-                req = self.requests.get(effect.request_id)
-                assert req is None  # the request reached "offered" and was dropped
+                assert effect.request_id not in self.requests  # offered, so dropped
                 assert effect.expires_wall == now.wall + self.timings.offer_timeout
-                lease = self.m_leases[effect.lease_id]
-                assert lease.owner == effect.scheduler
+                if effect.lease_id not in self.m_leases:
+                    # A window due at the very instant of a shutdown flushes first; the
+                    # shutdown then releases the fresh lease in the same step.
+                    assert isinstance(event, ShutdownRequested)
+                    assert effect.lease_id in self.released
                 self.offers += 1
                 self.offers_pending.append(effect.lease_id)
                 new.append(effect.lease_id)
             elif isinstance(effect, ReplyRenewed | ReplyRenewFailed):
                 assert isinstance(event, RenewRequested), effect
-                assert effect.reply_to == event.reply_to and effect.lease_id == event.lease_id
+                assert effect.reply_to == event.reply_to
+                assert effect.lease_id == event.lease_id
                 answered += 1
                 if isinstance(effect, ReplyRenewed):
                     assert expected == "renewed"
@@ -545,11 +630,14 @@ class WorkerMachine(RuleBasedStateMachine):
                 else:
                     assert effect.reason == expected, (effect.reason, expected)
             elif isinstance(effect, StartJob):
-                assert isinstance(event, DispatchRequested) and expected == "start", expected
-                assert effect.job_id == event.job_id and effect.lease_id == event.lease_id
+                assert isinstance(event, DispatchRequested)
+                assert expected == "start", expected
+                assert effect.job_id == event.job_id
+                assert effect.lease_id == event.lease_id
                 lease = self.m_leases[event.lease_id]
-                assert lease.accepted and event.peer == lease.owner, "job for a non-owner"
-                assert effect.executor == self.policy.executor_for(event.executor)
+                assert lease.accepted, "job on an unaccepted lease"
+                assert event.peer == lease.owner, "job for a non-owner"
+                assert effect.executor == configured(event.executor)
                 assert effect.spec == event.spec
                 assert effect.resources == amounts_of(lease.resources)
                 assert effect.work_dir_id not in self.ids, "work dir id reused"
@@ -569,8 +657,10 @@ class WorkerMachine(RuleBasedStateMachine):
                     self._check_deferred_failure(event, effect)
             elif isinstance(effect, ReplyDispatched):
                 job = self.m_jobs[effect.job_id]
-                assert isinstance(event, JobStarted) and event.job_id == effect.job_id
-                assert not job.answered and effect.reply_to == job.reply_to
+                assert isinstance(event, JobStarted)
+                assert event.job_id == effect.job_id
+                assert not job.answered
+                assert effect.reply_to == job.reply_to
                 assert job.lease == effect.lease_id
                 job.answered = job.started = True
                 expiry = self.m_leases[job.lease].expiry
@@ -579,16 +669,23 @@ class WorkerMachine(RuleBasedStateMachine):
             elif isinstance(effect, StopJob):
                 job = self.m_jobs[effect.job_id]
                 assert job.proc != "gone", "stop sent for a job that is gone"
-                assert job.stopped or not effect.force
+                if effect.force:
+                    assert job.stopped, "forced stop without a first stop"
+                else:
+                    assert not job.stopped, "a second graceful stop"
+                    start_overdue = now.mono >= job.created + self.timings.start_timeout
+                    assert job.lease in self.drained_now or start_overdue, "needless stop"
                 job.stopped = True
             elif isinstance(effect, SendJobStatus):
                 self._check_status(event, effect)
             elif isinstance(effect, NodeStopped):
                 shutting_down = isinstance(event, ShutdownRequested) or not self.accepting
-                assert shutting_down and not getattr(self, "announced", False)
+                assert shutting_down
+                assert not self.announced, "NodeStopped twice"
                 self.announced = True
                 if effect.reason == "drained":
-                    assert not self.state.records["lease"] and not self.state.records["job"]
+                    assert not self.state.records["lease"]
+                    assert not self.state.records["job"]
                 else:
                     assert now.mono >= self.shutdown_at + self.timings.shutdown_timeout
             else:  # pragma: no cover - a new effect type needs a check here
@@ -602,36 +699,47 @@ class WorkerMachine(RuleBasedStateMachine):
         return new
 
     def _check_deferred_failure(self, event: Event, effect: ReplyDispatchFailed) -> None:
+        """A deferred dispatch refusal answers a started job's pending reply, for a real cause."""
         job = self.m_jobs.get(effect.job_id)
         if job is None:  # a job that failed to start is dropped in the same step
-            assert isinstance(event, JobStartFailed) and effect.reason == "start_failed"
+            assert isinstance(event, JobStartFailed)
+            assert effect.reason == "start_failed"
             return
-        assert not job.answered and effect.reply_to == job.reply_to
+        assert not job.answered
+        assert effect.reply_to == job.reply_to
         job.answered = True
         reason = effect.reason
         if reason == "exited_during_start":
-            assert isinstance(event, JobExited) and event.job_id == effect.job_id
+            assert isinstance(event, JobExited)
+            assert event.job_id == effect.job_id
         elif reason == "start_timeout":
             assert self.now.mono >= job.created + self.timings.start_timeout
+            job.stopped_for_start = True
+        elif reason == "shutting_down":
+            assert isinstance(event, ShutdownRequested)
         else:
             assert reason == "lease_expired", reason
             assert job.lease in self.drained_now
 
     def _check_status(self, event: Event, effect: SendJobStatus) -> None:
+        """Status goes to the dispatcher; the final one follows the exit and names the outcome."""
         job = self.m_jobs[effect.job_id]
         assert effect.scheduler == job.owner, "status sent to someone else"
         self.acks_pending.append((effect.job_id, effect.status))
         if effect.status == "running":
-            assert isinstance(event, JobStarted) and event.job_id == effect.job_id
+            assert isinstance(event, JobStarted)
+            assert event.job_id == effect.job_id
             return
         assert self._ended_job(event) == effect.job_id, "final status before the job ended"
         job.report_deadline = self.now.mono + self.timings.report_timeout
         if isinstance(event, JobExited):
             assert effect.exit_code == event.exit_code
-            if effect.status == "finished":
-                assert event.exit_code == 0 and job.started and not job.stopped
-        if effect.status == "cancelled":
-            assert job.stopped
+        clean = isinstance(event, JobExited) and event.exit_code == 0
+        if job.stopped:
+            expected = "failed" if job.stopped_for_start else "cancelled"
+        else:
+            expected = "finished" if clean and job.started else "failed"
+        assert effect.status == expected, (effect.status, expected)
 
     def _apply_input(self, event: Event) -> None:
         """What the shell now knows about job processes."""
@@ -653,7 +761,7 @@ class WorkerMachine(RuleBasedStateMachine):
         target=leases,
         rid=st.sampled_from([f"ad-{i}" for i in range(6)]) | st.none(),
         scheduler=st.sampled_from(PEERS),
-        resources=st.one_of(AMOUNTS, AMOUNTS, HOSTILE_AMOUNTS),
+        resources=st.one_of(AMOUNTS, AMOUNTS, HOSTILE_AMOUNTS, st.just(Amounts())),
         executors=EXECUTOR_LISTS,
         bid=BIDS,
         expires_in=EXPIRES_IN,
@@ -671,6 +779,27 @@ class WorkerMachine(RuleBasedStateMachine):
             executors=executors,
             bid=bid,
             expires_wall=at(self.t).wall + expires_in,
+        )
+        return multiple(*self._feed(ad))
+
+    @rule(
+        target=leases,
+        scheduler=st.sampled_from(PEERS),
+        cpu=st.sampled_from([0.25, 0.5, 1.0, 2.0]),
+        premium=st.sampled_from([0.0, 0.0, 0.01, 30.0]),
+    )
+    def advertise_acceptable(self, scheduler, cpu, premium):
+        """A well-formed advertisement at or above the ask, likely to get an offer."""
+        self.fresh += 1
+        offer = self.policy.offer
+        ad = AdvertisementReceived(
+            request_id=f"good-{self.fresh}",
+            scheduler=scheduler,
+            reply_address="tcp://127.0.0.1:7000",
+            resources=Amounts(cpu=cpu, memory=cpu / 2),
+            executors=(TRAIN,),
+            bid=max(offer.price, offer.floor) + premium,
+            expires_wall=at(self.t).wall + 5.0,
         )
         return multiple(*self._feed(ad))
 
@@ -709,14 +838,47 @@ class WorkerMachine(RuleBasedStateMachine):
     def owners_renew_everything(self):
         """Every scheduler renews every lease it holds, at one instant."""
         new: list[str] = []
-        for lease_id in sorted(self.m_leases):
-            owner = self.m_leases[lease_id].owner
+        holders = sorted((key, lease.owner) for key, lease in self.m_leases.items())
+        for lease_id, owner in holders:
             new += self._feed(RenewRequested(lease_id, owner, self._reply_to()))
         return multiple(*new)
 
+    @precondition(lambda self: self.accepting)
+    @rule(
+        target=leases,
+        cpu=st.sampled_from([0.25, 1.0, 2.0]),
+        wait=st.sampled_from([True, True, True, False]),
+        stranger=st.sampled_from([False, False, False, True]),
+    )
+    def acquire_lease(self, cpu, wait, stranger=False):
+        """A scheduler advertises, the window closes (or not yet), and it accepts what it got."""
+        new = list(self.advertise_acceptable(SCHED, cpu, 0.0).values)
+        if wait and self.state.records["batch"]["batch"].phase == "open":
+            self.t = max(self.t, next_deadline(self.state))
+            new += self._feed(Tick())
+        for lease_id in new:
+            if lease_id in self.m_leases:
+                owner = self.m_leases[lease_id].owner
+                if stranger:  # someone else tries to grab the offer first
+                    self._feed(RenewRequested(lease_id, OTHER, self._reply_to()))
+                self._feed(RenewRequested(lease_id, owner, self._reply_to()))
+        return multiple(*new)
+
+    @precondition(lambda self: any(not m.accepted for m in self.m_leases.values()))
+    @rule(target=leases)
+    def schedulers_accept_offers(self):
+        """Each scheduler accepts the offers it holds (its first renewal), at one instant."""
+        new: list[str] = []
+        offered = sorted((k, m.owner) for k, m in self.m_leases.items() if not m.accepted)
+        for lease_id, owner in offered:
+            new += self._feed(RenewRequested(lease_id, owner, self._reply_to()))
+        return multiple(*new)
+
+    @precondition(lambda self: self.job_names < 4)
     @rule(target=job_ids)
     def new_job_id(self):
-        """A scheduler picks a job id (ids may later be reused, on purpose)."""
+        """A scheduler picks a job id (a few, reused on purpose by later dispatches)."""
+        self.job_names += 1
         self.fresh += 1
         return f"job-{self.fresh}"
 
@@ -725,7 +887,9 @@ class WorkerMachine(RuleBasedStateMachine):
         lease=leases | st.just(UNKNOWN_LEASE),
         job_id=job_ids,
         peer=st.sampled_from(["owner", "owner", "owner", *PEERS]),
-        executor=st.sampled_from([TRAIN, TRAIN, AGGREGATE, MISCONFIGURED, UNKNOWN_NAME]),
+        executor=st.sampled_from(
+            [TRAIN, TRAIN, AGGREGATE, MISCONFIGURED, UNKNOWN_NAME, WRONG_CLASS]
+        ),
     )
     def dispatch(self, lease, job_id, peer, executor):
         """A peer dispatches a job under a lease; refusals and starts are predicted."""
@@ -741,6 +905,77 @@ class WorkerMachine(RuleBasedStateMachine):
         )
         return multiple(*self._feed(event))
 
+    @precondition(lambda self: bool(self.m_leases) or self.accepting)
+    @rule(
+        target=leases,
+        data=st.data(),
+        job_id=st.one_of(job_ids, st.none(), st.just(REUSE)),
+        executor=st.sampled_from([TRAIN, TRAIN, TRAIN, AGGREGATE, MISCONFIGURED, UNKNOWN_NAME]),
+        then=st.lists(st.sampled_from(JOB_STORY), max_size=6),
+    )
+    def owner_dispatches(self, data, job_id, executor, then):
+        """The owner of a lease (acquired first if need be) dispatches a job; its story follows."""
+        new: list[str] = []
+        free_lease = any(m.accepted and m.job is None for m in self.m_leases.values())
+        if not free_lease and self.accepting:
+            new += self.acquire_lease(1.0, wait=True).values
+        if not self.m_leases:
+            return multiple(*new)
+        free = sorted(k for k, m in self.m_leases.items() if m.accepted and m.job is None)
+        lease_id = data.draw(st.sampled_from(free or sorted(self.m_leases)))
+        if job_id == REUSE and self.m_jobs:
+            job_id = data.draw(st.sampled_from(sorted(self.m_jobs)))  # a live job's id
+        elif job_id in (None, REUSE):
+            self.fresh += 1
+            job_id = f"job-{self.fresh}"
+        event = DispatchRequested(
+            job_id=job_id,
+            lease_id=lease_id,
+            peer=self.m_leases[lease_id].owner,
+            executor=executor,
+            spec="{}",
+            reply_to=self._reply_to(),
+        )
+        new += self._feed(event)
+        for action in then:
+            new += self._job_story_step(job_id, lease_id, action)
+        return multiple(*new)
+
+    def _job_story_step(self, job_id: str, lease_id: str, action: str) -> list[str]:
+        """One step of a job's story, when it applies to where the job now is (else nothing)."""
+        job = self.m_jobs.get(job_id)
+        proc = job.proc if job is not None else "gone"
+        event: Event | None = None
+        if action == "start" and proc == "pending":
+            event = JobStarted(job_id)
+        elif action == "start_failed" and proc == "pending":
+            event = JobStartFailed(job_id, "no such file")
+        elif action in ("exit_0", "exit_1") and proc != "gone":
+            event = JobExited(job_id, int(action[-1]))
+        elif action in ("ack_running", "ack_final", "ack_failed"):
+            wanted = [a for a in self.acks_pending if a[0] == job_id]
+            if action == "ack_running":
+                wanted = [a for a in wanted if a[1] == "running"]
+            else:
+                wanted = [a for a in wanted if a[1] in FINAL]
+            if wanted:
+                self.acks_pending.remove(wanted[0])
+                if action == "ack_failed":
+                    event = StatusFailed(job_id, wanted[0][1], "unreachable")
+                else:
+                    event = StatusDelivered(job_id, wanted[0][1])
+        elif action == "renew" and lease_id in self.m_leases:
+            event = RenewRequested(lease_id, self.m_leases[lease_id].owner, self._reply_to())
+        elif action == "lease_expires" and lease_id in self.m_leases:
+            self.t = max(self.t, self.m_leases[lease_id].expiry)
+            event = Tick()
+        elif action == "next_deadline" and next_deadline(self.state) < math.inf:
+            self.t = max(self.t, next_deadline(self.state))
+            event = Tick()
+        elif action == "shutdown":
+            event = ShutdownRequested()
+        return [] if event is None else self._feed(event)
+
     # -- rules: results of effects --------------------------------------------------------
 
     @precondition(lambda self: bool(self.offers_pending))
@@ -752,26 +987,50 @@ class WorkerMachine(RuleBasedStateMachine):
         return multiple(*self._feed(event))
 
     def _jobs_where(self, *procs: str) -> list[str]:
+        """Live jobs whose processes are in one of these shell-side states."""
         return sorted(j for j, m in self.m_jobs.items() if m.proc in procs)
 
     @precondition(lambda self: bool(self._jobs_where("pending")))
-    @rule(target=leases, data=st.data(), ok=st.booleans())
+    @rule(target=leases, data=st.data(), ok=st.sampled_from([True, True, False]))
     def job_start_result(self, data, ok):
         """The executor reports that a job it was asked to start started, or failed to."""
         job_id = data.draw(st.sampled_from(self._jobs_where("pending")))
         event = JobStarted(job_id) if ok else JobStartFailed(job_id, "spawn failed")
         return multiple(*self._feed(event))
 
-    @precondition(lambda self: bool(self._jobs_where("pending", "alive")))
-    @rule(target=leases, data=st.data(), code=st.sampled_from([0, 0, 1, 137, -9, -15]))
-    def job_exits(self, data, code):
-        """A started (or still starting) job's processes are all gone, with an exit code."""
-        job_id = data.draw(st.sampled_from(self._jobs_where("pending", "alive")))
-        return multiple(*self._feed(JobExited(job_id, code)))
+    @precondition(lambda self: bool(self._jobs_where("pending")))
+    @rule(target=leases)
+    def executor_starts_everything(self):
+        """The executor reports every pending job as started, one report at a time."""
+        new: list[str] = []
+        for job_id in self._jobs_where("pending"):
+            new += self._feed(JobStarted(job_id))
+        return multiple(*new)
 
-    @precondition(
-        lambda self: any(m.stopped and m.proc != "gone" for m in self.m_jobs.values())
+    @precondition(lambda self: bool(self._jobs_where("pending", "alive")))
+    @rule(
+        target=leases,
+        data=st.data(),
+        code=st.sampled_from([0, 0, 1, 137, -9, -15]),
+        ack=st.sampled_from([None, "delivered", "failed"]),
     )
+    def job_exits(self, data, code, ack):
+        """A started (or starting) job's processes are all gone; the report may be answered."""
+        job_id = data.draw(st.sampled_from(self._jobs_where("pending", "alive")))
+        new = self._feed(JobExited(job_id, code))
+        final = [a for a in self.acks_pending if a[0] == job_id and a[1] in FINAL]
+        if ack is not None and final:
+            self.acks_pending.remove(final[0])
+            status = final[0][1]
+            result = (
+                StatusDelivered(job_id, status)
+                if ack == "delivered"
+                else StatusFailed(job_id, status, "unreachable")
+            )
+            new += self._feed(result)
+        return multiple(*new)
+
+    @precondition(lambda self: any(m.stopped and m.proc != "gone" for m in self.m_jobs.values()))
     @rule(target=leases, data=st.data())
     def stopped_job_exits(self, data):
         """A job the core asked to stop is finally gone (signal exit)."""
@@ -801,6 +1060,19 @@ class WorkerMachine(RuleBasedStateMachine):
         self.t += dt
         return multiple(*self._feed(Tick()))
 
+    @rule(target=leases, dt=st.sampled_from([1.0, 5.0, 9.5, 20.0, 60.0, 120.0]))
+    def time_passes_while_owners_renew(self, dt):
+        """Time passes in steps of under lease_timeout; owners renew accepted leases before each."""
+        new: list[str] = []
+        end = self.t + dt
+        while self.t < end:
+            holders = sorted((k, m.owner) for k, m in self.m_leases.items() if m.accepted)
+            for lease_id, owner in holders:
+                new += self._feed(RenewRequested(lease_id, owner, self._reply_to()))
+            self.t = min(end, self.t + 0.95 * self.timings.lease_timeout)
+            new += self._feed(Tick())
+        return multiple(*new)
+
     @precondition(lambda self: next_deadline(self.state) < math.inf)
     @rule(offset=st.sampled_from([0.0, 0.0, -1e-6]))
     def clock_to_next_deadline(self, offset):
@@ -814,10 +1086,12 @@ class WorkerMachine(RuleBasedStateMachine):
         self.t = max(self.t, next_deadline(self.state))
         return multiple(*self._feed(Tick()))
 
-    @rule(target=leases)
-    def shutdown(self):
-        """The operator asks the node to stop (possibly again)."""
-        return multiple(*self._feed(ShutdownRequested()))
+    @rule(target=leases, coin=st.integers(0, 31))
+    def shutdown(self, coin):
+        """The operator asks the node to stop (possibly again); most draws just tick instead."""
+        busy = any(m.proc != "gone" for m in self.m_jobs.values())
+        go = coin == 0 or (busy and coin < 4)
+        return multiple(*self._feed(ShutdownRequested() if go else Tick()))
 
     # -- invariants -----------------------------------------------------------------------
 
@@ -867,11 +1141,17 @@ class WorkerMachine(RuleBasedStateMachine):
     @invariant()
     def deadlines_are_in_the_future(self):
         """Nothing due is left unfired, and next_deadline is the earliest live deadline."""
-        live = [
-            rec.deadline for table in self.state.records.values() for rec in table.values()
-        ]
+        live = [rec.deadline for table in self.state.records.values() for rec in table.values()]
         assert all(d > self.now.mono for d in live), "a due deadline did not fire"
         assert next_deadline(self.state) == min(live, default=math.inf)
+
+    @invariant()
+    def shutdown_completes(self):
+        """Once shutdown was asked and nothing is left, NodeStopped has been announced."""
+        records = self.state.records
+        idle = not (records["lease"] or records["job"] or records["request"])
+        if not self.accepting and idle:
+            assert self.announced, "drained but no NodeStopped"
 
     @invariant()
     def terminal_phases_absorb(self):
@@ -890,7 +1170,8 @@ class WorkerMachine(RuleBasedStateMachine):
             lease = leases[key]
             phase = "draining" if model.draining else "active" if model.accepted else "offered"
             assert lease.phase == phase, (lease.phase, phase)
-            assert lease.owner == model.owner and lease.resources == model.resources
+            assert lease.owner == model.owner
+            assert lease.resources == model.resources
             assert lease.job_id == model.job
             if not model.draining:
                 assert lease.deadline == model.expiry
@@ -901,13 +1182,57 @@ class WorkerMachine(RuleBasedStateMachine):
     # -- replay ---------------------------------------------------------------------------
 
     def teardown(self):
-        """Replaying the recorded inputs from the same seed reproduces every effect and the state."""
+        """Replaying the inputs from the same seed, on either engine path, reproduces everything."""
         if not getattr(self, "inputs", None) or len(self.inputs) != len(self.outputs):
             return  # nothing ran, or a step raised (that failure is reported already)
-        state = initial_state(engine(), self.policy, self.seed)
-        for (now, event), effects in zip(self.inputs, self.outputs, strict=True):
-            assert repr(step(state, event, now).effects) == effects, "replay diverged"
-        assert snapshot(state) == snapshot(self.state)
+        for eng in self.engines:
+            state = initial_state(eng, self.policy, self.seed)
+            for (now, event), effects in zip(self.inputs, self.outputs, strict=True):
+                assert repr(step(state, event, now).effects) == effects, "replay diverged"
+            assert snapshot(state) == snapshot(self.state)
+
+
+class JobLifecycleMachine(WorkerMachine):
+    """The same model and checks, without the advertisement noise: most steps drive jobs."""
+
+    def advertise(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here."""
+
+    def advertise_burst(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here."""
+
+    def advance(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here (time moves by deadlines and renewing owners)."""
+
+
+def save_last_example(path: Path) -> Path | None:
+    """Write the inputs of the last example run as an event log; replaying it shows the failure."""
+    machine = WorkerMachine.last
+    if machine is None or not machine.inputs:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_inputs(
+        path, machine.engines[0], load_engine()[1], machine.policy, machine.seed, machine.inputs
+    )
+    return path
 
 
 TestWorkerMachine = WorkerMachine.TestCase
+TestJobLifecycleMachine = JobLifecycleMachine.TestCase
+
+
+def test_a_failing_example_is_saved_as_a_log_that_replays_to_the_failure(tmp_path: Path) -> None:
+    """The saved inputs of a stateful example replay; a crashing input reproduces at its seq."""
+    from hypha_sm.log.replay import replay
+
+    machine = WorkerMachine()
+    machine.start("flexible", CAPACITIES[0], PRICES[0], TIMINGS[0], 100, 1024, bytes(16), False)
+    machine.inputs.append((at(0.0), Tick()))
+    machine.inputs.append((at(1.0), JobExited("never-started", 0)))  # a shell bug: core raises
+    path = save_last_example(tmp_path / "example.jsonl")
+    assert path is not None
+    eng, machines_hash = load_engine()
+    report = replay(path.read_bytes().splitlines(keepends=True), eng, machines_hash)
+    assert report.error is not None
+    assert report.error[0] == 2
+    assert "never-started" in repr(report.error[1])
