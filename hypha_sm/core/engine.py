@@ -83,9 +83,6 @@ class Registry:
         return fn
 
 
-IGNORE = "ignore"
-HANDLE = "handle"
-
 #: Trace markers in place of a transition index (which is >= 0).
 IGNORED = -1
 REJECTED = -2
@@ -105,18 +102,15 @@ class KindRuntime:
         self.deadline_event: dict[str, str] = {
             s.name: s.deadline for s in spec.states if s.deadline is not None
         }
-        #: (phase, event) -> HANDLE | IGNORE | reject reason
-        self.disposition: dict[tuple[str, str], str] = {}
-        self.rejects: set[tuple[str, str]] = set()
-        for state in spec.states:
-            for ev in state.ignore:
-                self.disposition[(state.name, ev)] = IGNORE
-            for ev, reason in state.reject.items():
-                self.disposition[(state.name, ev)] = reason
-                self.rejects.add((state.name, ev))
+        #: (phase, event) pairs declared as ignored, and rejected ones with their reasons.
+        self.ignored = frozenset((state.name, ev) for state in spec.states for ev in state.ignore)
+        self.rejected = {
+            (state.name, ev): reason
+            for state in spec.states
+            for ev, reason in state.reject.items()
+        }
         table = []
         for t in spec.transitions:
-            self.disposition[(t.src, t.event)] = HANDLE
             callbacks: list[Callable[[Ctx], None]] = []
             for ref in t.effects:
                 if ref.arg is None:
@@ -184,16 +178,17 @@ class KindRuntime:
     def fire(self, state: WorkerState, rec: Record, event: str, payload: object) -> None:
         """Fire ``event`` on ``rec`` through the library; record the transition taken."""
         src = rec._phase
-        disposition = self.disposition.get((src, event))
-        if disposition is None:
-            raise InvalidTransition(
-                self.kind, rec.key, src, event, "no transition, ignore or reject is declared"
-            )
-        if disposition is IGNORE:
-            state.trace.append((self.kind, rec.key, src, event, None, IGNORED))
-            return
-        if disposition is not HANDLE:
-            state.reject(self.kind, rec.key, src, event, payload, disposition)
+        options = self.table.get((src, event))
+        if options is None:
+            if (src, event) in self.ignored:
+                state.trace.append((self.kind, rec.key, src, event, None, IGNORED))
+                return
+            reason = self.rejected.get((src, event))
+            if reason is None:
+                raise InvalidTransition(
+                    self.kind, rec.key, src, event, "no transition, ignore or reject is declared"
+                )
+            state.reject(self.kind, rec.key, src, event, payload, reason)
             return
         if self._busy:
             raise InvariantViolation(f"re-entrant fire on {self.kind}: post an event instead")
@@ -202,7 +197,7 @@ class KindRuntime:
         try:
             dst = self._via_library(ctx, src, event) if self.via_library else None
             if not self.via_library:
-                for guard, callbacks, dest in self.table[(src, event)]:
+                for guard, callbacks, dest in options:
                     if guard is None or guard(ctx):
                         for callback in callbacks:
                             callback(ctx)

@@ -200,10 +200,6 @@ class WorkerState:
 
     # -- introspection ---------------------------------------------------------------------
 
-    def live(self, kind: str) -> int:
-        """How many records of ``kind`` are live."""
-        return len(self.records[kind])
-
     def snapshot(self) -> dict[str, object]:
         """Everything that determines future behaviour, as plain data (replay compares these)."""
         return {
