@@ -20,6 +20,8 @@ from hypha_sm.log.codec import Entry, LogFormatError
 from hypha_sm.log.replay import replay
 from hypha_sm.log.store import read_lines
 from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs
+from hypha_sm.net.keys import KeyFileError, create_key_file
+from hypha_sm.wire.identity import IdentityError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("--no-check", action="store_true", help="do not compare effects")
     p_replay.add_argument("--json", action="store_true", help="machine-readable summary")
 
+    p_keygen = sub.add_parser("keygen", help="create this node's Ed25519 key (mode 0600)")
+    p_keygen.add_argument("path", type=Path, help="where to write the key, e.g. node-key.pem")
+    p_keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
+
     p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
     p_machines.add_argument("--dir", type=Path, default=None)
 
@@ -60,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return _diagram(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "keygen":
+            return _keygen(args)
         return _machines(args)
-    except (HyphaSMError, LogFormatError, FileNotFoundError) as exc:
+    except (HyphaSMError, LogFormatError, FileNotFoundError, KeyFileError, IdentityError) as exc:
         print(f"hypha-sm: error: {exc}", file=sys.stderr)
         return 2
 
@@ -97,6 +105,12 @@ def _default_diagrams_dir() -> Path:
     """``docs/diagrams`` of the checkout the machines come from, else of the current directory."""
     beside = default_machines_dir().parent / "docs" / "diagrams"
     return beside if beside.is_dir() else Path.cwd() / "docs" / "diagrams"
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    identity = create_key_file(args.path, force=args.force)
+    print(f"wrote {args.path} (mode 0600); peer id {identity.peer_id}")
+    return 0
 
 
 def _machines(args: argparse.Namespace) -> int:
