@@ -28,7 +28,7 @@ def test_non_frames_are_recognised(data: bytes) -> None:
     [
         ([1, 2, 3], 0, 0),
         ([1, 2, 5], 2, 0),
-        ([3], 2, 0),  # joined late: frames 1 and 2 were sent before we subscribed
+        ([3, 4], 0, 0),  # joined late: frames 1 and 2 were sent before we subscribed
         ([1, 2, 3, 1, 2], 0, 1),  # the gateway restarted
         ([1, 4, 2, 7], 2 + 4, 1),
     ],

@@ -42,6 +42,10 @@ class GapCounter:
     def see(self, seq: int) -> int:
         """Record frame ``seq``; return how many frames were lost just before it."""
         self.received += 1
+        if self.received == 1:
+            # The first frame we see: whatever came before was sent before we subscribed.
+            self.last = seq
+            return 0
         if seq <= self.last:
             # The gateway restarted (its numbering began again): nothing to infer.
             self.restarts += 1
