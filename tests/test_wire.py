@@ -107,6 +107,7 @@ def _forge(**change: object) -> bytes:
 
 
 REJECTIONS = [
+    ("malformed_payload", lambda: _forge(payload=b"\x81\xa1t\xa3\xff\xfe\xfd"), {}),
     ("oversized", lambda: b"\x00" * (Opener().max_size + 1), {}),
     ("malformed", lambda: b"\xc1garbage", {}),
     ("malformed", lambda: msgspec.msgpack.encode([1, 2, 3]), {}),
@@ -216,3 +217,23 @@ def test_fuzz_mutated_valid_envelopes_are_rejected_never_raise(
     result = Opener().open(bytes(data), NOW)
     assert isinstance(result, Rejection)
     assert result.reason in REASONS
+
+
+@given(st.binary(max_size=512))
+def test_fuzz_signed_payloads_of_any_bytes_are_opened_or_rejected(payload: bytes) -> None:
+    """A peer with a valid key can sign any payload bytes; they still never raise."""
+    result = Opener().open(_forge(payload=payload), NOW)
+    assert isinstance(result, Opened | Rejection)
+
+
+@given(st.sampled_from(sorted(vectors.EXAMPLES)), st.integers(0, 10_000), st.integers(0, 7))
+def test_fuzz_signed_mutations_of_valid_payloads_never_raise(
+    name: str, pos: int, bit: int
+) -> None:
+    """Bit flips inside a validly signed payload (e.g. invalid UTF-8) give a rejection or a message."""
+    payload = bytearray(encode_payload(vectors.EXAMPLES[name]))
+    payload[pos % len(payload)] ^= 1 << bit
+    result = Opener().open(_forge(payload=bytes(payload)), NOW)
+    assert isinstance(result, Opened | Rejection)
+    if isinstance(result, Rejection):
+        assert result.reason in {"malformed_payload", "unknown_message"}

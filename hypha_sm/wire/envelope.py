@@ -198,6 +198,8 @@ class Opener:
                 else "malformed_payload"
             )
             return Rejection(reason, text[:200])
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
+            # ValueError: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string
+            # (msgspec issue #714) instead of its DecodeError.
             return Rejection("malformed_payload", str(exc)[:200])
         return Opened(sender, message, env.id, env.ts)
