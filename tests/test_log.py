@@ -77,6 +77,8 @@ def test_a_malformed_line_names_its_line_number() -> None:
         decode_entry(b'{"seq": 1, "mono": "x"}', 9)
     with pytest.raises(LogFormatError, match="line 5"):
         decode_entry(b"{not json", 5)
+    with pytest.raises(LogFormatError, match="line 6"):
+        decode_entry(b'{"seq": 1, "mono": 0, "wall": 0, "event": {"type": "\xff"}}', 6)
 
 
 def test_a_header_of_another_format_or_version_is_refused() -> None:

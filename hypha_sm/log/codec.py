@@ -72,7 +72,7 @@ def decode_header(line: bytes) -> Header:
     """Parse the header line; LogFormatError if it is not one this version reads."""
     try:
         header = _header_decoder.decode(line)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: msgspec #714 (bad UTF-8)
         raise LogFormatError(f"line 1: not an event-log header: {exc}") from exc
     if header.format != FORMAT:
         raise LogFormatError(f"line 1: format is {header.format!r}, expected {FORMAT!r}")
@@ -117,10 +117,10 @@ def decode_entry(line: bytes, lineno: int) -> Entry:
     except msgspec.ValidationError:
         try:
             entry = _lax_entry_decoder.decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
             raise LogFormatError(f"line {lineno}: {exc}") from exc
         if not entry.nonfinite:
             raise LogFormatError(f"line {lineno}: entry does not match the schema") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: msgspec #714 (bad UTF-8)
         raise LogFormatError(f"line {lineno}: {exc}") from exc
     return entry
