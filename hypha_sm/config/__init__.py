@@ -1,0 +1,1 @@
+"""Configuration: TOML file → ``HYPHA_*`` environment → command-line flags (later layers win)."""

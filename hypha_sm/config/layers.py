@@ -1,0 +1,91 @@
+"""Layered settings with pydantic-settings, and validation errors people can act on.
+
+Layers, lowest to highest: the TOML file, ``HYPHA_*`` environment variables, then command-line
+flags. Nested tables merge key by key; arrays replace. Environment names map to keys by
+lower-casing after the prefix, with ``__`` for nesting (``HYPHA_RESOURCES__GPU=24``); complex
+values are JSON (``HYPHA_GATEWAY_ADDRESSES='["tcp://…"]'``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+S = TypeVar("S", bound="LayeredSettings")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names each key, its value and what is allowed."""
+
+
+class LayeredSettings(BaseSettings):
+    """Base of every settings class: TOML, then env, then flags (passed as init values)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HYPHA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls, deep_merge=True))
+        return tuple(sources)
+
+
+def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> S:
+    """Load ``cls`` from the TOML file at ``path`` (if any), the environment and ``flags``.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a value is invalid; fix the named key.
+    """
+    bound: type[S] = cls
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        # A subclass bound to this file: no shared state between loads.
+        config = SettingsConfigDict(**{**cls.model_config, "toml_file": path})
+        bound = type(cls.__name__, (cls,), {"model_config": config, "__module__": cls.__module__})
+    try:
+        return bound(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, path)) from None
+
+
+def describe(exc: ValidationError, path: Path | None) -> str:
+    """One line per problem: ``key = value: what is allowed``."""
+    where = f"{path}: " if path else ""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "missing":
+            lines.append(f"{where}{key}: missing (required)")
+        elif error["type"] == "extra_forbidden":
+            lines.append(f"{where}{key}: unknown key (check the spelling)")
+        else:
+            lines.append(f"{where}{key} = {error.get('input')!r}: {error['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
