@@ -14,20 +14,17 @@ NODE = Identity.from_seed(bytes([1]) * 32)
 OTHER = Identity.from_seed(bytes([2]) * 32)
 
 
-def signed(
-    identity: Identity, message: Message, t: float = NOW, n: int = 0
-) -> tuple[Opened, bytes]:
-    data = seal(identity, message, t, n.to_bytes(16, "big"))
-    opened = Opener().open(data, t)
+def signed(identity: Identity, message: Message, t: float = NOW, n: int = 0) -> Opened:
+    opened = Opener().open(seal(identity, message, t, n.to_bytes(16, "big")), t)
     assert isinstance(opened, Opened)
-    return opened, data
+    return opened
 
 
 def test_a_node_publishes_its_own_record_and_anyone_can_verify_what_is_returned() -> None:
     """The lookup returns the author's own signed envelope, not the gateway's word."""
     d = Directory()
-    opened, data = signed(NODE, PeerRecord(str(NODE.peer_id), ("tcp://10.0.0.9:7200",), NOW + 60))
-    assert d.store(opened, data, NOW) is None
+    opened = signed(NODE, PeerRecord(str(NODE.peer_id), ("tcp://10.0.0.9:7200",), NOW + 60))
+    assert d.store(opened, NOW) is None
     (record,) = d.lookup_peer(str(NODE.peer_id), NOW + 1)
     again = Opener().open(record, NOW + 1)
     assert isinstance(again, Opened)
@@ -52,8 +49,7 @@ REFUSALS = [
 def test_bad_records_are_refused_with_a_counted_reason(reason: str, make: object) -> None:
     """Forged, malformed or over-long records are refused and counted."""
     d = Directory()
-    opened, data = make()  # type: ignore[operator]
-    assert d.store(opened, data, NOW) == reason
+    assert d.store(make(), NOW) == reason  # type: ignore[operator]
     assert d.refused == {reason: 1}
     assert len(d) == 0
 
@@ -62,12 +58,12 @@ def test_newer_records_replace_older_ones_and_expired_ones_vanish() -> None:
     """A node moving address republishes; the old record is gone; nothing outlives its expiry."""
     d = Directory()
     peer = str(NODE.peer_id)
-    d.store(*signed(NODE, PeerRecord(peer, ("tcp://old:1",), NOW + 60), NOW, 1), NOW)
+    d.store(signed(NODE, PeerRecord(peer, ("tcp://old:1",), NOW + 60), NOW, 1), NOW)
     newer = signed(NODE, PeerRecord(peer, ("tcp://new:1",), NOW + 30), NOW + 5, 2)
-    assert d.store(*newer, NOW + 5) is None
+    assert d.store(newer, NOW + 5) is None
     stale = signed(NODE, PeerRecord(peer, ("tcp://old:1",), NOW + 60), NOW + 1, 3)
-    assert d.store(*stale, NOW + 6) == "older_than_stored"
-    assert d.lookup_peer(peer, NOW + 29) == [newer[1]]
+    assert d.store(stale, NOW + 6) == "older_than_stored"
+    assert d.lookup_peer(peer, NOW + 29) == [newer.envelope]
     assert d.lookup_peer(peer, NOW + 30) == []
     assert len(d) == 0
 
@@ -75,8 +71,8 @@ def test_newer_records_replace_older_ones_and_expired_ones_vanish() -> None:
 def test_datasets_list_every_live_provider() -> None:
     """Several data nodes can serve one dataset; each record stands alone."""
     d = Directory()
-    d.store(*signed(NODE, DatasetRecord("shakespeare", str(NODE.peer_id), NOW + 60)), NOW)
-    d.store(*signed(OTHER, DatasetRecord("shakespeare", str(OTHER.peer_id), NOW + 10)), NOW)
+    d.store(signed(NODE, DatasetRecord("shakespeare", str(NODE.peer_id), NOW + 60)), NOW)
+    d.store(signed(OTHER, DatasetRecord("shakespeare", str(OTHER.peer_id), NOW + 10)), NOW)
     assert len(d.lookup_dataset("shakespeare", NOW + 1)) == 2
     assert len(d.lookup_dataset("shakespeare", NOW + 11)) == 1
     assert d.lookup_dataset("other", NOW) == []
@@ -87,6 +83,6 @@ def test_the_directory_is_bounded() -> None:
     d = Directory(max_records=3)
     for i in range(5):
         ident = Identity.from_seed(bytes([10 + i]) * 32)
-        d.store(*signed(ident, PeerRecord(str(ident.peer_id), ("tcp://x:1",), NOW + 60)), NOW)
+        d.store(signed(ident, PeerRecord(str(ident.peer_id), ("tcp://x:1",), NOW + 60)), NOW)
     assert len(d) == 3
     assert d.refused == {"directory_full": 2}

@@ -38,9 +38,9 @@ class Directory:
     _expiry: list[tuple[float, str, str, str]] = field(default_factory=list)
     _count: int = 0
 
-    def store(self, opened: Opened, envelope: bytes, now: float) -> str | None:
+    def store(self, opened: Opened, now: float) -> str | None:
         """Store a verified record; None if stored, else the reason it was refused (counted)."""
-        reason = self._store(opened, envelope, now)
+        reason = self._store(opened, opened.envelope, now)
         if reason is not None:
             self.refused[reason] += 1
         return reason

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import msgspec
@@ -60,12 +60,13 @@ class Rejection(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A verified message and who sent it."""
+    """A verified message, who sent it, and the envelope it came in (to store or relay as signed)."""
 
     sender: PeerId
     message: Message
     msg_id: bytes
     ts_ms: int
+    envelope: bytes = field(default=b"", repr=False)
 
 
 _envelope_encoder = msgspec.msgpack.Encoder()
@@ -202,4 +203,4 @@ class Opener:
             # ValueError: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string
             # (msgspec issue #714) instead of its DecodeError.
             return Rejection("malformed_payload", str(exc)[:200])
-        return Opened(sender, message, env.id, env.ts)
+        return Opened(sender, message, env.id, env.ts, data)
