@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from hypha_sm import __version__
+from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.reducer import Step
@@ -21,6 +22,7 @@ from hypha_sm.log.replay import replay
 from hypha_sm.log.store import read_lines
 from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs
 from hypha_sm.net.keys import KeyFileError, create_key_file
+from hypha_sm.net.tls import TlsError
 from hypha_sm.wire.identity import IdentityError
 
 
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     p_keygen.add_argument("path", type=Path, help="where to write the key, e.g. node-key.pem")
     p_keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
 
+    p_gateway = sub.add_parser("gateway", help="the gateway role: relay, peer directory")
+    gateway_sub = p_gateway.add_subparsers(dest="gateway_command", required=True)
+    p_gw_run = gateway_sub.add_parser("run", help="run a gateway until SIGINT/SIGTERM")
+    p_gw_run.add_argument("config", nargs="?", type=Path, help="gateway.toml")
+    p_gw_run.add_argument("--config", dest="config_flag", type=Path, help="gateway.toml")
+    for flag in ("listen", "ingest", "publish"):
+        p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
+    p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
+
     p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
     p_machines.add_argument("--dir", type=Path, default=None)
 
@@ -68,8 +79,18 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(args)
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "gateway":
+            return _gateway(args)
         return _machines(args)
-    except (HyphaSMError, LogFormatError, FileNotFoundError, KeyFileError, IdentityError) as exc:
+    except (
+        HyphaSMError,
+        LogFormatError,
+        FileNotFoundError,
+        KeyFileError,
+        IdentityError,
+        ConfigError,
+        TlsError,
+    ) as exc:
         print(f"hypha-sm: error: {exc}", file=sys.stderr)
         return 2
 
@@ -105,6 +126,20 @@ def _default_diagrams_dir() -> Path:
     """``docs/diagrams`` of the checkout the machines come from, else of the current directory."""
     beside = default_machines_dir().parent / "docs" / "diagrams"
     return beside if beside.is_dir() else Path.cwd() / "docs" / "diagrams"
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from hypha_sm.config.gateway import GatewaySettings
+    from hypha_sm.net.gateway_main import run_gateway
+
+    path = args.config_flag or args.config
+    flags = {
+        "listen": args.listen,
+        "ingest": args.ingest,
+        "publish": args.publish,
+        "node_key": args.node_key,
+    }
+    return run_gateway(load_settings(GatewaySettings, path, flags))
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -1,0 +1,38 @@
+"""Settings of the gateway role (``hypha-sm gateway run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from hypha_sm.config.layers import LayeredSettings
+
+
+class GatewaySettings(LayeredSettings):
+    """Where the gateway listens, its key, and its limits."""
+
+    node_key: Path = Field(description="the gateway's Ed25519 key (create with hypha-sm keygen)")
+    listen: str = Field("tcp://0.0.0.0:7000", description="requests: records, lookups, health")
+    ingest: str = Field("tcp://0.0.0.0:7001", description="schedulers' publishers dial here")
+    publish: str = Field("tcp://0.0.0.0:7002", description="workers' subscriptions dial here")
+    cert_pem: Path | None = Field(None, description="TLS certificate, for tls+tcp:// addresses")
+    key_pem: Path | None = Field(None, description="TLS private key")
+    trust_pem: Path | None = Field(None, description="CA bundle peers' certificates must chain to")
+    max_records: int = Field(100_000, ge=1, description="directory size limit")
+    relay_queue: int = Field(1024, ge=1, description="advertisements queued before overload drops")
+    max_skew: float = Field(30.0, gt=0, description="largest clock difference accepted, seconds")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _tls_needs_files(self) -> Self:
+        uses_tls = any(
+            a.startswith("tls+tcp://") for a in (self.listen, self.ingest, self.publish)
+        )
+        missing = [
+            name for name in ("cert_pem", "key_pem", "trust_pem") if getattr(self, name) is None
+        ]
+        if uses_tls and missing:
+            raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        return self

@@ -1,0 +1,62 @@
+"""``hypha-sm gateway run``: load settings and the key, run the gateway until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from hypha_sm.config.gateway import GatewaySettings
+from hypha_sm.net.gateway import Gateway
+from hypha_sm.net.keys import load_key_file
+from hypha_sm.net.tls import TlsFiles
+from hypha_sm.net.transport import Endpoint, NetConfig
+
+
+def run_gateway(settings: GatewaySettings) -> int:
+    """Run until a signal; exit code 0 on a clean stop."""
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    identity = load_key_file(settings.node_key)
+    tls = None
+    if settings.cert_pem and settings.key_pem and settings.trust_pem:
+        tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
+    config = NetConfig(max_skew=settings.max_skew, tls=tls)
+
+    async def main() -> None:
+        with Endpoint(identity, config) as transport:
+            gateway = Gateway(
+                transport,
+                listen=settings.listen,
+                ingest=settings.ingest,
+                publish=settings.publish,
+                max_records=settings.max_records,
+                relay_queue=settings.relay_queue,
+            )
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    bound = await nursery.start(gateway.run)
+                    print(
+                        f"gateway {identity.peer_id} ready: listen {bound.listen} "
+                        f"ingest {bound.ingest} publish {bound.publish}",
+                        flush=True,
+                    )
+                    async for signum in signals:
+                        logging.getLogger(__name__).info(
+                            "%s: stopping", signal.Signals(signum).name
+                        )
+                        nursery.cancel_scope.cancel()
+                        break
+            stats = gateway.stats
+            print(
+                f"gateway stopped: relayed {stats.relayed}, overload dropped "
+                f"{stats.overload_dropped}, refused {dict(stats.refused)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    trio.run(main)
+    return 0
