@@ -51,9 +51,11 @@ def run_gateway(settings: GatewaySettings) -> int:
                         nursery.cancel_scope.cancel()
                         break
             stats = gateway.stats
+            net = transport.stats()
             print(
                 f"gateway stopped: relayed {stats.relayed}, overload dropped "
-                f"{stats.overload_dropped}, refused {dict(stats.refused)}",
+                f"{stats.overload_dropped}, lost before arrival {net.dropped}, "
+                f"refused {dict(stats.refused)}, rejected {dict(net.rejected)}",
                 file=sys.stderr,
                 flush=True,
             )
