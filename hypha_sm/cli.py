@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from hypha_sm import __version__
+from hypha_sm.config.init import InitError, write_example
 from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError
@@ -68,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
     p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
 
+    p_init = sub.add_parser("init", help="write a commented example worker.toml")
+    p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
+    p_init.add_argument("--work-dir", type=Path, default=Path("work"), help="job directories")
+    p_init.add_argument(
+        "--with-keys", action="store_true", help="also write a node key and dev TLS certificates"
+    )
+    p_init.add_argument("--name", default="worker", help="prefix of the key and cert files")
+    p_init.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    p_check = sub.add_parser("check-config", help="validate a worker.toml and print the result")
+    p_check.add_argument("config", type=Path)
+    p_check.add_argument("--work-dir", type=Path)
+    p_check.add_argument("--gateway", action="append", help="replaces gateway_addresses")
+
     p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
     p_machines.add_argument("--dir", type=Path, default=None)
 
@@ -81,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "gateway":
             return _gateway(args)
+        if args.command == "init":
+            return _init(args)
+        if args.command == "check-config":
+            return _check_config(args)
         return _machines(args)
     except (
         HyphaSMError,
@@ -90,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         IdentityError,
         ConfigError,
         TlsError,
+        InitError,
     ) as exc:
         print(f"hypha-sm: error: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +160,28 @@ def _gateway(args: argparse.Namespace) -> int:
         "node_key": args.node_key,
     }
     return run_gateway(load_settings(GatewaySettings, path, flags))
+
+
+def _init(args: argparse.Namespace) -> int:
+    written = write_example(
+        args.path,
+        work_dir=args.work_dir.absolute(),
+        force=args.force,
+        with_keys=args.with_keys,
+        name=args.name,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from hypha_sm.config.worker import load_worker_settings
+
+    flags = {"work_dir": args.work_dir, "gateway_addresses": args.gateway}
+    settings = load_worker_settings(args.config, flags)
+    print(settings.model_dump_json(indent=2, by_alias=True))
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

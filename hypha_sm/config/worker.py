@@ -1,0 +1,139 @@
+"""Settings of a worker node (``worker.toml``), per the seed document.
+
+Layers: the TOML file → ``HYPHA_*`` environment → command-line flags; telemetry settings may
+also come from the standard ``OTEL_*`` variables, which win over the ``telemetry_*`` keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from hypha_sm.config.layers import LayeredSettings
+from hypha_sm.core.policy import RUNTIME_FOR_CLASS, parse_strategy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceSettings(_Strict):
+    """What the node offers: cpu in cores; memory, storage and gpu (VRAM, summed) in GB."""
+
+    cpu: float = Field(ge=0, le=1e6)
+    memory: float = Field(ge=0, le=1e9)
+    storage: float = Field(ge=0, le=1e9)
+    gpu: float = Field(default=0.0, ge=0, le=1e9)
+
+
+def _strategy(value: object) -> str:
+    return parse_strategy(value)
+
+
+class OfferSettings(_Strict):
+    """Pricing: ``floor`` is the hard minimum, ``price`` the ask (specs/pricing.md)."""
+
+    price: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    floor: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    strategy: Annotated[Literal["whole", "flexible"], BeforeValidator(_strategy)] = "whole"
+
+
+class ExecutorSettings(_Strict):
+    """One executor: job class, name, runtime; ``cmd`` and ``args`` for the process runtime."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    cls: Literal["train", "aggregate"] = Field(alias="class")
+    name: str = Field(min_length=1, max_length=200)
+    runtime: Literal["process", "parameter-server"]
+    cmd: str | None = None
+    args: list[str] = []
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> Self:
+        if RUNTIME_FOR_CLASS[self.cls] != self.runtime:
+            raise ValueError(
+                f"class {self.cls!r} runs on runtime {RUNTIME_FOR_CLASS[self.cls]!r}, "
+                f"not {self.runtime!r}"
+            )
+        if self.runtime == "process" and not self.cmd:
+            raise ValueError("the process runtime needs `cmd`")
+        if self.runtime == "parameter-server" and (self.cmd or self.args):
+            raise ValueError("the parameter-server runtime is built in: no `cmd` or `args`")
+        return self
+
+
+_ADDRESS = r"^(tcp|tls\+tcp)://[^\s]+:\d+$|^ipc:///[^\s]+$"
+
+
+class WorkerSettings(LayeredSettings):
+    """Everything ``hypha-sm run worker.toml`` needs."""
+
+    node_key: Path = Field(description="Ed25519 node key (hypha-sm keygen)")
+    cert_pem: Path | None = Field(None, description="TLS certificate (HYPHA_CERT_PEM)")
+    key_pem: Path | None = Field(None, description="TLS private key (HYPHA_KEY_PEM)")
+    trust_pem: Path | None = Field(None, description="TLS CA bundle (HYPHA_TRUST_PEM)")
+    gateway_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
+    listen_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
+    external_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = []
+    work_dir: Path
+    resources: ResourceSettings
+    offer: OfferSettings = OfferSettings()
+    executors: list[ExecutorSettings] = Field(min_length=1)
+    telemetry_endpoint: str | None = None
+    telemetry_headers: str | None = None
+    telemetry_attributes: str | None = None
+    telemetry_protocol: Literal["grpc", "http/protobuf"] | None = None
+    telemetry_sampler: (
+        Literal["always_on", "always_off", "traceidratio", "parentbased_traceidratio"] | None
+    ) = None
+    telemetry_sample_ratio: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        addresses = [*self.gateway_addresses, *self.listen_addresses, *self.external_addresses]
+        if any(a.startswith("tls+tcp://") for a in addresses):
+            missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        seen = set()
+        for executor in self.executors:
+            key = (executor.cls, executor.name)
+            if key in seen:
+                raise ValueError(f"executor {executor.cls}/{executor.name} is configured twice")
+            seen.add(key)
+        return self
+
+
+#: Standard OpenTelemetry variables and the keys they set (the variables win).
+OTEL_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry_endpoint",
+    "OTEL_EXPORTER_OTLP_HEADERS": "telemetry_headers",
+    "OTEL_RESOURCE_ATTRIBUTES": "telemetry_attributes",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "telemetry_protocol",
+    "OTEL_TRACES_SAMPLER": "telemetry_sampler",
+    "OTEL_TRACES_SAMPLER_ARG": "telemetry_sample_ratio",
+}
+
+
+def otel_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``telemetry_*`` values from ``OTEL_*`` variables (they override file and HYPHA_*)."""
+    env = os.environ if environ is None else environ
+    return {key: env[var] for var, key in OTEL_VARIABLES.items() if env.get(var)}
+
+
+def load_worker_settings(path: Path | None, flags: Mapping[str, Any]) -> WorkerSettings:
+    """The worker's settings: file → HYPHA_* → flags, with OTEL_* winning for telemetry.
+
+    Raises:
+        ConfigError: naming each invalid key, its value and what is allowed.
+    """
+    from hypha_sm.config.layers import load_settings
+
+    layered = {k: v for k, v in flags.items() if v is not None}
+    layered.update(otel_overrides())
+    return load_settings(WorkerSettings, path, layered)
