@@ -1,0 +1,808 @@
+"""The process runtime: run one job as an operating-system process tree, and stop all of it.
+
+This is the shell side of ``StartJob`` / ``StopJob`` for executors with ``runtime = "process"``.
+It knows nothing about the event loop; the loop drives it and turns its outcomes into events:
+
+- ``await nursery.start(job.run)`` (or ``await job.start(nursery)``) returns once the process
+  runs (-> ``JobStarted``) or raises :class:`StartError` with a reason (-> ``JobStartFailed``);
+  a failed start leaves nothing behind: no process, no work dir.
+- ``await job.wait()`` returns the exit code once **every** process of the job is gone
+  (-> ``JobExited``). Negative codes are signals (``-9`` = SIGKILL).
+- ``await job.stop(grace)`` asks the job to stop: SIGTERM to the whole tree, ``grace`` seconds,
+  then SIGKILL to whatever is left; it returns like ``wait``. ``grace=0`` is ``StopJob.force``.
+
+A job's processes are found, in order of preference, through a cgroup v2 made for the job (when
+the node may create one), or through its process group (the child is a session leader) plus a
+sweep of its descendants and of any process whose cwd is inside the work dir (a grandchild that
+called ``setsid`` leaves the group but keeps the tree snapshot and the cwd).
+
+The work dir ``<work_dir>/hypha-<work_dir_id>`` (mode 0700) is the child's cwd; stdout and stderr
+go to capped ``stdout.log`` / ``stderr.log`` there and, line by line, to the logger
+``hypha_sm.job``. It is removed when the job exits 0 and kept (marked ``.hypha-failed``) when it
+does not, up to ``keep_failed`` failed dirs. :func:`clean_orphans` sweeps what a crashed node
+left behind; the node calls it on start.
+
+The child gets ``PR_SET_PDEATHSIG = SIGKILL``. Linux ties that to the *thread* that forked, so
+the child is spawned from the trio thread itself (``trio.lowlevel.open_process`` forks in a
+worker thread, which trio retires after idling, and that would kill the job). The fork blocks
+the loop for the few milliseconds ``Popen`` takes. The signal reaches the direct child only; a
+crash leaves grandchildren to :func:`clean_orphans`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev dependency yet
+import trio
+
+from hypha_sm.core.resources import Amounts
+
+log = logging.getLogger("hypha_sm.shell.process")
+#: Job output is forwarded here, one record per line.
+job_log = logging.getLogger("hypha_sm.job")
+
+DIR_PREFIX: Final = "hypha-"
+SOCKET_NAME: Final = "bridge.sock"
+STDOUT_NAME: Final = "stdout.log"
+STDERR_NAME: Final = "stderr.log"
+#: Present in a work dir kept after a failure; holds the exit code. Retention prunes by it.
+FAILED_MARK: Final = ".hypha-failed"
+DEFAULT_LOG_CAP: Final = 10 * 1024 * 1024
+DEFAULT_GRACE: Final = 5.0
+DEFAULT_KEEP_FAILED: Final = 20
+#: Longest line forwarded to the logger; longer lines are cut.
+MAX_LOG_LINE: Final = 16 * 1024
+_POLL: Final = 0.05
+_SNAPSHOT_EVERY: Final = 0.5
+_PR_SET_PDEATHSIG: Final = 1
+_GB: Final = 1_000_000_000
+
+
+class StartError(Exception):
+    """The job could not be started; ``reason`` says why. Nothing of it is left running."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to run: the ``StartJob`` fields plus the executor's configured ``cmd`` and ``args``."""
+
+    job_id: str
+    work_dir_id: str
+    cmd: str
+    args: Sequence[str] = ()
+    #: Compact JSON of the whole job spec, given as ``{JOB_JSON}`` and ``$JOB_JSON``.
+    job_json: str = "{}"
+    resources: Amounts = field(default_factory=Amounts)
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Node-wide settings of the process runtime."""
+
+    #: Base directory; each job gets ``<work_dir>/hypha-<work_dir_id>``.
+    work_dir: Path
+    #: Bytes kept of each of stdout and stderr; output beyond is dropped and noted.
+    log_cap: int = DEFAULT_LOG_CAP
+    #: Seconds between SIGTERM and SIGKILL when ``stop`` is called without a grace.
+    grace: float = DEFAULT_GRACE
+    #: Failed work dirs kept for inspection; older ones are removed.
+    keep_failed: int = DEFAULT_KEEP_FAILED
+    #: Try a cgroup v2 per job (``None`` parent: the node's own cgroup, when writable).
+    use_cgroup: bool = True
+    cgroup_parent: Path | None = None
+    #: Environment the job inherits (default: the node's).
+    base_env: Mapping[str, str] | None = None
+
+
+# --------------------------------------------------------------------------- templating
+
+
+def render_args(args: Iterable[str], values: Mapping[str, str]) -> list[str]:
+    """Replace ``{NAME}`` for each name in ``values`` in every arg; other ``{X}`` stay as they are.
+
+    Plain string replacement, all occurrences, names applied in order (the original semantics).
+    """
+    out = []
+    for arg in args:
+        for name, value in values.items():
+            arg = arg.replace("{" + name + "}", value)
+        out.append(arg)
+    return out
+
+
+def job_env(base: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
+    """The job's environment: ``base`` plus ``values`` (which win)."""
+    return {**base, **values}
+
+
+# --------------------------------------------------------------------------- enforcement
+
+
+def find_cgroup_parent() -> Path | None:
+    """The node's own cgroup v2 directory when cgroup2 is mounted and it is writable, else None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+        own = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    mount = next(
+        (line.split()[1] for line in mounts.splitlines() if line.split()[2:3] == ["cgroup2"]),
+        None,
+    )
+    rel = next((line[3:] for line in own.splitlines() if line.startswith("0::")), None)
+    if mount is None or rel is None:
+        return None
+    parent = Path(mount) / rel.lstrip("/")
+    if not (parent / "cgroup.procs").exists() or not os.access(parent, os.W_OK):
+        return None
+    return parent
+
+
+def _nvidia_devices() -> list[int]:
+    return sorted(
+        int(m.group(1))
+        for p in Path("/dev").glob("nvidia*")
+        if (m := re.fullmatch(r"nvidia(\d+)", p.name))
+    )
+
+
+#: Cores handed to live jobs, so that concurrent jobs prefer different cores.
+_cores_in_use: dict[str, frozenset[int]] = {}
+
+
+def _pick_cores(job_id: str, cpu: float) -> frozenset[int] | None:
+    available = sorted(os.sched_getaffinity(0))
+    want = math.ceil(cpu)
+    if cpu <= 0 or want >= len(available):
+        return None
+    busy = set().union(*_cores_in_use.values()) if _cores_in_use else set()
+    ordered = [c for c in available if c not in busy] + [c for c in available if c in busy]
+    cores = frozenset(ordered[:want])
+    _cores_in_use[job_id] = cores
+    return cores
+
+
+@dataclass
+class _Limits:
+    cores: frozenset[int] | None = None
+    rlimit_as: int | None = None
+    cgroup: Path | None = None
+    cuda_visible: str = ""
+    unenforced: list[str] = field(default_factory=list)
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+
+    def call(option: int, arg: int) -> int:
+        return int(prctl(option, arg))
+
+    return call
+
+
+_prctl = _load_prctl()
+
+
+def _make_preexec(limits: _Limits, parent_pid: int) -> Callable[[], None]:
+    """The function the child runs between fork and exec. Keeps to plain system calls."""
+    procs = str(limits.cgroup / "cgroup.procs") if limits.cgroup else None
+
+    def preexec() -> None:
+        if procs is not None:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent_pid:  # the node died before prctl took effect
+                os._exit(255)
+        if limits.cores is not None:
+            os.sched_setaffinity(0, limits.cores)
+        if limits.rlimit_as is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
+
+    return preexec
+
+
+# --------------------------------------------------------------------------- process sets
+
+
+def _alive(p: psutil.Process) -> bool:
+    """Running and not a zombie (an orphaned zombie may never be reaped in a container)."""
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _cwd_inside(p: psutil.Process, root: Path) -> bool:
+    try:
+        cwd = Path(p.cwd())
+    except (psutil.Error, OSError):
+        return False
+    return cwd == root or root in cwd.parents
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            p.send_signal(sig)
+
+
+def _killpg(pgid: int | None, sig: int) -> None:
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _CappedLog:
+    """Write up to ``cap`` bytes to a file, then one truncation note; forward lines to a logger."""
+
+    def __init__(self, path: Path, cap: int, job_id: str, stream: str) -> None:
+        self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115 (closed in close())
+        self._cap = cap
+        self._written = 0
+        self._truncated = False
+        self._partial = b""
+        self._job_id = job_id
+        self._stream = stream
+
+    @property
+    def truncated(self) -> bool:
+        return self._truncated
+
+    def feed(self, data: bytes) -> None:
+        if not self._truncated:
+            room = self._cap - self._written
+            self._file.write(data[:room])
+            self._written += min(room, len(data))
+            if len(data) > room:
+                self._truncated = True
+                self._file.write(f"\n[hypha: output truncated at {self._cap} bytes]\n".encode())
+                job_log.warning(
+                    "job %s %s: output over %d bytes; the rest is dropped",
+                    self._job_id,
+                    self._stream,
+                    self._cap,
+                    extra={"job_id": self._job_id},
+                )
+                self._forward(data[:room])
+                return
+            self._file.flush()
+            self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LOG_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        text = line[:MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
+        job_log.info(
+            "job %s %s: %s", self._job_id, self._stream, text, extra={"job_id": self._job_id}
+        )
+
+    def close(self) -> None:
+        if self._partial and not self._truncated:
+            self._emit(self._partial)
+        self._partial = b""
+        self._file.close()
+
+
+async def _pump(stream: trio.lowlevel.FdStream, sink: _CappedLog) -> None:
+    async with stream:
+        while data := await stream.receive_some(65536):
+            sink.feed(data)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class ProcessJob:
+    """One job run as a process tree. Use once: ``run`` (via ``nursery.start``), then ``wait``."""
+
+    def __init__(self, spec: ProcessSpec, settings: ProcessSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        #: ``<work_dir>/hypha-<work_dir_id>``; the job's cwd.
+        self.work_dir = settings.work_dir.absolute() / f"{DIR_PREFIX}{spec.work_dir_id}"
+        #: Where the bridge listens; given to the job as ``SOCKET_PATH``.
+        self.socket_path = self.work_dir / SOCKET_NAME
+        #: What could not be enforced on this machine (filled by ``run`` before the spawn).
+        self.unenforced: list[str] = []
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._cgroup: Path | None = None
+        self._known: dict[int, psutil.Process] = {}
+        self._stop_requested = trio.Event()
+        self._kill_at: float | None = None
+        self._done = trio.Event()
+        self._started = False
+        self._prepared = False
+        self._cgroup_used = False
+
+    # ------------------------------------------------------------------ public API
+
+    def prepare(self) -> Path:
+        """Create the work dir (mode 0700) so the bridge can bind before the spawn; return it.
+
+        Raises:
+            StartError: the dir exists already or cannot be created.
+        """
+        if self._prepared:
+            return self.work_dir
+        try:
+            self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+            self.work_dir.mkdir(mode=0o700)
+            self.work_dir.chmod(0o700)  # mkdir's mode is masked by the umask
+        except FileExistsError:
+            raise StartError(f"work dir {self.work_dir} exists already") from None
+        except OSError as exc:
+            raise StartError(f"cannot create work dir {self.work_dir}: {exc}") from exc
+        self._prepared = True
+        return self.work_dir
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the job under ``nursery``; return once it runs. Raises :class:`StartError`."""
+        await nursery.start(self.run)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Start the job, report ``task_status.started()``, supervise it; return its exit code.
+
+        Returns only once every process of the job is gone and the work dir is settled.
+
+        Raises:
+            StartError: before ``started``, when the job could not be started.
+        """
+        if self._started:
+            raise RuntimeError("a ProcessJob runs once")
+        self._started = True
+        try:
+            await self._run(task_status)
+        finally:
+            _cores_in_use.pop(self.spec.job_id, None)
+            self._done.set()
+        assert self.exit_code is not None
+        return self.exit_code
+
+    async def wait(self) -> int:
+        """The exit code, once every process of the job is gone (negative = signal)."""
+        await self._done.wait()
+        if self.exit_code is None:
+            raise RuntimeError(f"job {self.spec.job_id} never started")
+        return self.exit_code
+
+    async def stop(self, grace: float | None = None) -> int:
+        """SIGTERM the whole tree, wait ``grace`` seconds (default from settings), SIGKILL the rest.
+
+        Returns the exit code once every process is gone. Calling again with a shorter grace (for
+        example ``0`` for a forced stop) brings the SIGKILL forward.
+        """
+        grace = self.settings.grace if grace is None else max(0.0, grace)
+        kill_at = trio.current_time() + grace
+        if self._kill_at is None or kill_at < self._kill_at:
+            self._kill_at = kill_at
+        self._stop_requested.set()
+        return await self.wait()
+
+    @property
+    def cgroup_used(self) -> bool:
+        """Whether the job runs in a cgroup of its own (known once it started)."""
+        return self._cgroup_used
+
+    # ------------------------------------------------------------------ start
+
+    def _limits(self) -> _Limits:
+        res = self.spec.resources
+        limits = _Limits()
+        if self.settings.use_cgroup:
+            limits.cgroup = self._make_cgroup()
+        else:
+            limits.unenforced.append("cgroup: disabled by settings")
+        limits.cores = _pick_cores(self.spec.job_id, res.cpu)
+        if res.cpu > 0 and limits.cores is None:
+            limits.unenforced.append(
+                f"cpu: {res.cpu} cores asked, {len(os.sched_getaffinity(0))} available: "
+                "no affinity set"
+            )
+        if res.memory > 0:
+            limit = int(res.memory * _GB)
+            if limits.cgroup is not None and (limits.cgroup / "memory.max").exists():
+                try:
+                    (limits.cgroup / "memory.max").write_text(str(limit))
+                except OSError as exc:
+                    limits.unenforced.append(f"memory: cgroup memory.max failed ({exc})")
+                    limits.rlimit_as = limit
+            else:
+                why = "no cgroup" if limits.cgroup is None else "no cgroup memory controller"
+                limits.unenforced.append(
+                    f"{why}: memory limit via RLIMIT_AS (virtual memory, crude)"
+                )
+                limits.rlimit_as = limit
+        if res.gpu > 0:
+            devices = _nvidia_devices()
+            if devices:
+                limits.cuda_visible = ",".join(map(str, devices))
+                limits.unenforced.append(
+                    f"gpu: {res.gpu} GB of VRAM is not enforced; all {len(devices)} devices visible"
+                )
+            else:
+                limits.unenforced.append("gpu: no NVIDIA devices")
+        if _prctl is None:
+            limits.unenforced.append("parent-death signal: libc prctl not found")
+        return limits
+
+    def _make_cgroup(self) -> Path | None:
+        parent = self.settings.cgroup_parent or find_cgroup_parent()
+        if parent is None:
+            self.unenforced.append("no cgroup v2: stop via process group and tree sweep")
+            return None
+        with contextlib.suppress(OSError):  # may fail (processes in parent): memory then absent
+            (parent / "cgroup.subtree_control").write_text("+memory +cpu")
+        path = parent / f"{DIR_PREFIX}{self.spec.work_dir_id}"
+        try:
+            path.mkdir()
+        except OSError as exc:
+            self.unenforced.append(f"no cgroup ({exc}): stop via process group and tree sweep")
+            return None
+        self._cgroup = path
+        self._cgroup_used = True
+        return path
+
+    def _remove_cgroup(self) -> None:
+        if self._cgroup is not None:
+            try:
+                self._cgroup.rmdir()
+            except OSError as exc:
+                log.warning(
+                    "job %s: cannot remove cgroup %s: %s", self.spec.job_id, self._cgroup, exc
+                )
+            self._cgroup = None
+
+    def _spawn(self, limits: _Limits) -> tuple[int, int]:
+        """Fork and exec in this thread (see the module doc); return the parent's pipe ends."""
+        values = {
+            "SOCKET_PATH": str(self.socket_path),
+            "WORK_DIR": str(self.work_dir),
+            "JOB_JSON": self.spec.job_json,
+        }
+        argv = [self.spec.cmd, *render_args(self.spec.args, values)]
+        base = os.environ if self.settings.base_env is None else self.settings.base_env
+        env = job_env(base, {**values, "CUDA_VISIBLE_DEVICES": limits.cuda_visible})
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self._popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=self.work_dir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_make_preexec(limits, os.getpid()),
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return out_r, err_r
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        self.prepare()
+        try:
+            limits = self._limits()
+            self.unenforced.extend(limits.unenforced)
+            out_r, err_r = self._spawn(limits)
+        except BaseException as exc:
+            self._remove_cgroup()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
+                raise StartError(f"cannot run {self.spec.cmd!r}: {exc.strerror}") from exc
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise StartError(f"cannot start {self.spec.cmd!r}: {exc}") from exc
+            raise
+        popen = self._popen
+        assert popen is not None
+        self.pid = popen.pid
+        log.info(
+            "job %s: started pid %d in %s%s",
+            self.spec.job_id,
+            popen.pid,
+            self.work_dir,
+            f"; not enforced: {'; '.join(self.unenforced)}" if self.unenforced else "",
+        )
+        out = _CappedLog(
+            self.work_dir / STDOUT_NAME, self.settings.log_cap, self.spec.job_id, "stdout"
+        )
+        err = _CappedLog(
+            self.work_dir / STDERR_NAME, self.settings.log_cap, self.spec.job_id, "stderr"
+        )
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), out)
+                nursery.start_soon(_pump, trio.lowlevel.FdStream(err_r), err)
+                try:
+                    await self._supervise(popen)
+                finally:
+                    if self.exit_code is None:  # cancelled: still stop the whole tree
+                        with trio.CancelScope(shield=True):
+                            await self._cancelled(popen)
+        finally:
+            out.close()
+            err.close()
+            self._remove_cgroup()
+            if self.exit_code is not None:
+                self._settle_work_dir()
+
+    # ------------------------------------------------------------------ supervision
+
+    async def _supervise(self, popen: subprocess.Popen[bytes]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._snapshot_loop, popen)
+            await _wait_exit(popen, self._stop_requested)
+            nursery.cancel_scope.cancel()
+        if popen.returncode is None:  # stop requested while running
+            await self._terminate()
+        else:  # the main process ended by itself: leftovers get the default grace
+            if self._members():
+                log.info("job %s: main process exited; stopping what it left", self.spec.job_id)
+                if self._kill_at is None:
+                    self._kill_at = trio.current_time() + self.settings.grace
+                await self._terminate()
+        await _wait_exit(popen, None)
+        self.exit_code = popen.returncode
+        log.info("job %s: exited with %s; every process gone", self.spec.job_id, self.exit_code)
+
+    async def _cancelled(self, popen: subprocess.Popen[bytes]) -> None:
+        log.info("job %s: supervision cancelled; stopping the job", self.spec.job_id)
+        if self._kill_at is None:
+            self._kill_at = trio.current_time() + self.settings.grace
+        await self._terminate()
+        await _wait_exit(popen, None)
+        self.exit_code = popen.returncode
+
+    async def _snapshot_loop(self, popen: subprocess.Popen[bytes]) -> None:
+        while True:
+            self._members()
+            await trio.sleep(_SNAPSHOT_EVERY)
+
+    def _members(self) -> list[psutil.Process]:
+        """Every live process of the job; remembers them so that a later sweep still finds them."""
+        found: dict[int, psutil.Process] = {}
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (self._cgroup / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(psutil.Error):
+                        found[int(pid)] = psutil.Process(int(pid))
+        roots = [p for p in self._known.values() if _alive(p)]
+        if self.pid is not None and self._popen is not None and self._popen.returncode is None:
+            with contextlib.suppress(psutil.Error):
+                roots.append(psutil.Process(self.pid))
+        for root in roots:
+            found[root.pid] = root
+            with contextlib.suppress(psutil.Error):
+                for child in root.children(recursive=True):
+                    found.setdefault(child.pid, child)
+        pgid = self.pid
+        for p in psutil.process_iter():
+            if p.pid in found or p.pid == os.getpid():
+                continue
+            try:
+                in_group = pgid is not None and os.getpgid(p.pid) == pgid
+            except OSError:
+                continue
+            if in_group or _cwd_inside(p, self.work_dir):
+                found[p.pid] = p
+        alive = {pid: p for pid, p in found.items() if _alive(p)}
+        self._known.update(alive)
+        self._known = {pid: p for pid, p in self._known.items() if _alive(p)}
+        return list(alive.values())
+
+    async def _terminate(self) -> None:
+        """TERM the group and every member; until the kill deadline; then KILL until none is left."""
+        members = self._members()
+        log.info(
+            "job %s: SIGTERM to %d processes (%s)",
+            self.spec.job_id,
+            len(members),
+            ", ".join(str(p.pid) for p in members),
+        )
+        _killpg(self.pid, signal.SIGTERM)
+        _signal_all(members, signal.SIGTERM)
+        while self._members():
+            assert self._kill_at is not None
+            if trio.current_time() >= self._kill_at:
+                break
+            await trio.sleep(_POLL)
+        while members := self._members():
+            log.info(
+                "job %s: SIGKILL to %s",
+                self.spec.job_id,
+                ", ".join(str(p.pid) for p in members),
+            )
+            if self._cgroup is not None:
+                with contextlib.suppress(OSError):
+                    (self._cgroup / "cgroup.kill").write_text("1")
+            _killpg(self.pid, signal.SIGKILL)
+            _signal_all(members, signal.SIGKILL)
+            await trio.sleep(_POLL)
+
+    # ------------------------------------------------------------------ after the exit
+
+    def _settle_work_dir(self) -> None:
+        if self.exit_code == 0:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            log.info("job %s: succeeded; removed %s", self.spec.job_id, self.work_dir)
+            return
+        with contextlib.suppress(OSError):
+            (self.work_dir / FAILED_MARK).write_text(f"{self.exit_code}\n")
+        log.info(
+            "job %s: failed (%s); kept %s for inspection",
+            self.spec.job_id,
+            self.exit_code,
+            self.work_dir,
+        )
+        prune_failed(self.settings.work_dir, self.settings.keep_failed)
+
+
+async def _wait_exit(popen: subprocess.Popen[bytes], stop: trio.Event | None) -> None:
+    """Until the process exits (reaped; ``returncode`` set) or ``stop`` is set."""
+    pidfd: int | None = None
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(popen.pid)
+    try:
+        while popen.poll() is None:
+            if stop is not None and stop.is_set():
+                return
+            if pidfd is not None:
+                with trio.move_on_after(_POLL if stop is not None else 1.0):
+                    await trio.lowlevel.wait_readable(pidfd)
+            else:
+                await trio.sleep(_POLL)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def prune_failed(work_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` failed work dirs (those marked ``.hypha-failed``)."""
+    failed = []
+    for d in work_dir.glob(f"{DIR_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            failed.append(((d / FAILED_MARK).stat().st_mtime, d))
+    failed.sort(reverse=True)
+    removed = []
+    for _, d in failed[max(keep, 0) :]:
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("removed old failed work dir %s (keeping the newest %d)", d, keep)
+        removed.append(d)
+    return removed
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def _job_dirs(work_dir: Path) -> list[Path]:
+    base = work_dir.absolute()
+    if not base.is_dir():
+        log.info("orphans: no work dir %s; nothing to clean", base)
+        return []
+    return sorted(d for d in base.glob(f"{DIR_PREFIX}*") if d.is_dir())
+
+
+@dataclass
+class OrphanReport:
+    """What :func:`clean_orphans` found and did."""
+
+    dirs_found: list[Path] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)
+    dirs_removed: list[Path] = field(default_factory=list)
+    dirs_kept: list[Path] = field(default_factory=list)
+
+
+async def clean_orphans(
+    work_dir: Path, *, grace: float = 2.0, keep_failed: bool = True
+) -> OrphanReport:
+    """Kill processes left in ``<work_dir>/hypha-*`` by a previous node and remove those dirs.
+
+    A process is an orphan when its cwd is inside such a dir; it and its process group get
+    SIGTERM, then after ``grace`` seconds SIGKILL. Dirs kept after a failure (``.hypha-failed``)
+    stay when ``keep_failed``; every other ``hypha-*`` dir is removed. Call it before any job
+    starts: it cannot tell a live job's dir from an orphaned one.
+    """
+    report = OrphanReport()
+    report.dirs_found = _job_dirs(work_dir)
+    me, my_group = os.getpid(), os.getpgrp()
+    procs: dict[int, psutil.Process] = {}
+    groups: set[int] = set()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        for d in report.dirs_found:
+            if _cwd_inside(p, d):
+                log.info("orphans: pid %d runs in %s: killing it", p.pid, d)
+                procs[p.pid] = p
+                with contextlib.suppress(psutil.Error):
+                    procs.update((c.pid, c) for c in p.children(recursive=True))
+                with contextlib.suppress(OSError):
+                    groups.add(os.getpgid(p.pid))
+                break
+    groups.discard(my_group)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for g in groups:
+            _killpg(g, sig)
+        _signal_all(procs.values(), sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        # Polling: there is no event for the exit of a process that is not our child.
+        while any(_alive(p) for p in procs.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await trio.sleep(_POLL)
+        if not any(_alive(p) for p in procs.values()):
+            break
+        log.info("orphans: still alive after SIGTERM: SIGKILL")
+    report.killed = sorted(procs)
+    for pid, p in procs.items():
+        if _alive(p):
+            log.warning("orphans: pid %d survived SIGKILL", pid)
+    for d in report.dirs_found:
+        if keep_failed and (d / FAILED_MARK).exists():
+            log.info("orphans: keeping failed work dir %s", d)
+            report.dirs_kept.append(d)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("orphans: removed work dir %s", d)
+        report.dirs_removed.append(d)
+    if report.dirs_found:
+        log.info(
+            "orphans: %d dirs, %d processes killed, %d dirs removed",
+            len(report.dirs_found),
+            len(report.killed),
+            len(report.dirs_removed),
+        )
+    return report
