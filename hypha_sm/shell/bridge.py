@@ -1,0 +1,752 @@
+"""The job bridge: HTTP/1.1 on the job's Unix socket, for the executor (specs/bridge.md).
+
+A starlette app served by hypercorn's trio worker. The executor asks the node to fetch
+artifacts into its work dir, to send a file to peers, to stream the files peers send it, and
+to forward training progress to the scheduler. Everything the node does on its behalf is an
+injected async callable, so this module knows nothing about the network.
+
+Control only crosses the socket (JSON); data stays in files in the work dir. Every path in
+a request or reply is relative to the work dir; absolute paths, ``..`` and symlinks that
+escape the work dir are refused with 400. Every error is JSON ``{"code", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import urllib.parse
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from hypha_sm.wire.messages import (
+    BatchStatus,
+    Progress,
+    ProgressKind,
+    ProgressReply,
+    RoundMetrics,
+    UpdateApplied,
+    UpdateReceived,
+    UpdateStarted,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+_CHUNK = 256 * 1024
+_U32 = 2**32 - 1
+_BASE58 = set("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
+# -- injected interfaces ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A file the node wrote into the work dir for a fetch (``path`` absolute or relative)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A file a peer pushed, already written inside the receive dir."""
+
+    path: Path
+    size: int
+    from_peer: str
+    sha256: str
+
+
+FetchPeers = Callable[[Mapping[str, Any], Path], Awaitable[Sequence[FetchedFile]]]
+"""``fetch_peers(request_body, artifacts_dir)``: fetch from peers into the dir."""
+FetchSlice = Callable[[str, Path], Awaitable[Sequence[FetchedFile]]]
+"""``fetch_slice(dataset, artifacts_dir)``: fetch the next data slice into the dir."""
+SendFile = Callable[[Path, Sequence[str], str], Awaitable[Mapping[str, str]]]
+"""``send(path, peers, purpose)`` -> outcome per peer; returns once the transfer ended."""
+ReceiveFiles = Callable[[Path], AsyncIterator[ReceivedFile]]
+"""``receive(dir)``: the files peers push into ``dir``, as they arrive."""
+SendProgress = Callable[[Progress], Awaitable[ProgressReply]]
+"""``send_progress(progress)``: one round trip to the scheduler that dispatched the job."""
+
+
+@dataclass(frozen=True)
+class BridgeLimits:
+    """Bounds on what one request may cost the node."""
+
+    max_body: int = 1 * MiB  # request bodies, enforced while reading
+    max_fetch_bytes: int = 16 * 1024 * MiB  # one fetched artifact
+    fetch_timeout: float = 300.0  # http(s) fetches: connect/read timeout, seconds
+    keepalive: float = 5.0  # SSE keep-alive comment interval, seconds
+    max_redirects: int = 5
+
+
+class BridgeError(Exception):
+    """A request the bridge answers with an error status and JSON body."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def error_response(status: int, code: str, detail: str) -> JSONResponse:
+    """The JSON error body every route uses."""
+    return JSONResponse({"code": code, "detail": detail}, status_code=status)
+
+
+# -- progress: the original's JSON forms -----------------------------------------------------
+
+
+def _u32(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
+        raise BridgeError(400, "invalid_request", f"{what} must be an integer in 0..2^32-1")
+    return value
+
+
+def parse_progress(body: object) -> ProgressKind:
+    """The executor's progress JSON (hypha-execution.md §4) as our progress kind."""
+    if body == "update":
+        return UpdateStarted()
+    if body == "update-received":
+        return UpdateReceived()
+    if body == "updated":
+        return UpdateApplied()
+    if isinstance(body, dict) and len(body) == 1:
+        ((key, value),) = body.items()
+        if key == "status" and isinstance(value, dict):
+            return BatchStatus(batch_size=_u32(value.get("batch_size"), "status.batch_size"))
+        if key == "metrics" and isinstance(value, dict):
+            rnd = _u32(value.get("round"), "metrics.round")
+            raw = value.get("metrics")
+            if not isinstance(raw, dict):
+                raise BridgeError(400, "invalid_request", "metrics.metrics must be an object")
+            metrics: dict[str, float] = {}
+            for name, val in raw.items():
+                if isinstance(val, bool) or not isinstance(val, int | float):
+                    raise BridgeError(400, "invalid_request", f"metric {name!r} is not a number")
+                metrics[name] = float(val)
+            return RoundMetrics(round=rnd, metrics=metrics)
+    raise BridgeError(
+        400,
+        "invalid_request",
+        'progress must be {"status":{...}}, {"metrics":{...}}, "update" or "update-received"',
+    )
+
+
+_REPLY_TYPES = {
+    "ok": "Ok",
+    "continue": "Continue",
+    "schedule_update": "ScheduleUpdate",
+    "done": "Done",
+    "error": "Error",
+}
+
+
+def reply_json(reply: ProgressReply) -> dict[str, Any]:
+    """The scheduler's reply in the original's JSON shape (``{"type": ...}``)."""
+    out: dict[str, Any] = {"type": _REPLY_TYPES[reply.reply]}
+    if reply.reply == "schedule_update":
+        out["counter"] = reply.counter if reply.counter is not None else 0
+    return out
+
+
+# -- SSE -------------------------------------------------------------------------------------
+
+
+def sse_event(data: Mapping[str, Any], event: str | None = None) -> bytes:
+    """One server-sent event (JSON data on a single line)."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+SSE_KEEPALIVE = b": keepalive\n\n"
+
+
+class _EventStream(Response):
+    """``text/event-stream`` of received files, with keep-alive comments, until disconnect."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[ReceivedFile],
+        describe: Callable[[ReceivedFile], dict[str, Any]],
+        keepalive: float,
+    ) -> None:
+        super().__init__(status_code=200, media_type=self.media_type)
+        self.events = events
+        self.describe = describe
+        self.keepalive = keepalive
+
+    async def _pump(self, out: trio.MemorySendChannel[bytes]) -> None:
+        async with out:
+            try:
+                async for item in self.events:
+                    await out.send(sse_event(self.describe(item)))
+            except Exception as exc:
+                log.warning("bridge receive failed: %r", exc)
+                await out.send(
+                    sse_event({"code": "receive_failed", "detail": str(exc)}, event="error")
+                )
+            finally:
+                aclose = getattr(self.events, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await aclose()
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        send_ch, recv_ch = trio.open_memory_channel[bytes](64)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, send_ch)
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            async with recv_ch:
+                while True:
+                    chunk = SSE_KEEPALIVE
+                    with trio.move_on_after(self.keepalive):
+                        try:
+                            chunk = await recv_ch.receive()
+                        except trio.EndOfChannel:
+                            break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+
+# -- the bridge ------------------------------------------------------------------------------
+
+
+@dataclass
+class JobBridge:
+    """One job's bridge: its work dir, its socket, and what the node does for it."""
+
+    work_dir: Path
+    socket_path: Path
+    job_id: str = ""
+    send_progress: SendProgress | None = None
+    send: SendFile | None = None
+    receive: ReceiveFiles | None = None
+    fetch_peers: FetchPeers | None = None
+    fetch_slice: FetchSlice | None = None
+    file_roots: Sequence[Path] | None = None  # where file:// fetches may read; default work dir
+    limits: BridgeLimits = field(default_factory=BridgeLimits)
+    http_transport: httpx.AsyncBaseTransport | None = None  # tests; default: a real one
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._root = Path(os.path.realpath(self.work_dir))
+        roots = self.file_roots if self.file_roots is not None else [self.work_dir]
+        self._file_roots = [Path(os.path.realpath(r)) for r in roots]
+        self.app = self._build_app()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket (mode 0600) and serve until cancelled; the socket file is removed.
+
+        ``task_status.started`` is called once the socket listens.
+        """
+        path = str(self.socket_path)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise FileExistsError(f"{path} exists and is not a socket")
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            # Nobody can connect before listen(), which hypercorn calls: no window at a wider mode.
+            os.chmod(path, 0o600)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        ino = os.lstat(path).st_ino
+        config = HypercornConfig()
+        config.bind = [f"fd://{sock.detach()}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypha_sm.shell.bridge.server")
+        config.include_server_header = False
+        config.graceful_timeout = 1.0
+        try:
+            app: Any = self.app  # hypercorn's ASGI types are narrower than starlette's
+            await hypercorn_serve(app, config, task_status=task_status)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(path).st_ino == ino:
+                    os.unlink(path)
+
+    # -- app ----------------------------------------------------------------------------------
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/openapi.json", self._counted("openapi", self._openapi), methods=["GET"]),
+            Route("/resources/fetch", self._counted("fetch", self._fetch), methods=["POST"]),
+            Route("/resources/send", self._counted("send", self._send), methods=["POST"]),
+            Route("/resources/receive", self._counted("receive", self._receive), methods=["POST"]),
+            Route("/status/send", self._counted("status", self._status), methods=["POST"]),
+        ]
+
+        async def http_error(request: Request, exc: Exception) -> Response:
+            status = exc.status_code if isinstance(exc, HTTPException) else 500
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+            self.requests[("other", status)] += 1
+            return error_response(status, code, f"{request.method} {request.url.path}")
+
+        return Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
+
+    def _counted(
+        self, name: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except BridgeError as exc:
+                response = error_response(exc.status, exc.code, exc.detail)
+            except Exception as exc:
+                log.exception("bridge %s failed", name)
+                response = error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+            self.requests[(name, response.status_code)] += 1
+            return response
+
+        return endpoint
+
+    async def _read_json(self, request: Request, *, allow_empty: bool = False) -> object:
+        limit = self.limits.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                raise BridgeError(400, "invalid_request", "bad content-length") from None
+            if too_big:
+                raise BridgeError(413, "body_too_large", f"body exceeds {limit} bytes")
+        body = bytearray()
+        async with contextlib.aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise BridgeError(413, "body_too_large", f"body exceeds {limit} bytes")
+        if allow_empty and not body.strip():
+            return {}
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError
+            raise BridgeError(400, "invalid_json", str(exc)) from None
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def resolve(self, raw: object, what: str = "path") -> Path:
+        """A request path as a real path inside the work dir, or 400."""
+        if not isinstance(raw, str) or not raw or "\x00" in raw:
+            raise BridgeError(400, "invalid_path", f"{what} must be a non-empty relative path")
+        rel = PurePosixPath(raw)
+        if rel.is_absolute():
+            raise BridgeError(400, "invalid_path", f"{what} is absolute: {raw!r}")
+        if ".." in rel.parts:
+            raise BridgeError(400, "invalid_path", f"{what} contains '..': {raw!r}")
+        return self._inside(self._root / rel, what, raw)
+
+    def _inside(self, full: Path, what: str, raw: str) -> Path:
+        real = Path(os.path.realpath(full))
+        if not real.is_relative_to(self._root):
+            raise BridgeError(400, "invalid_path", f"{what} escapes the work dir: {raw!r}")
+        return real
+
+    def relative(self, path: Path) -> str:
+        """A path the node reports, relative to the work dir."""
+        if not path.is_absolute():
+            return path.as_posix()
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(self._root):
+            raise BridgeError(
+                502, "upstream_error", "the node reported a path outside the work dir"
+            )
+        return real.relative_to(self._root).as_posix()
+
+    def _artifacts_dir(self) -> Path:
+        target = self._root / "artifacts"
+        target.mkdir(mode=0o700, exist_ok=True)
+        return self._inside(target, "artifacts", "artifacts")
+
+    # -- routes -------------------------------------------------------------------------------
+
+    async def _openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_schema())
+
+    async def _fetch(self, request: Request) -> Response:
+        body = await self._read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            raise BridgeError(400, "invalid_request", 'fetch needs an object with a "type"')
+        kind = body["type"]
+        if kind == "uri":
+            value = body.get("value")
+            if not isinstance(value, str):
+                raise BridgeError(400, "invalid_request", 'uri fetch needs a string "value"')
+            fetched = [await self._fetch_uri(value)]
+        elif kind == "peers":
+            if self.fetch_peers is None:
+                raise BridgeError(501, "not_implemented", "fetching from peers is not available")
+            fetched = list(await self._call(self.fetch_peers(body, self._artifacts_dir())))
+        elif kind == "slice":
+            dataset = body.get("dataset")
+            if not isinstance(dataset, str) or not dataset:
+                raise BridgeError(400, "invalid_request", 'slice fetch needs a "dataset"')
+            if self.fetch_slice is None:
+                raise BridgeError(501, "not_implemented", "fetching data slices is not available")
+            fetched = list(await self._call(self.fetch_slice(dataset, self._artifacts_dir())))
+        else:
+            raise BridgeError(400, "invalid_request", f"unsupported fetch type {kind!r}")
+        return JSONResponse(
+            [{"path": self.relative(f.path), "size": f.size, "sha256": f.sha256} for f in fetched]
+        )
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except BridgeError:
+            raise
+        except Exception as exc:
+            log.warning("bridge: node callable failed: %r", exc)
+            raise BridgeError(502, "upstream_error", f"{type(exc).__name__}: {exc}") from None
+
+    async def _fetch_uri(self, uri: str) -> FetchedFile:
+        parts = urllib.parse.urlsplit(uri)
+        name = _safe_name(urllib.parse.unquote(parts.path.rsplit("/", 1)[-1]))
+        if parts.scheme == "file":
+            source = self._file_source(uri, parts)
+            dest = self._artifacts_dir() / name
+            size, digest = await self._write(dest, _read_chunks(source))
+        elif parts.scheme in ("http", "https") and parts.netloc:
+            dest = self._artifacts_dir() / name
+            size, digest = await self._download(uri, dest)
+        else:
+            raise BridgeError(400, "invalid_request", "uri must be http://, https:// or file://")
+        return FetchedFile(path=dest, size=size, sha256=digest)
+
+    def _file_source(self, uri: str, parts: urllib.parse.SplitResult) -> Path:
+        if parts.netloc not in ("", "localhost"):
+            raise BridgeError(400, "invalid_request", "file:// URIs must be local")
+        source = Path(os.path.realpath(urllib.parse.unquote(parts.path)))
+        if not any(source.is_relative_to(r) for r in self._file_roots):
+            raise BridgeError(403, "forbidden_path", f"{uri!r} is outside the allowed roots")
+        if not source.is_file():
+            raise BridgeError(404, "not_found", f"{uri!r} is not a file")
+        return source
+
+    async def _download(self, uri: str, dest: Path) -> tuple[int, str]:
+        cap = self.limits.max_fetch_bytes
+        try:
+            async with (
+                httpx.AsyncClient(
+                    transport=self.http_transport,
+                    timeout=self.limits.fetch_timeout,
+                    follow_redirects=True,
+                    max_redirects=self.limits.max_redirects,
+                ) as client,
+                client.stream("GET", uri) as reply,
+            ):
+                if reply.status_code >= 400:
+                    raise BridgeError(502, "fetch_failed", f"GET {uri}: HTTP {reply.status_code}")
+                declared = reply.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise BridgeError(502, "fetch_too_large", f"{uri} exceeds {cap} bytes")
+                return await self._write(dest, reply.aiter_bytes(_CHUNK))
+        except httpx.HTTPError as exc:
+            raise BridgeError(502, "fetch_failed", f"GET {uri}: {exc!r}") from None
+
+    async def _write(self, dest: Path, chunks: AsyncIterator[bytes]) -> tuple[int, str]:
+        """Stream into ``dest`` (via a temp file, fsynced, mode 0600); size and SHA-256."""
+        cap = self.limits.max_fetch_bytes
+        tmp = dest.with_name(f".{dest.name}.part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(tmp, flags, 0o600)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                out = trio.wrap_file(raw)
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > cap:
+                        raise BridgeError(502, "fetch_too_large", f"artifact exceeds {cap} bytes")
+                    digest.update(chunk)
+                    await out.write(chunk)
+                await out.flush()
+                await trio.to_thread.run_sync(os.fsync, raw.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+        return size, digest.hexdigest()
+
+    async def _send(self, request: Request) -> Response:
+        body = await self._read_json(request)
+        if not isinstance(body, dict):
+            raise BridgeError(400, "invalid_request", "send needs an object")
+        path = self.resolve(body.get("path"))
+        peers = body.get("peers")
+        if (
+            not isinstance(peers, list)
+            or not peers
+            or not all(isinstance(p, str) and p and set(p) <= _BASE58 for p in peers)
+        ):
+            raise BridgeError(
+                400, "invalid_request", '"peers" must be a non-empty list of peer ids'
+            )
+        purpose = body.get("purpose", "")
+        if not isinstance(purpose, str):
+            raise BridgeError(400, "invalid_request", '"purpose" must be a string')
+        if not path.is_file():
+            raise BridgeError(404, "not_found", f"no such file: {body['path']!r}")
+        if self.send is None:
+            raise BridgeError(501, "not_implemented", "sending to peers is not available")
+        results = await self._call(self.send(path, list(peers), purpose))
+        return JSONResponse({"path": self.relative(path), "results": dict(results)})
+
+    async def _receive(self, request: Request) -> Response:
+        body = await self._read_json(request, allow_empty=True)
+        if not isinstance(body, dict):
+            raise BridgeError(400, "invalid_request", "receive needs an object")
+        raw = body.get("path")
+        raw = "incoming" if raw is None else raw
+        target = self.resolve(raw)
+        if self.receive is None:
+            raise BridgeError(501, "not_implemented", "receiving from peers is not available")
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self._inside(target, "path", str(raw))
+        if not target.is_dir():
+            raise BridgeError(400, "invalid_path", f"not a directory: {raw!r}")
+        try:
+            events = self.receive(target)
+        except Exception as exc:
+            raise BridgeError(502, "upstream_error", f"{type(exc).__name__}: {exc}") from None
+
+        def describe(item: ReceivedFile) -> dict[str, Any]:
+            return {
+                "path": self.relative(item.path),
+                "size": item.size,
+                "from_peer": item.from_peer,
+                "sha256": item.sha256,
+            }
+
+        return _EventStream(events, describe, self.limits.keepalive)
+
+    async def _status(self, request: Request) -> Response:
+        kind = parse_progress(await self._read_json(request))
+        if self.send_progress is None:
+            raise BridgeError(501, "not_implemented", "progress forwarding is not available")
+        reply = await self._call(self.send_progress(Progress(job_id=self.job_id, progress=kind)))
+        if not isinstance(reply, ProgressReply):
+            raise BridgeError(
+                502, "upstream_error", "the scheduler's reply is not a ProgressReply"
+            )
+        return JSONResponse(reply_json(reply))
+
+
+def _safe_name(name: str) -> str:
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        return "part-0.bin"
+    return name
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with await trio.open_file(path, "rb") as f:
+        while chunk := await f.read(_CHUNK):
+            yield chunk
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+
+def _obj(props: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(required)}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer", "minimum": 0}
+_ERR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(c): {"description": "error", "content": {"application/json": {"schema": _ERR}}}
+        for c in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The bridge's OpenAPI 3.1 document: every route, its request and reply shapes."""
+    fetched = _obj({"path": _STR, "size": _INT, "sha256": _STR}, ["path", "size", "sha256"])
+    fetch_req = {
+        "oneOf": [
+            _obj(
+                {"type": {"const": "uri"}, "value": {"type": "string", "format": "uri"}},
+                ["type", "value"],
+            ),
+            _obj(
+                {"type": {"const": "peers"}, "peers": {"type": "array", "items": _STR}}, ["type"]
+            ),
+            _obj({"type": {"const": "slice"}, "dataset": _STR}, ["type", "dataset"]),
+        ]
+    }
+    progress = {
+        "oneOf": [
+            _obj({"status": _obj({"batch_size": _INT}, ["batch_size"])}, ["status"]),
+            _obj(
+                {
+                    "metrics": _obj(
+                        {
+                            "round": _INT,
+                            "metrics": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                        },
+                        ["round", "metrics"],
+                    )
+                },
+                ["metrics"],
+            ),
+            {"type": "string", "enum": ["update", "update-received", "updated"]},
+        ]
+    }
+    reply = _obj(
+        {
+            "type": {"enum": ["Ok", "Continue", "ScheduleUpdate", "Done", "Error"]},
+            "counter": _INT,
+        },
+        ["type"],
+    )
+    received = _obj(
+        {"path": _STR, "size": _INT, "from_peer": _STR, "sha256": _STR},
+        ["path", "size", "from_peer", "sha256"],
+    )
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "hypha-sm job bridge", "version": "1"},
+        "paths": {
+            "/openapi.json": {"get": {"responses": {"200": _json({"type": "object"})}}},
+            "/resources/fetch": {
+                "post": {
+                    "summary": "Fetch artifacts into artifacts/ (blocking)",
+                    "requestBody": body(fetch_req),
+                    "responses": {
+                        "200": _json({"type": "array", "items": fetched}),
+                        **_errors(400, 403, 404, 413, 500, 501, 502),
+                    },
+                }
+            },
+            "/resources/send": {
+                "post": {
+                    "summary": "Send a work-dir file to peers; replies when the transfer ended",
+                    "requestBody": body(
+                        _obj(
+                            {
+                                "path": _STR,
+                                "peers": {"type": "array", "items": _STR, "minItems": 1},
+                                "purpose": _STR,
+                            },
+                            ["path", "peers"],
+                        )
+                    ),
+                    "responses": {
+                        "200": _json(
+                            _obj(
+                                {
+                                    "path": _STR,
+                                    "results": {
+                                        "type": "object",
+                                        "additionalProperties": _STR,
+                                    },
+                                },
+                                ["path", "results"],
+                            )
+                        ),
+                        **_errors(400, 404, 413, 500, 501, 502),
+                    },
+                }
+            },
+            "/resources/receive": {
+                "post": {
+                    "summary": "Stream files peers push (server-sent events)",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _obj({"path": _STR})}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one `data:` event per received file; "
+                            "`: keepalive` comments; `event: error` on failure",
+                            "content": {"text/event-stream": {"schema": received}},
+                        },
+                        **_errors(400, 413, 500, 501, 502),
+                    },
+                }
+            },
+            "/status/send": {
+                "post": {
+                    "summary": "Forward training progress to the scheduler (blocking)",
+                    "requestBody": body(progress),
+                    "responses": {"200": _json(reply), **_errors(400, 413, 500, 501, 502)},
+                }
+            },
+        },
+        "components": {
+            "schemas": {"Error": _obj({"code": _STR, "detail": _STR}, ["code", "detail"])}
+        },
+    }
