@@ -1,0 +1,276 @@
+"""The worker node's central loop: the pure core joined to the network and the executors.
+
+Theory of operation. One task owns the core's state. It waits for the next input (a verified
+request, an advertisement, or the report of an effect) or for the next deadline, whichever comes
+first, steps the core (the recorder writes the input to the event log first), and carries out
+the effects. Every effect that finishes later reports back as an input. The loop never looks at
+a machine's phase; requests wait for the reply effect that carries their token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from hypha_sm.core.effects import (
+    Effect,
+    NodeStopped,
+    ReplyDispatched,
+    ReplyDispatchFailed,
+    ReplyRenewed,
+    ReplyRenewFailed,
+    SendJobStatus,
+    SendOffer,
+    StartJob,
+    StopJob,
+)
+from hypha_sm.core.events import (
+    AdvertisementReceived,
+    DispatchRequested,
+    Event,
+    JobExited,
+    JobStarted,
+    JobStartFailed,
+    Now,
+    OfferDelivered,
+    OfferFailed,
+    RenewRequested,
+    ShutdownRequested,
+    StatusDelivered,
+    StatusFailed,
+    Tick,
+)
+from hypha_sm.core.policy import ExecutorRef
+from hypha_sm.core.reducer import next_deadline
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.store import Recorder
+from hypha_sm.net.transport import NetError, Transport
+from hypha_sm.wire import messages as m
+from hypha_sm.wire.envelope import Opened
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """Runs jobs for the loop.
+
+    ``start`` returns once the job runs (or raises ``StartFailed`` with a reason); ``wait``
+    returns the exit code once every process of the job is gone.
+    """
+
+    async def start(self, job: StartJob) -> None: ...
+
+    async def wait(self, job_id: str) -> int: ...
+
+    async def stop(self, job_id: str, *, force: bool) -> None: ...
+
+
+class StartFailed(Exception):
+    """An executor could not start a job; ``str()`` is the reason."""
+
+
+@dataclass
+class NodeStats:
+    """What the loop counted: inputs stepped, advertisements refused before the core."""
+
+    steps: int = 0
+    refused_ads: int = 0
+    effects: dict[str, int] = field(default_factory=dict)
+
+
+class WorkerNode:
+    """One worker: the core (through a recorder), a transport, and an executor."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        transport: Transport,
+        executor: Executor,
+        *,
+        address: str,
+        wall: Callable[[], float] = time.time,
+        inbox_size: int = 4096,
+    ) -> None:
+        self.recorder = recorder
+        self.transport = transport
+        self.executor = executor
+        self.address = address
+        self.stats = NodeStats()
+        self._wall = wall
+        self._send, self._inbox = trio.open_memory_channel[Event](inbox_size)
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
+        self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
+        self._stopped = trio.Event()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _answer(self, opened: Opened) -> m.Message:
+        """Handle one verified request: feed it to the core and wait for the reply effect."""
+        message = opened.message
+        if isinstance(message, m.Health):
+            return m.HealthReply(not self._stopped.is_set())
+        token = next(self._tokens)
+        peer = str(opened.sender)
+        event: Event
+        if isinstance(message, m.RenewLease):
+            event = RenewRequested(message.lease_id, peer, token)
+        elif isinstance(message, m.DispatchJob):
+            ref = ExecutorRef(cls=message.executor.cls, name=message.executor.name)
+            event = DispatchRequested(
+                message.job_id, message.lease_id, peer, ref, message.spec, token
+            )
+        else:
+            return m.Refused("unsupported")
+        done = trio.Event()
+        slot: list[m.Message] = []
+        self._waiting[token] = (done, slot)
+        try:
+            await self._send.send(event)
+            await done.wait()
+        finally:
+            self._waiting.pop(token, None)
+        return slot[0]
+
+    async def _take_advertisements(self, gateways: list[str]) -> None:
+        with self.transport.subscribe(dial=gateways) as sub:
+            async for opened in sub:
+                ad = opened.message
+                if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
+                    self.stats.refused_ads += 1
+                    continue
+                self._schedulers[ad.scheduler] = ad.reply_address
+                r = ad.resources
+                await self._send.send(
+                    AdvertisementReceived(
+                        ad.request_id,
+                        ad.scheduler,
+                        ad.reply_address,
+                        Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+                        tuple(ExecutorRef(cls=e.cls, name=e.name) for e in ad.executors),
+                        ad.bid,
+                        ad.expires,
+                    )
+                )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(
+        self, gateways: list[str], *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve, subscribe and step the core until the core says the node stopped."""
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(self.transport.serve, self.address, self._answer)
+            nursery.start_soon(self._take_advertisements, gateways)
+            self._nursery = nursery
+            task_status.started(bound)
+            await self._loop()
+            nursery.cancel_scope.cancel()
+
+    async def shutdown(self) -> None:
+        """Ask the core to wind everything down (as SIGTERM does)."""
+        await self._send.send(ShutdownRequested())
+
+    async def _loop(self) -> None:
+        state = self.recorder.state
+        while not self._stopped.is_set():
+            deadline = next_deadline(state)
+            event: Event = Tick()
+            with trio.move_on_at(deadline if deadline < math.inf else math.inf):
+                event = await self._inbox.receive()
+            now = Now(trio.current_time(), self._wall())
+            result = self.recorder.feed(event, now)
+            self.stats.steps += 1
+            for effect in result.effects:
+                self._perform(effect)
+        self.recorder.flush()
+
+    # -- effects -----------------------------------------------------------------------------
+
+    def _perform(self, effect: Effect) -> None:
+        name = type(effect).__name__
+        self.stats.effects[name] = self.stats.effects.get(name, 0) + 1
+        match effect:
+            case SendOffer():
+                self._later(self._send_offer(effect))
+            case ReplyRenewed():
+                self._reply(effect.reply_to, m.LeaseRenewed(effect.lease_id, effect.expires_wall))
+            case ReplyRenewFailed():
+                self._reply(effect.reply_to, m.RenewFailed(effect.lease_id, effect.reason))
+            case ReplyDispatched():
+                self._reply(
+                    effect.reply_to,
+                    m.JobDispatched(effect.job_id, effect.lease_id, effect.expires_wall),
+                )
+            case ReplyDispatchFailed():
+                self._reply(effect.reply_to, m.DispatchFailed(effect.job_id, effect.reason))
+            case StartJob():
+                self._later(self._run_job(effect))
+            case StopJob():
+                self._later(self.executor.stop(effect.job_id, force=effect.force))
+            case SendJobStatus():
+                self._later(self._send_status(effect))
+            case NodeStopped():
+                log.info("node stopped (%s)", effect.reason)
+                self._stopped.set()
+
+    def _later(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        self._nursery.start_soon(run)
+
+    def _reply(self, token: int, message: m.Message) -> None:
+        waiting = self._waiting.get(token)
+        if waiting is None:
+            return  # the requester gave up (timeout); the core's decision stands
+        done, slot = waiting
+        slot.append(message)
+        done.set()
+
+    async def _send_offer(self, offer: SendOffer) -> None:
+        r = offer.resources
+        message = m.WorkerOffer(
+            offer.lease_id,
+            offer.request_id,
+            offer.price,
+            m.Resources(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+            offer.expires_wall,
+            self.address,
+        )
+        try:
+            await self.transport.request(offer.reply_address, message, timeout=2.0)
+        except NetError as exc:
+            await self._send.send(OfferFailed(offer.lease_id, exc.reason))
+        else:
+            await self._send.send(OfferDelivered(offer.lease_id))
+
+    async def _run_job(self, job: StartJob) -> None:
+        try:
+            await self.executor.start(job)
+        except StartFailed as exc:
+            await self._send.send(JobStartFailed(job.job_id, str(exc)))
+            return
+        await self._send.send(JobStarted(job.job_id))
+        code = await self.executor.wait(job.job_id)
+        await self._send.send(JobExited(job.job_id, code))
+
+    async def _send_status(self, status: SendJobStatus) -> None:
+        address = self._schedulers.get(status.scheduler)
+        if address is None:
+            await self._send.send(StatusFailed(status.job_id, status.status, "unknown_scheduler"))
+            return
+        message = m.JobStatus(status.job_id, status.status, status.exit_code, status.reason)
+        try:
+            await self.transport.request(address, message, timeout=5.0)
+        except NetError as exc:
+            await self._send.send(StatusFailed(status.job_id, status.status, exc.reason))
+        else:
+            await self._send.send(StatusDelivered(status.job_id, status.status))

@@ -1,0 +1,174 @@
+"""The node loop over the in-memory transport: a scheduler's whole conversation with a worker."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import trio
+
+from hypha_sm.core.effects import StartJob
+from hypha_sm.log.replay import replay
+from hypha_sm.log.store import Recorder
+from hypha_sm.machines_io import load_engine
+from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
+from hypha_sm.shell.node import StartFailed, WorkerNode
+from hypha_sm.wire import messages as m
+from hypha_sm.wire.envelope import Opened
+from hypha_sm.wire.identity import Identity
+from tests.helpers import policy
+
+SCHED = Identity.from_seed(bytes([21]) * 32)
+WORKER = Identity.from_seed(bytes([22]) * 32)
+TRAIN = m.Executor(cls="train", name="diloco-transformer")
+
+
+class FakeExecutor:
+    """Starts jobs at once; a job exits when the test says so, or -15 when stopped."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.started: list[StartJob] = []
+        self.stopped: list[str] = []
+        self._exit: dict[str, tuple[trio.Event, list[int]]] = {}
+
+    async def start(self, job: StartJob) -> None:
+        if self.fail:
+            raise StartFailed("no such command")
+        self.started.append(job)
+        self._exit[job.job_id] = (trio.Event(), [])
+
+    def finish(self, job_id: str, code: int) -> None:
+        done, slot = self._exit[job_id]
+        slot.append(code)
+        done.set()
+
+    async def wait(self, job_id: str) -> int:
+        done, slot = self._exit[job_id]
+        await done.wait()
+        return slot[0]
+
+    async def stop(self, job_id: str, *, force: bool) -> None:
+        self.stopped.append(job_id)
+        if not self._exit[job_id][0].is_set():
+            self.finish(job_id, -15)
+
+
+class Scheduler:
+    """Publishes an advertisement, takes offers and job statuses."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.endpoint = MemoryEndpoint(network, SCHED)
+        self.offers: list[m.WorkerOffer] = []
+        self.statuses: list[m.JobStatus] = []
+        self.offer_seen = trio.Event()
+        self.status_seen = trio.Event()
+
+    async def handle(self, opened: Opened) -> m.Message:
+        message = opened.message
+        if isinstance(message, m.WorkerOffer):
+            self.offers.append(message)
+            self.offer_seen.set()
+            return m.OfferAck(message.lease_id)
+        if isinstance(message, m.JobStatus):
+            self.statuses.append(message)
+            self.status_seen.set()
+            return m.StatusAck(message.job_id)
+        return m.Refused("unsupported")
+
+
+def advert(n: int = 1) -> m.Advertisement:
+    return m.Advertisement(
+        f"req-{n}",
+        str(SCHED.peer_id),
+        "sched:7100",
+        m.Resources(cpu=2, memory=4),
+        (TRAIN,),
+        120.0,
+        time.time() + 5,
+    )
+
+
+async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> None:
+    """advertise → offer → renew (accept) → dispatch → start → exit → status → release."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    sink = io.BytesIO()
+    recorder = Recorder(sink, engine, machines_hash, policy("flexible"), bytes(16))
+    executor = FakeExecutor()
+    sched = Scheduler(network)
+    with sched.endpoint.publisher(listen=["sched:7101"]) as pub:
+        node = WorkerNode(
+            recorder, MemoryEndpoint(network, WORKER), executor, address="worker:7200"
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
+            worker_address = await nursery.start(node.run, ["sched:7101"])
+            with trio.fail_after(10):
+                while not pub.connections:  # noqa: ASYNC110 - no connect event to wait on
+                    await trio.sleep(0.01)
+                await pub.publish(advert())
+                await sched.offer_seen.wait()
+                offer = sched.offers[0]
+                assert offer.price == 120.0
+                renewed = await sched.endpoint.request(
+                    worker_address, m.RenewLease(offer.lease_id)
+                )
+                assert isinstance(renewed.message, m.LeaseRenewed)
+                dispatched = await sched.endpoint.request(
+                    worker_address, m.DispatchJob("job-1", offer.lease_id, TRAIN, "{}")
+                )
+                assert isinstance(dispatched.message, m.JobDispatched)
+                assert executor.started[0].executor.name == "diloco-transformer"
+                await sched.status_seen.wait()  # the running report
+                sched.status_seen = trio.Event()
+                executor.finish("job-1", 0)
+                while not any(s.status == "finished" for s in sched.statuses):
+                    await sched.status_seen.wait()
+                    sched.status_seen = trio.Event()
+                # The lease ended with its job: a renewal now fails.
+                late = await sched.endpoint.request(worker_address, m.RenewLease(offer.lease_id))
+                assert late.message == m.RenewFailed(offer.lease_id, "unknown_lease")
+                await node.shutdown()
+            nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
+    assert [s.status for s in sched.statuses] == ["running", "finished"]
+    assert recorder.state.reserved == (0, 0, 0, 0)
+    # The event log the node wrote replays to the same effects.
+    report = replay(sink.getvalue().splitlines(keepends=True), engine, machines_hash)
+    assert report.ok, report.divergence
+
+
+async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
+    """Only the owner renews; an executor that cannot start makes the dispatch fail with a reason."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    sched = Scheduler(network)
+    stranger = MemoryEndpoint(network, Identity.from_seed(bytes([23]) * 32))
+    with sched.endpoint.publisher(listen=["sched:7101"]) as pub:
+        node = WorkerNode(
+            recorder,
+            MemoryEndpoint(network, WORKER),
+            FakeExecutor(fail=True),
+            address="worker:7200",
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
+            worker_address = await nursery.start(node.run, ["sched:7101"])
+            with trio.fail_after(10):
+                while not pub.connections:  # noqa: ASYNC110 - no connect event to wait on
+                    await trio.sleep(0.01)
+                await pub.publish(advert())
+                await sched.offer_seen.wait()
+                lease = sched.offers[0].lease_id
+                refused = await stranger.request(worker_address, m.RenewLease(lease))
+                assert refused.message == m.RenewFailed(lease, "not_owner")
+                await sched.endpoint.request(worker_address, m.RenewLease(lease))
+                failed = await sched.endpoint.request(
+                    worker_address, m.DispatchJob("job-1", lease, TRAIN, "{}")
+                )
+                assert failed.message == m.DispatchFailed("job-1", "start_failed")
+                health = await stranger.request(worker_address, m.Health())
+                assert health.message == m.HealthReply(True)
+                await node.shutdown()
+            nursery.cancel_scope.cancel()
