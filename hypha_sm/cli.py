@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--name", default="worker", help="prefix of the key and cert files")
     p_init.add_argument("--force", action="store_true", help="overwrite existing files")
 
+    p_run = sub.add_parser("run", help="run a worker node (SIGINT/SIGTERM to stop)")
+    p_run.add_argument("config", nargs="?", type=Path, help="worker.toml")
+    p_run.add_argument("--config", dest="config_flag", type=Path, help="worker.toml")
+    p_run.add_argument("--work-dir", type=Path)
+    p_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
+    p_run.add_argument("--listen", action="append", help="replaces listen_addresses")
+
     p_check = sub.add_parser("check-config", help="validate a worker.toml and print the result")
     p_check.add_argument("config", type=Path)
     p_check.add_argument("--work-dir", type=Path)
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return _gateway(args)
         if args.command == "init":
             return _init(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "check-config":
             return _check_config(args)
         return _machines(args)
@@ -172,6 +181,26 @@ def _init(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from hypha_sm.config.worker import load_worker_settings
+    from hypha_sm.shell.run import run_worker
+
+    flags = {
+        "work_dir": args.work_dir,
+        "gateway_addresses": args.gateway,
+        "listen_addresses": args.listen,
+    }
+    settings = load_worker_settings(args.config_flag or args.config, flags)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    trio.run(run_worker, settings)
     return 0
 
 

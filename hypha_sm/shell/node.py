@@ -95,6 +95,7 @@ class WorkerNode:
         executor: Executor,
         *,
         address: str,
+        public_address: str | None = None,
         wall: Callable[[], float] = time.time,
         inbox_size: int = 4096,
     ) -> None:
@@ -102,6 +103,8 @@ class WorkerNode:
         self.transport = transport
         self.executor = executor
         self.address = address
+        #: The address offers tell schedulers to use (default: the address actually bound).
+        self.public_address = public_address
         self.stats = NodeStats()
         self._wall = wall
         self._send, self._inbox = trio.open_memory_channel[Event](inbox_size)
@@ -168,6 +171,7 @@ class WorkerNode:
         """Serve, subscribe and step the core until the core says the node stopped."""
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(self.transport.serve, self.address, self._answer)
+            self.public_address = self.public_address or bound
             nursery.start_soon(self._take_advertisements, gateways)
             self._nursery = nursery
             task_status.started(bound)
@@ -243,7 +247,7 @@ class WorkerNode:
             offer.price,
             m.Resources(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
             offer.expires_wall,
-            self.address,
+            self.public_address or self.address,
         )
         try:
             await self.transport.request(offer.reply_address, message, timeout=2.0)
@@ -257,6 +261,10 @@ class WorkerNode:
             await self.executor.start(job)
         except StartFailed as exc:
             await self._send.send(JobStartFailed(job.job_id, str(exc)))
+            return
+        except Exception as exc:  # an effect that fails reports back; it never kills the loop
+            log.exception("job %s: executor failed to start it", job.job_id)
+            await self._send.send(JobStartFailed(job.job_id, f"executor error: {exc!r}"))
             return
         await self._send.send(JobStarted(job.job_id))
         code = await self.executor.wait(job.job_id)

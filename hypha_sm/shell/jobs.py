@@ -1,0 +1,108 @@
+"""The node's executor: each job a process tree (``process.py``) with its bridge (``bridge.py``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from hypha_sm.config.worker import ExecutorSettings
+from hypha_sm.core.effects import StartJob
+from hypha_sm.shell.bridge import JobBridge, SendProgress
+from hypha_sm.shell.node import StartFailed
+from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
+
+log = logging.getLogger(__name__)
+
+#: Longest socket path used as is (the kernel's limit is 108 bytes with the terminator).
+MAX_SOCKET_PATH = 100
+
+
+class LocalExecutor:
+    """Starts, waits for and stops jobs on this machine; implements ``node.Executor``."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        settings: ProcessSettings,
+        executors: Sequence[ExecutorSettings],
+        *,
+        send_progress: SendProgress | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._settings = settings
+        self._executors = list(executors)
+        self._send_progress = send_progress
+        self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
+
+    async def start(self, job: StartJob) -> None:
+        """Create the work dir, bind the bridge, start the process; StartFailed with a reason."""
+        config = next(
+            (
+                e
+                for e in self._executors
+                if (e.cls, e.name) == (job.executor.cls, job.executor.name)
+            ),
+            None,
+        )
+        if config is None:
+            raise StartFailed("executor_not_configured")
+        if config.runtime != "process" or not config.cmd:
+            raise StartFailed("the parameter-server runtime is not available yet")
+        process = ProcessJob(
+            ProcessSpec(
+                job.job_id, job.work_dir_id, config.cmd, config.args, job.spec, job.resources
+            ),
+            self._settings,
+        )
+        try:
+            process.prepare()
+        except StartError as exc:
+            raise StartFailed(str(exc)) from None
+        if len(os.fsencode(process.socket_path)) > MAX_SOCKET_PATH:
+            # AF_UNIX paths are limited to 108 bytes; a deep work dir moves the socket to a
+            # short private path (still mode 0600), which the job gets as SOCKET_PATH.
+            process.socket_path = Path(tempfile.gettempdir()) / f"hypha-{job.work_dir_id}.sock"
+            log.info(
+                "job %s: bridge socket at %s (work dir path too long)",
+                job.job_id,
+                process.socket_path,
+            )
+        bridge = JobBridge(
+            work_dir=process.work_dir,
+            socket_path=process.socket_path,
+            job_id=job.job_id,
+            send_progress=self._send_progress,
+        )
+        scope = trio.CancelScope()
+
+        async def serve_bridge(*, task_status: trio.TaskStatus[object]) -> None:
+            with scope:
+                await bridge.serve(task_status=task_status)
+
+        await self._nursery.start(serve_bridge)
+        try:
+            await process.start(self._nursery)
+        except StartError as exc:
+            scope.cancel()
+            raise StartFailed(str(exc)) from None
+        self._jobs[job.job_id] = (process, scope)
+
+    async def wait(self, job_id: str) -> int:
+        """The exit code once every process is gone; the bridge closes with the job."""
+        process, scope = self._jobs[job_id]
+        try:
+            return await process.wait()
+        finally:
+            scope.cancel()
+            self._jobs.pop(job_id, None)
+
+    async def stop(self, job_id: str, *, force: bool) -> None:
+        """TERM, grace, KILL (``force``: KILL now). A job not (yet) running is ignored."""
+        entry = self._jobs.get(job_id)
+        if entry is not None:
+            await entry[0].stop(0.0 if force else None)

@@ -1,0 +1,113 @@
+"""``hypha-sm run worker.toml``: a worker node on the real network with real processes.
+
+Start-up: load the settings and the node key, clean up what a previous run left (job processes
+and work dirs), open the event log in ``<work_dir>/events/``, then run the loop. The first
+SIGINT or SIGTERM asks the core to wind down (stop taking work, stop every job, report); a
+second one forces the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import time
+
+import trio
+
+from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.store import Recorder
+from hypha_sm.machines_io import load_engine
+from hypha_sm.net.keys import load_key_file
+from hypha_sm.net.tls import TlsFiles
+from hypha_sm.net.transport import Endpoint, NetConfig
+from hypha_sm.shell.jobs import LocalExecutor
+from hypha_sm.shell.node import WorkerNode
+from hypha_sm.shell.process import ProcessSettings, clean_orphans
+
+log = logging.getLogger(__name__)
+
+
+def policy_from_settings(settings: WorkerSettings) -> Policy:
+    """What the core decides with, from the worker's settings."""
+    r = settings.resources
+    return Policy(
+        capacity=Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+        executors=tuple(
+            ExecutorSpec(cls=e.cls, name=e.name, runtime=e.runtime) for e in settings.executors
+        ),
+        offer=Offer(
+            price=settings.offer.price,
+            floor=settings.offer.floor,
+            strategy=settings.offer.strategy,
+        ),
+    )
+
+
+async def run_worker(
+    settings: WorkerSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a worker until it stops; ``task_status`` gets the address it serves on."""
+    identity = load_key_file(settings.node_key)
+    tls = None
+    if settings.cert_pem and settings.key_pem and settings.trust_pem:
+        tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
+    work_dir = settings.work_dir.absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    report = await clean_orphans(work_dir)
+    log.info("start-up cleanup: %s", report)
+    engine, machines_hash = load_engine()
+    events = work_dir / "events"
+    events.mkdir(exist_ok=True)
+    log_path = events / f"worker-{int(time.time())}-{secrets.token_hex(4)}.jsonl"
+    with (
+        Endpoint(identity, NetConfig(tls=tls)) as transport,
+        log_path.open("wb", buffering=1 << 16) as sink,
+    ):
+        recorder = Recorder(
+            sink, engine, machines_hash, policy_from_settings(settings), secrets.token_bytes(16)
+        )
+        async with trio.open_nursery() as nursery:
+            executor = LocalExecutor(
+                nursery, ProcessSettings(work_dir=work_dir), settings.executors
+            )
+            node = WorkerNode(
+                recorder,
+                transport,
+                executor,
+                address=settings.listen_addresses[0],
+                public_address=next(iter(settings.external_addresses), None),
+            )
+            done = trio.Event()
+
+            async def run_node(*, task_status: trio.TaskStatus[str]) -> None:
+                try:
+                    await node.run(settings.gateway_addresses, task_status=task_status)
+                finally:
+                    done.set()
+
+            bound = await nursery.start(run_node)
+            log.info("worker %s serving on %s; event log %s", identity.peer_id, bound, log_path)
+            task_status.started(bound)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as watchers:
+
+                    async def on_signals() -> None:
+                        count = 0
+                        async for signum in signals:
+                            count += 1
+                            name = signal.Signals(signum).name
+                            if count == 1:
+                                log.info("%s: stopping (again to force)", name)
+                                await node.shutdown()
+                            else:
+                                log.warning("%s again: forcing the exit", name)
+                                nursery.cancel_scope.cancel()
+                                return
+
+                    watchers.start_soon(on_signals)
+                    await done.wait()
+                    watchers.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
