@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
     p_run.add_argument("--listen", action="append", help="replaces listen_addresses")
 
+    p_probe = sub.add_parser("probe", help="exit 0 only if ADDRESS answers healthy in time")
+    p_probe.add_argument("address")
+    p_probe.add_argument("--timeout", type=int, default=2000, help="milliseconds (default 2000)")
+    p_probe.add_argument("--cert", type=Path)
+    p_probe.add_argument("--key", type=Path)
+    p_probe.add_argument("--trust", type=Path)
+
     p_check = sub.add_parser("check-config", help="validate a worker.toml and print the result")
     p_check.add_argument("config", type=Path)
     p_check.add_argument("--work-dir", type=Path)
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "check-config":
             return _check_config(args)
         return _machines(args)
@@ -202,6 +211,22 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("transitions").setLevel(logging.WARNING)
     trio.run(run_worker, settings)
     return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import trio
+
+    from hypha_sm.net.probe import probe
+    from hypha_sm.net.tls import TlsFiles
+
+    tls = (
+        TlsFiles(args.cert, args.key, args.trust)
+        if args.cert and args.key and args.trust
+        else None
+    )
+    healthy, detail = trio.run(lambda: probe(args.address, seconds=args.timeout / 1000, tls=tls))
+    print(f"{args.address}: {detail}")
+    return 0 if healthy else 1
 
 
 def _check_config(args: argparse.Namespace) -> int:

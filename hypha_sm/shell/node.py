@@ -51,7 +51,7 @@ from hypha_sm.core.policy import ExecutorRef
 from hypha_sm.core.reducer import next_deadline
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
-from hypha_sm.net.transport import NetError, Transport
+from hypha_sm.net.transport import NetError, Subscription, Transport
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 
@@ -112,6 +112,7 @@ class WorkerNode:
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
         self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
         self._stopped = trio.Event()
+        self._subscription: Subscription | None = None
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class WorkerNode:
         """Handle one verified request: feed it to the core and wait for the reply effect."""
         message = opened.message
         if isinstance(message, m.Health):
-            return m.HealthReply(not self._stopped.is_set())
+            return m.HealthReply(self.healthy)
         token = next(self._tokens)
         peer = str(opened.sender)
         event: Event
@@ -142,8 +143,15 @@ class WorkerNode:
             self._waiting.pop(token, None)
         return slot[0]
 
+    @property
+    def healthy(self) -> bool:
+        """Listening, not stopping, and connected to at least one gateway."""
+        sub = self._subscription
+        return not self._stopped.is_set() and sub is not None and sub.connections > 0
+
     async def _take_advertisements(self, gateways: list[str]) -> None:
         with self.transport.subscribe(dial=gateways) as sub:
+            self._subscription = sub
             async for opened in sub:
                 ad = opened.message
                 if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
