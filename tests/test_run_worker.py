@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 import trio
 
@@ -107,3 +109,155 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
     report = replay(log_file.read_bytes().splitlines(keepends=True), engine, machines_hash)
     assert report.ok, (report.divergence, report.error)
     assert report.events >= 8
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
+
+
+class FakeScheduler:
+    """A scheduler endpoint that records offers and statuses (and acknowledges them)."""
+
+    def __init__(self) -> None:
+        self.offers: list[m.WorkerOffer] = []
+        self.statuses: list[m.JobStatus] = []
+        self.seen = trio.Event()
+
+    async def handle(self, opened: Opened) -> m.Message:
+        message = opened.message
+        if isinstance(message, m.WorkerOffer):
+            self.offers.append(message)
+        elif isinstance(message, m.JobStatus):
+            self.statuses.append(message)
+        self.seen.set()
+        self.seen = trio.Event()
+        return m.OfferAck("") if isinstance(message, m.WorkerOffer) else m.StatusAck("")
+
+    async def wait_for(self, condition: object) -> None:
+        while not condition():  # type: ignore[operator]
+            await self.seen.wait()
+
+
+def worker_settings(tmp_path: Path, gateway: str, args: list[str]) -> WorkerSettings:
+    create_key_file(tmp_path / "node.pem", force=True)
+    return WorkerSettings(
+        node_key=tmp_path / "node.pem",
+        gateway_addresses=[gateway],
+        listen_addresses=["tcp://127.0.0.1:0"],
+        work_dir=tmp_path / "work",
+        resources={"cpu": 2, "memory": 4, "storage": 10},
+        offer={"price": 100, "floor": 100, "strategy": "flexible"},
+        executors=[
+            {
+                "class": "train",
+                "name": "echo",
+                "runtime": "process",
+                "cmd": sys.executable,
+                "args": [str(FIXTURE), *args],
+            }
+        ],
+    )
+
+
+@pytest.mark.slow
+async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservation(
+    tmp_path: Path,
+) -> None:
+    """The scheduler stops renewing: within lease + grace + 1 s every process is gone and the
+    job is reported cancelled; the node holds no reservation and no work dir is left running."""
+
+    pids_file = tmp_path / "pids.json"
+    sched = FakeScheduler()
+    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
+        async with trio.open_nursery() as nursery:
+            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
+            settings = worker_settings(tmp_path, pub.addresses[0], ["tree", str(pids_file)])
+            worker = await nursery.start(run_worker, settings)
+            with trio.fail_after(40):
+                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
+                    await trio.sleep(0.01)
+                await trio.sleep(0.1)
+                await pub.publish(
+                    m.Advertisement(
+                        "req-2",
+                        str(SCHED.peer_id),
+                        sched_address,
+                        m.Resources(cpu=1, memory=1),
+                        (TRAIN,),
+                        100.0,
+                        time.time() + 5,
+                    )
+                )
+                await sched.wait_for(lambda: sched.offers)
+                lease = sched.offers[0].lease_id
+                await endpoint.request(worker, m.RenewLease(lease))
+                await endpoint.request(worker, m.DispatchJob("job-2", lease, TRAIN, "{}"))
+                while not pids_file.exists():  # noqa: ASYNC110 - the job writes it when ready
+                    await trio.sleep(0.05)
+                await trio.sleep(0.2)
+                pids = json.loads(pids_file.read_text())
+                pids = list(pids.values()) if isinstance(pids, dict) else pids
+                started = trio.current_time()
+                # No more renewals: the lease expires 10 s after the last one.
+                await sched.wait_for(lambda: any(s.status == "cancelled" for s in sched.statuses))
+                took = trio.current_time() - started
+                alive = [
+                    p
+                    for p in pids
+                    if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                ]
+                late = await endpoint.request(worker, m.RenewLease(lease))
+            nursery.cancel_scope.cancel()
+    assert alive == []
+    assert took <= 10 + 5 + 1 + 1  # lease + grace + 1 s, plus scheduling slack
+    cancelled = next(s for s in sched.statuses if s.status == "cancelled")
+    assert cancelled.reason == "lease_expired"
+    assert late.message == m.RenewFailed(lease, "unknown_lease")  # released, nothing reserved
+
+
+async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_path: Path) -> None:
+    """A job exiting 3 is reported failed with exit code 3 and its lease ends at once."""
+    sched = FakeScheduler()
+    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
+        async with trio.open_nursery() as nursery:
+            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
+            settings = worker_settings(tmp_path, pub.addresses[0], ["exit", "3"])
+            worker = await nursery.start(run_worker, settings)
+            with trio.fail_after(20):
+                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
+                    await trio.sleep(0.01)
+                await trio.sleep(0.1)
+                await pub.publish(
+                    m.Advertisement(
+                        "req-3",
+                        str(SCHED.peer_id),
+                        sched_address,
+                        m.Resources(cpu=2, memory=4),
+                        (TRAIN,),
+                        100.0,
+                        time.time() + 5,
+                    )
+                )
+                await sched.wait_for(lambda: sched.offers)
+                lease = sched.offers[0].lease_id
+                await endpoint.request(worker, m.RenewLease(lease))
+                await endpoint.request(worker, m.DispatchJob("job-3", lease, TRAIN, "{}"))
+                await sched.wait_for(lambda: any(s.status == "failed" for s in sched.statuses))
+                late = await endpoint.request(worker, m.RenewLease(lease))
+                # The whole capacity is free again: a new advertisement for all of it is offered.
+                await pub.publish(
+                    m.Advertisement(
+                        "req-4",
+                        str(SCHED.peer_id),
+                        sched_address,
+                        m.Resources(cpu=2, memory=4),
+                        (TRAIN,),
+                        100.0,
+                        time.time() + 5,
+                    )
+                )
+                await sched.wait_for(lambda: len(sched.offers) == 2)
+            nursery.cancel_scope.cancel()
+    failed = next(s for s in sched.statuses if s.status == "failed")
+    assert failed.exit_code == 3
+    assert late.message == m.RenewFailed(lease, "unknown_lease")
+    assert list((tmp_path / "work").glob("hypha-*"))  # a failed job's dir is kept to inspect
