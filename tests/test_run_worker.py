@@ -15,7 +15,7 @@ from hypha_sm.config.worker import WorkerSettings
 from hypha_sm.log.replay import replay
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.keys import create_key_file
-from hypha_sm.net.transport import Endpoint
+from hypha_sm.net.transport import Endpoint, Publisher
 from hypha_sm.shell.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
@@ -158,6 +158,35 @@ def worker_settings(tmp_path: Path, gateway: str, args: list[str]) -> WorkerSett
     )
 
 
+async def advertise_accept_dispatch(
+    endpoint: Endpoint,
+    pub: Publisher,
+    sched: FakeScheduler,
+    sched_address: str,
+    worker: str,
+    *,
+    request_id: str,
+    job_id: str,
+    resources: m.Resources,
+) -> str:
+    """The scheduler's side of a job: advertise, take the offer, accept it, dispatch; the lease id."""
+    while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
+        await trio.sleep(0.01)
+    await trio.sleep(0.1)
+    offered = len(sched.offers)
+    ad = m.Advertisement(
+        request_id, str(SCHED.peer_id), sched_address, resources, (TRAIN,), 100.0, time.time() + 5
+    )
+    await pub.publish(ad)
+    await sched.wait_for(lambda: len(sched.offers) > offered)
+    lease = sched.offers[-1].lease_id
+    renewed = await endpoint.request(worker, m.RenewLease(lease))
+    assert isinstance(renewed.message, m.LeaseRenewed)
+    dispatched = await endpoint.request(worker, m.DispatchJob(job_id, lease, TRAIN, "{}"))
+    assert isinstance(dispatched.message, m.JobDispatched)
+    return lease
+
+
 @pytest.mark.slow
 async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservation(
     tmp_path: Path,
@@ -173,24 +202,16 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
             settings = worker_settings(tmp_path, pub.addresses[0], ["tree", str(pids_file)])
             worker = await nursery.start(run_worker, settings)
             with trio.fail_after(40):
-                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)
-                await pub.publish(
-                    m.Advertisement(
-                        "req-2",
-                        str(SCHED.peer_id),
-                        sched_address,
-                        m.Resources(cpu=1, memory=1),
-                        (TRAIN,),
-                        100.0,
-                        time.time() + 5,
-                    )
+                lease = await advertise_accept_dispatch(
+                    endpoint,
+                    pub,
+                    sched,
+                    sched_address,
+                    worker,
+                    request_id="req-2",
+                    job_id="job-2",
+                    resources=m.Resources(cpu=1, memory=1),
                 )
-                await sched.wait_for(lambda: sched.offers)
-                lease = sched.offers[0].lease_id
-                await endpoint.request(worker, m.RenewLease(lease))
-                await endpoint.request(worker, m.DispatchJob("job-2", lease, TRAIN, "{}"))
                 while not pids_file.exists():  # noqa: ASYNC110 - the job writes it when ready
                     await trio.sleep(0.05)
                 await trio.sleep(0.2)
@@ -223,24 +244,16 @@ async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_pa
             settings = worker_settings(tmp_path, pub.addresses[0], ["exit", "3"])
             worker = await nursery.start(run_worker, settings)
             with trio.fail_after(20):
-                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)
-                await pub.publish(
-                    m.Advertisement(
-                        "req-3",
-                        str(SCHED.peer_id),
-                        sched_address,
-                        m.Resources(cpu=2, memory=4),
-                        (TRAIN,),
-                        100.0,
-                        time.time() + 5,
-                    )
+                lease = await advertise_accept_dispatch(
+                    endpoint,
+                    pub,
+                    sched,
+                    sched_address,
+                    worker,
+                    request_id="req-3",
+                    job_id="job-3",
+                    resources=m.Resources(cpu=2, memory=4),
                 )
-                await sched.wait_for(lambda: sched.offers)
-                lease = sched.offers[0].lease_id
-                await endpoint.request(worker, m.RenewLease(lease))
-                await endpoint.request(worker, m.DispatchJob("job-3", lease, TRAIN, "{}"))
                 await sched.wait_for(lambda: any(s.status == "failed" for s in sched.statuses))
                 late = await endpoint.request(worker, m.RenewLease(lease))
                 # The whole capacity is free again: a new advertisement for all of it is offered.
