@@ -138,3 +138,13 @@ def dispatch(
         spec="{}",
         reply_to=reply_to,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie awaiting its reaper counts as gone)."""
+    import psutil  # type: ignore[import-untyped]
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]
 import pytest
 import trio
 
@@ -21,6 +20,7 @@ from hypha_sm.net.transport import Endpoint
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
+from tests.helpers import process_alive
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 
@@ -58,13 +58,6 @@ async def start_node(path: Path, log: Path) -> tuple[trio.Process, str]:
         while not (found := re.search(r"serving on (\S+);", await log_file.read_text())):  # noqa: ASYNC110 - polling a log file
             await trio.sleep(0.05)
     return proc, found.group(1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_their_dir(
@@ -114,11 +107,11 @@ async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_the
                 node.send_signal(signal.SIGKILL)
                 await node.wait()
                 await trio.sleep(0.5)
-                survivors = [p for p in pids if alive(p)]
+                survivors = [p for p in pids if process_alive(p)]
                 job_dirs = list((tmp_path / "work").glob("hypha-*"))
                 restarted, _ = await start_node(path, tmp_path / "second.log")
                 await trio.sleep(0.5)
-                left = [p for p in pids if alive(p)]
+                left = [p for p in pids if process_alive(p)]
                 restarted.send_signal(signal.SIGTERM)
                 await restarted.wait()
             nursery.cancel_scope.cancel()
@@ -129,5 +122,5 @@ async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_the
     assert restarted.returncode == 0
     assert "killed" in (tmp_path / "second.log").read_text()
     for pid in pids:  # belt and braces: never leave a test process behind
-        if alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]
 import pytest
 import trio
 
@@ -20,6 +21,7 @@ from hypha_sm.shell.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
+from tests.helpers import process_alive
 
 pytestmark = pytest.mark.net
 
@@ -187,47 +189,52 @@ async def advertise_accept_dispatch(
     return lease
 
 
+@asynccontextmanager
+async def scheduler_and_worker(
+    tmp_path: Path, job_args: list[str]
+) -> AsyncIterator[tuple[Endpoint, Publisher, FakeScheduler, str, str]]:
+    """A scheduler (serving offers and statuses, publishing ads) and a worker dialling it."""
+    sched = FakeScheduler()
+    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
+        async with trio.open_nursery() as nursery:
+            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
+            settings = worker_settings(tmp_path, pub.addresses[0], job_args)
+            worker = await nursery.start(run_worker, settings)
+            yield endpoint, pub, sched, sched_address, worker
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.slow
 async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservation(
     tmp_path: Path,
 ) -> None:
     """The scheduler stops renewing: within lease + grace + 1 s every process is gone and the
     job is reported cancelled; the node holds no reservation and no work dir is left running."""
-
     pids_file = tmp_path / "pids.json"
-    sched = FakeScheduler()
-    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
-        async with trio.open_nursery() as nursery:
-            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
-            settings = worker_settings(tmp_path, pub.addresses[0], ["tree", str(pids_file)])
-            worker = await nursery.start(run_worker, settings)
-            with trio.fail_after(40):
-                lease = await advertise_accept_dispatch(
-                    endpoint,
-                    pub,
-                    sched,
-                    sched_address,
-                    worker,
-                    request_id="req-2",
-                    job_id="job-2",
-                    resources=m.Resources(cpu=1, memory=1),
-                )
-                while not pids_file.exists():  # noqa: ASYNC110 - the job writes it when ready
-                    await trio.sleep(0.05)
-                await trio.sleep(0.2)
-                pids = json.loads(pids_file.read_text())
-                pids = list(pids.values()) if isinstance(pids, dict) else pids
-                started = trio.current_time()
-                # No more renewals: the lease expires 10 s after the last one.
-                await sched.wait_for(lambda: any(s.status == "cancelled" for s in sched.statuses))
-                took = trio.current_time() - started
-                alive = [
-                    p
-                    for p in pids
-                    if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                ]
-                late = await endpoint.request(worker, m.RenewLease(lease))
-            nursery.cancel_scope.cancel()
+    async with scheduler_and_worker(tmp_path, ["tree", str(pids_file)]) as running:
+        endpoint, pub, sched, sched_address, worker = running
+        with trio.fail_after(40):
+            lease = await advertise_accept_dispatch(
+                endpoint,
+                pub,
+                sched,
+                sched_address,
+                worker,
+                request_id="req-2",
+                job_id="job-2",
+                resources=m.Resources(cpu=1, memory=1),
+            )
+            while not pids_file.exists():  # noqa: ASYNC110 - the job writes it when ready
+                await trio.sleep(0.05)
+            await trio.sleep(0.2)
+            data = json.loads(pids_file.read_text())
+            pids = list(data.values()) if isinstance(data, dict) else list(data)
+            started = trio.current_time()
+            # No more renewals: the lease expires 10 s after the last one.
+            await sched.wait_for(lambda: any(s.status == "cancelled" for s in sched.statuses))
+            took = trio.current_time() - started
+            alive = [pid for pid in pids if process_alive(pid)]
+            late = await endpoint.request(worker, m.RenewLease(lease))
     assert alive == []
     assert took <= 10 + 5 + 1 + 1  # lease + grace + 1 s, plus scheduling slack
     cancelled = next(s for s in sched.statuses if s.status == "cancelled")
@@ -237,39 +244,34 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
 
 async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_path: Path) -> None:
     """A job exiting 3 is reported failed with exit code 3 and its lease ends at once."""
-    sched = FakeScheduler()
-    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
-        async with trio.open_nursery() as nursery:
-            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
-            settings = worker_settings(tmp_path, pub.addresses[0], ["exit", "3"])
-            worker = await nursery.start(run_worker, settings)
-            with trio.fail_after(20):
-                lease = await advertise_accept_dispatch(
-                    endpoint,
-                    pub,
-                    sched,
+    async with scheduler_and_worker(tmp_path, ["exit", "3"]) as running:
+        endpoint, pub, sched, sched_address, worker = running
+        with trio.fail_after(20):
+            lease = await advertise_accept_dispatch(
+                endpoint,
+                pub,
+                sched,
+                sched_address,
+                worker,
+                request_id="req-3",
+                job_id="job-3",
+                resources=m.Resources(cpu=2, memory=4),
+            )
+            await sched.wait_for(lambda: any(s.status == "failed" for s in sched.statuses))
+            late = await endpoint.request(worker, m.RenewLease(lease))
+            # The whole capacity is free again: a new advertisement for all of it is offered.
+            await pub.publish(
+                m.Advertisement(
+                    "req-4",
+                    str(SCHED.peer_id),
                     sched_address,
-                    worker,
-                    request_id="req-3",
-                    job_id="job-3",
-                    resources=m.Resources(cpu=2, memory=4),
+                    m.Resources(cpu=2, memory=4),
+                    (TRAIN,),
+                    100.0,
+                    time.time() + 5,
                 )
-                await sched.wait_for(lambda: any(s.status == "failed" for s in sched.statuses))
-                late = await endpoint.request(worker, m.RenewLease(lease))
-                # The whole capacity is free again: a new advertisement for all of it is offered.
-                await pub.publish(
-                    m.Advertisement(
-                        "req-4",
-                        str(SCHED.peer_id),
-                        sched_address,
-                        m.Resources(cpu=2, memory=4),
-                        (TRAIN,),
-                        100.0,
-                        time.time() + 5,
-                    )
-                )
-                await sched.wait_for(lambda: len(sched.offers) == 2)
-            nursery.cancel_scope.cancel()
+            )
+            await sched.wait_for(lambda: len(sched.offers) == 2)
     failed = next(s for s in sched.statuses if s.status == "failed")
     assert failed.exit_code == 3
     assert late.message == m.RenewFailed(lease, "unknown_lease")
