@@ -14,6 +14,7 @@ from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.shell.run import run_worker
 from hypha_sm.wire.identity import Identity
+from tests.netkit import running_gateway, wait_healthy
 
 pytestmark = pytest.mark.net
 
@@ -47,17 +48,15 @@ async def test_probe_exits_0_only_while_the_worker_is_connected_to_a_gateway(
     tmp_path: Path,
 ) -> None:
     """Connected to a gateway: healthy (exit 0). No gateway reachable: unhealthy (exit 1)."""
-    with (
-        Endpoint(Identity.from_seed(bytes([41]) * 32)) as gw,
-        gw.publisher(listen=["tcp://127.0.0.1:0"]) as pub,
+    async with (
+        running_gateway(Endpoint(Identity.from_seed(bytes([41]) * 32))) as gw,
+        trio.open_nursery() as nursery,
     ):
-        async with trio.open_nursery() as nursery:
-            worker = await nursery.start(run_worker, settings(tmp_path, pub.addresses[0]))
-            with trio.fail_after(10):
-                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-                    await trio.sleep(0.01)
-            healthy = await run_probe(worker)
-            nursery.cancel_scope.cancel()
+        worker = await nursery.start(run_worker, settings(tmp_path, gw.listen))
+        with Endpoint(Identity.from_seed(bytes([42]) * 32)) as asker, trio.fail_after(10):
+            await wait_healthy(asker, worker)
+        healthy = await run_probe(worker)
+        nursery.cancel_scope.cancel()
     assert healthy[0] == 0, healthy[1]
     assert "healthy" in healthy[1]
 

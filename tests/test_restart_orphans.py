@@ -21,10 +21,12 @@ from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.helpers import process_alive
+from tests.netkit import running_gateway, wait_connected, wait_healthy
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 
 SCHED = Identity.from_seed(bytes([51]) * 32)
+GATEWAY = Identity.from_seed(bytes([52]) * 32)
 TRAIN = m.Executor(cls="train", name="diloco-transformer")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
 
@@ -73,15 +75,14 @@ async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_the
         return m.StatusAck("")
 
     pids_file = tmp_path / "pids.json"
-    with Endpoint(SCHED) as sched, sched.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
-        async with trio.open_nursery() as nursery:
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
             sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-            path = config(tmp_path, pub.addresses[0], pids_file)
+            path = config(tmp_path, gw.listen, pids_file)
             node, worker = await start_node(path, tmp_path / "first.log")
             with trio.fail_after(30):
-                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)
+                await wait_connected(pub)
+                await wait_healthy(sched, worker)
                 await pub.publish(
                     m.Advertisement(
                         "req-9",

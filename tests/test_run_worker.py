@@ -22,10 +22,12 @@ from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.helpers import process_alive
+from tests.netkit import running_gateway, wait_connected, wait_healthy
 
 pytestmark = pytest.mark.net
 
 SCHED = Identity.from_seed(bytes([31]) * 32)
+GATEWAY = Identity.from_seed(bytes([32]) * 32)
 TRAIN = m.Executor(cls="train", name="echo")
 JOB = (
     "import os, sys, pathlib; "
@@ -51,12 +53,15 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
         seen.set()
         return m.OfferAck("") if isinstance(message, m.WorkerOffer) else m.StatusAck("")
 
-    with Endpoint(SCHED) as sched, sched.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
-        async with trio.open_nursery() as nursery:
+    async with (
+        running_gateway(Endpoint(GATEWAY)) as gw,
+        trio.open_nursery() as nursery,
+    ):
+        with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
             sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
             settings = WorkerSettings(
                 node_key=tmp_path / "node.pem",
-                gateway_addresses=[pub.addresses[0]],
+                gateway_addresses=[gw.listen],
                 listen_addresses=["tcp://127.0.0.1:0"],
                 work_dir=tmp_path / "work",
                 resources={"cpu": 2, "memory": 4, "storage": 10},
@@ -73,9 +78,8 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
             )
             worker = await nursery.start(run_worker, settings)
             with trio.fail_after(20):
-                while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)
+                await wait_connected(pub)
+                await wait_healthy(sched, worker)
                 await pub.publish(
                     m.Advertisement(
                         "req-1",
@@ -172,9 +176,8 @@ async def advertise_accept_dispatch(
     resources: m.Resources,
 ) -> str:
     """The scheduler's side of a job: advertise, take the offer, accept it, dispatch; the lease id."""
-    while not pub.connections:  # noqa: ASYNC110 - NNG has no connect event
-        await trio.sleep(0.01)
-    await trio.sleep(0.1)
+    await wait_connected(pub)
+    await wait_healthy(endpoint, worker)
     offered = len(sched.offers)
     ad = m.Advertisement(
         request_id, str(SCHED.peer_id), sched_address, resources, (TRAIN,), 100.0, time.time() + 5
@@ -195,10 +198,10 @@ async def scheduler_and_worker(
 ) -> AsyncIterator[tuple[Endpoint, Publisher, FakeScheduler, str, str]]:
     """A scheduler (serving offers and statuses, publishing ads) and a worker dialling it."""
     sched = FakeScheduler()
-    with Endpoint(SCHED) as endpoint, endpoint.publisher(listen=["tcp://127.0.0.1:0"]) as pub:
-        async with trio.open_nursery() as nursery:
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        with Endpoint(SCHED) as endpoint, endpoint.publisher(dial=[gw.ingest]) as pub:
             sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
-            settings = worker_settings(tmp_path, pub.addresses[0], job_args)
+            settings = worker_settings(tmp_path, gw.listen, job_args)
             worker = await nursery.start(run_worker, settings)
             yield endpoint, pub, sched, sched_address, worker
             nursery.cancel_scope.cancel()

@@ -17,10 +17,13 @@ from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.helpers import policy
+from tests.netkit import running_gateway, wait_connected, wait_healthy
 
 SCHED = Identity.from_seed(bytes([21]) * 32)
+GATEWAY = Identity.from_seed(bytes([24]) * 32)
 WORKER = Identity.from_seed(bytes([22]) * 32)
 TRAIN = m.Executor(cls="train", name="diloco-transformer")
+GW = ("gw:7000", "gw:7001", "gw:7002")
 
 
 class FakeExecutor:
@@ -97,40 +100,43 @@ async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> No
     recorder = Recorder(sink, engine, machines_hash, policy("flexible"), bytes(16))
     executor = FakeExecutor()
     sched = Scheduler(network)
-    with sched.endpoint.publisher(listen=["sched:7101"]) as pub:
-        node = WorkerNode(
-            recorder, MemoryEndpoint(network, WORKER), executor, address="worker:7200"
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
-            worker_address = await nursery.start(node.run, ["sched:7101"])
-            with trio.fail_after(10):
-                while not pub.connections:  # noqa: ASYNC110 - no connect event to wait on
-                    await trio.sleep(0.01)
-                await pub.publish(advert())
-                await sched.offer_seen.wait()
-                offer = sched.offers[0]
-                assert offer.price == 120.0
-                renewed = await sched.endpoint.request(
-                    worker_address, m.RenewLease(offer.lease_id)
-                )
-                assert isinstance(renewed.message, m.LeaseRenewed)
-                dispatched = await sched.endpoint.request(
-                    worker_address, m.DispatchJob("job-1", offer.lease_id, TRAIN, "{}")
-                )
-                assert isinstance(dispatched.message, m.JobDispatched)
-                assert executor.started[0].executor.name == "diloco-transformer"
-                await sched.status_seen.wait()  # the running report
-                sched.status_seen = trio.Event()
-                executor.finish("job-1", 0)
-                while not any(s.status == "finished" for s in sched.statuses):
-                    await sched.status_seen.wait()
+    async with running_gateway(MemoryEndpoint(network, GATEWAY), *GW) as gw:
+        with sched.endpoint.publisher(dial=[gw.ingest]) as pub:
+            node = WorkerNode(
+                recorder, MemoryEndpoint(network, WORKER), executor, address="worker:7200"
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
+                worker_address = await nursery.start(node.run, [gw.listen])
+                with trio.fail_after(10):
+                    await wait_connected(pub)
+                    await wait_healthy(sched.endpoint, worker_address)
+                    await pub.publish(advert())
+                    await sched.offer_seen.wait()
+                    offer = sched.offers[0]
+                    assert offer.price == 120.0
+                    renewed = await sched.endpoint.request(
+                        worker_address, m.RenewLease(offer.lease_id)
+                    )
+                    assert isinstance(renewed.message, m.LeaseRenewed)
+                    dispatched = await sched.endpoint.request(
+                        worker_address, m.DispatchJob("job-1", offer.lease_id, TRAIN, "{}")
+                    )
+                    assert isinstance(dispatched.message, m.JobDispatched)
+                    assert executor.started[0].executor.name == "diloco-transformer"
+                    await sched.status_seen.wait()  # the running report
                     sched.status_seen = trio.Event()
-                # The lease ended with its job: a renewal now fails.
-                late = await sched.endpoint.request(worker_address, m.RenewLease(offer.lease_id))
-                assert late.message == m.RenewFailed(offer.lease_id, "unknown_lease")
-                await node.shutdown()
-            nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
+                    executor.finish("job-1", 0)
+                    while not any(s.status == "finished" for s in sched.statuses):
+                        await sched.status_seen.wait()
+                        sched.status_seen = trio.Event()
+                    # The lease ended with its job: a renewal now fails.
+                    late = await sched.endpoint.request(
+                        worker_address, m.RenewLease(offer.lease_id)
+                    )
+                    assert late.message == m.RenewFailed(offer.lease_id, "unknown_lease")
+                    await node.shutdown()
+                nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
     assert [s.status for s in sched.statuses] == ["running", "finished"]
     assert recorder.state.reserved == (0, 0, 0, 0)
     # The event log the node wrote replays to the same effects.
@@ -145,30 +151,31 @@ async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
     recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
     sched = Scheduler(network)
     stranger = MemoryEndpoint(network, Identity.from_seed(bytes([23]) * 32))
-    with sched.endpoint.publisher(listen=["sched:7101"]) as pub:
-        node = WorkerNode(
-            recorder,
-            MemoryEndpoint(network, WORKER),
-            FakeExecutor(fail=True),
-            address="worker:7200",
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
-            worker_address = await nursery.start(node.run, ["sched:7101"])
-            with trio.fail_after(10):
-                while not pub.connections:  # noqa: ASYNC110 - no connect event to wait on
-                    await trio.sleep(0.01)
-                await pub.publish(advert())
-                await sched.offer_seen.wait()
-                lease = sched.offers[0].lease_id
-                refused = await stranger.request(worker_address, m.RenewLease(lease))
-                assert refused.message == m.RenewFailed(lease, "not_owner")
-                await sched.endpoint.request(worker_address, m.RenewLease(lease))
-                failed = await sched.endpoint.request(
-                    worker_address, m.DispatchJob("job-1", lease, TRAIN, "{}")
-                )
-                assert failed.message == m.DispatchFailed("job-1", "start_failed")
-                health = await stranger.request(worker_address, m.Health())
-                assert health.message == m.HealthReply(True)
-                await node.shutdown()
-            nursery.cancel_scope.cancel()
+    async with running_gateway(MemoryEndpoint(network, GATEWAY), *GW) as gw:
+        with sched.endpoint.publisher(dial=[gw.ingest]) as pub:
+            node = WorkerNode(
+                recorder,
+                MemoryEndpoint(network, WORKER),
+                FakeExecutor(fail=True),
+                address="worker:7200",
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
+                worker_address = await nursery.start(node.run, [gw.listen])
+                with trio.fail_after(10):
+                    await wait_connected(pub)
+                    await wait_healthy(sched.endpoint, worker_address)
+                    await pub.publish(advert())
+                    await sched.offer_seen.wait()
+                    lease = sched.offers[0].lease_id
+                    refused = await stranger.request(worker_address, m.RenewLease(lease))
+                    assert refused.message == m.RenewFailed(lease, "not_owner")
+                    await sched.endpoint.request(worker_address, m.RenewLease(lease))
+                    failed = await sched.endpoint.request(
+                        worker_address, m.DispatchJob("job-1", lease, TRAIN, "{}")
+                    )
+                    assert failed.message == m.DispatchFailed("job-1", "start_failed")
+                    health = await stranger.request(worker_address, m.Health())
+                    assert health.message == m.HealthReply(True)
+                    await node.shutdown()
+                nursery.cancel_scope.cancel()

@@ -26,8 +26,9 @@ node_key = "{node_key}"
 # Mutual TLS for tls+tcp:// addresses (HYPHA_CERT_PEM, HYPHA_KEY_PEM, HYPHA_TRUST_PEM).
 {tls}
 
-# Gateways to dial (all of them; advertisements are de-duplicated), where this node listens,
-# and the addresses peers should use to reach it if they differ (NAT, containers).
+# Gateways to use: each one's request address (`listen` in the gateway's config); the node
+# asks each where to subscribe and registers there (advertisements are de-duplicated).
+# Where this node listens, and the addresses peers should use if they differ (NAT, containers).
 gateway_addresses = ["tcp://127.0.0.1:7000"]
 listen_addresses = ["tcp://0.0.0.0:7200"]
 external_addresses = []

@@ -77,7 +77,9 @@ class WorkerSettings(LayeredSettings):
     cert_pem: Path | None = Field(None, description="TLS certificate (HYPHA_CERT_PEM)")
     key_pem: Path | None = Field(None, description="TLS private key (HYPHA_KEY_PEM)")
     trust_pem: Path | None = Field(None, description="TLS CA bundle (HYPHA_TRUST_PEM)")
-    gateway_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
+    gateway_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(
+        min_length=1, description="each gateway's request address (its `listen`)"
+    )
     listen_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
     external_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = []
     work_dir: Path

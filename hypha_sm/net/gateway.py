@@ -7,7 +7,8 @@
   it is full the advertisement is dropped and counted as overload, never silently.
 - **Directory.** ``listen`` answers requests: ``peer_record`` and ``dataset_record`` (stored
   only from their authors, expiring, bounded), ``lookup`` (returns the authors' signed
-  envelopes), ``health``.
+  envelopes), ``health``, and ``gateway_info`` (its ingest and publish addresses, so nodes
+  configure one address per gateway).
 - Several gateways can run at once: nodes dial all of them; subscriptions de-duplicate.
 """
 
@@ -28,6 +29,8 @@ from hypha_sm.wire.messages import (
     Ack,
     Advertisement,
     DatasetRecord,
+    GatewayInfo,
+    GatewayInfoReply,
     Health,
     HealthReply,
     Lookup,
@@ -80,6 +83,7 @@ class Gateway:
         self.relay_queue = relay_queue
         self.stats = GatewayStats()
         self._wall = wall
+        self._info = GatewayInfoReply(ingest="", publish="")
 
     async def run(
         self, *, task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED
@@ -90,6 +94,7 @@ class Gateway:
             self.transport.subscribe(listen=[self.ingest]) as inbound,
             self.transport.publisher(listen=[self.publish]) as outbound,
         ):
+            self._info = GatewayInfoReply(inbound.addresses[0], outbound.addresses[0])
             async with trio.open_nursery() as nursery:
                 listen = await nursery.start(self.transport.serve, self.listen, self._answer)
                 nursery.start_soon(self._take_in, inbound, send)
@@ -141,6 +146,8 @@ class Gateway:
             return LookupReply(tuple(self.directory.lookup_dataset(message.dataset, now)))
         if isinstance(message, Health):
             return HealthReply(True)
+        if isinstance(message, GatewayInfo):
+            return self._info
         self._refuse("unsupported", opened)
         return Refused("unsupported")
 

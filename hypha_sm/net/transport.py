@@ -74,6 +74,7 @@ NET_ERRORS = (
     "refused",  # the peer answered Refused; ``cause`` is its reason
     "closed",  # this endpoint was closed
     "bad_address",  # the address cannot be dialled or listened on
+    "unexpected_answer",  # a verified answer of the wrong kind for the request
 )
 
 #: Rejection reasons read from NNG's own statistics (the others come from the ``Opener``).

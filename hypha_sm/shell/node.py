@@ -51,9 +51,11 @@ from hypha_sm.core.policy import ExecutorRef
 from hypha_sm.core.reducer import next_deadline
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
+from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Subscription, Transport
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
+from hypha_sm.wire.identity import PeerId
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,13 @@ class Executor(Protocol):
 
 class StartFailed(Exception):
     """An executor could not start a job; ``str()`` is the reason."""
+
+
+TransferOffers = Callable[[PeerId, m.TransferOffer], m.TransferAnswer]
+"""``consider(sender, offer)``: the node's answer to a peer that wants to push it a file."""
+
+#: How long this node's peer record at a gateway is valid; it is renewed at a third of this.
+RECORD_LIFETIME = 300.0
 
 
 @dataclass
@@ -98,6 +107,7 @@ class WorkerNode:
         public_address: str | None = None,
         wall: Callable[[], float] = time.time,
         inbox_size: int = 4096,
+        transfer_offers: TransferOffers | None = None,
     ) -> None:
         self.recorder = recorder
         self.transport = transport
@@ -111,8 +121,11 @@ class WorkerNode:
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
         self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
+        self._job_schedulers: dict[str, str] = {}  # job id -> the peer that dispatched it
         self._stopped = trio.Event()
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
+        self._transfer_offers = transfer_offers
+        self.gateways = Gateways(transport, [], wall=wall)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -121,6 +134,10 @@ class WorkerNode:
         message = opened.message
         if isinstance(message, m.Health):
             return m.HealthReply(self.healthy)
+        if isinstance(message, m.TransferOffer):
+            if self._transfer_offers is None:
+                return m.Refused("unsupported")
+            return self._transfer_offers(opened.sender, message)
         token = next(self._tokens)
         peer = str(opened.sender)
         event: Event
@@ -128,6 +145,7 @@ class WorkerNode:
             event = RenewRequested(message.lease_id, peer, token)
         elif isinstance(message, m.DispatchJob):
             ref = ExecutorRef(cls=message.executor.cls, name=message.executor.name)
+            self._job_schedulers.setdefault(message.job_id, peer)
             event = DispatchRequested(
                 message.job_id, message.lease_id, peer, ref, message.spec, token
             )
@@ -146,42 +164,97 @@ class WorkerNode:
     @property
     def healthy(self) -> bool:
         """Listening, not stopping, and connected to at least one gateway."""
-        sub = self._subscription
-        return not self._stopped.is_set() and sub is not None and sub.connections > 0
+        return not self._stopped.is_set() and any(s.connections for s in self._subscriptions)
 
-    async def _take_advertisements(self, gateways: list[str]) -> None:
-        with self.transport.subscribe(dial=gateways) as sub:
-            self._subscription = sub
-            async for opened in sub:
-                ad = opened.message
-                if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
-                    self.stats.refused_ads += 1
-                    continue
-                self._schedulers[ad.scheduler] = ad.reply_address
-                r = ad.resources
-                await self._send.send(
-                    AdvertisementReceived(
-                        ad.request_id,
-                        ad.scheduler,
-                        ad.reply_address,
-                        Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
-                        tuple(ExecutorRef(cls=e.cls, name=e.name) for e in ad.executors),
-                        ad.bid,
-                        ad.expires,
-                    )
+    async def send_progress(self, progress: m.Progress) -> m.ProgressReply:
+        """Forward a job's progress to the scheduler that dispatched it; its reply.
+
+        Raises NetError if the scheduler is unknown, unreachable or answers something else.
+        """
+        scheduler = self._job_schedulers.get(progress.job_id, "")
+        address = self._schedulers.get(scheduler)
+        if address is None:
+            raise NetError("unreachable", "", detail=f"no scheduler known for {progress.job_id}")
+        answer = await self.transport.request(
+            address, progress, expect=PeerId.parse(scheduler), timeout=30.0
+        )
+        if not isinstance(answer.message, m.ProgressReply):
+            raise NetError("unexpected_answer", address, detail=type(answer.message).__name__)
+        return answer.message
+
+    async def _follow_gateway(self, address: str) -> None:
+        """Locate one gateway (retrying), keep this node registered there, take its ads."""
+        delay = 0.25
+        while True:
+            try:
+                located = await self.gateways.locate(address)
+                break
+            except NetError as exc:
+                log.warning(
+                    "gateway %s not reachable (%s); retrying in %.1f s", address, exc, delay
                 )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        log.info("gateway %s: subscribing at %s", address, located.publish)
+        self._nursery.start_soon(self._keep_registered, address)
+        await self._take_advertisements(located.publish)
+
+    async def _keep_registered(self, gateway: str) -> None:
+        """Keep a fresh signed peer record with our request address at ``gateway``."""
+        while True:
+            try:
+                await self.gateways.register(
+                    gateway, [self.public_address or self.address], RECORD_LIFETIME
+                )
+                await trio.sleep(RECORD_LIFETIME / 3)
+            except NetError as exc:
+                log.warning("registering at gateway %s failed: %s", gateway, exc)
+                await trio.sleep(2.0)
+
+    async def _take_advertisements(self, publish: str) -> None:
+        with self.transport.subscribe(dial=[publish]) as sub:
+            self._subscriptions.append(sub)
+            try:
+                await self._take_from(sub)
+            finally:
+                self._subscriptions.remove(sub)
+
+    async def _take_from(self, sub: Subscription) -> None:
+        async for opened in sub:
+            ad = opened.message
+            if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
+                self.stats.refused_ads += 1
+                continue
+            self._schedulers[ad.scheduler] = ad.reply_address
+            r = ad.resources
+            await self._send.send(
+                AdvertisementReceived(
+                    ad.request_id,
+                    ad.scheduler,
+                    ad.reply_address,
+                    Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+                    tuple(ExecutorRef(cls=e.cls, name=e.name) for e in ad.executors),
+                    ad.bid,
+                    ad.expires,
+                )
+            )
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(
         self, gateways: list[str], *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve, subscribe and step the core until the core says the node stopped."""
+        """Serve, follow the gateways and step the core until the core says the node stopped.
+
+        ``gateways`` are the gateways' request addresses; each is asked where to subscribe.
+        """
+        self.gateways.addresses = list(gateways)
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(self.transport.serve, self.address, self._answer)
             self.public_address = self.public_address or bound
-            nursery.start_soon(self._take_advertisements, gateways)
             self._nursery = nursery
+            for gateway in gateways:
+                nursery.start_soon(self._follow_gateway, gateway)
             task_status.started(bound)
             await self._loop()
             nursery.cancel_scope.cancel()
@@ -290,3 +363,5 @@ class WorkerNode:
             await self._send.send(StatusFailed(status.job_id, status.status, exc.reason))
         else:
             await self._send.send(StatusDelivered(status.job_id, status.status))
+        if status.status != "running":
+            self._job_schedulers.pop(status.job_id, None)

@@ -165,42 +165,70 @@ class Opener:
         return result
 
     def _open(self, data: bytes, now_wall: float, expect: PeerId | None) -> Opened | Rejection:
-        if len(data) > self.max_size:
-            return Rejection("oversized", f"{len(data)} bytes > {self.max_size}")
-        try:
-            env = _envelope_decoder.decode(data)
-        except (msgspec.DecodeError, ValueError) as exc:
-            return Rejection("malformed", str(exc)[:200])
-        if env.v != VERSION:
-            return Rejection("unknown_version", f"version {env.v}")
-        try:
-            sender = PeerId.from_bytes(env.sender)
-        except IdentityError as exc:
-            return Rejection("bad_sender", str(exc))
-        if len(env.id) != MSG_ID_BYTES or not 0 <= env.ts < 1 << 63:
-            return Rejection("malformed", "bad message id or timestamp")
-        if not sender.verify(env.sig, signing_bytes(env.sender, env.ts, env.id, env.payload)):
-            return Rejection("bad_signature", str(sender))
-        if expect is not None and sender != expect:
-            return Rejection("sender_mismatch", f"{sender} is not {expect}")
+        signed = _verified(data, self.max_size, expect)
+        if isinstance(signed, Rejection):
+            return signed
+        env, sender = signed
         now_ms = int(now_wall * 1000)
         if abs(now_ms - env.ts) > self.max_skew_ms:
             return Rejection("stale", f"timestamp {env.ts} vs now {now_ms}")
         verdict = self.guard.check(env.sender, env.id, env.ts, now_ms)
         if verdict is not None:
             return Rejection(verdict, env.id.hex())
-        try:
-            message = _payload_decoder.decode(env.payload)
-        except msgspec.ValidationError as exc:
-            text = str(exc)
-            reason = (
-                "unknown_message"
-                if "Invalid value" in text and "`$.t`" in text
-                else "malformed_payload"
-            )
-            return Rejection(reason, text[:200])
-        except (msgspec.DecodeError, ValueError) as exc:
-            # ValueError: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string
-            # (msgspec issue #714) instead of its DecodeError.
-            return Rejection("malformed_payload", str(exc)[:200])
-        return Opened(sender, message, env.id, env.ts, data)
+        return _decoded(env, sender, data)
+
+
+def open_record(data: bytes, *, max_size: int = MAX_ENVELOPE) -> Opened | Rejection:
+    """Verify a stored record (a signed envelope handed on by a gateway); never raises.
+
+    Unlike ``Opener.open`` there is no freshness or replay check: a record is legitimately
+    older than the clock skew and is meant to be read many times. The record's own ``expires``
+    bounds how long it may be believed; checking it is the caller's job.
+    """
+    signed = _verified(data, max_size, None)
+    if isinstance(signed, Rejection):
+        return signed
+    return _decoded(*signed, data)
+
+
+def _verified(
+    data: bytes, max_size: int, expect: PeerId | None
+) -> tuple[Envelope, PeerId] | Rejection:
+    """Size, shape, version, sender and signature: everything but freshness and the payload."""
+    if len(data) > max_size:
+        return Rejection("oversized", f"{len(data)} bytes > {max_size}")
+    try:
+        env = _envelope_decoder.decode(data)
+    except (msgspec.DecodeError, ValueError) as exc:
+        return Rejection("malformed", str(exc)[:200])
+    if env.v != VERSION:
+        return Rejection("unknown_version", f"version {env.v}")
+    try:
+        sender = PeerId.from_bytes(env.sender)
+    except IdentityError as exc:
+        return Rejection("bad_sender", str(exc))
+    if len(env.id) != MSG_ID_BYTES or not 0 <= env.ts < 1 << 63:
+        return Rejection("malformed", "bad message id or timestamp")
+    if not sender.verify(env.sig, signing_bytes(env.sender, env.ts, env.id, env.payload)):
+        return Rejection("bad_signature", str(sender))
+    if expect is not None and sender != expect:
+        return Rejection("sender_mismatch", f"{sender} is not {expect}")
+    return env, sender
+
+
+def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
+    try:
+        message = _payload_decoder.decode(env.payload)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        reason = (
+            "unknown_message"
+            if "Invalid value" in text and "`$.t`" in text
+            else "malformed_payload"
+        )
+        return Rejection(reason, text[:200])
+    except (msgspec.DecodeError, ValueError) as exc:
+        # ValueError: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string
+        # (msgspec issue #714) instead of its DecodeError.
+        return Rejection("malformed_payload", str(exc)[:200])
+    return Opened(sender, message, env.id, env.ts, data)

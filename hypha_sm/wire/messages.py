@@ -248,6 +248,17 @@ class LookupReply(_Msg, tag="lookup_reply", frozen=True):
     records: tuple[bytes, ...]
 
 
+class GatewayInfo(_Msg, tag="gateway_info", frozen=True):
+    """Ask a gateway where schedulers publish to it and where workers subscribe."""
+
+
+class GatewayInfoReply(_Msg, tag="gateway_info_reply", frozen=True):
+    """The gateway's ingest and publish addresses, as it bound them."""
+
+    ingest: str
+    publish: str
+
+
 class Ack(_Msg, tag="ack", frozen=True):
     """A record was stored."""
 
@@ -302,6 +313,8 @@ Message = (
     | DatasetRecord
     | Lookup
     | LookupReply
+    | GatewayInfo
+    | GatewayInfoReply
     | Ack
     | Refused
     | TransferOffer

@@ -70,6 +70,8 @@ EXAMPLES: dict[str, m.Message] = {
     "dataset_record": m.DatasetRecord("tiny-shakespeare", PEER, 1_764_000_600.0),
     "lookup": m.Lookup(peer=PEER),
     "lookup_reply": m.LookupReply((b"\x01\x02",)),
+    "gateway_info": m.GatewayInfo(),
+    "gateway_info_reply": m.GatewayInfoReply("tcp://10.0.0.2:7001", "tcp://10.0.0.2:7002"),
     "ack": m.Ack(),
     "refused": m.Refused("bad_signature"),
     "transfer_offer": m.TransferOffer("t-1", "update.safetensors", 1024, "00" * 32, "update"),
