@@ -1,4 +1,4 @@
-"""The ``hypha-sm`` command line: ``diagram``, ``replay``, ``machines``."""
+"""The ``hypha-sm`` command line: roles (``run``, ``gateway run``, ``scheduler run``) and tools."""
 
 from __future__ import annotations
 
@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
     p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
 
+    p_sched = sub.add_parser("scheduler", help="the minimal scheduler role: one job on N workers")
+    sched_sub = p_sched.add_subparsers(dest="scheduler_command", required=True)
+    p_sched_run = sched_sub.add_parser("run", help="place and run the job in job.toml")
+    p_sched_run.add_argument("config", nargs="?", type=Path, help="job.toml")
+    p_sched_run.add_argument("--config", dest="config_flag", type=Path, help="job.toml")
+    p_sched_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
+
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
     p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
     p_init.add_argument("--work-dir", type=Path, default=Path("work"), help="job directories")
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "gateway":
             return _gateway(args)
+        if args.command == "scheduler":
+            return _scheduler(args)
         if args.command == "init":
             return _init(args)
         if args.command == "run":
@@ -180,6 +189,33 @@ def _gateway(args: argparse.Namespace) -> int:
     return run_gateway(load_settings(GatewaySettings, path, flags))
 
 
+def _scheduler(args: argparse.Namespace) -> int:
+
+    import trio
+
+    from hypha_sm.config.scheduler import SchedulerSettings
+    from hypha_sm.shell.scheduler import run_scheduler
+
+    flags = {"gateway_addresses": args.gateway}
+    settings = load_settings(SchedulerSettings, args.config_flag or args.config, flags)
+    _log_to_stderr()
+    outcome = trio.run(run_scheduler, settings)
+    for p in outcome.placements:
+        code = "" if p.exit_code is None else f" exit {p.exit_code}"
+        why = f" ({p.reason})" if p.reason else ""
+        print(f"{p.worker} job {p.job_id}: {p.phase}{code}{why}")
+    if outcome.reason:
+        print(f"job {outcome.reason}")
+    return 0 if outcome.ok else 1
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
 def _init(args: argparse.Namespace) -> int:
     written = write_example(
         args.path,
@@ -194,7 +230,6 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import logging
 
     import trio
 
@@ -207,8 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         "listen_addresses": args.listen,
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)
+    _log_to_stderr()
     trio.run(run_worker, settings)
     return 0
 

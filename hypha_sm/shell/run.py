@@ -26,6 +26,7 @@ from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.process import ProcessSettings, clean_orphans
+from hypha_sm.wire import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,15 @@ async def run_worker(
             sink, engine, machines_hash, policy_from_settings(settings), secrets.token_bytes(16)
         )
         async with trio.open_nursery() as nursery:
+
+            async def send_progress(progress: m.Progress) -> m.ProgressReply:
+                return await node.send_progress(progress)
+
             executor = LocalExecutor(
-                nursery, ProcessSettings(work_dir=work_dir), settings.executors
+                nursery,
+                ProcessSettings(work_dir=work_dir),
+                settings.executors,
+                send_progress=send_progress,
             )
             node = WorkerNode(
                 recorder,

@@ -1,0 +1,144 @@
+"""The scheduler role against real workers: a real gateway, NNG sockets, processes and bridges."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from hypha_sm.config.scheduler import JobSettings
+from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.net.keys import create_key_file
+from hypha_sm.net.transport import Endpoint
+from hypha_sm.shell.run import run_worker
+from hypha_sm.shell.scheduler import Outcome, Scheduler
+from hypha_sm.wire import messages as m
+from hypha_sm.wire.identity import Identity
+from tests.netkit import running_gateway, wait_healthy
+
+pytestmark = pytest.mark.net
+
+SCHED = Identity.from_seed(bytes([71]) * 32)
+GATEWAY = Identity.from_seed(bytes([72]) * 32)
+JOB = Path(__file__).resolve().parent / "fixtures" / "bridge_job.py"
+
+
+def worker_settings(
+    tmp_path: Path,
+    name: str,
+    gateway: str,
+    mode: str,
+    price: float = 100.0,
+    strategy: str = "flexible",
+) -> WorkerSettings:
+    create_key_file(tmp_path / f"{name}.pem")
+    return WorkerSettings(
+        node_key=tmp_path / f"{name}.pem",
+        gateway_addresses=[gateway],
+        listen_addresses=["tcp://127.0.0.1:0"],
+        work_dir=tmp_path / name,
+        resources={"cpu": 1, "memory": 1, "storage": 1},
+        offer={"price": price, "floor": 50, "strategy": strategy},
+        executors=[
+            {
+                "class": "train",
+                "name": "bridge-job",
+                "runtime": "process",
+                "cmd": sys.executable,
+                "args": [str(JOB), mode],
+            }
+        ],
+    )
+
+
+def job(workers: int, **spec: object) -> JobSettings:
+    return JobSettings(
+        workers=workers,
+        executor={"class": "train", "name": "bridge-job"},
+        resources={"cpu": 1, "memory": 1},
+        bid=150,
+        spec=spec,
+        advertise_timeout=20,
+        renew_interval=1.0,
+        timeout=60,
+    )
+
+
+async def run_job(
+    tmp_path: Path, workers: list[WorkerSettings], settings: JobSettings
+) -> tuple[Outcome, list[tuple[str, m.ProgressKind]]]:
+    progress: list[tuple[str, m.ProgressKind]] = []
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        with Endpoint(SCHED) as transport:
+            addresses = []
+            for w in workers:
+                w.gateway_addresses = [gw.listen]
+                addresses.append(await nursery.start(run_worker, w))
+            with trio.fail_after(10):
+                for address in addresses:
+                    await wait_healthy(transport, address)
+            scheduler = Scheduler(
+                transport,
+                settings,
+                gateways=[gw.listen],
+                address="tcp://127.0.0.1:0",
+                on_progress=lambda p, kind: progress.append((p.worker, kind)),
+            )
+            with trio.fail_after(90):
+                outcome = await scheduler.run()
+        nursery.cancel_scope.cancel()
+    return outcome, progress
+
+
+async def test_the_scheduler_runs_one_job_on_two_workers_and_hears_their_progress(
+    tmp_path: Path,
+) -> None:
+    """Advertise → offers → accept → renew → dispatch → progress → finished on both workers."""
+    workers = [
+        worker_settings(tmp_path, "a", "tcp://127.0.0.1:1", "progress"),
+        worker_settings(tmp_path, "b", "tcp://127.0.0.1:1", "progress"),
+    ]
+    outcome, progress = await run_job(tmp_path, workers, job(2, rounds=2))
+    assert outcome.ok, outcome
+    assert len({p.worker for p in outcome.placements}) == 2
+    assert [p.phase for p in outcome.placements] == ["finished", "finished"]
+    for placement in outcome.placements:
+        rounds = [
+            k.round for w, k in progress if w == placement.worker and isinstance(k, m.RoundMetrics)
+        ]
+        assert rounds == [1, 2]
+    # Leases were released with their jobs: nothing left reserved in either work dir.
+    for name in ("a", "b"):
+        assert not list((tmp_path / name).glob("hypha-*"))
+
+
+async def test_the_cheapest_offer_wins_when_more_workers_offer_than_needed(
+    tmp_path: Path,
+) -> None:
+    """Two `whole` workers counter-offer above the bid; the job needs one; the cheaper wins."""
+    workers = [
+        worker_settings(tmp_path, "dear", "tcp://127.0.0.1:1", "progress", 140, "whole"),
+        worker_settings(tmp_path, "cheap", "tcp://127.0.0.1:1", "progress", 120, "whole"),
+    ]
+    settings = job(1, rounds=1)
+    settings.bid = 100
+    settings.max_price = 145
+    outcome, _ = await run_job(tmp_path, workers, settings)
+    assert outcome.ok, outcome
+    (chosen,) = outcome.placements
+    assert chosen.price == 120
+
+
+async def test_too_few_workers_fails_with_a_reason_instead_of_waiting_forever(
+    tmp_path: Path,
+) -> None:
+    """Three workers wanted, one exists: the outcome says so after advertise_timeout."""
+    settings = job(3)
+    settings.advertise_timeout = 2.0
+    solo = worker_settings(tmp_path, "solo", "tcp://127.0.0.1:1", "progress")
+    outcome, _ = await run_job(tmp_path, [solo], settings)
+    assert not outcome.ok
+    assert "only 1 of 3 workers accepted" in outcome.reason
+    assert [p.phase for p in outcome.placements] == ["accepted"]
