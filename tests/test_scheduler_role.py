@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def worker_settings(
     mode: str,
     price: float = 100.0,
     strategy: str = "flexible",
+    file_roots: list[Path] | None = None,
 ) -> WorkerSettings:
     create_key_file(tmp_path / f"{name}.pem")
     return WorkerSettings(
@@ -41,6 +43,7 @@ def worker_settings(
         work_dir=tmp_path / name,
         resources={"cpu": 1, "memory": 1, "storage": 1},
         offer={"price": price, "floor": 50, "strategy": strategy},
+        fetch_file_roots=file_roots or [],
         executors=[
             {
                 "class": "train",
@@ -142,3 +145,52 @@ async def test_too_few_workers_fails_with_a_reason_instead_of_waiting_forever(
     assert not outcome.ok
     assert "only 1 of 3 workers accepted" in outcome.reason
     assert [p.phase for p in outcome.placements] == ["accepted"]
+
+
+async def test_jobs_fetch_an_artifact_report_progress_and_send_each_other_files(
+    tmp_path: Path,
+) -> None:
+    """Each job fetches a file:// artifact, posts status, sends a file to the other worker's
+    job through the bulk channel, and receives the other's file on its SSE stream."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text("to be or not to be\n" * 100)
+    workers = [
+        worker_settings(tmp_path, n, "tcp://127.0.0.1:1", "exchange", file_roots=[data])
+        for n in ("a", "b")
+    ]
+    settings = job(2, rounds=2, artifact=f"file://{data / 'corpus.txt'}")
+    outcome, progress = await run_job(tmp_path, workers, settings)
+    assert outcome.ok, outcome
+    reports = [json.loads((data / f"exchange-{i}.json").read_text()) for i in (0, 1)]
+    by_index = {p_.worker: i for i, p_ in enumerate(outcome.placements)}
+    for report in reports:
+        me = outcome.placements[report["index"]].worker
+        (other,) = [w for w in by_index if w != me]
+        assert report["fetched"][0]["size"] == len("to be or not to be\n" * 100)
+        assert report["reply-1"] == {"type": "Ok"}
+        assert report["sent"]["results"] == {other: "delivered"}
+        (got,) = report["received"]
+        assert got["from_peer"] == other
+        assert got["path"].startswith(f"incoming/{other}.result-")
+        assert got["text"] == f"worker {by_index[other]} read 1900 characters\n"
+    assert len([k for _, k in progress if isinstance(k, m.RoundMetrics)]) == 4
+
+
+async def test_hostile_bridge_requests_get_4xx_and_the_job_goes_on(tmp_path: Path) -> None:
+    """Path traversal, an absolute path, a 2 MiB body, bad JSON and a bad URI are refused with
+    JSON errors while the job runs; the job then reports progress and finishes."""
+    out = tmp_path / "hostile.json"
+    worker = worker_settings(tmp_path, "h", "tcp://127.0.0.1:1", "hostile")
+    outcome, progress = await run_job(tmp_path, [worker], job(1, rounds=1, out=str(out)))
+    assert outcome.ok, outcome
+    results = json.loads(out.read_text())
+    assert {k: v["status"] for k, v in results.items()} == {
+        "traversal": 400,
+        "absolute": 400,
+        "huge": 413,
+        "bad_json": 400,
+        "wrong_shape": 400,
+    }
+    assert all(set(v["body"]) == {"code", "detail"} for v in results.values())
+    assert [k for _, k in progress] == [m.RoundMetrics(1, {"loss": 1.0})]

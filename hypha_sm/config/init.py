@@ -35,6 +35,10 @@ external_addresses = []
 
 # Each job gets <work_dir>/hypha-<uuid>, mode 0700.
 work_dir = "{work_dir}"
+# Directories jobs may fetch file:// artifacts from (besides their own work dir).
+fetch_file_roots = []
+# Where peers push files to this node's jobs (default: the first listen host, a free port).
+# bulk_listen_address = "tcp://0.0.0.0:7201"
 
 # OpenTelemetry (off unless an endpoint is set). OTEL_* variables win over these keys.
 # telemetry_endpoint = "https://otlp.example/otlp"

@@ -82,7 +82,14 @@ class WorkerSettings(LayeredSettings):
     )
     listen_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
     external_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = []
+    bulk_listen_address: Annotated[str, Field(pattern=_ADDRESS)] | None = Field(
+        default=None,
+        description="where peers push files (default: the first listen host, a free port)",
+    )
     work_dir: Path
+    fetch_file_roots: list[Path] = Field(
+        default=[], description="directories jobs may fetch file:// artifacts from"
+    )
     resources: ResourceSettings
     offer: OfferSettings = OfferSettings()
     executors: list[ExecutorSettings] = Field(min_length=1)
@@ -97,7 +104,12 @@ class WorkerSettings(LayeredSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        addresses = [*self.gateway_addresses, *self.listen_addresses, *self.external_addresses]
+        addresses = [
+            *self.gateway_addresses,
+            *self.listen_addresses,
+            *self.external_addresses,
+            self.bulk_listen_address or "",
+        ]
         if any(a.startswith("tls+tcp://") for a in addresses):
             missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(self, n) is None]
             if missing:

@@ -12,7 +12,7 @@ import trio
 
 from hypha_sm.config.worker import ExecutorSettings
 from hypha_sm.core.effects import StartJob
-from hypha_sm.shell.bridge import JobBridge, SendProgress
+from hypha_sm.shell.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.shell.node import StartFailed
 from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
 
@@ -32,11 +32,17 @@ class LocalExecutor:
         executors: Sequence[ExecutorSettings],
         *,
         send_progress: SendProgress | None = None,
+        send: SendFile | None = None,
+        receive: ReceiveFiles | None = None,
+        file_roots: Sequence[Path] = (),
     ) -> None:
         self._nursery = nursery
         self._settings = settings
         self._executors = list(executors)
         self._send_progress = send_progress
+        self._send = send
+        self._receive = receive
+        self._file_roots = list(file_roots)
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
 
     async def start(self, job: StartJob) -> None:
@@ -77,6 +83,9 @@ class LocalExecutor:
             socket_path=process.socket_path,
             job_id=job.job_id,
             send_progress=self._send_progress,
+            send=self._send,
+            receive=self._receive,
+            file_roots=[process.work_dir, *self._file_roots],
         )
         scope = trio.CancelScope()
 

@@ -108,6 +108,7 @@ class WorkerNode:
         wall: Callable[[], float] = time.time,
         inbox_size: int = 4096,
         transfer_offers: TransferOffers | None = None,
+        gateways: Gateways | None = None,
     ) -> None:
         self.recorder = recorder
         self.transport = transport
@@ -125,7 +126,7 @@ class WorkerNode:
         self._stopped = trio.Event()
         self._subscriptions: list[Subscription] = []
         self._transfer_offers = transfer_offers
-        self.gateways = Gateways(transport, [], wall=wall)
+        self.gateways = gateways or Gateways(transport, [], wall=wall)
 
     # -- inputs ----------------------------------------------------------------------------
 

@@ -20,11 +20,13 @@ from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
+from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
+from hypha_sm.shell.peers import PeerFiles, bulk_address_for
 from hypha_sm.shell.process import ProcessSettings, clean_orphans
 from hypha_sm.wire import messages as m
 
@@ -70,7 +72,14 @@ async def run_worker(
         recorder = Recorder(
             sink, engine, machines_hash, policy_from_settings(settings), secrets.token_bytes(16)
         )
+        gateways = Gateways(transport, settings.gateway_addresses)
+        peer_files = PeerFiles(identity, transport, gateways, work_dir / "bulk-staging", tls=tls)
         async with trio.open_nursery() as nursery:
+            bulk_address = settings.bulk_listen_address or bulk_address_for(
+                settings.listen_addresses[0]
+            )
+            bulk_bound = await nursery.start(peer_files.serve, bulk_address)
+            log.info("receiving peer files on %s", bulk_bound)
 
             async def send_progress(progress: m.Progress) -> m.ProgressReply:
                 return await node.send_progress(progress)
@@ -80,6 +89,9 @@ async def run_worker(
                 ProcessSettings(work_dir=work_dir),
                 settings.executors,
                 send_progress=send_progress,
+                send=peer_files.send,
+                receive=peer_files.receive,
+                file_roots=settings.fetch_file_roots,
             )
             node = WorkerNode(
                 recorder,
@@ -87,6 +99,8 @@ async def run_worker(
                 executor,
                 address=settings.listen_addresses[0],
                 public_address=next(iter(settings.external_addresses), None),
+                transfer_offers=peer_files.consider,
+                gateways=gateways,
             )
             done = trio.Event()
 

@@ -1,0 +1,207 @@
+"""Files between jobs on different nodes: what the bridge's send and receive routes do.
+
+**Sending** (``send``): find the peer's request address in the gateways' directory (its own
+signed record), ask it over request/response whether it takes the file (a signed
+``transfer_offer``; the answer names its bulk address), then stream the bytes with
+``hypha_sm.net.bulk.send_file``, which returns only once the receiver verified size and
+SHA-256. The file is offered as ``<our peer id>.<file name>``, so the receiver sees who sent
+it in the name (as the original did) and two senders never collide.
+
+**Receiving**: one ``BulkServer`` per node writes verified files into a staging dir; each is
+then linked into the directory of every job that has a receive stream open (the bridge's
+``/resources/receive``), replacing an older file of the same name (each round overwrites, as
+in the original), and announced on that stream. Offers are refused while no job is
+receiving, so nothing is written that nobody will read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from hypha_sm.net.bulk import (
+    BulkError,
+    BulkServer,
+    ReceivedFile,
+    file_sha256,
+    new_transfer_id,
+    send_file,
+)
+from hypha_sm.net.discovery import Gateways, dialable
+from hypha_sm.net.streams import Address
+from hypha_sm.net.tls import TlsFiles
+from hypha_sm.net.transport import NetError, Transport
+from hypha_sm.shell import bridge
+from hypha_sm.wire.identity import Identity, IdentityError, PeerId
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer
+
+log = logging.getLogger(__name__)
+
+#: Events buffered per receive stream before new ones are dropped (the file stays in the dir).
+RECEIVE_BUFFER = 64
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+@dataclass(eq=False)
+class _Receiver:
+    directory: Path
+    events: trio.MemorySendChannel[bridge.ReceivedFile]
+
+
+def bulk_address_for(listen: str) -> str:
+    """A bulk address beside a request address: same scheme and host, a free port."""
+    if listen.startswith("ipc://"):
+        return f"{listen}.bulk"
+    scheme, _, rest = listen.partition("://")
+    host = rest.rsplit(":", 1)[0]
+    return f"{scheme}://{host}:0"
+
+
+class PeerFiles:
+    """The node's side of pushing files to peers and receiving theirs."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        transport: Transport,
+        gateways: Gateways,
+        staging: Path,
+        *,
+        tls: TlsFiles | None = None,
+        max_size: int = 64 << 30,
+    ) -> None:
+        self.identity = identity
+        self.transport = transport
+        self.gateways = gateways
+        self.tls = tls
+        self._receivers: list[_Receiver] = []
+        self.server = BulkServer(
+            staging,
+            identity=identity,
+            authorize=self._authorize,
+            tls=tls,
+            max_size=max_size,
+            on_result=self._deliver,
+        )
+
+    async def serve(
+        self, address: str, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive transfers on ``address`` until cancelled (stale staging files removed)."""
+        staging = self.server.directory
+        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for leftover in staging.iterdir():
+            leftover.unlink(missing_ok=True)
+        await self.server.serve(address, task_status=task_status)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def consider(self, sender: PeerId, offer: TransferOffer) -> TransferAnswer:
+        """The answer to a peer's ``transfer_offer`` request (the node's hook)."""
+        return self.server.consider(sender, offer)
+
+    def _authorize(self, sender: PeerId, offer: TransferOffer) -> str | None:
+        if not self._receivers:
+            return "no job on this node is receiving"
+        return None
+
+    def _deliver(self, outcome: ReceivedFile | BulkError) -> None:
+        if isinstance(outcome, BulkError):
+            log.warning("incoming transfer failed: %s", outcome)
+            return
+        staged = outcome.path
+        try:
+            size = staged.stat().st_size
+            for receiver in list(self._receivers):
+                target = receiver.directory / outcome.offer.name
+                temporary = receiver.directory / f".{outcome.offer.transfer_id}.in"
+                try:
+                    os.link(staged, temporary)
+                    os.replace(temporary, target)
+                except OSError as exc:
+                    log.warning("cannot place %s in %s: %s", staged.name, receiver.directory, exc)
+                    continue
+                event = bridge.ReceivedFile(
+                    target, size, str(outcome.sender), outcome.offer.sha256
+                )
+                try:
+                    receiver.events.send_nowait(event)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    log.warning("receive stream full or gone: %s not announced", target)
+            if not self._receivers:
+                log.warning("%s arrived after its receiver left; discarded", staged.name)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    async def receive(self, directory: Path) -> AsyncIterator[bridge.ReceivedFile]:
+        """The files peers push, placed in ``directory``, as they arrive (the bridge's hook)."""
+        send, events = trio.open_memory_channel[bridge.ReceivedFile](RECEIVE_BUFFER)
+        receiver = _Receiver(directory, send)
+        self._receivers.append(receiver)
+        try:
+            async with events:
+                async for event in events:
+                    yield event
+        finally:
+            self._receivers.remove(receiver)
+            send.close()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send(self, path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
+        """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook)."""
+        sha256 = await file_sha256(path)
+        name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{path.name}")[:255]
+        results: dict[str, str] = {}
+        for peer in peers:
+            results[peer] = await self._send_one(path, peer, name, sha256, purpose)
+        return results
+
+    async def _send_one(self, path: Path, peer: str, name: str, sha256: str, purpose: str) -> str:
+        try:
+            peer_id = PeerId.parse(peer)
+        except IdentityError:
+            return "invalid_peer"
+        addresses = await self.gateways.lookup_peer(peer)
+        if not addresses:
+            return "unknown_peer: no gateway has its record"
+        size = os.stat(path).st_size  # the bridge checked it exists; a stat does not block long
+        offer = TransferOffer(new_transfer_id(), name, size, sha256, purpose)
+        outcome = "unreachable"
+        for address in addresses:
+            try:
+                answer = await self.transport.request(address, offer, expect=peer_id, timeout=5.0)
+            except NetError as exc:
+                outcome = f"unreachable: {exc.reason}"
+                continue
+            reply = answer.message
+            if not isinstance(reply, TransferAnswer) or reply.transfer_id != offer.transfer_id:
+                return "unexpected_answer"
+            if not reply.accepted:
+                return f"refused: {reply.reason}"
+            try:
+                await send_file(
+                    path,
+                    to=dialable(reply.address, address),
+                    identity=self.identity,
+                    peer=peer_id,
+                    tls=self.tls,
+                    name=name,
+                    purpose=purpose,
+                    sha256=sha256,
+                    transfer_id=offer.transfer_id,
+                )
+            except BulkError as exc:
+                log.warning("sending %s to %s failed: %s", path.name, peer, exc)
+                return f"failed: {exc}"
+            except OSError as exc:
+                return f"failed: {exc.strerror}"
+            log.info("sent %s (%d bytes) to %s", path.name, offer.size, peer)
+            return "delivered"
+        return outcome
