@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     p_sched_run.add_argument("--config", dest="config_flag", type=Path, help="job.toml")
     p_sched_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
 
+    p_devnet = sub.add_parser(
+        "devnet", help="a local gateway, scheduler and two workers running a demo job"
+    )
+    p_devnet.add_argument("--dir", type=Path, help="keep everything here (default: a temp dir)")
+    p_devnet.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
+    p_devnet.add_argument("--rounds", type=int, default=5, help="training rounds per worker")
+
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
     p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
     p_init.add_argument("--work-dir", type=Path, default=Path("work"), help="job directories")
@@ -121,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             return _scheduler(args)
         if args.command == "init":
             return _init(args)
+        if args.command == "devnet":
+            from hypha_sm.shell.devnet import run_devnet
+
+            return run_devnet(args.dir, keep=args.keep, rounds=args.rounds)
         if args.command == "run":
             return _run(args)
         if args.command == "probe":

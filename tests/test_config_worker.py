@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,14 @@ def test_init_writes_a_config_that_loads_unchanged(example: Path, tmp_path: Path
     settings = load_worker_settings(example, {})
     assert settings.work_dir == tmp_path / "work"
     assert settings.offer.strategy == "whole"
-    assert [(e.cls, e.runtime) for e in settings.executors] == [
-        ("train", "process"),
-        ("aggregate", "parameter-server"),
+    assert [(e.cls, e.name, e.runtime) for e in settings.executors] == [
+        ("train", "diloco-transformer", "process"),
+        ("train", "bigram-demo", "process"),
+        ("aggregate", "parameter-server", "parameter-server"),
     ]
     assert "{SOCKET_PATH}" in settings.executors[0].args
+    # Jobs run with the interpreter that has hypha_sm installed, not whatever `python` is.
+    assert settings.executors[1].cmd == sys.executable
     assert settings.telemetry_endpoint is None
 
 
@@ -114,7 +118,7 @@ BAD = [
         ('runtime = "process"', 'runtime = "parameter-server"'),
         "class 'train' runs on runtime 'process'",
     ),
-    ("process without cmd", ('cmd = "python"', "# no cmd"), "the process runtime needs `cmd`"),
+    ("process without cmd", ("cmd = ", "# no cmd = "), "the process runtime needs `cmd`"),
     (
         "duplicate executor",
         ('name = "parameter-server"', 'name = "diloco-transformer"\nclass_ = 1'),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -71,8 +72,17 @@ strategy = "whole"
 class = "train"
 name = "diloco-transformer"
 runtime = "process"
-cmd = "python"
+cmd = "{python}"
 args = ["-m", "hypha_sm.executors.train", "--socket", "{{SOCKET_PATH}}", "--work-dir", "{{WORK_DIR}}", "--job", "{{JOB_JSON}}"]
+
+# The demo job `hypha-sm devnet` runs: a bigram model trained on shards of a corpus
+# (hypha_sm/demo_job.py; it reads $SOCKET_PATH and $JOB_JSON).
+[[executors]]
+class = "train"
+name = "bigram-demo"
+runtime = "process"
+cmd = "{python}"
+args = ["-m", "hypha_sm.demo_job"]
 
 [[executors]]
 class = "aggregate"
@@ -117,7 +127,9 @@ def write_example(
             for key, p in zip(("cert_pem", "key_pem", "trust_pem"), tls_paths, strict=True)
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(EXAMPLE.format(node_key=key_path, tls=tls, work_dir=work_dir))
+    path.write_text(
+        EXAMPLE.format(node_key=key_path, tls=tls, work_dir=work_dir, python=sys.executable)
+    )
     written.insert(0, path)
     return written
 

@@ -1,0 +1,203 @@
+"""``hypha-sm devnet``: a whole local network, as real processes, running one job end to end.
+
+It writes everything into one directory: node keys, ``gateway`` flags, two worker configs made
+by ``hypha-sm init`` (the example config, with ports, work dirs and a small resource budget set
+through flags and ``HYPHA_*`` variables, as a user would), a ``job.toml`` for the scheduler, and
+a corpus (the Python documentation's topic texts, which ship with Python). Then it starts:
+
+    hypha-sm gateway run          (waits until it answers)
+    hypha-sm run worker-1.toml    (waits until healthy: listening and subscribed)
+    hypha-sm run worker-2.toml
+    hypha-sm scheduler run job.toml   (in the foreground: its progress lines are shown)
+
+The job is ``hypha_sm.demo_job``: each worker trains a bigram model on its shard, reports the
+held-out loss each round, then the two send each other their counts through the bulk channel
+and report the merged model's loss. At the end the workers and the gateway get SIGTERM; their
+logs and event logs stay in the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import trio
+
+from hypha_sm.config.init import write_example
+from hypha_sm.net.keys import create_key_file
+from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.wire.identity import Identity
+from hypha_sm.wire.messages import Health, HealthReply
+
+log = logging.getLogger(__name__)
+
+WORKERS = 2
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _Child:
+    name: str
+    process: trio.Process
+    log_file: IO[bytes] | None = None
+
+
+@dataclass
+class Devnet:
+    """The directory, the ports, and the processes of one local network."""
+
+    directory: Path
+    rounds: int = 5
+    children: list[_Child] = field(default_factory=list)
+
+    def prepare(self) -> tuple[list[str], Path]:
+        """Keys, configs, corpus; the gateway flags and the job file."""
+        d = self.directory
+        d.mkdir(parents=True, exist_ok=True)
+        create_key_file(d / "gateway-key.pem", force=True)
+        create_key_file(d / "scheduler-key.pem", force=True)
+        self.gateway = f"tcp://127.0.0.1:{free_port()}"
+        gateway_flags = [
+            "--node-key",
+            str(d / "gateway-key.pem"),
+            "--listen",
+            self.gateway,
+            "--ingest",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--publish",
+            f"tcp://127.0.0.1:{free_port()}",
+        ]
+        self.workers = []
+        for i in range(1, WORKERS + 1):
+            config = d / f"worker-{i}.toml"
+            write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
+            create_key_file(d / f"worker-{i}-node-key.pem", force=True)
+            self.workers.append((config, f"tcp://127.0.0.1:{free_port()}"))
+        from pydoc_data.topics import topics
+
+        corpus = d / "corpus.txt"
+        corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
+        job = d / "job.toml"
+        job.write_text(
+            f'node_key = "{d / "scheduler-key.pem"}"\n'
+            f'gateway_addresses = ["{self.gateway}"]\n'
+            'listen_address = "tcp://127.0.0.1:0"\n\n'
+            "[job]\n"
+            "workers = 2\n"
+            'executor = { class = "train", name = "bigram-demo" }\n'
+            "resources = { cpu = 1, memory = 1 }\n"
+            "bid = 100\n"
+            "renew_interval = 0.5\n"
+            "timeout = 300\n"
+            f'spec = {{ artifact = "file://{corpus}", rounds = {self.rounds} }}\n'
+        )
+        return gateway_flags, job
+
+    async def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log_file = (self.directory / f"{name}.log").open("wb")
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.children.append(_Child(name, process, log_file))
+
+    async def run(self) -> int:
+        """Start everything, run the job, stop everything; the scheduler's exit code."""
+        gateway_flags, job = self.prepare()
+        cli = [sys.executable, "-m", "hypha_sm.cli"]
+        print(f"devnet in {self.directory}")
+        try:
+            await self._start("gateway", [*cli, "gateway", "run", *gateway_flags])
+            await self._wait_answering(self.gateway, healthy=False, who="gateway")
+            print(f"  gateway    {self.gateway} (pid {self.children[0].process.pid})")
+            for i, (config, listen) in enumerate(self.workers, start=1):
+                env = {
+                    "HYPHA_RESOURCES__CPU": "1",
+                    "HYPHA_RESOURCES__MEMORY": "2",
+                    "HYPHA_RESOURCES__STORAGE": "1",
+                    "HYPHA_FETCH_FILE_ROOTS": f'["{self.directory}"]',
+                }
+                flags = ["--gateway", self.gateway, "--listen", listen]
+                await self._start(f"worker-{i}", [*cli, "run", str(config), *flags], env)
+            for i, (_, listen) in enumerate(self.workers, start=1):
+                await self._wait_answering(listen, healthy=True, who=f"worker-{i}")
+                pid = self.children[i].process.pid
+                print(f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log)")
+            print("  scheduler  running job.toml: 2 workers, bigram-demo\n", flush=True)
+            result = await trio.run_process([*cli, "scheduler", "run", str(job)], check=False)
+            return int(result.returncode)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+
+    async def _wait_answering(self, address: str, *, healthy: bool, who: str) -> None:
+        with Endpoint(Identity.generate()) as endpoint:
+            with trio.move_on_after(READY_TIMEOUT):
+                while True:
+                    self._check_alive()
+                    try:
+                        answer = await endpoint.request(address, Health(), timeout=1.0)
+                    except NetError:
+                        await trio.sleep(0.1)
+                        continue
+                    if not healthy or answer.message == HealthReply(True):
+                        return
+                    await trio.sleep(0.1)
+        raise DevnetError(f"{who} at {address} not ready within {READY_TIMEOUT} s")
+
+    def _check_alive(self) -> None:
+        for child in self.children:
+            if child.process.returncode is not None:
+                raise DevnetError(
+                    f"{child.name} exited with {child.process.returncode}; "
+                    f"see {self.directory / (child.name + '.log')}"
+                )
+
+    async def _stop_all(self) -> None:
+        for child in reversed(self.children):  # workers first, the gateway last
+            if child.process.returncode is None:
+                child.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(15):
+            for child in self.children:
+                await child.process.wait()
+        for child in self.children:
+            if child.process.returncode is None:
+                child.process.kill()
+                await child.process.wait()
+            if child.log_file is not None:
+                child.log_file.close()
+
+
+class DevnetError(Exception):
+    """A part of the devnet did not come up; the message says which and where its log is."""
+
+
+def run_devnet(directory: Path | None, *, keep: bool, rounds: int) -> int:
+    """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
+    chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
+    code = trio.run(Devnet(chosen.absolute(), rounds=rounds).run)
+    if code == 0 and not keep and directory is None:
+        shutil.rmtree(chosen, ignore_errors=True)
+        print("devnet: the job finished on both workers; all processes stopped")
+    else:
+        print(f"devnet: exit {code}; logs, configs and event logs in {chosen}")
+    return code
