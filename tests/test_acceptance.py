@@ -667,7 +667,7 @@ def test_job_starting_job_start_failed_frees_the_lease_for_another_dispatch() ->
     lease_id = accepted_lease(w)
     w.feed(dispatch(lease_id, "job-1", reply_to=3))
     out = w.feed(JobStartFailed("job-1", "no such file"))
-    assert out.effects == (ReplyDispatchFailed(3, "job-1", "start_failed"),)
+    assert out.effects == (ReplyDispatchFailed(3, "job-1", "start_failed", "no such file"),)
     assert job(w, "job-1") is None
     assert lease(w, lease_id).job_id is None
     assert lease(w, lease_id).phase == "active"

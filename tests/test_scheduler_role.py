@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from hypha_sm.config.scheduler import JobSettings
-from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.config.scheduler import JobExecutor, JobSettings
+from hypha_sm.config.worker import ExecutorSettings, WorkerSettings
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.shell.run import run_worker
@@ -194,3 +194,26 @@ async def test_hostile_bridge_requests_get_4xx_and_the_job_goes_on(tmp_path: Pat
     }
     assert all(set(v["body"]) == {"code", "detail"} for v in results.values())
     assert [k for _, k in progress] == [m.RoundMetrics(1, {"loss": 1.0})]
+
+
+async def test_a_dispatch_to_the_parameter_server_runtime_fails_with_a_clear_reason(
+    tmp_path: Path,
+) -> None:
+    """The config accepts the parameter-server runtime; dispatching to it is refused with why."""
+    worker = worker_settings(tmp_path, "ps", "tcp://127.0.0.1:1", "progress")
+    worker.executors.append(
+        ExecutorSettings.model_validate(
+            {"class": "aggregate", "name": "parameter-server", "runtime": "parameter-server"}
+        )
+    )
+    settings = job(1)
+    settings.executor = JobExecutor.model_validate(
+        {"class": "aggregate", "name": "parameter-server"}
+    )
+    outcome, _ = await run_job(tmp_path, [worker], settings)
+    (placement,) = outcome.placements
+    assert placement.phase == "failed"
+    assert placement.reason == (
+        "dispatch refused: start_failed "
+        "(the parameter-server runtime is not available yet (it comes with DiLoCo))"
+    )

@@ -174,7 +174,9 @@ async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
                     failed = await sched.endpoint.request(
                         worker_address, m.DispatchJob("job-1", lease, TRAIN, "{}")
                     )
-                    assert failed.message == m.DispatchFailed("job-1", "start_failed")
+                    assert failed.message == m.DispatchFailed(
+                        "job-1", "start_failed", "no such command"
+                    )
                     health = await stranger.request(worker_address, m.Health())
                     assert health.message == m.HealthReply(True)
                     await node.shutdown()

@@ -58,12 +58,13 @@ class ReplyDispatched(_Effect, tag="reply_dispatched", frozen=True):
     expires_wall: float
 
 
-class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed", frozen=True):
-    """Answer a dispatch with a refusal and its reason."""
+class ReplyDispatchFailed(_Effect, tag="reply_dispatch_failed", frozen=True, omit_defaults=True):
+    """Answer a dispatch with a refusal, its reason code and (for start failures) a detail."""
 
     reply_to: int
     job_id: str
     reason: str
+    detail: str = ""  # omitted when empty, so logs without it encode as before
 
 
 class StartJob(_Effect, tag="start_job", frozen=True):

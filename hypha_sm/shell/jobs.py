@@ -58,7 +58,9 @@ class LocalExecutor:
         if config is None:
             raise StartFailed("executor_not_configured")
         if config.runtime != "process" or not config.cmd:
-            raise StartFailed("the parameter-server runtime is not available yet")
+            raise StartFailed(
+                "the parameter-server runtime is not available yet (it comes with DiLoCo)"
+            )
         process = ProcessJob(
             ProcessSpec(
                 job.job_id, job.work_dir_id, config.cmd, config.args, job.spec, job.resources

@@ -296,7 +296,9 @@ class WorkerNode:
                     m.JobDispatched(effect.job_id, effect.lease_id, effect.expires_wall),
                 )
             case ReplyDispatchFailed():
-                self._reply(effect.reply_to, m.DispatchFailed(effect.job_id, effect.reason))
+                self._reply(
+                    effect.reply_to, m.DispatchFailed(effect.job_id, effect.reason, effect.detail)
+                )
             case StartJob():
                 self._later(self._run_job(effect))
             case StopJob():

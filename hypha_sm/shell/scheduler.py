@@ -352,9 +352,11 @@ class Scheduler:
                 if placement.phase == "accepted":
                     placement.phase = "dispatched"
                 log.info("%s: job %s dispatched", _short(placement.worker), placement.job_id)
+            elif isinstance(answer.message, m.DispatchFailed):
+                detail = f" ({answer.message.detail})" if answer.message.detail else ""
+                self._fail(placement, f"dispatch refused: {answer.message.reason}{detail}")
             else:
-                reason = getattr(answer.message, "reason", type(answer.message).__name__)
-                self._fail(placement, f"dispatch refused: {reason}")
+                self._fail(placement, f"dispatch answered {type(answer.message).__name__}")
 
     def _fail(self, placement: Placement, reason: str) -> None:
         if placement.phase in FINAL:

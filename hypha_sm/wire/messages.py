@@ -113,11 +113,12 @@ class JobDispatched(_Msg, tag="job_dispatched", frozen=True):
     expires: float
 
 
-class DispatchFailed(_Msg, tag="dispatch_failed", frozen=True):
-    """Dispatch refused or the job could not start, with a reason."""
+class DispatchFailed(_Msg, tag="dispatch_failed", frozen=True, omit_defaults=True):
+    """Dispatch refused or the job could not start: a reason code and, if any, a detail."""
 
     job_id: str
     reason: str
+    detail: str = ""
 
 
 # -- job status ------------------------------------------------------------------------------

@@ -81,8 +81,9 @@ def reply_start_failed(ctx: Ctx) -> None:
     """Answer the dispatch: the job could not be started."""
     job: JobRec = ctx.rec
     event = ctx.event
-    job.reason = "start_failed" if isinstance(event, JobStartFailed) else "exited_during_start"
-    _answer_dispatch_failed(ctx, job, job.reason)
+    failed = isinstance(event, JobStartFailed)
+    job.reason = "start_failed" if failed else "exited_during_start"
+    _answer_dispatch_failed(ctx, job, job.reason, event.reason if failed else "")
 
 
 @REGISTRY.action_with_arg
@@ -91,9 +92,9 @@ def reply_dispatch_failed(ctx: Ctx, reason: str) -> None:
     _answer_dispatch_failed(ctx, ctx.rec, reason)
 
 
-def _answer_dispatch_failed(ctx: Ctx, job: JobRec, reason: str) -> None:
+def _answer_dispatch_failed(ctx: Ctx, job: JobRec, reason: str, detail: str = "") -> None:
     if job.reply_to is not None:
-        ctx.state.emit(ReplyDispatchFailed(job.reply_to, job.key, reason))
+        ctx.state.emit(ReplyDispatchFailed(job.reply_to, job.key, reason, detail))
         job.reply_to = None
 
 
