@@ -220,6 +220,16 @@ def _scheduler(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def _check_telemetry(settings: Any) -> None:
+    """Malformed telemetry headers or attributes stop the node before it starts."""
+    from hypha_sm.shell.telemetry import TelemetryConfig, TelemetryConfigError
+
+    try:
+        TelemetryConfig.from_settings(settings, "")
+    except TelemetryConfigError as exc:
+        raise ConfigError(f"invalid configuration:\n  {exc}") from None
+
+
 def _log_to_stderr() -> None:
     import logging
 
@@ -253,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         "listen_addresses": args.listen,
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
+    _check_telemetry(settings)
     _log_to_stderr()
     trio.run(run_worker, settings)
     return 0
@@ -279,6 +290,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
     flags = {"work_dir": args.work_dir, "gateway_addresses": args.gateway}
     settings = load_worker_settings(args.config, flags)
+    _check_telemetry(settings)
     print(settings.model_dump_json(indent=2, by_alias=True))
     return 0
 

@@ -170,6 +170,10 @@ class NetStats:
         failed_requests: our own requests that raised ``NetError``, by reason.
         connection_errors: connections NNG closed with an error: a frame over the hard size
             limit, or the peer hung up (NNG does not tell them apart).
+        bytes_in: bytes received, by protocol (``hypha/request``: requests we answered and
+            answers we got; ``hypha/pubsub``: publication frames).
+        bytes_out: bytes sent, by protocol (a publication counts once, however many
+            subscribers it reaches).
     """
 
     accepted: int
@@ -179,6 +183,13 @@ class NetStats:
     handler_errors: int
     failed_requests: Mapping[str, int]
     connection_errors: int
+    bytes_in: Mapping[str, int] = field(default_factory=dict)
+    bytes_out: Mapping[str, int] = field(default_factory=dict)
+
+
+#: Protocol names in the byte counters (the ``protocols`` attribute of the bandwidth metrics).
+REQUEST_PROTOCOL = "hypha/request"
+PUBSUB_PROTOCOL = "hypha/pubsub"
 
 
 @dataclass(slots=True)
@@ -190,6 +201,8 @@ class _Counters:
     handler_errors: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     connection_errors: int = 0
+    bytes_in: Counter[str] = field(default_factory=Counter)
+    bytes_out: Counter[str] = field(default_factory=Counter)
 
 
 def _frozen(counts: Counter[str]) -> Mapping[str, int]:
@@ -252,6 +265,16 @@ class Transport(abc.ABC):
         self, data: bytes, handler: Handler, peer: Callable[[], object]
     ) -> bytes | None:
         """The sealed answer to one request, or None when it deserves no answer."""
+        answer = await self._answer_bytes(data, handler, peer)
+        counts = self._counts
+        counts.bytes_in[REQUEST_PROTOCOL] += len(data)
+        if answer is not None:
+            counts.bytes_out[REQUEST_PROTOCOL] += len(answer)
+        return answer
+
+    async def _answer_bytes(
+        self, data: bytes, handler: Handler, peer: Callable[[], object]
+    ) -> bytes | None:
         result = self._opener.open(data, self._wall())
         if isinstance(result, Rejection):
             self._reject(result, "request", peer())
@@ -335,6 +358,8 @@ class Transport(abc.ABC):
             data = await self._exchange(address, envelope, wait)
         except NetError as exc:
             raise self._failed(exc) from None
+        self._counts.bytes_out[REQUEST_PROTOCOL] += len(envelope)
+        self._counts.bytes_in[REQUEST_PROTOCOL] += len(data)
         result = self._opener.open(data, self._wall(), expect)
         if isinstance(result, Rejection):
             self._reject(result, "answer", address)
@@ -378,6 +403,8 @@ class Transport(abc.ABC):
             handler_errors=c.handler_errors,
             failed_requests=_frozen(c.failed),
             connection_errors=c.connection_errors,
+            bytes_in=_frozen(c.bytes_in),
+            bytes_out=_frozen(c.bytes_out),
         )
 
     def close(self) -> None:
@@ -428,7 +455,9 @@ class Publisher(abc.ABC):
         if len(envelope) > limit:
             raise NetError("too_large", where, detail=f"{len(envelope)} > {limit}")
         self._seq += 1
-        await self._send_frame(relay.frame(self._seq, envelope))
+        frame = relay.frame(self._seq, envelope)
+        await self._send_frame(frame)
+        self._transport._counts.bytes_out[PUBSUB_PROTOCOL] += len(frame)
 
     @abc.abstractmethod
     async def _send_frame(self, frame: bytes) -> None: ...
@@ -476,6 +505,7 @@ class Subscription(abc.ABC):
         counts = t._counts
         while True:
             frame, source = await self._receive_frame()
+            counts.bytes_in[PUBSUB_PROTOCOL] += len(frame)
             envelope = self._unframe(frame, source)
             if envelope is None:
                 continue

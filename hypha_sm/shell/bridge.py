@@ -271,6 +271,7 @@ class JobBridge:
     limits: BridgeLimits = field(default_factory=BridgeLimits)
     http_transport: httpx.AsyncBaseTransport | None = None  # tests; default: a real one
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    on_request: Callable[[str, int], None] | None = None  # (route, status) e.g. for telemetry
 
     def __post_init__(self) -> None:
         self._root = Path(os.path.realpath(self.work_dir))
@@ -329,7 +330,7 @@ class JobBridge:
         async def http_error(request: Request, exc: Exception) -> Response:
             status = exc.status_code if isinstance(exc, HTTPException) else 500
             code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-            self.requests[("other", status)] += 1
+            self._count("other", status)
             return error_response(status, code, f"{request.method} {request.url.path}")
 
         return Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
@@ -345,10 +346,15 @@ class JobBridge:
             except Exception as exc:
                 log.exception("bridge %s failed", name)
                 response = error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
-            self.requests[(name, response.status_code)] += 1
+            self._count(name, response.status_code)
             return response
 
         return endpoint
+
+    def _count(self, route: str, status: int) -> None:
+        self.requests[(route, status)] += 1
+        if self.on_request is not None:
+            self.on_request(route, status)
 
     async def _read_json(self, request: Request, *, allow_empty: bool = False) -> object:
         limit = self.limits.max_body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -35,6 +35,7 @@ class LocalExecutor:
         send: SendFile | None = None,
         receive: ReceiveFiles | None = None,
         file_roots: Sequence[Path] = (),
+        on_bridge_request: Callable[[str, int], None] | None = None,
     ) -> None:
         self._nursery = nursery
         self._settings = settings
@@ -43,6 +44,7 @@ class LocalExecutor:
         self._send = send
         self._receive = receive
         self._file_roots = list(file_roots)
+        self._on_bridge_request = on_bridge_request
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
 
     async def start(self, job: StartJob) -> None:
@@ -88,6 +90,7 @@ class LocalExecutor:
             send=self._send,
             receive=self._receive,
             file_roots=[process.work_dir, *self._file_roots],
+            on_request=self._on_bridge_request,
         )
         scope = trio.CancelScope()
 

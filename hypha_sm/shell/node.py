@@ -53,6 +53,7 @@ from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Subscription, Transport
+from hypha_sm.shell.telemetry import Telemetry
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
@@ -109,6 +110,7 @@ class WorkerNode:
         inbox_size: int = 4096,
         transfer_offers: TransferOffers | None = None,
         gateways: Gateways | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.recorder = recorder
         self.transport = transport
@@ -127,6 +129,7 @@ class WorkerNode:
         self._subscriptions: list[Subscription] = []
         self._transfer_offers = transfer_offers
         self.gateways = gateways or Gateways(transport, [], wall=wall)
+        self.telemetry = telemetry or Telemetry()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -273,6 +276,7 @@ class WorkerNode:
                 event = await self._inbox.receive()
             now = Now(trio.current_time(), self._wall())
             result = self.recorder.feed(event, now)
+            self.telemetry.on_step(event, result, now)
             self.stats.steps += 1
             for effect in result.effects:
                 self._perform(effect)
@@ -347,7 +351,9 @@ class WorkerNode:
             await self._send.send(JobStartFailed(job.job_id, str(exc)))
             return
         except Exception as exc:  # an effect that fails reports back; it never kills the loop
-            log.exception("job %s: executor failed to start it", job.job_id)
+            self.telemetry.job_logger(log, job.job_id).exception(
+                "job %s: executor failed to start it", job.job_id
+            )
             await self._send.send(JobStartFailed(job.job_id, f"executor error: {exc!r}"))
             return
         await self._send.send(JobStarted(job.job_id))

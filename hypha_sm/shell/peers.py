@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import trio
 
@@ -43,6 +44,8 @@ from hypha_sm.wire.messages import TransferAnswer, TransferOffer
 
 log = logging.getLogger(__name__)
 
+#: The ``protocols`` attribute of bulk bytes in the bandwidth metrics.
+BULK_PROTOCOL = "hypha/bulk"
 #: Events buffered per receive stream before new ones are dropped (the file stays in the dir).
 RECEIVE_BUFFER = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
@@ -75,11 +78,13 @@ class PeerFiles:
         *,
         tls: TlsFiles | None = None,
         max_size: int = 64 << 30,
+        on_bytes: Callable[[str, Literal["inbound", "outbound"], int], None] | None = None,
     ) -> None:
         self.identity = identity
         self.transport = transport
         self.gateways = gateways
         self.tls = tls
+        self._on_bytes = on_bytes
         self._receivers: list[_Receiver] = []
         self.server = BulkServer(
             staging,
@@ -116,6 +121,8 @@ class PeerFiles:
             log.warning("incoming transfer failed: %s", outcome)
             return
         staged = outcome.path
+        if self._on_bytes is not None:
+            self._on_bytes(BULK_PROTOCOL, "inbound", outcome.offer.size)
         try:
             size = staged.stat().st_size
             for receiver in list(self._receivers):
@@ -203,5 +210,7 @@ class PeerFiles:
             except OSError as exc:
                 return f"failed: {exc.strerror}"
             log.info("sent %s (%d bytes) to %s", path.name, offer.size, peer)
+            if self._on_bytes is not None:
+                self._on_bytes(BULK_PROTOCOL, "outbound", offer.size)
             return "delivered"
         return outcome

@@ -340,6 +340,8 @@ class ProcessJob:
 
     def __init__(self, spec: ProcessSpec, settings: ProcessSettings) -> None:
         self.spec = spec
+        # Every line about the job carries its id, so telemetry can add the job's trace id.
+        self._log = logging.LoggerAdapter(log, {"job_id": spec.job_id})
         self.settings = settings
         #: ``<work_dir>/hypha-<work_dir_id>``; the job's cwd.
         self.work_dir = settings.work_dir.absolute() / f"{DIR_PREFIX}{spec.work_dir_id}"
@@ -492,7 +494,7 @@ class ProcessJob:
             try:
                 self._cgroup.rmdir()
             except OSError as exc:
-                log.warning(
+                self._log.warning(
                     "job %s: cannot remove cgroup %s: %s", self.spec.job_id, self._cgroup, exc
                 )
             self._cgroup = None
@@ -547,7 +549,7 @@ class ProcessJob:
         popen = self._popen
         assert popen is not None
         self.pid = popen.pid
-        log.info(
+        self._log.info(
             "job %s: started pid %d in %s%s",
             self.spec.job_id,
             popen.pid,
@@ -589,16 +591,20 @@ class ProcessJob:
             await self._terminate()
         else:  # the main process ended by itself: leftovers get the default grace
             if self._members():
-                log.info("job %s: main process exited; stopping what it left", self.spec.job_id)
+                self._log.info(
+                    "job %s: main process exited; stopping what it left", self.spec.job_id
+                )
                 if self._kill_at is None:
                     self._kill_at = trio.current_time() + self.settings.grace
                 await self._terminate()
         await _wait_exit(popen, None)
         self.exit_code = popen.returncode
-        log.info("job %s: exited with %s; every process gone", self.spec.job_id, self.exit_code)
+        self._log.info(
+            "job %s: exited with %s; every process gone", self.spec.job_id, self.exit_code
+        )
 
     async def _cancelled(self, popen: subprocess.Popen[bytes]) -> None:
-        log.info("job %s: supervision cancelled; stopping the job", self.spec.job_id)
+        self._log.info("job %s: supervision cancelled; stopping the job", self.spec.job_id)
         if self._kill_at is None:
             self._kill_at = trio.current_time() + self.settings.grace
         await self._terminate()
@@ -645,7 +651,7 @@ class ProcessJob:
     async def _terminate(self) -> None:
         """TERM the group and every member; until the kill deadline; then KILL until none is left."""
         members = self._members()
-        log.info(
+        self._log.info(
             "job %s: SIGTERM to %d processes (%s)",
             self.spec.job_id,
             len(members),
@@ -659,7 +665,7 @@ class ProcessJob:
                 break
             await trio.sleep(_POLL)
         while members := self._members():
-            log.info(
+            self._log.info(
                 "job %s: SIGKILL to %s",
                 self.spec.job_id,
                 ", ".join(str(p.pid) for p in members),
@@ -676,11 +682,11 @@ class ProcessJob:
     def _settle_work_dir(self) -> None:
         if self.exit_code == 0:
             shutil.rmtree(self.work_dir, ignore_errors=True)
-            log.info("job %s: succeeded; removed %s", self.spec.job_id, self.work_dir)
+            self._log.info("job %s: succeeded; removed %s", self.spec.job_id, self.work_dir)
             return
         with contextlib.suppress(OSError):
             (self.work_dir / FAILED_MARK).write_text(f"{self.exit_code}\n")
-        log.info(
+        self._log.info(
             "job %s: failed (%s); kept %s for inspection",
             self.spec.job_id,
             self.exit_code,

@@ -28,7 +28,9 @@ from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.peers import PeerFiles, bulk_address_for
 from hypha_sm.shell.process import ProcessSettings, clean_orphans
+from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
 from hypha_sm.wire import messages as m
+from hypha_sm.wire.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,22 @@ async def run_worker(
 ) -> None:
     """Run a worker until it stops; ``task_status`` gets the address it serves on."""
     identity = load_key_file(settings.node_key)
+    telemetry = Telemetry.from_settings(settings, identity.peer_id)
+    install_trace_ids(telemetry)
+    try:
+        await _run(settings, identity, telemetry, task_status)
+    finally:
+        # Export what is left even when the node is being cancelled; each export is bounded.
+        with trio.CancelScope(shield=True), trio.move_on_after(15):
+            await telemetry.aclose()
+
+
+async def _run(
+    settings: WorkerSettings,
+    identity: Identity,
+    telemetry: Telemetry,
+    task_status: trio.TaskStatus[str],
+) -> None:
     tls = None
     if settings.cert_pem and settings.key_pem and settings.trust_pem:
         tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
@@ -73,8 +91,18 @@ async def run_worker(
             sink, engine, machines_hash, policy_from_settings(settings), secrets.token_bytes(16)
         )
         gateways = Gateways(transport, settings.gateway_addresses)
-        peer_files = PeerFiles(identity, transport, gateways, work_dir / "bulk-staging", tls=tls)
+        telemetry.watch_transport(transport)
+        peer_files = PeerFiles(
+            identity,
+            transport,
+            gateways,
+            work_dir / "bulk-staging",
+            tls=tls,
+            on_bytes=telemetry.on_bytes,
+        )
         async with trio.open_nursery() as nursery:
+            if telemetry.enabled:
+                nursery.start_soon(telemetry.sample_forever)
             bulk_address = settings.bulk_listen_address or bulk_address_for(
                 settings.listen_addresses[0]
             )
@@ -92,6 +120,7 @@ async def run_worker(
                 send=peer_files.send,
                 receive=peer_files.receive,
                 file_roots=settings.fetch_file_roots,
+                on_bridge_request=telemetry.on_bridge_request,
             )
             node = WorkerNode(
                 recorder,
@@ -101,6 +130,7 @@ async def run_worker(
                 public_address=next(iter(settings.external_addresses), None),
                 transfer_offers=peer_files.consider,
                 gateways=gateways,
+                telemetry=telemetry,
             )
             done = trio.Event()
 
