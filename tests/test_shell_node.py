@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 
 import trio
+import trio.testing
 
 from hypha_sm.core.effects import StartJob
+from hypha_sm.core.events import RenewRequested, ShutdownRequested, Tick
 from hypha_sm.log.replay import replay
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
@@ -181,3 +184,40 @@ async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
                     assert health.message == m.HealthReply(True)
                     await node.shutdown()
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_waiting_request_is_stepped_before_queued_inputs_which_keep_their_order() -> None:
+    """Queued advertisements do not delay a renewal; the queued inputs still go in order."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    queued = [Tick(), ShutdownRequested(), Tick()]
+    for event in queued:
+        node._send.send_nowait(event)
+    renewal = RenewRequested("lease-1", "peer", 1)
+    node._urgent.append(renewal)
+    taken = [await node._next_input(math.inf) for _ in range(4)]
+    assert taken[0] is renewal
+    assert taken[1:] == queued
+    with trio.move_on_after(0.05):  # nothing left: waits until the deadline, then ticks
+        assert await node._next_input(trio.current_time() + 0.01) == Tick()
+
+
+async def test_a_request_wakes_a_loop_that_waits_for_input() -> None:
+    """While the loop waits on an empty inbox, an arriving request is taken at once."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    renewal = RenewRequested("lease-1", "peer", 1)
+    taken: list[object] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            taken.append(await node._next_input(math.inf))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        node._push_request(renewal)
+    assert taken == [renewal]

@@ -9,9 +9,9 @@ a machine's phase; requests wait for the reply effect that carries their token.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -121,6 +121,11 @@ class WorkerNode:
         self.stats = NodeStats()
         self._wall = wall
         self._send, self._inbox = trio.open_memory_channel[Event](inbox_size)
+        # Requests a peer waits on (renew, dispatch) go first: a flood of advertisements must
+        # not delay a renewal behind thousands of queued inputs. At most one per request in
+        # flight, which the transport bounds.
+        self._urgent: collections.deque[Event] = collections.deque()
+        self._idle: trio.CancelScope | None = None  # the loop's wait for input, if waiting
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
         self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
@@ -159,7 +164,7 @@ class WorkerNode:
         slot: list[m.Message] = []
         self._waiting[token] = (done, slot)
         try:
-            await self._send.send(event)
+            self._push_request(event)
             await done.wait()
         finally:
             self._waiting.pop(token, None)
@@ -271,9 +276,7 @@ class WorkerNode:
         state = self.recorder.state
         while not self._stopped.is_set():
             deadline = next_deadline(state)
-            event: Event = Tick()
-            with trio.move_on_at(deadline if deadline < math.inf else math.inf):
-                event = await self._inbox.receive()
+            event = await self._next_input(deadline)
             now = Now(trio.current_time(), self._wall())
             result = self.recorder.feed(event, now)
             self.telemetry.on_step(event, result, now)
@@ -281,6 +284,28 @@ class WorkerNode:
             for effect in result.effects:
                 self._perform(effect)
         self.recorder.flush()
+
+    def _push_request(self, event: Event) -> None:
+        """Queue a request ahead of every other input, waking the loop if it waits."""
+        self._urgent.append(event)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    async def _next_input(self, deadline: float) -> Event:
+        """A waiting request first, then the inbox in order; ``Tick`` at the deadline."""
+        if self._urgent:
+            return self._urgent.popleft()
+        try:
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        with trio.move_on_at(deadline) as idle:
+            self._idle = idle  # a request that arrives cancels the wait
+            try:
+                return await self._inbox.receive()
+            finally:
+                self._idle = None
+        return self._urgent.popleft() if self._urgent else Tick()
 
     # -- effects -----------------------------------------------------------------------------
 

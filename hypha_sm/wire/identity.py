@@ -7,6 +7,7 @@ the sender's peer id alone and can check the signature with nothing else.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import base58
@@ -68,7 +69,13 @@ class PeerId:
         return True
 
     def __str__(self) -> str:
-        return base58.b58encode(self.raw).decode()
+        return _base58(self.raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _base58(raw: bytes) -> str:
+    # Every envelope's sender is shown as text (~25 µs of base58 each); peers repeat.
+    return base58.b58encode(raw).decode()
 
 
 class Identity:
