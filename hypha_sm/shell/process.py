@@ -22,18 +22,22 @@ go to capped ``stdout.log`` / ``stderr.log`` there and, line by line, to the log
 does not, up to ``keep_failed`` failed dirs. :func:`clean_orphans` sweeps what a crashed node
 left behind; the node calls it on start.
 
-The child gets ``PR_SET_PDEATHSIG = SIGKILL``. Linux ties that to the *thread* that forked, so
-the child is spawned from the trio thread itself (``trio.lowlevel.open_process`` forks in a
-worker thread, which trio retires after idling, and that would kill the job). The fork blocks
-the loop for the few milliseconds ``Popen`` takes. The signal reaches the direct child only; a
-crash leaves grandchildren to :func:`clean_orphans`.
+The child gets ``PR_SET_PDEATHSIG = SIGKILL`` through util-linux's ``setpriv``, which sets it
+and execs the job: no Python runs in the child between fork and exec (a ``preexec_fn`` would
+run every at-fork handler registered in the node, such as the telemetry exporters' threads,
+and can deadlock). Linux ties the signal to the *thread* that forked, so the child is spawned
+from the trio thread itself (``trio.lowlevel.open_process`` forks in a worker thread, which
+trio retires after idling, and that would kill the job). The spawn blocks the loop for the
+few milliseconds ``Popen`` takes. The signal reaches the direct child only; a crash leaves
+grandchildren to :func:`clean_orphans`. The cgroup, CPU affinity and ``RLIMIT_AS`` are applied
+by the node to the child's pid as soon as the spawn returns, while the child is still
+exec'ing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import errno
 import logging
 import math
 import os
@@ -43,7 +47,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
@@ -70,7 +74,6 @@ DEFAULT_KEEP_FAILED: Final = 20
 MAX_LOG_LINE: Final = 16 * 1024
 _POLL: Final = 0.05
 _SNAPSHOT_EVERY: Final = 0.5
-_PR_SET_PDEATHSIG: Final = 1
 _GB: Final = 1_000_000_000
 
 
@@ -191,46 +194,24 @@ class _Limits:
     unenforced: list[str] = field(default_factory=list)
 
 
-def _load_prctl() -> Callable[[int, int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-    except OSError:
-        return None
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-
-    def call(option: int, arg: int) -> int:
-        return int(prctl(option, arg))
-
-    return call
+#: util-linux's ``setpriv`` sets the parent-death signal and then execs the job; it keeps
+#: Python out of the child between fork and exec (a ``preexec_fn`` runs every at-fork handler
+#: registered in the node, e.g. exporter threads, in the child, and can deadlock there).
+_SETPRIV = shutil.which("setpriv")
 
 
-_prctl = _load_prctl()
+def _apply_limits(pid: int, limits: _Limits) -> None:
+    """Put a just-started child in its cgroup and apply its affinity and memory limit.
 
-
-def _make_preexec(limits: _Limits, parent_pid: int) -> Callable[[], None]:
-    """The function the child runs between fork and exec. Keeps to plain system calls."""
-    procs = str(limits.cgroup / "cgroup.procs") if limits.cgroup else None
-
-    def preexec() -> None:
-        if procs is not None:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent_pid:  # the node died before prctl took effect
-                os._exit(255)
-        if limits.cores is not None:
-            os.sched_setaffinity(0, limits.cores)
-        if limits.rlimit_as is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
-
-    return preexec
+    Done from the node right after the spawn returns: the child is then still exec'ing (an
+    interpreter takes milliseconds to start), so it runs no job code unconstrained.
+    """
+    if limits.cgroup is not None:
+        (limits.cgroup / "cgroup.procs").write_text(str(pid))
+    if limits.cores is not None:
+        os.sched_setaffinity(pid, limits.cores)
+    if limits.rlimit_as is not None:
+        resource.prlimit(pid, resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
 
 
 # --------------------------------------------------------------------------- process sets
@@ -468,8 +449,8 @@ class ProcessJob:
                 )
             else:
                 limits.unenforced.append("gpu: no NVIDIA devices")
-        if _prctl is None:
-            limits.unenforced.append("parent-death signal: libc prctl not found")
+        if _SETPRIV is None:
+            limits.unenforced.append("parent-death signal: setpriv (util-linux) not found")
         return limits
 
     def _make_cgroup(self) -> Path | None:
@@ -506,9 +487,24 @@ class ProcessJob:
             "WORK_DIR": str(self.work_dir),
             "JOB_JSON": self.spec.job_json,
         }
-        argv = [self.spec.cmd, *render_args(self.spec.args, values)]
         base = os.environ if self.settings.base_env is None else self.settings.base_env
         env = job_env(base, {**values, "CUDA_VISIBLE_DEVICES": limits.cuda_visible})
+        # Resolve the command as exec would (PATH from the job's env, relative to its cwd), so a
+        # missing one is a start failure rather than the launcher's exit code.
+        cmd = shutil.which(self.spec.cmd, path=env.get("PATH", os.defpath))
+        if os.sep in self.spec.cmd:
+            cmd = (
+                str(self.work_dir / self.spec.cmd)
+                if not os.path.isabs(self.spec.cmd)
+                else self.spec.cmd
+            )
+        if cmd is None or not os.path.isfile(cmd):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.spec.cmd)
+        if not os.access(cmd, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.spec.cmd)
+        argv = [cmd, *render_args(self.spec.args, values)]
+        if _SETPRIV is not None:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -520,9 +516,14 @@ class ProcessJob:
                 cwd=self.work_dir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_make_preexec(limits, os.getpid()),
                 close_fds=True,
             )
+            try:
+                _apply_limits(self._popen.pid, limits)
+            except BaseException:
+                self._popen.kill()
+                self._popen.wait()
+                raise
         except BaseException:
             os.close(out_r)
             os.close(err_r)
