@@ -19,8 +19,8 @@ from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.reducer import Step
 from hypha_sm.log.codec import Entry, LogFormatError
-from hypha_sm.log.replay import replay
-from hypha_sm.log.store import read_lines
+from hypha_sm.log.replay import replay, replay_series
+from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs
 from hypha_sm.net.keys import KeyFileError, create_key_file
 from hypha_sm.net.tls import TlsError
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     p_replay = sub.add_parser("replay", help="re-run an event log and check its effects")
-    p_replay.add_argument("log", type=Path)
+    p_replay.add_argument(
+        "log", type=Path, help="a log or segment file, or a directory: its newest run's segments"
+    )
     p_replay.add_argument("--until", type=int, help="stop after this seq and print the state")
     focus = p_replay.add_mutually_exclusive_group()
     focus.add_argument("--lease", help="print the timeline of one lease")
@@ -366,14 +368,15 @@ def _replay(args: argparse.Namespace) -> int:
     elif args.job:
         timeline = _Timeline("job", args.job)
     started = time.perf_counter()
-    report = replay(
-        read_lines(args.log),
-        engine,
-        machines_hash,
-        until=args.until,
-        check_effects=not args.no_check,
-        observe=timeline,
-    )
+    options: dict[str, Any] = {
+        "until": args.until,
+        "check_effects": not args.no_check,
+        "observe": timeline,
+    }
+    if args.log.is_dir():
+        report = replay_series(read_series(newest_run(args.log)), engine, machines_hash, **options)
+    else:
+        report = replay(read_lines(args.log), engine, machines_hash, **options)
     elapsed = time.perf_counter() - started
     rate = report.events / elapsed if elapsed > 0 else math.inf
     header = report.header

@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from hypha_sm.config.worker import WorkerSettings
-from hypha_sm.log.replay import replay
+from hypha_sm.log.replay import replay, replay_series
+from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, Publisher
@@ -279,3 +280,54 @@ async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_pa
     assert failed.exit_code == 3
     assert late.message == m.RenewFailed(lease, "unknown_lease")
     assert list((tmp_path / "work").glob("hypha-*"))  # a failed job's dir is kept to inspect
+
+
+def _last_index(segments: list[Path]) -> int:
+    """The number of the newest segment (``…-000004.jsonl`` → 4); 0 if there is none."""
+    return max((int(p.stem.rsplit("-", 1)[1]) for p in segments), default=0)
+
+
+async def test_a_busy_worker_rotates_its_event_log_and_every_segment_replays(
+    tmp_path: Path,
+) -> None:
+    """A stream of advertisements fills several 64 KiB segments while the node runs; each
+    segment replays on its own (from its snapshot) and the kept series replays as one log."""
+    sched = FakeScheduler()
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        with Endpoint(SCHED) as endpoint, endpoint.publisher(dial=[gw.ingest]) as pub:
+            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
+            settings = worker_settings(tmp_path, gw.listen, ["exit", "0"])
+            settings.event_log_max_bytes = 64 << 10
+            settings.event_log_keep = 3
+            worker = await nursery.start(run_worker, settings)
+            with trio.fail_after(30):
+                await wait_connected(pub)
+                await wait_healthy(endpoint, worker)
+                for n in range(1200):  # asks for more than the worker has: declined, logged
+                    await pub.publish(
+                        m.Advertisement(
+                            f"req-{n}",
+                            str(SCHED.peer_id),
+                            sched_address,
+                            m.Resources(cpu=64, memory=1),
+                            (TRAIN,),
+                            100.0,
+                            time.time() + 5,
+                        )
+                    )
+                    if n % 50 == 49:
+                        await trio.sleep(0.05)
+                events = tmp_path / "work" / "events"
+                while _last_index(newest_run(events)) < 4:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    segments = newest_run(events)
+    assert len(segments) == 3  # segments 1 and 2 were deleted (keep = 3)
+    assert not any(p.name.endswith(("-000001.jsonl", "-000002.jsonl")) for p in segments)
+    engine, machines_hash = load_engine()
+    for segment in segments:
+        report = replay(read_lines(segment), engine, machines_hash)
+        assert report.ok, (segment.name, report.divergence, report.error)
+    series = replay_series(read_series(segments), engine, machines_hash)
+    assert series.ok, (series.divergence, series.error)
+    assert series.segments == 3

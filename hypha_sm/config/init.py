@@ -36,6 +36,10 @@ external_addresses = []
 
 # Each job gets <work_dir>/hypha-<uuid>, mode 0700.
 work_dir = "{work_dir}"
+# The event log (<work_dir>/events): a new segment past this size; older segments beyond
+# `event_log_keep` are deleted. Each segment replays on its own (hypha-sm replay).
+event_log_max_bytes = 67108864
+event_log_keep = 8
 # Directories jobs may fetch file:// artifacts from (besides their own work dir).
 fetch_file_roots = []
 # Where peers push files to this node's jobs (default: the first listen host, a free port).

@@ -87,6 +87,12 @@ class WorkerSettings(LayeredSettings):
         description="where peers push files (default: the first listen host, a free port)",
     )
     work_dir: Path
+    event_log_max_bytes: int = Field(
+        default=64 << 20, ge=64 << 10, description="start a new event-log segment past this size"
+    )
+    event_log_keep: int = Field(
+        default=8, ge=1, le=10_000, description="event-log segments kept in <work_dir>/events"
+    )
     fetch_file_roots: list[Path] = Field(
         default=[], description="directories jobs may fetch file:// artifacts from"
     )

@@ -1,5 +1,11 @@
 """Replay: fold a log's inputs through ``step`` and check each step's effects against the record.
 
+A log starts from the initial state (seed and policy from the header) or, for a later segment
+of a rotated log, from the snapshot in its header; ``replay`` handles both, so any one segment
+replays on its own. ``replay_series`` replays a run's segments in order as one log, checking at
+each boundary that the next segment continues this one and that its snapshot is the state the
+replay reached.
+
 Pure: it takes the log's lines and an engine, and never reads a clock or a file.
 """
 
@@ -15,7 +21,16 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.reducer import Step, initial_state, step
 from hypha_sm.core.state import WorkerState
-from hypha_sm.log.codec import Entry, Header, LogFormatError, decode_entry, decode_header
+from hypha_sm.log.codec import (
+    Entry,
+    Header,
+    LogFormatError,
+    Snapshot,
+    decode_entry,
+    decode_header,
+    encode_snapshot,
+)
+from hypha_sm.log.snapshot import capture, effective, restore
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class ReplayReport:
     error: tuple[int, BaseException] | None = None
     unchecked: int = 0
     stopped_at: int | None = field(default=None)
+    #: How many segments were replayed (``replay_series``); 1 for a single log.
+    segments: int = 1
 
     @property
     def ok(self) -> bool:
@@ -76,7 +93,7 @@ def split_log(lines: Iterable[bytes]) -> tuple[Header, Iterator[Entry]]:
     header = decode_header(first)
 
     def entries() -> Iterator[Entry]:
-        previous = 0
+        previous = header.after_seq
         for lineno, line in enumerate(it, start=2):
             if not line.strip():
                 continue
@@ -91,6 +108,14 @@ def split_log(lines: Iterable[bytes]) -> tuple[Header, Iterator[Entry]]:
     return header, entries()
 
 
+def start_state(header: Header, engine: Engine) -> WorkerState:
+    """The state a log starts from: its snapshot if it has one, else the initial state."""
+    seed = bytes.fromhex(header.seed)
+    if header.snapshot is None:
+        return initial_state(engine, header.policy, seed)
+    return restore(header.snapshot, engine, header.policy, seed)
+
+
 def replay(
     lines: Iterable[bytes],
     engine: Engine,
@@ -100,13 +125,124 @@ def replay(
     check_effects: bool = True,
     observe: Callable[[Entry, Step], None] | None = None,
 ) -> ReplayReport:
-    """Re-run a log from its header's policy and seed; stop at the first divergence or error.
+    """Re-run a log from its header; stop at the first divergence or error.
 
-    ``until`` stops after the entry with that sequence number. ``observe`` sees every step.
+    The header gives the policy and seed, and for a later segment of a rotated log the
+    snapshot to start from. ``until`` stops after the entry with that sequence number (it may
+    not be before the segment's ``after_seq``). ``observe`` sees every step.
     """
     header, entries = split_log(lines)
-    state = initial_state(engine, header.policy, bytes.fromhex(header.seed))
-    report = ReplayReport(header, state, header.machines_hash == machines_hash)
+    if until is not None and until < header.after_seq:
+        raise LogFormatError(
+            f"until {until}: this segment starts after seq {header.after_seq}; "
+            "replay an earlier segment"
+        )
+    report = ReplayReport(
+        header, start_state(header, engine), header.machines_hash == machines_hash
+    )
+    report.last_seq = header.after_seq
+    _fold(report, entries, until, check_effects, observe)
+    return report
+
+
+def replay_series(
+    segments: Iterable[tuple[str, Iterable[bytes]]],
+    engine: Engine,
+    machines_hash: str,
+    *,
+    until: int | None = None,
+    check_effects: bool = True,
+    observe: Callable[[Entry, Step], None] | None = None,
+) -> ReplayReport:
+    """Replay a run's segments, given as (file name, lines) oldest first, as one log.
+
+    The first segment starts from its header (initial state or snapshot); each later one must
+    continue it (same run, next segment number, ``previous`` naming the segment before,
+    ``after_seq`` equal to the last seq replayed; LogFormatError otherwise) and its snapshot
+    must equal the state the replay reached (reported as a divergence at ``after_seq``
+    otherwise). Replay goes on with the replayed state, so the series checks the snapshots
+    rather than trusting them. Stops at the first divergence or error, or after ``until``.
+    """
+    report: ReplayReport | None = None
+    previous = ""
+    for name, lines in segments:
+        header, entries = split_log(lines)
+        if report is None:
+            if until is not None and until < header.after_seq:
+                raise LogFormatError(
+                    f"until {until}: the series starts after seq {header.after_seq}"
+                )
+            report = ReplayReport(
+                header, start_state(header, engine), header.machines_hash == machines_hash
+            )
+            report.last_seq = header.after_seq
+        else:
+            _check_link(report, previous, header, name)
+            report.segments += 1
+            assert header.snapshot is not None  # _check_link
+            divergence = _boundary(report.state, header.snapshot, header.after_seq, name)
+            if divergence is not None:
+                report.divergence = divergence
+                break
+        _fold(report, entries, until, check_effects, observe)
+        if not report.ok or report.stopped_at is not None:
+            break
+        previous = name
+    if report is None:
+        raise LogFormatError("no segments to replay")
+    return report
+
+
+def _check_link(report: ReplayReport, previous: str, header: Header, name: str) -> None:
+    first = report.header
+    problems = []
+    if header.run is None or header.run != first.run:
+        problems.append(f"run {header.run!r} is not {first.run!r}")
+    if header.seed != first.seed or header.policy != first.policy:
+        problems.append("seed or policy differ from the first segment's")
+    if header.machines_hash != first.machines_hash:
+        problems.append("machines_hash differs from the first segment's")
+    if first.segment is not None and header.segment != first.segment + report.segments:
+        problems.append(f"segment {header.segment} follows {first.segment + report.segments - 1}")
+    if header.previous != previous:
+        problems.append(f"previous is {header.previous!r}, not {previous!r}")
+    if header.after_seq != report.last_seq:
+        problems.append(f"starts after seq {header.after_seq}, the replay is at {report.last_seq}")
+    if header.snapshot is None:
+        problems.append("no snapshot")
+    if problems:
+        raise LogFormatError(
+            f"{name}: does not continue the previous segment: {'; '.join(problems)}"
+        )
+
+
+def _boundary(state: WorkerState, expected: Snapshot, seq: int, name: str) -> Divergence | None:
+    """None if the state is the snapshot (but for stale deadline entries); else what differs."""
+    actual = capture(state)
+    if encode_snapshot(actual) == encode_snapshot(expected):
+        return None
+    actual, expected = effective(actual), effective(expected)
+    if encode_snapshot(actual) == encode_snapshot(expected):
+        return None
+    want = msgspec.json.decode(encode_snapshot(expected))
+    got = msgspec.json.decode(encode_snapshot(actual))
+    differs = sorted(k for k in want if want[k] != got.get(k))
+    return Divergence(
+        seq,
+        {"segment": name, "check": "snapshot", "fields": differs},
+        {k: want[k] for k in differs},
+        {k: got.get(k) for k in differs},
+    )
+
+
+def _fold(
+    report: ReplayReport,
+    entries: Iterator[Entry],
+    until: int | None,
+    check_effects: bool,
+    observe: Callable[[Entry, Step], None] | None,
+) -> None:
+    state = report.state
     for entry in entries:
         if until is not None and entry.seq > until:
             report.stopped_at = until
@@ -127,4 +263,3 @@ def replay(
                 entry.seq, entry.event, entry.effects, list(result.effects)
             )
             break
-    return report

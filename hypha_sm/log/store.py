@@ -1,9 +1,23 @@
-"""Writing event logs to files: the recorder the node runs with, and saving test inputs as logs."""
+"""Writing event logs to files: the recorder the node runs with, and saving test inputs as logs.
+
+The node's log rotates by size (``Recorder.open_rotating`` or ``Recorder(RotatingLog(...), ...)``):
+it is a series of segment files ``<prefix>-<run>-<NNNNNN>.jsonl`` in one directory, where
+``<run>`` is ``<UTC start, YYYYmmddTHHMMSS.ffffffZ>-<8 hex digits>`` drawn when the log opens
+(names sort in time order). Every later segment
+starts with a header holding a snapshot of the core state, so each segment replays on its own
+(specs/event-log.md, "Rotation").
+"""
 
 from __future__ import annotations
 
+import io
+import logging
+import re
+import secrets
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from hypha_sm import __version__
@@ -12,7 +26,28 @@ from hypha_sm.core.events import Event, Now
 from hypha_sm.core.policy import Policy
 from hypha_sm.core.reducer import Step, initial_state, step
 from hypha_sm.core.state import WorkerState
-from hypha_sm.log.codec import FORMAT, VERSION, Entry, Header, encode_entry, encode_header
+from hypha_sm.log.codec import (
+    FORMAT,
+    VERSION,
+    VERSION_SEGMENT,
+    Entry,
+    Header,
+    Snapshot,
+    encode_entry,
+    encode_header,
+)
+from hypha_sm.log.snapshot import capture
+
+log = logging.getLogger(__name__)
+
+#: A segment is closed once it holds this many bytes (64 MiB) ...
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: ... and this many segments are kept in the directory (for the prefix), the oldest deleted.
+DEFAULT_KEEP = 8
+
+_SEGMENT_NAME = re.compile(
+    r"(?P<run>(?P<ts>\d{8}T\d{6}\.\d{6}Z)-[0-9a-f]{8})-(?P<index>\d{6,})\.jsonl"
+)
 
 
 def make_header(machines_hash: str, policy: Policy, seed: bytes) -> Header:
@@ -27,32 +62,324 @@ def make_header(machines_hash: str, policy: Policy, seed: bytes) -> Header:
     )
 
 
+def segment_header(
+    machines_hash: str,
+    policy: Policy,
+    seed: bytes,
+    *,
+    run: str,
+    segment: int,
+    previous: str | None,
+    after_seq: int,
+    snapshot: Snapshot | None,
+) -> Header:
+    """The header of one segment of a rotated log (version 2)."""
+    return Header(
+        format=FORMAT,
+        version=VERSION_SEGMENT,
+        machines_hash=machines_hash,
+        engine_version=__version__,
+        seed=seed.hex(),
+        policy=policy,
+        run=run,
+        segment=segment,
+        previous=previous,
+        after_seq=after_seq,
+        snapshot=snapshot,
+    )
+
+
+def new_run_id() -> str:
+    """A run id: the UTC time now to the microsecond, and 8 random hex digits."""
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000))
+    return f"{stamp}.{ns // 1000 % 1_000_000:06d}Z-{secrets.token_hex(4)}"
+
+
+def _segment_key(path: Path, prefix: str) -> tuple[str, int] | None:
+    """(run id, index) if ``path`` is a segment of ``prefix``, else None; sorts in time order."""
+    name = path.name
+    if not name.startswith(prefix + "-"):
+        return None
+    match = _SEGMENT_NAME.fullmatch(name, len(prefix) + 1)
+    if match is None:
+        return None
+    return match["run"], int(match["index"])
+
+
+def list_segments(directory: Path, prefix: str = "worker", run: str | None = None) -> list[Path]:
+    """The segment files of ``prefix`` in ``directory``, oldest first (by run start, then index).
+
+    With ``run``, only that run's segments: the series ``replay_series`` takes, in order.
+    """
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        key = _segment_key(path, prefix)
+        if key is not None and (run is None or path.name.startswith(f"{prefix}-{run}-")):
+            found.append((key, path))
+    return [path for _, path in sorted(found)]
+
+
+def newest_run(directory: Path, prefix: str = "worker") -> list[Path]:
+    """The segments of the most recent run in ``directory``, oldest first.
+
+    The run is the newest segment's; the list is what is left of it on disk, ready for
+    ``read_series`` and ``replay.replay_series``.
+    """
+    segments = list_segments(directory, prefix)
+    if not segments:
+        return []
+    key = _segment_key(segments[-1], prefix)
+    assert key is not None
+    return list_segments(directory, prefix, run=key[0])
+
+
+class _Closed(io.BytesIO):
+    """Stands for the file before the first segment: writing or flushing raises ValueError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.close()
+
+
+class RotatingLog:
+    """A log as a series of segment files in ``directory``: the Recorder's sink when rotating.
+
+    The ``Recorder`` writes each segment's header with ``begin`` and its entries with ``write``;
+    it starts the next segment (with a snapshot header) before the first input that finds the
+    current one full, i.e. holding at least ``limit`` bytes: ``max_bytes``, or twice the
+    header's size if that is more, so that a large snapshot is never rewritten more often than
+    entries of the same size are logged. Starting a segment deletes segment files of ``prefix``
+    in the directory beyond the newest ``keep`` (earlier runs' first, then this run's oldest),
+    and logs each deletion at INFO. The current segment is never deleted; other files are never
+    touched. Disk use is thus at most about ``keep`` x ``max_bytes`` per directory and prefix,
+    across restarts.
+
+    Not thread-safe; one log per directory and prefix at a time (one node per work dir).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str = "worker",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+        *,
+        buffering: int = 1 << 16,
+    ) -> None:
+        if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith("."):
+            raise ValueError(f"prefix {prefix!r}: expected a plain file-name prefix")
+        if max_bytes < 1 or keep < 1:
+            raise ValueError(f"max_bytes {max_bytes} and keep {keep}: expected both >= 1")
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.buffering = buffering
+        #: This log's run id: in every segment's name and header.
+        self.run = new_run_id()
+        #: The number of the current segment (0 before the first ``begin``).
+        self.index = 0
+        #: The current segment's file (None before the first ``begin``).
+        self.path: Path | None = None
+        #: Bytes written to the current segment, header included.
+        self.size = 0
+        #: The current segment is full once ``size >= limit``.
+        self.limit = max_bytes
+        #: Segment files deleted by this log, oldest first.
+        self.deleted: list[Path] = []
+        self._file: BinaryIO = _Closed()
+
+    def segment_name(self, index: int) -> str:
+        """The file name of segment ``index`` of this run."""
+        return f"{self.prefix}-{self.run}-{index:06d}.jsonl"
+
+    @property
+    def full(self) -> bool:
+        """The current segment holds ``limit`` bytes or more: the next input starts a new one."""
+        return self.size >= self.limit
+
+    def write(self, data: bytes) -> int:
+        """Append to the current segment (buffered)."""
+        self.size += len(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        """Push buffered lines of the current segment to its file."""
+        self._file.flush()
+
+    def begin(self, header: bytes) -> Path:
+        """Start the next segment with this header line, close the current one, prune old ones.
+
+        The new file is created (exclusively) and its header written and flushed before the
+        current segment is closed: if that fails, the error propagates and the log goes on in
+        the current segment.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / self.segment_name(self.index + 1)
+        new: BinaryIO = path.open("xb", buffering=self.buffering)
+        try:
+            new.write(header)
+            new.flush()
+        except BaseException:
+            new.close()
+            path.unlink(missing_ok=True)
+            raise
+        old, self._file = self._file, new
+        old.close()
+        self.index += 1
+        self.path = path
+        self.size = len(header)
+        self.limit = max(self.max_bytes, 2 * len(header))
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        # Earlier runs' segments go first, then this run's oldest: this run counts as the newest
+        # even if the wall clock went back since an earlier run (names start with start times).
+        mine = f"{self.prefix}-{self.run}-"
+        segments = list_segments(self.directory, self.prefix)
+        ordered = [p for p in segments if not p.name.startswith(mine)]
+        ordered += [p for p in segments if p.name.startswith(mine) and p != self.path]
+        for path in ordered[: max(0, len(ordered) + 1 - self.keep)]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("event log: could not delete old segment %s: %s", path, exc)
+                continue
+            self.deleted.append(path)
+            log.info("event log: deleted old segment %s (keeping %d)", path, self.keep)
+
+    def close(self) -> None:
+        """Flush and close the current segment (idempotent)."""
+        self._file.close()
+
+    def __enter__(self) -> RotatingLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class Recorder:
     """Runs the core and appends every input, its time and its effects to a log.
 
     The entry is written after ``step`` computes the effects and before anyone performs them,
     so a crash never leaves an effect performed but unlogged.
+
+    ``sink`` is a binary file (the caller owns it; the log is one version 1 file) or a
+    ``RotatingLog`` (the recorder writes version 2 segments and closes it in ``close``). With a
+    rotating log, ``feed`` first starts a new segment if the current one is full: its header
+    carries a snapshot of the state before this input (rotation happens between steps, and the
+    entry then goes to the new segment, still before its effects are performed). The state
+    object is kept across segments (``self.state`` is never replaced).
     """
 
     def __init__(
-        self, sink: BinaryIO, engine: Engine, machines_hash: str, policy: Policy, seed: bytes
+        self,
+        sink: BinaryIO | RotatingLog,
+        engine: Engine,
+        machines_hash: str,
+        policy: Policy,
+        seed: bytes,
     ) -> None:
         self.sink = sink
+        self.machines_hash = machines_hash
+        self.policy = policy
+        self.seed = seed
         self.state: WorkerState = initial_state(engine, policy, seed)
         self.seq = 0
-        sink.write(encode_header(make_header(machines_hash, policy, seed)))
+        #: The rotating log, if the sink is one.
+        self.rotating = sink if isinstance(sink, RotatingLog) else None
+        if self.rotating is None:
+            sink.write(encode_header(make_header(machines_hash, policy, seed)))
+        elif self.rotating.index:
+            raise ValueError("this RotatingLog already has segments: give each recorder its own")
+        else:
+            self.rotating.begin(encode_header(self._header(None)))
+
+    @classmethod
+    def open_rotating(
+        cls,
+        directory: Path,
+        engine: Engine,
+        machines_hash: str,
+        policy: Policy,
+        seed: bytes,
+        *,
+        prefix: str = "worker",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+    ) -> Recorder:
+        """A recorder writing a size-rotated log into ``directory`` (created if missing)."""
+        return cls(
+            RotatingLog(directory, prefix, max_bytes, keep), engine, machines_hash, policy, seed
+        )
+
+    @property
+    def path(self) -> Path | None:
+        """The file being written: the current segment of a rotating log (None otherwise)."""
+        return None if self.rotating is None else self.rotating.path
 
     def feed(self, event: Event, now: Now) -> Step:
         """Step the core with one input and record it."""
+        rotating = self.rotating
+        if rotating is not None and rotating.size >= rotating.limit:
+            self.rotate()
         result = step(self.state, event, now)
         self.seq += 1
         entry = Entry(self.seq, now.mono, now.wall, event, list(result.effects))
         self.sink.write(encode_entry(entry))
         return result
 
+    def rotate(self) -> Path:
+        """Start the next segment now, with a snapshot of the current state; its path."""
+        if self.rotating is None:
+            raise ValueError("this recorder writes to a plain file; it cannot rotate")
+        return self.rotating.begin(encode_header(self._header(capture(self.state))))
+
+    def _header(self, snapshot: Snapshot | None) -> Header:
+        rotating = self.rotating
+        assert rotating is not None
+        return segment_header(
+            self.machines_hash,
+            self.policy,
+            self.seed,
+            run=rotating.run,
+            segment=rotating.index + 1,
+            previous=None if rotating.path is None else rotating.path.name,
+            after_seq=self.seq,
+            snapshot=snapshot,
+        )
+
     def flush(self) -> None:
         """Push buffered lines to the file."""
         self.sink.flush()
+
+    def close(self) -> None:
+        """Close a rotating log; flush a plain sink (its owner closes it)."""
+        if self.rotating is not None:
+            self.rotating.close()
+        else:
+            self.sink.flush()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def write_inputs(
@@ -86,3 +413,9 @@ def read_lines(path: Path) -> Iterator[bytes]:
     """The log's lines, read lazily."""
     with path.open("rb") as f:
         yield from f
+
+
+def read_series(paths: Iterable[Path]) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """(file name, lazy lines) for each path: the input of ``replay.replay_series``."""
+    for path in paths:
+        yield path.name, read_lines(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
-import time
 
 import trio
 
@@ -80,16 +79,17 @@ async def _run(
     report = await clean_orphans(work_dir)
     log.info("start-up cleanup: %s", report)
     engine, machines_hash = load_engine()
-    events = work_dir / "events"
-    events.mkdir(exist_ok=True)
-    log_path = events / f"worker-{int(time.time())}-{secrets.token_hex(4)}.jsonl"
-    with (
-        Endpoint(identity, NetConfig(tls=tls)) as transport,
-        log_path.open("wb", buffering=1 << 16) as sink,
-    ):
-        recorder = Recorder(
-            sink, engine, machines_hash, policy_from_settings(settings), secrets.token_bytes(16)
-        )
+    recorder = Recorder.open_rotating(
+        work_dir / "events",
+        engine,
+        machines_hash,
+        policy_from_settings(settings),
+        secrets.token_bytes(16),
+        prefix="worker",
+        max_bytes=settings.event_log_max_bytes,
+        keep=settings.event_log_keep,
+    )
+    with Endpoint(identity, NetConfig(tls=tls)) as transport, recorder:
         gateways = Gateways(transport, settings.gateway_addresses)
         telemetry.watch_transport(transport)
         peer_files = PeerFiles(
@@ -141,7 +141,9 @@ async def _run(
                     done.set()
 
             bound = await nursery.start(run_node)
-            log.info("worker %s serving on %s; event log %s", identity.peer_id, bound, log_path)
+            log.info(
+                "worker %s serving on %s; event log %s", identity.peer_id, bound, recorder.path
+            )
             task_status.started(bound)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as watchers:
