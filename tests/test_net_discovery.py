@@ -83,3 +83,19 @@ async def test_an_expired_or_forged_record_from_a_gateway_is_not_believed() -> N
             nursery.cancel_scope.cancel()
     assert found == ()
     assert wrong.value.reason == "unexpected_answer"
+
+
+@pytest.mark.parametrize("publish", ["tcp://0.0.0.0:99999", "tcp://0.0.0.0:x"])
+async def test_a_gateway_naming_an_unusable_address_is_an_error_not_a_crash(publish: str) -> None:
+    """gateway_info is remote input: an address we cannot use is NetError('bad_address')."""
+
+    async def odd_gateway(opened: object) -> m.Message:
+        return m.GatewayInfoReply("tcp://127.0.0.1:7001", publish)
+
+    with Endpoint(GATEWAY) as gateway, Endpoint(OTHER) as other:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(gateway.serve, "tcp://127.0.0.1:0", odd_gateway)
+            with trio.fail_after(5), pytest.raises(NetError) as bad:
+                await Gateways(other, [address]).locate(address)
+            nursery.cancel_scope.cancel()
+    assert bad.value.reason == "bad_address"

@@ -217,3 +217,49 @@ async def test_a_dispatch_to_the_parameter_server_runtime_fails_with_a_clear_rea
         "dispatch refused: start_failed "
         "(the parameter-server runtime is not available yet (it comes with DiLoCo))"
     )
+
+
+async def test_a_cheap_offer_that_never_answers_does_not_keep_real_workers_out(
+    tmp_path: Path,
+) -> None:
+    """An attacker answers every advertisement with a cheaper offer naming an address that
+    never replies; offers are accepted concurrently, so the real worker is still placed."""
+    attacker = Identity.from_seed(bytes([73]) * 32)
+    hung: list[object] = []
+
+    async def never(opened: object) -> m.Message:
+        hung.append(opened)
+        await trio.sleep_forever()
+        raise AssertionError
+
+    worker = worker_settings(tmp_path, "real", "tcp://127.0.0.1:1", "progress")
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        with Endpoint(SCHED) as transport, Endpoint(attacker) as evil:
+            worker.gateway_addresses = [gw.listen]
+            address = await nursery.start(run_worker, worker)
+            trap = await nursery.start(evil.serve, "tcp://127.0.0.1:0", never)
+            with evil.subscribe(dial=[gw.publish]) as ads:
+
+                async def undercut() -> None:
+                    async for opened in ads:
+                        ad = opened.message
+                        assert isinstance(ad, m.Advertisement)
+                        offer = m.WorkerOffer(
+                            "evil-lease", ad.request_id, 1.0, ad.resources, ad.expires, trap
+                        )
+                        await evil.request(ad.reply_address, offer)
+
+                nursery.start_soon(undercut)
+                with trio.fail_after(10):
+                    await wait_healthy(transport, address)
+                    while not ads.connections:  # noqa: ASYNC110 - NNG has no connect event
+                        await trio.sleep(0.01)
+                scheduler = Scheduler(
+                    transport, job(1, rounds=1), gateways=[gw.listen], address="tcp://127.0.0.1:0"
+                )
+                with trio.fail_after(60):
+                    outcome = await scheduler.run()
+        nursery.cancel_scope.cancel()
+    assert hung, "the attacker's offer was tried"
+    assert outcome.ok, outcome
+    assert [p.price for p in outcome.placements] == [150.0]

@@ -221,3 +221,50 @@ async def test_a_request_wakes_a_loop_that_waits_for_input() -> None:
         await trio.testing.wait_all_tasks_blocked()
         node._push_request(renewal)
     assert taken == [renewal]
+
+
+async def test_a_refused_dispatch_leaves_no_scheduler_behind_for_its_job() -> None:
+    """Only a dispatch the core accepted decides where a job's progress goes: refused ones
+    (here: unknown leases) leave nothing in memory."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    stranger = MemoryEndpoint(network, Identity.from_seed(bytes([23]) * 32))
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(node.run, [])
+        with trio.fail_after(5):
+            for n in range(20):
+                answer = await stranger.request(
+                    address, m.DispatchJob(f"job-{n}", f"lease-{n}", TRAIN, "{}")
+                )
+                assert answer.message == m.DispatchFailed(f"job-{n}", "unknown_lease")
+        assert node._job_schedulers == {}
+        assert node._dispatching == {}
+        await node.shutdown()
+
+
+async def test_a_gateway_naming_an_unusable_address_does_not_stop_the_node() -> None:
+    """gateway_info is remote input: a bad publish address is retried, never a crash."""
+    network = MemoryNetwork()
+    engine, machines_hash = load_engine()
+    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    gateway = MemoryEndpoint(network, GATEWAY)
+    asked = 0
+
+    async def odd_gateway(opened: Opened) -> m.Message:
+        nonlocal asked
+        asked += 1
+        return m.GatewayInfoReply("gw:7001", "tcp://0.0.0.0:99999")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve, "gw:7000", odd_gateway)
+        address = await nursery.start(node.run, ["gw:7000"])
+        with trio.fail_after(5):
+            while asked < 2:  # noqa: ASYNC110 - it keeps asking, with backoff
+                await trio.sleep(0.05)
+            health = await gateway.request(address, m.Health())
+        assert health.message == m.HealthReply(False)
+        await node.shutdown()
+        nursery.cancel_scope.cancel()

@@ -79,9 +79,11 @@ class Gateways:
         info = answer.message
         if not isinstance(info, GatewayInfoReply) or not info.ingest or not info.publish:
             raise NetError("unexpected_answer", address, detail=type(info).__name__)
-        return LocatedGateway(
-            address, dialable(info.ingest, address), dialable(info.publish, address)
-        )
+        try:
+            ingest, publish = dialable(info.ingest, address), dialable(info.publish, address)
+        except ValueError as exc:  # the gateway's answer is remote input: its error, not ours
+            raise NetError("bad_address", address, detail=str(exc)[:200]) from None
+        return LocatedGateway(address, ingest, publish)
 
     async def register(self, address: str, addresses: Sequence[str], lifetime: float) -> None:
         """Publish this node's signed peer record at one gateway; NetError if refused."""

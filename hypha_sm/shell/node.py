@@ -130,6 +130,7 @@ class WorkerNode:
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
         self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
         self._job_schedulers: dict[str, str] = {}  # job id -> the peer that dispatched it
+        self._dispatching: dict[int, tuple[str, str]] = {}  # reply token -> (job id, peer)
         self._stopped = trio.Event()
         self._subscriptions: list[Subscription] = []
         self._transfer_offers = transfer_offers
@@ -154,7 +155,7 @@ class WorkerNode:
             event = RenewRequested(message.lease_id, peer, token)
         elif isinstance(message, m.DispatchJob):
             ref = ExecutorRef(cls=message.executor.cls, name=message.executor.name)
-            self._job_schedulers.setdefault(message.job_id, peer)
+            self._dispatching[token] = (message.job_id, peer)
             event = DispatchRequested(
                 message.job_id, message.lease_id, peer, ref, message.spec, token
             )
@@ -168,6 +169,7 @@ class WorkerNode:
             await done.wait()
         finally:
             self._waiting.pop(token, None)
+            self._dispatching.pop(token, None)
         return slot[0]
 
     @property
@@ -194,19 +196,19 @@ class WorkerNode:
     async def _follow_gateway(self, address: str) -> None:
         """Locate one gateway (retrying), keep this node registered there, take its ads."""
         delay = 0.25
+        registered = False
         while True:
             try:
                 located = await self.gateways.locate(address)
-                break
-            except NetError as exc:
-                log.warning(
-                    "gateway %s not reachable (%s); retrying in %.1f s", address, exc, delay
-                )
+                log.info("gateway %s: subscribing at %s", address, located.publish)
+                if not registered:
+                    self._nursery.start_soon(self._keep_registered, address)
+                    registered = True
+                await self._take_advertisements(located.publish)
+            except NetError as exc:  # unreachable, or it named an address we cannot dial
+                log.warning("gateway %s: %s; retrying in %.1f s", address, exc, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        log.info("gateway %s: subscribing at %s", address, located.publish)
-        self._nursery.start_soon(self._keep_registered, address)
-        await self._take_advertisements(located.publish)
 
     async def _keep_registered(self, gateway: str) -> None:
         """Keep a fresh signed peer record with our request address at ``gateway``."""
@@ -293,6 +295,9 @@ class WorkerNode:
 
     async def _next_input(self, deadline: float) -> Event:
         """A waiting request first, then the inbox in order; ``Tick`` at the deadline."""
+        # Let other tasks run between steps (request handlers, bridges, the bulk server): a
+        # backlog of inputs must not hold the loop for its whole length.
+        await trio.lowlevel.checkpoint()
         if self._urgent:
             return self._urgent.popleft()
         try:
@@ -320,6 +325,10 @@ class WorkerNode:
             case ReplyRenewFailed():
                 self._reply(effect.reply_to, m.RenewFailed(effect.lease_id, effect.reason))
             case ReplyDispatched():
+                # Only a dispatch the core accepted names the job's scheduler (progress goes there).
+                dispatched = self._dispatching.get(effect.reply_to)
+                if dispatched is not None:
+                    self._job_schedulers[dispatched[0]] = dispatched[1]
                 self._reply(
                     effect.reply_to,
                     m.JobDispatched(effect.job_id, effect.lease_id, effect.expires_wall),

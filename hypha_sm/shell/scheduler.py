@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 #: How long an advertisement is valid for the workers that receive it.
 AD_LIFETIME = 5.0
+#: Offers kept per advertisement round (anyone who saw the advertisement can offer).
+MAX_OFFERS = 256
+#: How long accepting one offer may take: a temporary lease lapses 0.5 s after it was made.
+ACCEPT_TIMEOUT = 0.4
+#: How long the cheapest untried offer waits for the ones before it to answer.
+HEDGE = 0.05
 FINAL = frozenset({"finished", "failed", "cancelled", "lost"})
 
 Phase = Literal["accepted", "dispatched", "running", "finished", "failed", "cancelled", "lost"]
@@ -122,6 +128,8 @@ class Scheduler:
         if isinstance(message, m.WorkerOffer):
             if message.request_id not in self._requests:
                 return m.Refused("unknown_request")
+            if len(self._offers) >= MAX_OFFERS or any(s == sender for _, s in self._offers):
+                return m.Refused("offer_not_taken")  # one per worker; bounded memory
             self._offers.append((message, sender))
             self._offer_arrived.set()
             return m.OfferAck(message.lease_id)
@@ -221,8 +229,10 @@ class Scheduler:
                     f"only {len(self.placements)} of {self.job.workers} workers accepted "
                     f"within {self.job.advertise_timeout} s"
                 )
-            while not publisher.connections:  # noqa: ASYNC110 - NNG has no connect event
-                await trio.sleep(0.02)
+            while not publisher.connections and trio.current_time() < deadline:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # NNG has no connect event
+            if not publisher.connections:
+                continue  # the deadline check above reports it
             request_id = str(uuid.uuid4())
             self._requests.add(request_id)
             self._offers.clear()
@@ -250,46 +260,67 @@ class Scheduler:
         )
 
     async def _accept_best(self, offers: list[tuple[m.WorkerOffer, str]]) -> None:
+        """Accept the cheapest offers until enough workers are placed.
+
+        Offers are tried cheapest first; when one has not answered within ``HEDGE`` the next
+        is tried as well, so an offer naming an address that never answers cannot make the
+        real offers lapse behind it (a temporary lease lasts 0.5 s). If that leaves more
+        leases than needed, the dearest are not renewed and lapse on their workers.
+        """
         taken = {p.worker for p in self.placements}
-        # Cheapest first; equal prices in arrival order (sorted is stable).
         limit = self.job.max_price or self.job.bid
+        # Cheapest first; equal prices in arrival order (sorted is stable).
         ranked = sorted(
-            (o for o in offers if math.isfinite(o[0].price) and o[0].price <= limit),
+            (
+                o
+                for o in offers
+                if math.isfinite(o[0].price) and o[0].price <= limit and o[1] not in taken
+            ),
             key=lambda o: o[0].price,
         )
-        for offer, sender in ranked:
-            if len(self.placements) >= self.job.workers:
-                break
-            if sender in taken:
-                continue
-            try:
-                answer = await self.transport.request(
-                    offer.worker_address,
-                    m.RenewLease(offer.lease_id),
-                    expect=PeerId.parse(sender),
-                    timeout=1.0,
-                )
-            except NetError as exc:
-                log.info("%s: could not accept lease %s: %s", _short(sender), offer.lease_id, exc)
-                continue
-            if not isinstance(answer.message, m.LeaseRenewed):
-                log.info(
-                    "%s: lease %s refused: %s", _short(sender), offer.lease_id, answer.message
-                )
-                continue
-            taken.add(sender)
-            self.placements.append(
-                Placement(
-                    sender,
-                    offer.worker_address,
-                    offer.lease_id,
-                    offer.price,
-                    expires=answer.message.expires,
-                )
+        needed = self.job.workers - len(self.placements)
+        accepted: list[Placement] = []
+        async with trio.open_nursery() as nursery:
+            for offer, sender in ranked:
+                if len(accepted) >= needed:
+                    break
+                answered = trio.Event()
+                nursery.start_soon(self._accept, offer, sender, accepted, answered)
+                with trio.move_on_after(HEDGE):
+                    await answered.wait()
+        accepted.sort(key=lambda p: p.price)
+        for extra in accepted[needed:]:
+            log.info("%s: lease %s not needed; it lapses", _short(extra.worker), extra.lease_id)
+        self.placements.extend(accepted[:needed])
+
+    async def _accept(
+        self, offer: m.WorkerOffer, sender: str, accepted: list[Placement], answered: trio.Event
+    ) -> None:
+        try:
+            answer = await self.transport.request(
+                offer.worker_address,
+                m.RenewLease(offer.lease_id),
+                expect=PeerId.parse(sender),
+                timeout=ACCEPT_TIMEOUT,
             )
-            log.info(
-                "%s: lease %s accepted at price %s", _short(sender), offer.lease_id, offer.price
+        except NetError as exc:
+            log.info("%s: could not accept lease %s: %s", _short(sender), offer.lease_id, exc)
+            return
+        finally:
+            answered.set()
+        if not isinstance(answer.message, m.LeaseRenewed):
+            log.info("%s: lease %s refused: %s", _short(sender), offer.lease_id, answer.message)
+            return
+        accepted.append(
+            Placement(
+                sender,
+                offer.worker_address,
+                offer.lease_id,
+                offer.price,
+                expires=answer.message.expires,
             )
+        )
+        log.info("%s: lease %s accepted at price %s", _short(sender), offer.lease_id, offer.price)
 
     async def _keep_renewed(self, placement: Placement) -> None:
         while placement.phase not in FINAL:
