@@ -119,13 +119,17 @@ class BridgeClient:
         )
         return result
 
-    def receive(self, path: str | None = None) -> Iterator[dict[str, Any]]:
-        """Files peers push into ``path`` (default ``incoming``), as they arrive.
+    def receive(
+        self, path: str | None = None, peers: Sequence[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Files ``peers`` (default: anyone) push into ``path`` (default ``incoming``).
 
         Each item is ``{"path", "size", "from_peer", "sha256"}``. Runs until the bridge closes
         the stream; an ``error`` event raises :class:`BridgeClientError`.
         """
-        body = {} if path is None else {"path": path}
+        body: dict[str, Any] = {} if path is None else {"path": path}
+        if peers is not None:
+            body["peers"] = list(peers)
         with self._http.stream("POST", "/resources/receive", json=body) as reply:
             _raise_for(reply)
             for event, data in iter_sse(reply.iter_lines()):

@@ -50,16 +50,16 @@ def main() -> int:
     spec: dict[str, Any] = json.loads(os.environ["JOB_JSON"])
     config = spec.get("config", {})
     index, workers, peers = spec["index"], spec["workers"], spec["peers"]
-    rounds = int(config.get("rounds", 5))
+    rounds = max(1, int(config.get("rounds", 5)))
     socket_path = os.environ["SOCKET_PATH"]
-    received: list[dict[str, Any]] = []
+    received: dict[str, dict[str, Any]] = {}  # the latest file from each peer
     all_arrived = threading.Event()
 
     def listen() -> None:
         with BridgeClient(socket_path) as inbox:
-            for event in inbox.receive("incoming"):
-                received.append(event)
-                if len(received) >= len(peers):
+            for event in inbox.receive("incoming", peers=peers):
+                received[event["from_peer"]] = event
+                if set(received) >= set(peers):
                     all_arrived.set()
                     return
 
@@ -84,9 +84,11 @@ def main() -> int:
             return 0
         mine = Path(f"counts-{index}.json")
         mine.write_text(json.dumps(counts))
+        waiting = list(peers)
         for _ in range(50):  # a peer's receive stream may open a moment after ours
-            results = bridge.send(str(mine), peers, purpose="bigram-counts")["results"]
-            if all(outcome == "delivered" for outcome in results.values()):
+            results = bridge.send(str(mine), waiting, purpose="bigram-counts")["results"]
+            waiting = [peer for peer, outcome in results.items() if outcome != "delivered"]
+            if not waiting:
                 break
             time.sleep(0.2)
         else:
@@ -95,7 +97,7 @@ def main() -> int:
         if not all_arrived.wait(60):
             print("not every peer's counts arrived", file=sys.stderr)
             return 3
-        for event in received:
+        for event in received.values():
             counts.update(json.loads(Path(event["path"]).read_text()))
         merged = cross_entropy(counts, held_out, alphabet)
         bridge.status({"metrics": {"round": rounds + 1, "metrics": {"merged_loss": merged}}})

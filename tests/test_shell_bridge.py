@@ -266,7 +266,7 @@ async def test_send_waits_and_reports(tmp_path: Path, sock_dir: Path) -> None:
 async def test_receive_streams_events_and_keepalive(tmp_path: Path, sock_dir: Path) -> None:
     """Receive streams one SSE event per injected file, with a keep-alive comment between."""
 
-    async def receive(directory: Path) -> AsyncIterator[ReceivedFile]:
+    async def receive(directory: Path, peers: frozenset[str]) -> AsyncIterator[ReceivedFile]:
         for i, peer in enumerate((PEER_A, PEER_B)):
             f = directory / peer
             f.write_bytes(b"u" * (i + 1))
@@ -303,7 +303,7 @@ async def test_sync_client_in_thread(tmp_path: Path, sock_dir: Path) -> None:
     async def send(path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
         return dict.fromkeys(peers, "delivered")
 
-    async def receive(directory: Path) -> AsyncIterator[ReceivedFile]:
+    async def receive(directory: Path, peers: frozenset[str]) -> AsyncIterator[ReceivedFile]:
         yield ReceivedFile(path=directory / PEER_A, size=5, from_peer=PEER_A, sha256="h")
 
     bridge = make_bridge(tmp_path, sock_dir, send=send, receive=receive)
@@ -461,7 +461,7 @@ async def test_receive_client_disconnect(tmp_path: Path, sock_dir: Path) -> None
     """A client leaving an open event stream closes the node's iterator; serving goes on."""
     closed = trio.Event()
 
-    async def receive(directory: Path) -> AsyncIterator[ReceivedFile]:
+    async def receive(directory: Path, peers: frozenset[str]) -> AsyncIterator[ReceivedFile]:
         try:
             n = 0
             while True:

@@ -72,6 +72,13 @@ def test_render_args_replaces_known_tokens_and_keeps_unknown() -> None:
         "A": "1",
         "WORK_DIR": "/w",
     }
+    # The node's own settings and secrets stay with the node.
+    node_env = {
+        "PATH": "/bin",
+        "OTEL_EXPORTER_OTLP_HEADERS": "auth=secret",
+        "HYPHA_WORK_DIR": "/n",
+    }
+    assert job_env(node_env, {}) == {"PATH": "/bin"}
 
 
 async def test_templating_env_cwd_and_mode(
@@ -79,7 +86,8 @@ async def test_templating_env_cwd_and_mode(
 ) -> None:
     """The child sees rendered args, the three variables plus the inherited env, and runs in its
     own 0700 work dir as a session leader; CUDA_VISIBLE_DEVICES is empty without GPUs."""
-    monkeypatch.setenv("HYPHA_TEST_INHERITED", "yes")
+    monkeypatch.setenv("JOB_TEST_INHERITED", "yes")
+    monkeypatch.setenv("HYPHA_TEST_NODE_ONLY", "no")
     out = tmp_path / "report.json"
     settings = _settings(tmp_path)
     job, code = await _run(
@@ -95,7 +103,8 @@ async def test_templating_env_cwd_and_mode(
         "WORK_DIR": wd,
         "JOB_JSON": '{"job_id":"j"}',
         "CUDA_VISIBLE_DEVICES": "",
-        "HYPHA_TEST_INHERITED": "yes",
+        "JOB_TEST_INHERITED": "yes",
+        "HYPHA_TEST_NODE_ONLY": None,  # the node's own variables are not passed on
     }
     assert data["cwd"] == wd
     assert data["mode"] == 0o700

@@ -84,8 +84,8 @@ FetchSlice = Callable[[str, Path], Awaitable[Sequence[FetchedFile]]]
 """``fetch_slice(dataset, artifacts_dir)``: fetch the next data slice into the dir."""
 SendFile = Callable[[Path, Sequence[str], str], Awaitable[Mapping[str, str]]]
 """``send(path, peers, purpose)`` -> outcome per peer; returns once the transfer ended."""
-ReceiveFiles = Callable[[Path], AsyncIterator[ReceivedFile]]
-"""``receive(dir)``: the files peers push into ``dir``, as they arrive."""
+ReceiveFiles = Callable[[Path, frozenset[str]], AsyncIterator[ReceivedFile]]
+"""``receive(dir, peers)``: the files these peers (any if empty) push into ``dir``, as they arrive."""
 SendProgress = Callable[[Progress], Awaitable[ProgressReply]]
 """``send_progress(progress)``: one round trip to the scheduler that dispatched the job."""
 
@@ -563,6 +563,7 @@ class JobBridge:
         raw = body.get("path")
         raw = "incoming" if raw is None else raw
         target = self.resolve(raw)
+        peers = _receive_peers(body)
         if self.receive is None:
             raise BridgeError(501, "not_implemented", "receiving from peers is not available")
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -570,7 +571,7 @@ class JobBridge:
         if not target.is_dir():
             raise BridgeError(400, "invalid_path", f"not a directory: {raw!r}")
         try:
-            events = self.receive(target)
+            events = self.receive(target, peers)
         except Exception as exc:
             raise BridgeError(502, "upstream_error", f"{type(exc).__name__}: {exc}") from None
 
@@ -594,6 +595,24 @@ class JobBridge:
                 502, "upstream_error", "the scheduler's reply is not a ProgressReply"
             )
         return JSONResponse(reply_json(reply))
+
+
+def _peer_list(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(p, str) and p and set(p) <= _BASE58 for p in value
+    ):
+        raise BridgeError(400, "invalid_request", f"{what} must be a list of peer ids")
+    return value
+
+
+def _receive_peers(body: Mapping[str, Any]) -> frozenset[str]:
+    """Whose files to take: ``peers`` (or the original's ``resource.peers``); empty = anyone."""
+    if "peers" in body:
+        return frozenset(_peer_list(body["peers"], '"peers"'))
+    resource = body.get("resource")
+    if isinstance(resource, dict) and "peers" in resource:
+        return frozenset(_peer_list(resource["peers"], '"resource.peers"'))
+    return frozenset()
 
 
 def _safe_name(name: str) -> str:

@@ -18,6 +18,7 @@ logs and event logs stay in the directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -91,7 +92,8 @@ class Devnet:
             self.workers.append((config, f"tcp://127.0.0.1:{free_port()}"))
         from pydoc_data.topics import topics
 
-        corpus = d / "corpus.txt"
+        (d / "data").mkdir(exist_ok=True)  # jobs may read only this, not the keys beside it
+        corpus = d / "data" / "corpus.txt"
         corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
         job = d / "job.toml"
         job.write_text(
@@ -134,7 +136,7 @@ class Devnet:
                     "HYPHA_RESOURCES__CPU": "1",
                     "HYPHA_RESOURCES__MEMORY": "2",
                     "HYPHA_RESOURCES__STORAGE": "1",
-                    "HYPHA_FETCH_FILE_ROOTS": f'["{self.directory}"]',
+                    "HYPHA_FETCH_FILE_ROOTS": json.dumps([str(self.directory / "data")]),
                 }
                 flags = ["--gateway", self.gateway, "--listen", listen]
                 await self._start(f"worker-{i}", [*cli, "run", str(config), *flags], env)
@@ -194,7 +196,11 @@ class DevnetError(Exception):
 def run_devnet(directory: Path | None, *, keep: bool, rounds: int) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
-    code = trio.run(Devnet(chosen.absolute(), rounds=rounds).run)
+    try:
+        code = trio.run(Devnet(chosen.absolute(), rounds=max(1, rounds)).run)
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        code = 1
     if code == 0 and not keep and directory is None:
         shutil.rmtree(chosen, ignore_errors=True)
         print("devnet: the job finished on both workers; all processes stopped")

@@ -401,7 +401,9 @@ class WorkerNode:
             return
         message = m.JobStatus(status.job_id, status.status, status.exit_code, status.reason)
         try:
-            await self.transport.request(address, message, timeout=5.0)
+            await self.transport.request(
+                address, message, expect=PeerId.parse(status.scheduler), timeout=5.0
+            )
         except NetError as exc:
             await self._send.send(StatusFailed(status.job_id, status.status, exc.reason))
         else:

@@ -8,10 +8,11 @@ SHA-256. The file is offered as ``<our peer id>.<file name>``, so the receiver s
 it in the name (as the original did) and two senders never collide.
 
 **Receiving**: one ``BulkServer`` per node writes verified files into a staging dir; each is
-then linked into the directory of every job that has a receive stream open (the bridge's
-``/resources/receive``), replacing an older file of the same name (each round overwrites, as
-in the original), and announced on that stream. Offers are refused while no job is
-receiving, so nothing is written that nobody will read.
+then placed (its own copy per job) in the directory of every job whose receive stream (the
+bridge's ``/resources/receive``) takes files from that sender, replacing an older file of the
+same name (each round overwrites, as in the original), and announced on that stream. An offer
+is refused unless its name starts with the sender's own peer id (so nobody can pose as another
+peer in a file name) and some job is receiving from that sender.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,10 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 class _Receiver:
     directory: Path
     events: trio.MemorySendChannel[bridge.ReceivedFile]
+    peers: frozenset[str]  # whose files this job takes; empty: anyone's
+
+    def takes(self, sender: str) -> bool:
+        return not self.peers or sender in self.peers
 
 
 def bulk_address_for(listen: str) -> str:
@@ -112,8 +118,11 @@ class PeerFiles:
         return self.server.consider(sender, offer)
 
     def _authorize(self, sender: PeerId, offer: TransferOffer) -> str | None:
-        if not self._receivers:
-            return "no job on this node is receiving"
+        peer = str(sender)
+        if not offer.name.startswith(f"{peer}."):
+            return "the file name must start with the sender's peer id and a dot"
+        if not any(r.takes(peer) for r in self._receivers):
+            return "no job on this node is receiving from this peer"
         return None
 
     def _deliver(self, outcome: ReceivedFile | BulkError) -> None:
@@ -123,15 +132,21 @@ class PeerFiles:
         staged = outcome.path
         if self._on_bytes is not None:
             self._on_bytes(BULK_PROTOCOL, "inbound", outcome.offer.size)
+        sender = str(outcome.sender)
         try:
             size = staged.stat().st_size
-            for receiver in list(self._receivers):
+            takers = [r for r in self._receivers if r.takes(sender)]
+            for n, receiver in enumerate(takers):
                 target = receiver.directory / outcome.offer.name
                 temporary = receiver.directory / f".{outcome.offer.transfer_id}.in"
                 try:
-                    os.link(staged, temporary)
+                    if n == 0:
+                        os.link(staged, temporary)
+                    else:  # each job its own copy: no job can change what another reads
+                        shutil.copyfile(staged, temporary)
                     os.replace(temporary, target)
                 except OSError as exc:
+                    temporary.unlink(missing_ok=True)
                     log.warning("cannot place %s in %s: %s", staged.name, receiver.directory, exc)
                     continue
                 event = bridge.ReceivedFile(
@@ -141,15 +156,17 @@ class PeerFiles:
                     receiver.events.send_nowait(event)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     log.warning("receive stream full or gone: %s not announced", target)
-            if not self._receivers:
+            if not takers:
                 log.warning("%s arrived after its receiver left; discarded", staged.name)
         finally:
             staged.unlink(missing_ok=True)
 
-    async def receive(self, directory: Path) -> AsyncIterator[bridge.ReceivedFile]:
-        """The files peers push, placed in ``directory``, as they arrive (the bridge's hook)."""
+    async def receive(
+        self, directory: Path, peers: frozenset[str] = frozenset()
+    ) -> AsyncIterator[bridge.ReceivedFile]:
+        """The files ``peers`` (anyone if empty) push, placed in ``directory`` (the bridge's hook)."""
         send, events = trio.open_memory_channel[bridge.ReceivedFile](RECEIVE_BUFFER)
-        receiver = _Receiver(directory, send)
+        receiver = _Receiver(directory, send, peers)
         self._receivers.append(receiver)
         try:
             async with events:

@@ -133,9 +133,15 @@ def render_args(args: Iterable[str], values: Mapping[str, str]) -> list[str]:
     return out
 
 
+#: The node's own settings and secrets (e.g. collector tokens in OTEL_EXPORTER_OTLP_HEADERS)
+#: are not the job's business.
+NODE_ONLY_PREFIXES: Final = ("HYPHA_", "OTEL_")
+
+
 def job_env(base: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
-    """The job's environment: ``base`` plus ``values`` (which win)."""
-    return {**base, **values}
+    """The job's environment: ``base`` without the node's own variables, plus ``values``."""
+    kept = {k: v for k, v in base.items() if not k.startswith(NODE_ONLY_PREFIXES)}
+    return {**kept, **values}
 
 
 # --------------------------------------------------------------------------- enforcement
@@ -203,8 +209,10 @@ _SETPRIV = shutil.which("setpriv")
 def _apply_limits(pid: int, limits: _Limits) -> None:
     """Put a just-started child in its cgroup and apply its affinity and memory limit.
 
-    Done from the node right after the spawn returns: the child is then still exec'ing (an
-    interpreter takes milliseconds to start), so it runs no job code unconstrained.
+    Done from the node right after the spawn returns, while the child is normally still
+    exec'ing ``setpriv`` and then the job. That is a window of microseconds, not a guarantee: a
+    native program could fork in it, and such a child would be outside the cgroup (the stop's
+    tree sweep still finds it).
     """
     if limits.cgroup is not None:
         (limits.cgroup / "cgroup.procs").write_text(str(pid))
@@ -520,6 +528,8 @@ class ProcessJob:
             )
             try:
                 _apply_limits(self._popen.pid, limits)
+            except ProcessLookupError:
+                pass  # it already exited; wait() reports its code
             except BaseException:
                 self._popen.kill()
                 self._popen.wait()

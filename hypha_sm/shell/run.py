@@ -74,6 +74,12 @@ async def _run(
     tls = None
     if settings.cert_pem and settings.key_pem and settings.trust_pem:
         tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
+    if not settings.external_addresses and _wildcard(settings.listen_addresses[0]):
+        log.warning(
+            "listening on %s with no external_addresses: offers and the peer record carry a "
+            "wildcard host, which only peers on this machine can dial",
+            settings.listen_addresses[0],
+        )
     work_dir = settings.work_dir.absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
     report = await clean_orphans(work_dir)
@@ -165,3 +171,8 @@ async def _run(
                     await done.wait()
                     watchers.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
+
+
+def _wildcard(address: str) -> bool:
+    host = address.partition("://")[2].rsplit(":", 1)[0].strip("[]")
+    return host in ("0.0.0.0", "::", "")
