@@ -98,3 +98,21 @@ async def test_a_peer_cannot_pose_as_another_in_the_file_name(tmp_path: Path) ->
             )
         nursery.cancel_scope.cancel()
     assert not (tmp_path / f"{C.peer_id}.x.bin").exists()
+
+
+async def test_delivered_means_placed_and_a_file_nobody_takes_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The sender hears "delivered" only once the file is in a job's directory; if the job's
+    receiver left while the bytes were on their way, it hears not-placed and nothing stays."""
+    (tmp_path / "u.bin").write_bytes(b"u" * 1000)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    async with three_nodes(tmp_path) as (a, b, _c):
+        # The offer is let through as if a job were receiving; none is when the file is placed.
+        a.server.authorize = lambda sender, offer: None
+        with trio.fail_after(10):
+            outcome = await b.send(tmp_path / "u.bin", [str(A.peer_id)], "update")
+    assert outcome[str(A.peer_id)].startswith("failed: ")
+    assert "not-placed: no job took the file" in outcome[str(A.peer_id)]
+    assert list(a.server.directory.iterdir()) == []

@@ -749,6 +749,9 @@ class BulkServer:
         opener: envelope verifier (clock skew, replay memory); one per server by default.
         clock: wall clock for envelope timestamps and freshness.
         on_result: called with every outcome.
+        place: ``(received) -> None | reason``, called once a file is verified and stored and
+            before the sender is told so: it may move the file where it belongs; a reason
+            removes the file and the sender hears ``not-placed: <reason>``. It must not raise.
     """
 
     def __init__(
@@ -766,6 +769,7 @@ class BulkServer:
         opener: Opener | None = None,
         clock: Clock = wall_clock,
         on_result: Callable[[ReceivedFile | BulkError], None] | None = None,
+        place: Callable[[ReceivedFile], str | None] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
@@ -781,6 +785,7 @@ class BulkServer:
         self.opener = opener or Opener()
         self.clock = clock
         self.on_result = on_result
+        self.place = place
         self.address: Address | None = None
         self.received = 0
         self.failed: Counter[str] = Counter()
@@ -921,8 +926,15 @@ class BulkServer:
             with contextlib.suppress(OSError):
                 os.close(fd)
             part.unlink(missing_ok=True)
+        received = ReceivedFile(final, opened.sender, offer)
+        unplaced = self.place(received) if self.place is not None else None
+        if unplaced is not None:
+            final.unlink(missing_ok=True)
+            refusal = _refuse(tid, f"not-placed: {unplaced}")
+            await self._reply(stream, refusal)
+            raise TransferRefused(refusal.reason, transfer_id=tid)
         await self._reply(stream, TransferAnswer(transfer_id=tid, accepted=True))
-        return ReceivedFile(final, opened.sender, offer)
+        return received
 
     async def _store(
         self, stream: trio.abc.Stream, offer: TransferOffer, fd: int, part: Path, final: Path

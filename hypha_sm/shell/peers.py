@@ -98,7 +98,8 @@ class PeerFiles:
             authorize=self._authorize,
             tls=tls,
             max_size=max_size,
-            on_result=self._deliver,
+            on_result=self._failed,
+            place=self._deliver,
         )
 
     async def serve(
@@ -125,20 +126,26 @@ class PeerFiles:
             return "no job on this node is receiving from this peer"
         return None
 
-    def _deliver(self, outcome: ReceivedFile | BulkError) -> None:
+    def _failed(self, outcome: ReceivedFile | BulkError) -> None:
         if isinstance(outcome, BulkError):
             log.warning("incoming transfer failed: %s", outcome)
-            return
-        staged = outcome.path
+
+    def _deliver(self, received: ReceivedFile) -> str | None:
+        """Give a verified file to every job receiving from its sender; why not, if none took it.
+
+        Runs before the sender is told the file arrived, so "delivered" means placed.
+        """
+        staged = received.path
+        sender = str(received.sender)
         if self._on_bytes is not None:
-            self._on_bytes(BULK_PROTOCOL, "inbound", outcome.offer.size)
-        sender = str(outcome.sender)
+            self._on_bytes(BULK_PROTOCOL, "inbound", received.offer.size)
+        placed = 0
         try:
             size = staged.stat().st_size
             takers = [r for r in self._receivers if r.takes(sender)]
             for n, receiver in enumerate(takers):
-                target = receiver.directory / outcome.offer.name
-                temporary = receiver.directory / f".{outcome.offer.transfer_id}.in"
+                target = receiver.directory / received.offer.name
+                temporary = receiver.directory / f".{received.offer.transfer_id}.in"
                 try:
                     if n == 0:
                         os.link(staged, temporary)
@@ -149,17 +156,17 @@ class PeerFiles:
                     temporary.unlink(missing_ok=True)
                     log.warning("cannot place %s in %s: %s", staged.name, receiver.directory, exc)
                     continue
-                event = bridge.ReceivedFile(
-                    target, size, str(outcome.sender), outcome.offer.sha256
-                )
+                event = bridge.ReceivedFile(target, size, sender, received.offer.sha256)
                 try:
                     receiver.events.send_nowait(event)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     log.warning("receive stream full or gone: %s not announced", target)
-            if not takers:
-                log.warning("%s arrived after its receiver left; discarded", staged.name)
+                placed += 1
+        except OSError as exc:
+            return f"io-error: {exc}"
         finally:
             staged.unlink(missing_ok=True)
+        return None if placed else "no job took the file (its receiver left)"
 
     async def receive(
         self, directory: Path, peers: frozenset[str] = frozenset()
