@@ -14,11 +14,13 @@ at most 64 KiB)::
     sender → receiver   chunk* end                          chunk = u32 n (1..MAX_CHUNK) + n bytes
                                                             end = u32 0
     receiver → sender   frame(seal(TransferAnswer))         the verdict: accepted=True once the
-                                                            file is verified and stored
+                                                            file is verified, stored and (with
+                                                            a ``place`` hook) placed
 
 The verdict may come early (too many bytes, disk error, the receiver cancelled); the sender
 watches for it while it sends and stops at once. A refused verdict's ``reason`` starts with a
-code: ``size-mismatch``, ``sha256-mismatch``, ``exists``, ``aborted`` (see ``_verdict_reason``).
+code: ``size-mismatch``, ``sha256-mismatch``, ``exists``, ``aborted``, ``not-placed`` (see
+``_verdict_reason`` and ``BulkServer``'s ``place``).
 
 Threat model. Peers are identified by Ed25519 keys (``hypha_sm.wire``), never by addresses.
 
