@@ -72,7 +72,8 @@ async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_the
         if isinstance(opened.message, m.WorkerOffer):
             offers.append(opened.message)
             return m.OfferAck(opened.message.lease_id)
-        return m.StatusAck("")
+        assert isinstance(opened.message, m.JobStatus)
+        return m.StatusAck(opened.message.job_id)
 
     pids_file = tmp_path / "pids.json"
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:

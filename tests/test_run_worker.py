@@ -52,7 +52,7 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
         elif isinstance(message, m.JobStatus):
             statuses.append(message)
         seen.set()
-        return m.OfferAck("") if isinstance(message, m.WorkerOffer) else m.StatusAck("")
+        return ack(message)
 
     async with (
         running_gateway(Endpoint(GATEWAY)) as gw,
@@ -118,6 +118,14 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
     assert report.events >= 8
 
 
+def ack(message: m.Message) -> m.Message:
+    """The scheduler's acknowledgement of an offer or a job status."""
+    if isinstance(message, m.WorkerOffer):
+        return m.OfferAck(message.lease_id)
+    assert isinstance(message, m.JobStatus)
+    return m.StatusAck(message.job_id)
+
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
 
 
@@ -137,7 +145,7 @@ class FakeScheduler:
             self.statuses.append(message)
         self.seen.set()
         self.seen = trio.Event()
-        return m.OfferAck("") if isinstance(message, m.WorkerOffer) else m.StatusAck("")
+        return ack(message)
 
     async def wait_for(self, condition: object) -> None:
         while not condition():  # type: ignore[operator]

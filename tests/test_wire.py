@@ -129,6 +129,18 @@ REJECTIONS = [
         lambda: _forge(payload=msgspec.msgpack.encode({"t": "renew_lease"})),
         {},
     ),
+    (  # ids are kept in memory: bounded (1..128 characters)
+        "malformed_payload",
+        lambda: _forge(
+            payload=msgspec.msgpack.encode({"t": "renew_lease", "lease_id": "x" * 129})
+        ),
+        {},
+    ),
+    (
+        "malformed_payload",
+        lambda: _forge(payload=msgspec.msgpack.encode({"t": "renew_lease", "lease_id": ""})),
+        {},
+    ),
 ]
 
 

@@ -8,11 +8,14 @@ the base58 text form, resources are in cores and GB.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 TOPIC_WORKER = b"hypha/worker\x00"  # NUL-terminated: NNG subscriptions match by prefix
+
+#: Request, lease and job ids: the node keeps them in memory, so their size is bounded.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
@@ -41,7 +44,7 @@ class Executor(msgspec.Struct, frozen=True):
 class Advertisement(_Msg, tag="advertisement", frozen=True):
     """A scheduler looks for workers. Offers go to ``reply_address``."""
 
-    request_id: str
+    request_id: Id
     scheduler: str
     reply_address: str
     resources: Resources
@@ -56,8 +59,8 @@ class Advertisement(_Msg, tag="advertisement", frozen=True):
 class WorkerOffer(_Msg, tag="worker_offer", frozen=True):
     """A worker offers a temporary lease for an advertisement."""
 
-    lease_id: str
-    request_id: str
+    lease_id: Id
+    request_id: Id
     price: float
     resources: Resources
     expires: float
@@ -67,7 +70,7 @@ class WorkerOffer(_Msg, tag="worker_offer", frozen=True):
 class OfferAck(_Msg, tag="offer_ack", frozen=True):
     """The scheduler received the offer (acceptance is its first renewal)."""
 
-    lease_id: str
+    lease_id: Id
 
 
 # -- renew lease -----------------------------------------------------------------------------
@@ -76,20 +79,20 @@ class OfferAck(_Msg, tag="offer_ack", frozen=True):
 class RenewLease(_Msg, tag="renew_lease", frozen=True):
     """Renew (the first time: accept) a lease."""
 
-    lease_id: str
+    lease_id: Id
 
 
 class LeaseRenewed(_Msg, tag="lease_renewed", frozen=True):
     """The lease now runs until ``expires``."""
 
-    lease_id: str
+    lease_id: Id
     expires: float
 
 
 class RenewFailed(_Msg, tag="renew_failed", frozen=True):
     """Renewal refused, with a reason (``unknown_lease``, ``not_owner``, ``lease_ending``)."""
 
-    lease_id: str
+    lease_id: Id
     reason: str
 
 
@@ -99,8 +102,8 @@ class RenewFailed(_Msg, tag="renew_failed", frozen=True):
 class DispatchJob(_Msg, tag="dispatch_job", frozen=True):
     """Run a job under a lease the sender holds. ``spec`` is the job spec as JSON text."""
 
-    job_id: str
-    lease_id: str
+    job_id: Id
+    lease_id: Id
     executor: Executor
     spec: str
 
@@ -108,15 +111,15 @@ class DispatchJob(_Msg, tag="dispatch_job", frozen=True):
 class JobDispatched(_Msg, tag="job_dispatched", frozen=True):
     """The job started; its lease runs until ``expires``."""
 
-    job_id: str
-    lease_id: str
+    job_id: Id
+    lease_id: Id
     expires: float
 
 
 class DispatchFailed(_Msg, tag="dispatch_failed", frozen=True, omit_defaults=True):
     """Dispatch refused or the job could not start: a reason code and, if any, a detail."""
 
-    job_id: str
+    job_id: Id
     reason: str
     detail: str = ""
 
@@ -127,7 +130,7 @@ class DispatchFailed(_Msg, tag="dispatch_failed", frozen=True, omit_defaults=Tru
 class JobStatus(_Msg, tag="job_status", frozen=True):
     """How a job stands, sent to the scheduler that dispatched it."""
 
-    job_id: str
+    job_id: Id
     status: Literal["running", "finished", "failed", "cancelled"]
     exit_code: int | None = None
     reason: str = ""
@@ -136,7 +139,7 @@ class JobStatus(_Msg, tag="job_status", frozen=True):
 class StatusAck(_Msg, tag="status_ack", frozen=True):
     """The scheduler received a job status."""
 
-    job_id: str
+    job_id: Id
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ ProgressKind = BatchStatus | RoundMetrics | UpdateStarted | UpdateApplied | Upda
 class Progress(_Msg, tag="progress", frozen=True):
     """Training progress of a job (``job_id`` is the training job's id)."""
 
-    job_id: str
+    job_id: Id
     progress: ProgressKind
 
 
