@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pynng
 import trio
+from gateway_process import start_gateway
 
-from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import Advertisement, Executor, Resources
@@ -103,31 +100,8 @@ async def receive(sub_next, count: int, window: float) -> tuple[int, float]:  # 
 
 
 def run_hypha(count: int, tmp: Path) -> tuple[float, int, str]:
-    create_key_file(tmp / "gw.pem", force=True)
-    gw = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hypha_sm.cli",
-            "gateway",
-            "run",
-            "--node-key",
-            str(tmp / "gw.pem"),
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--ingest",
-            "tcp://127.0.0.1:0",
-            "--publish",
-            "tcp://127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert gw.stdout is not None
-    found = re.search(r"ingest (\S+) publish (\S+)", gw.stdout.readline())
-    assert found
-    ingest, publish = found.groups()
+    gw, addresses = start_gateway(tmp)
+    ingest, publish = addresses.ingest, addresses.publish
 
     async def main() -> tuple[int, float, int]:
         with Endpoint(WORKER) as node, node.subscribe(dial=[publish]) as sub:

@@ -80,6 +80,7 @@ from typing import Any
 
 import psutil
 import trio
+from gateway_process import start_gateway
 
 from hypha_sm.log.codec import decode_entry
 from hypha_sm.net.keys import create_key_file
@@ -369,35 +370,6 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(tid), cpus)
 
 
-def start_gateway(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
-    create_key_file(tmp / "gw.pem", force=True)
-    with (tmp / "gateway.err").open("w") as err:
-        gw = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hypha_sm.cli",
-                "gateway",
-                "run",
-                "--node-key",
-                str(tmp / "gw.pem"),
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--ingest",
-                "tcp://127.0.0.1:0",
-                "--publish",
-                "tcp://127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    assert gw.stdout is not None
-    found = re.search(r"listen (\S+) ingest (\S+) publish", gw.stdout.readline())
-    assert found, "the gateway did not start"
-    return gw, found.group(1), found.group(2)
-
-
 def worker_settings(tmp: Path, gateway: str) -> dict[str, Any]:
     create_key_file(tmp / "node.pem", force=True)
     return {
@@ -527,7 +499,9 @@ def run_rep(sizes: Sizes, args: argparse.Namespace) -> Rep:
     rep = Rep()
     with tempfile.TemporaryDirectory(dir="/tmp") as name:
         tmp = Path(name)
-        gw, listen, ingest = start_gateway(tmp)
+        with (tmp / "gateway.err").open("w") as err:
+            gw, addresses = start_gateway(tmp, err)
+        listen, ingest = addresses.listen, addresses.ingest
         bound, out = MP.Queue(), MP.Queue()
         ready, go, flooding, stop = MP.Event(), MP.Event(), MP.Event(), MP.Event()
         profile = str(tmp / "worker.prof") if args.profile_worker else ""
