@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -39,74 +40,23 @@ JOB = (
 
 async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path) -> None:
     """advertise → offer → accept → dispatch → the process runs (with its bridge) → finished."""
-    create_key_file(tmp_path / "node.pem")
-    statuses: list[m.JobStatus] = []
-    offers: list[m.WorkerOffer] = []
-    seen = trio.Event()
-
-    async def handle(opened: Opened) -> m.Message:
-        nonlocal seen
-        message = opened.message
-        if isinstance(message, m.WorkerOffer):
-            offers.append(message)
-        elif isinstance(message, m.JobStatus):
-            statuses.append(message)
-        seen.set()
-        return ack(message)
-
-    async with (
-        running_gateway(Endpoint(GATEWAY)) as gw,
-        trio.open_nursery() as nursery,
-    ):
-        with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-            sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-            settings = WorkerSettings(
-                node_key=tmp_path / "node.pem",
-                gateway_addresses=[gw.listen],
-                listen_addresses=["tcp://127.0.0.1:0"],
-                work_dir=tmp_path / "work",
-                resources={"cpu": 2, "memory": 4, "storage": 10},
-                offer={"price": 100, "floor": 100, "strategy": "flexible"},
-                executors=[
-                    {
-                        "class": "train",
-                        "name": "echo",
-                        "runtime": "process",
-                        "cmd": sys.executable,
-                        "args": ["-c", JOB],
-                    }
-                ],
+    async with scheduler_and_worker(tmp_path, ["-c", JOB]) as running:
+        endpoint, pub, sched, sched_address, worker = running
+        with trio.fail_after(20):
+            await advertise_accept_dispatch(
+                endpoint,
+                pub,
+                sched,
+                sched_address,
+                worker,
+                request_id="req-1",
+                job_id="job-1",
+                resources=m.Resources(cpu=1, memory=1),
+                spec='{"hello": "world"}',
             )
-            worker = await nursery.start(run_worker, settings)
-            with trio.fail_after(20):
-                await wait_connected(pub)
-                await wait_healthy(sched, worker)
-                await pub.publish(
-                    m.Advertisement(
-                        "req-1",
-                        str(SCHED.peer_id),
-                        sched_address,
-                        m.Resources(cpu=1, memory=1),
-                        (TRAIN,),
-                        100.0,
-                        time.time() + 5,
-                    )
-                )
-                while not offers:
-                    await seen.wait()
-                    seen = trio.Event()
-                lease = offers[0].lease_id
-                assert offers[0].worker_address == worker
-                renewed = await sched.request(worker, m.RenewLease(lease))
-                assert isinstance(renewed.message, m.LeaseRenewed)
-                dispatched = await sched.request(
-                    worker, m.DispatchJob("job-1", lease, TRAIN, '{"hello": "world"}')
-                )
-                assert isinstance(dispatched.message, m.JobDispatched)
-                while not any(s.status != "running" for s in statuses):
-                    await seen.wait()
-                    seen = trio.Event()
-            nursery.cancel_scope.cancel()
+            assert sched.offers[0].worker_address == worker
+            await sched.wait_for(lambda: any(s.status != "running" for s in sched.statuses))
+    statuses = sched.statuses
     assert [s.status for s in statuses] == ["running", "finished"]
     assert statuses[-1].exit_code == 0
     # A successful job's work dir is removed; the event log replays.
@@ -116,14 +66,6 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
     report = replay(log_file.read_bytes().splitlines(keepends=True), engine, machines_hash)
     assert report.ok, (report.divergence, report.error)
     assert report.events >= 8
-
-
-def ack(message: m.Message) -> m.Message:
-    """The scheduler's acknowledgement of an offer or a job status."""
-    if isinstance(message, m.WorkerOffer):
-        return m.OfferAck(message.lease_id)
-    assert isinstance(message, m.JobStatus)
-    return m.StatusAck(message.job_id)
 
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
@@ -139,20 +81,24 @@ class FakeScheduler:
 
     async def handle(self, opened: Opened) -> m.Message:
         message = opened.message
-        if isinstance(message, m.WorkerOffer):
-            self.offers.append(message)
-        elif isinstance(message, m.JobStatus):
-            self.statuses.append(message)
         self.seen.set()
         self.seen = trio.Event()
-        return ack(message)
+        if isinstance(message, m.WorkerOffer):
+            self.offers.append(message)
+            return m.OfferAck(message.lease_id)
+        assert isinstance(message, m.JobStatus)
+        self.statuses.append(message)
+        return m.StatusAck(message.job_id)
 
     async def wait_for(self, condition: object) -> None:
         while not condition():  # type: ignore[operator]
             await self.seen.wait()
 
 
-def worker_settings(tmp_path: Path, gateway: str, args: list[str]) -> WorkerSettings:
+def worker_settings(
+    tmp_path: Path, gateway: str, args: list[str], **overrides: Any
+) -> WorkerSettings:
+    """A worker whose one executor (train/echo) runs ``python ARGS``."""
     create_key_file(tmp_path / "node.pem", force=True)
     return WorkerSettings(
         node_key=tmp_path / "node.pem",
@@ -167,10 +113,16 @@ def worker_settings(tmp_path: Path, gateway: str, args: list[str]) -> WorkerSett
                 "name": "echo",
                 "runtime": "process",
                 "cmd": sys.executable,
-                "args": [str(FIXTURE), *args],
+                "args": args,
             }
         ],
+        **overrides,
     )
+
+
+def fixture(*mode: str) -> list[str]:
+    """Executor args running tests/fixtures/job.py in ``mode``."""
+    return [str(FIXTURE), *mode]
 
 
 async def advertise_accept_dispatch(
@@ -183,6 +135,7 @@ async def advertise_accept_dispatch(
     request_id: str,
     job_id: str,
     resources: m.Resources,
+    spec: str = "{}",
 ) -> str:
     """The scheduler's side of a job: advertise, take the offer, accept it, dispatch; the lease id."""
     await wait_connected(pub)
@@ -196,21 +149,21 @@ async def advertise_accept_dispatch(
     lease = sched.offers[-1].lease_id
     renewed = await endpoint.request(worker, m.RenewLease(lease))
     assert isinstance(renewed.message, m.LeaseRenewed)
-    dispatched = await endpoint.request(worker, m.DispatchJob(job_id, lease, TRAIN, "{}"))
+    dispatched = await endpoint.request(worker, m.DispatchJob(job_id, lease, TRAIN, spec))
     assert isinstance(dispatched.message, m.JobDispatched)
     return lease
 
 
 @asynccontextmanager
 async def scheduler_and_worker(
-    tmp_path: Path, job_args: list[str]
+    tmp_path: Path, args: list[str], **overrides: Any
 ) -> AsyncIterator[tuple[Endpoint, Publisher, FakeScheduler, str, str]]:
     """A scheduler (serving offers and statuses, publishing ads) and a worker dialling it."""
     sched = FakeScheduler()
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
         with Endpoint(SCHED) as endpoint, endpoint.publisher(dial=[gw.ingest]) as pub:
             sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
-            settings = worker_settings(tmp_path, gw.listen, job_args)
+            settings = worker_settings(tmp_path, gw.listen, args, **overrides)
             worker = await nursery.start(run_worker, settings)
             yield endpoint, pub, sched, sched_address, worker
             nursery.cancel_scope.cancel()
@@ -223,7 +176,7 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
     """The scheduler stops renewing: within lease + grace + 1 s every process is gone and the
     job is reported cancelled; the node holds no reservation and no work dir is left running."""
     pids_file = tmp_path / "pids.json"
-    async with scheduler_and_worker(tmp_path, ["tree", str(pids_file)]) as running:
+    async with scheduler_and_worker(tmp_path, fixture("tree", str(pids_file))) as running:
         endpoint, pub, sched, sched_address, worker = running
         with trio.fail_after(40):
             lease = await advertise_accept_dispatch(
@@ -256,7 +209,7 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
 
 async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_path: Path) -> None:
     """A job exiting 3 is reported failed with exit code 3 and its lease ends at once."""
-    async with scheduler_and_worker(tmp_path, ["exit", "3"]) as running:
+    async with scheduler_and_worker(tmp_path, fixture("exit", "3")) as running:
         endpoint, pub, sched, sched_address, worker = running
         with trio.fail_after(20):
             lease = await advertise_accept_dispatch(
@@ -300,35 +253,29 @@ async def test_a_busy_worker_rotates_its_event_log_and_every_segment_replays(
 ) -> None:
     """A stream of advertisements fills several 64 KiB segments while the node runs; each
     segment replays on its own (from its snapshot) and the kept series replays as one log."""
-    sched = FakeScheduler()
-    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        with Endpoint(SCHED) as endpoint, endpoint.publisher(dial=[gw.ingest]) as pub:
-            sched_address = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", sched.handle)
-            settings = worker_settings(tmp_path, gw.listen, ["exit", "0"])
-            settings.event_log_max_bytes = 64 << 10
-            settings.event_log_keep = 3
-            worker = await nursery.start(run_worker, settings)
-            with trio.fail_after(30):
-                await wait_connected(pub)
-                await wait_healthy(endpoint, worker)
-                for n in range(1200):  # asks for more than the worker has: declined, logged
-                    await pub.publish(
-                        m.Advertisement(
-                            f"req-{n}",
-                            str(SCHED.peer_id),
-                            sched_address,
-                            m.Resources(cpu=64, memory=1),
-                            (TRAIN,),
-                            100.0,
-                            time.time() + 5,
-                        )
+    small_log = {"event_log_max_bytes": 64 << 10, "event_log_keep": 3}
+    async with scheduler_and_worker(tmp_path, fixture("exit", "0"), **small_log) as running:
+        endpoint, pub, _, sched_address, worker = running
+        with trio.fail_after(30):
+            await wait_connected(pub)
+            await wait_healthy(endpoint, worker)
+            for n in range(1200):  # asks for more than the worker has: declined, logged
+                await pub.publish(
+                    m.Advertisement(
+                        f"req-{n}",
+                        str(SCHED.peer_id),
+                        sched_address,
+                        m.Resources(cpu=64, memory=1),
+                        (TRAIN,),
+                        100.0,
+                        time.time() + 5,
                     )
-                    if n % 50 == 49:
-                        await trio.sleep(0.05)
-                events = tmp_path / "work" / "events"
-                while _last_index(newest_run(events)) < 4:  # noqa: ASYNC110
+                )
+                if n % 50 == 49:
                     await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+            events = tmp_path / "work" / "events"
+            while _last_index(newest_run(events)) < 4:  # noqa: ASYNC110
+                await trio.sleep(0.05)
     segments = newest_run(events)
     assert len(segments) == 3  # segments 1 and 2 were deleted (keep = 3)
     assert not any(p.name.endswith(("-000001.jsonl", "-000002.jsonl")) for p in segments)

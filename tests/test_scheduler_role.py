@@ -147,19 +147,26 @@ async def test_too_few_workers_fails_with_a_reason_instead_of_waiting_forever(
     assert [p.phase for p in outcome.placements] == ["accepted"]
 
 
+def exchange(tmp_path: Path, corpus: str) -> tuple[list[WorkerSettings], str]:
+    """Two workers that run the exchange job, and the file:// corpus they may fetch."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text(corpus)
+    workers = [
+        worker_settings(tmp_path, n, "tcp://127.0.0.1:1", "exchange", file_roots=[data])
+        for n in ("a", "b")
+    ]
+    return workers, f"file://{data / 'corpus.txt'}"
+
+
 async def test_jobs_fetch_an_artifact_report_progress_and_send_each_other_files(
     tmp_path: Path,
 ) -> None:
     """Each job fetches a file:// artifact, posts status, sends a file to the other worker's
     job through the bulk channel, and receives the other's file on its SSE stream."""
+    workers, artifact = exchange(tmp_path, "to be or not to be\n" * 100)
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "corpus.txt").write_text("to be or not to be\n" * 100)
-    workers = [
-        worker_settings(tmp_path, n, "tcp://127.0.0.1:1", "exchange", file_roots=[data])
-        for n in ("a", "b")
-    ]
-    settings = job(2, rounds=2, artifact=f"file://{data / 'corpus.txt'}")
+    settings = job(2, rounds=2, artifact=artifact)
     outcome, progress = await run_job(tmp_path, workers, settings)
     assert outcome.ok, outcome
     reports = [json.loads((data / f"exchange-{i}.json").read_text()) for i in (0, 1)]

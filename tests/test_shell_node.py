@@ -95,19 +95,29 @@ def advert(n: int = 1) -> m.Advertisement:
     )
 
 
+def memory_node(
+    network: MemoryNetwork, executor: FakeExecutor | None = None, sink: io.BytesIO | None = None
+) -> WorkerNode:
+    """A worker on the in-memory network at ``worker:7200``, recording to ``sink``."""
+    engine, machines_hash = load_engine()
+    recorder = Recorder(sink or io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    return WorkerNode(
+        recorder,
+        MemoryEndpoint(network, WORKER),
+        executor or FakeExecutor(),
+        address="worker:7200",
+    )
+
+
 async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> None:
     """advertise → offer → renew (accept) → dispatch → start → exit → status → release."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
     sink = io.BytesIO()
-    recorder = Recorder(sink, engine, machines_hash, policy("flexible"), bytes(16))
     executor = FakeExecutor()
+    node = memory_node(network, executor, sink)
     sched = Scheduler(network)
     async with running_gateway(MemoryEndpoint(network, GATEWAY), *GW) as gw:
         with sched.endpoint.publisher(dial=[gw.ingest]) as pub:
-            node = WorkerNode(
-                recorder, MemoryEndpoint(network, WORKER), executor, address="worker:7200"
-            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
                 worker_address = await nursery.start(node.run, [gw.listen])
@@ -141,27 +151,20 @@ async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> No
                     await node.shutdown()
                 nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
     assert [s.status for s in sched.statuses] == ["running", "finished"]
-    assert recorder.state.reserved == (0, 0, 0, 0)
+    assert node.recorder.state.reserved == (0, 0, 0, 0)
     # The event log the node wrote replays to the same effects.
-    report = replay(sink.getvalue().splitlines(keepends=True), engine, machines_hash)
+    report = replay(sink.getvalue().splitlines(keepends=True), *load_engine())
     assert report.ok, report.divergence
 
 
 async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
     """Only the owner renews; an executor that cannot start makes the dispatch fail with a reason."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
-    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    node = memory_node(network, FakeExecutor(fail=True))
     sched = Scheduler(network)
     stranger = MemoryEndpoint(network, Identity.from_seed(bytes([23]) * 32))
     async with running_gateway(MemoryEndpoint(network, GATEWAY), *GW) as gw:
         with sched.endpoint.publisher(dial=[gw.ingest]) as pub:
-            node = WorkerNode(
-                recorder,
-                MemoryEndpoint(network, WORKER),
-                FakeExecutor(fail=True),
-                address="worker:7200",
-            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(sched.endpoint.serve, "sched:7100", sched.handle)
                 worker_address = await nursery.start(node.run, [gw.listen])
@@ -189,9 +192,7 @@ async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
 async def test_a_waiting_request_is_stepped_before_queued_inputs_which_keep_their_order() -> None:
     """Queued advertisements do not delay a renewal; the queued inputs still go in order."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
-    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
-    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    node = memory_node(network)
     queued = [Tick(), ShutdownRequested(), Tick()]
     for event in queued:
         node._send.send_nowait(event)
@@ -207,9 +208,7 @@ async def test_a_waiting_request_is_stepped_before_queued_inputs_which_keep_thei
 async def test_a_request_wakes_a_loop_that_waits_for_input() -> None:
     """While the loop waits on an empty inbox, an arriving request is taken at once."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
-    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
-    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    node = memory_node(network)
     renewal = RenewRequested("lease-1", "peer", 1)
     taken: list[object] = []
     async with trio.open_nursery() as nursery:
@@ -227,9 +226,7 @@ async def test_a_refused_dispatch_leaves_no_scheduler_behind_for_its_job() -> No
     """Only a dispatch the core accepted decides where a job's progress goes: refused ones
     (here: unknown leases) leave nothing in memory."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
-    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
-    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    node = memory_node(network)
     stranger = MemoryEndpoint(network, Identity.from_seed(bytes([23]) * 32))
     async with trio.open_nursery() as nursery:
         address = await nursery.start(node.run, [])
@@ -247,9 +244,7 @@ async def test_a_refused_dispatch_leaves_no_scheduler_behind_for_its_job() -> No
 async def test_a_gateway_naming_an_unusable_address_does_not_stop_the_node() -> None:
     """gateway_info is remote input: a bad publish address is retried, never a crash."""
     network = MemoryNetwork()
-    engine, machines_hash = load_engine()
-    recorder = Recorder(io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
-    node = WorkerNode(recorder, MemoryEndpoint(network, WORKER), FakeExecutor(), address="w:1")
+    node = memory_node(network)
     gateway = MemoryEndpoint(network, GATEWAY)
     asked = 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_scheduler_role import job, run_job, worker_settings
+from tests.test_scheduler_role import exchange, job, run_job
 from tests.test_telemetry import Received, http_receiver, no_proxy
 
 pytestmark = pytest.mark.net
@@ -48,20 +48,12 @@ async def test_workers_export_job_spans_bridge_requests_and_bandwidth_by_protoco
     requests, bytes in and out per protocol (request/response, pub/sub, bulk), and its log
     lines about the job carry the job's trace id."""
     endpoint, received = http_receiver
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "corpus.txt").write_text("abc" * 1000)
-    workers = [
-        worker_settings(tmp_path, n, "tcp://127.0.0.1:1", "exchange", file_roots=[data])
-        for n in ("a", "b")
-    ]
+    workers, artifact = exchange(tmp_path, "abc" * 1000)
     for w in workers:
         w.telemetry_endpoint = endpoint
         w.telemetry_protocol = "http/protobuf"
     caplog.set_level(logging.INFO)
-    outcome, _ = await run_job(
-        tmp_path, workers, job(2, rounds=1, artifact=f"file://{data / 'corpus.txt'}")
-    )
+    outcome, _ = await run_job(tmp_path, workers, job(2, rounds=1, artifact=artifact))
     assert outcome.ok, outcome
 
     jobs = [s for _, s in received.spans() if s.name == "hypha.job"]

@@ -40,15 +40,21 @@ class LocatedGateway:
     publish: str
 
 
+def has_wildcard_host(address: str) -> bool:
+    """Whether ``address`` listens on all interfaces (``0.0.0.0``, ``::``): not dialable as is."""
+    parts = urllib.parse.urlsplit(address)
+    return parts.scheme != "ipc" and parts.hostname in _WILDCARDS
+
+
 def dialable(bound: str, via: str) -> str:
     """``bound`` with a wildcard host (``0.0.0.0``, ``::``) replaced by the host of ``via``.
 
     A server that listens on all interfaces reports the wildcard; the peer that reached it at
     ``via`` can reach its other sockets at the same host.
     """
-    parts = urllib.parse.urlsplit(bound)
-    if parts.scheme == "ipc" or parts.hostname not in _WILDCARDS:
+    if not has_wildcard_host(bound):
         return bound
+    parts = urllib.parse.urlsplit(bound)
     host = urllib.parse.urlsplit(via).hostname
     if not host or host in _WILDCARDS:
         return bound

@@ -499,13 +499,9 @@ class ProcessJob:
         env = job_env(base, {**values, "CUDA_VISIBLE_DEVICES": limits.cuda_visible})
         # Resolve the command as exec would (PATH from the job's env, relative to its cwd), so a
         # missing one is a start failure rather than the launcher's exit code.
-        cmd = shutil.which(self.spec.cmd, path=env.get("PATH", os.defpath))
-        if os.sep in self.spec.cmd:
-            cmd = (
-                str(self.work_dir / self.spec.cmd)
-                if not os.path.isabs(self.spec.cmd)
-                else self.spec.cmd
-            )
+        cmd: str | None = str(self.work_dir / self.spec.cmd)  # absolute stays absolute
+        if os.sep not in self.spec.cmd:
+            cmd = shutil.which(self.spec.cmd, path=env.get("PATH", os.defpath))
         if cmd is None or not os.path.isfile(cmd):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.spec.cmd)
         if not os.access(cmd, os.X_OK):

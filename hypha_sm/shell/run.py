@@ -19,7 +19,7 @@ from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
-from hypha_sm.net.discovery import Gateways
+from hypha_sm.net.discovery import Gateways, has_wildcard_host
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
@@ -74,7 +74,7 @@ async def _run(
     tls = None
     if settings.cert_pem and settings.key_pem and settings.trust_pem:
         tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
-    if not settings.external_addresses and _wildcard(settings.listen_addresses[0]):
+    if not settings.external_addresses and has_wildcard_host(settings.listen_addresses[0]):
         log.warning(
             "listening on %s with no external_addresses: offers and the peer record carry a "
             "wildcard host, which only peers on this machine can dial",
@@ -171,8 +171,3 @@ async def _run(
                     await done.wait()
                     watchers.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
-
-
-def _wildcard(address: str) -> bool:
-    host = address.partition("://")[2].rsplit(":", 1)[0].strip("[]")
-    return host in ("0.0.0.0", "::", "")

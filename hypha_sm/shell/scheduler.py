@@ -337,20 +337,23 @@ class Scheduler:
             except NetError as exc:
                 log.warning("%s: renewal failed: %s", _short(placement.worker), exc)
                 if self._wall() > placement.expires:
-                    self._lose(placement, f"lease expired unrenewed ({exc.reason})")
+                    self._end(placement, "lost", f"lease expired unrenewed ({exc.reason})")
                 continue
             if isinstance(answer.message, m.LeaseRenewed):
                 placement.expires = answer.message.expires
             elif placement.phase not in FINAL:
                 reason = getattr(answer.message, "reason", type(answer.message).__name__)
-                self._lose(placement, f"renewal refused: {reason}")
+                self._end(placement, "lost", f"renewal refused: {reason}")
 
-    def _lose(self, placement: Placement, reason: str) -> None:
+    def _end(self, placement: Placement, phase: Literal["failed", "lost"], reason: str) -> None:
+        """The part ends on our side (a failed dispatch, a lost lease) unless it already ended."""
         if placement.phase in FINAL:
             return
-        placement.phase = "lost"
+        placement.phase = phase
         placement.reason = reason
-        log.warning("%s: lease %s lost: %s", _short(placement.worker), placement.lease_id, reason)
+        log.warning(
+            "%s: lease %s %s: %s", _short(placement.worker), placement.lease_id, phase, reason
+        )
         placement.ended.set()
 
     async def _dispatch_all(self) -> None:
@@ -377,7 +380,7 @@ class Scheduler:
                     timeout=30.0,
                 )
             except NetError as exc:
-                self._fail(placement, f"dispatch failed: {exc}")
+                self._end(placement, "failed", f"dispatch failed: {exc}")
                 continue
             if isinstance(answer.message, m.JobDispatched):
                 if placement.phase == "accepted":
@@ -385,17 +388,13 @@ class Scheduler:
                 log.info("%s: job %s dispatched", _short(placement.worker), placement.job_id)
             elif isinstance(answer.message, m.DispatchFailed):
                 detail = f" ({answer.message.detail})" if answer.message.detail else ""
-                self._fail(placement, f"dispatch refused: {answer.message.reason}{detail}")
+                self._end(
+                    placement, "failed", f"dispatch refused: {answer.message.reason}{detail}"
+                )
             else:
-                self._fail(placement, f"dispatch answered {type(answer.message).__name__}")
-
-    def _fail(self, placement: Placement, reason: str) -> None:
-        if placement.phase in FINAL:
-            return
-        placement.phase = "failed"
-        placement.reason = reason
-        log.warning("%s: %s", _short(placement.worker), reason)
-        placement.ended.set()
+                self._end(
+                    placement, "failed", f"dispatch answered {type(answer.message).__name__}"
+                )
 
 
 def describe_progress(progress: m.ProgressKind) -> str:
