@@ -20,6 +20,7 @@ from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Transport
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import LeaseRenewed, Message, RenewLease
+from tests.hostile import hostile_msgpack
 
 SERVER = Identity.from_seed(b"s" * 32)
 CLIENT = Identity.from_seed(b"c" * 32)
@@ -93,6 +94,7 @@ async def _memory_case(bad: list[bytes]) -> None:
     st.lists(
         st.one_of(
             st.binary(max_size=300),
+            hostile_msgpack(),
             st.tuples(
                 st.integers(0, 3),
                 st.integers(0, 10_000),
@@ -104,8 +106,8 @@ async def _memory_case(bad: list[bytes]) -> None:
     )
 )
 def test_fuzz_hostile_requests_in_memory(cases: list[bytes | tuple[int, int, int, int]]) -> None:
-    """Any bytes, or a mutated valid request (maybe stretched past the limits), leave the
-    server answering, with every request counted."""
+    """Any bytes, deep or wide structures, or a mutated valid request (maybe stretched past
+    the limits), leave the server answering, with every request counted."""
     client = Identity.from_seed(b"c" * 32)
     bad = []
     for i, case in enumerate(cases):

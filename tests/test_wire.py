@@ -26,6 +26,7 @@ from hypha_sm.wire.envelope import (
     signing_bytes,
 )
 from hypha_sm.wire.identity import Identity, IdentityError, PeerId
+from tests.hostile import hostile_msgpack
 
 VECTORS = Path(__file__).resolve().parent.parent / "specs" / "vectors" / "wire-v1.json"
 ALICE = Identity.from_seed(bytes(32))
@@ -191,9 +192,9 @@ def test_replay_guard_memory_is_bounded_and_eviction_never_lets_a_replay_through
     assert len(guard) == 1
 
 
-@given(st.binary(max_size=2048))
+@given(st.one_of(st.binary(max_size=2048), hostile_msgpack()))
 def test_fuzz_any_bytes_give_a_message_or_a_typed_rejection(data: bytes) -> None:
-    """The envelope check never raises, whatever the bytes."""
+    """The envelope check never raises, whatever the bytes (deep and wide shapes included)."""
     result = Opener().open(data, NOW)
     assert isinstance(result, Opened | Rejection)
     if isinstance(result, Rejection):
@@ -231,9 +232,9 @@ def test_fuzz_mutated_valid_envelopes_are_rejected_never_raise(
     assert result.reason in REASONS
 
 
-@given(st.binary(max_size=512))
+@given(st.one_of(st.binary(max_size=512), hostile_msgpack()))
 def test_fuzz_signed_payloads_of_any_bytes_are_opened_or_rejected(payload: bytes) -> None:
-    """A peer with a valid key can sign any payload bytes; they still never raise."""
+    """A peer with a valid key can sign any payload bytes, deep or wide; they never raise."""
     result = Opener().open(_forge(payload=payload), NOW)
     assert isinstance(result, Opened | Rejection)
 

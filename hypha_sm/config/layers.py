@@ -8,6 +8,7 @@ values are JSON (``HYPHA_GATEWAY_ADDRESSES='["tcp://…"]'``).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem, toml_problem
 
 S = TypeVar("S", bound="LayeredSettings")
 
@@ -60,12 +63,24 @@ def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> 
         ConfigError: the file is missing or not TOML, or a value is invalid; fix the named key.
     """
     bound: type[S] = cls
+    for name, value in os.environ.items():
+        # pydantic-settings decodes complex values as JSON, which recurses per level.
+        if name.startswith("HYPHA_") and json_problem(value) is not None:
+            raise ConfigError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels")
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc}") from None
+        if toml_problem(text) is not None:
+            raise ConfigError(
+                f"{path}: arrays or tables nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        try:
+            tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         # A subclass bound to this file: no shared state between loads.
         config = SettingsConfigDict(**{**cls.model_config, "toml_file": path})

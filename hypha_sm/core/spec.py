@@ -143,7 +143,7 @@ def parse_machine(file: str, text: bytes | str) -> MachineSpec:
     """Parse and validate one machine file's content. Raises SpecError naming what is wrong."""
     try:
         raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _fail(file, "?", f"not valid TOML: {exc}") from exc
     head = raw.get("machine")
     if not isinstance(head, dict) or not isinstance(head.get("name"), str):

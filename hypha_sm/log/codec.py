@@ -26,6 +26,7 @@ from hypha_sm.core.effects import Effect
 from hypha_sm.core.events import AdvertisementReceived, Event, Now
 from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Policy
 from hypha_sm.core.resources import Amounts, Resources
+from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 
 FORMAT = "hypha-sm/event-log"
 #: A log that starts from the initial state and is not part of a rotated series.
@@ -271,6 +272,7 @@ def _spell_snapshot(snapshot: Snapshot) -> tuple[Snapshot, bool]:
 
 def decode_header(line: bytes) -> Header:
     """Parse the header line; LogFormatError if it is not one this version reads."""
+    _check_depth(line, 1)
     try:
         header = _header_decoder.decode(line)
     except msgspec.ValidationError as exc:
@@ -280,7 +282,7 @@ def decode_header(line: bytes) -> Header:
         if lax is None or not lax.nonfinite:
             raise LogFormatError(f"line 1: not an event-log header: {exc}") from exc
         header = lax
-    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: msgspec #714 (bad UTF-8)
+    except Exception as exc:  # a damaged file: whatever the decoder raises names the line
         raise LogFormatError(f"line 1: not an event-log header: {exc}") from exc
     if header.format != FORMAT:
         raise LogFormatError(f"line 1: format is {header.format!r}, expected {FORMAT!r}")
@@ -349,15 +351,24 @@ def encode_entry(entry: Entry) -> bytes:
 
 def decode_entry(line: bytes, lineno: int) -> Entry:
     """Parse one entry line; LogFormatError naming the line if it is malformed."""
+    _check_depth(line, lineno)
     try:
         entry = _entry_decoder.decode(line)
     except msgspec.ValidationError:
         try:
             entry = _lax_entry_decoder.decode(line)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except Exception as exc:
             raise LogFormatError(f"line {lineno}: {exc}") from exc
         if not entry.nonfinite:
             raise LogFormatError(f"line {lineno}: entry does not match the schema") from None
-    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: msgspec #714 (bad UTF-8)
+    except Exception as exc:  # a damaged file: whatever the decoder raises names the line
         raise LogFormatError(f"line {lineno}: {exc}") from exc
     return entry
+
+
+def _check_depth(line: bytes, lineno: int) -> None:
+    """Refuse a line nested deeper than any real entry before the decoder recurses into it."""
+    if json_problem(line) is not None:
+        raise LogFormatError(
+            f"line {lineno}: nested deeper than {MAX_JSON_DEPTH} levels; not an event-log line"
+        )

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 from hypha_sm.wire.messages import (
     BatchStatus,
     Progress,
@@ -374,10 +375,12 @@ class JobBridge:
                     raise BridgeError(413, "body_too_large", f"body exceeds {limit} bytes")
         if allow_empty and not body.strip():
             return {}
+        if json_problem(body) is not None:
+            raise BridgeError(400, "invalid_json", f"nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             return json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError
-            raise BridgeError(400, "invalid_json", str(exc)) from None
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise BridgeError(400, "invalid_json", str(exc)[:200]) from None
 
     # -- paths --------------------------------------------------------------------------------
 

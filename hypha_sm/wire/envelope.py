@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from hypha_sm.wire.bounds import msgpack_problem
 from hypha_sm.wire.identity import Identity, IdentityError, PeerId
 from hypha_sm.wire.messages import Message
 
@@ -29,6 +30,7 @@ MAX_ENVELOPE = 1 << 20
 REASONS = (
     "oversized",
     "malformed",
+    "too_deep",
     "unknown_version",
     "bad_sender",
     "bad_signature",
@@ -197,10 +199,13 @@ def _verified(
     """Size, shape, version, sender and signature: everything but freshness and the payload."""
     if len(data) > max_size:
         return Rejection("oversized", f"{len(data)} bytes > {max_size}")
+    problem = msgpack_problem(data)
+    if problem is not None:
+        return Rejection("too_deep" if problem == "too_deep" else "malformed", problem)
     try:
         env = _envelope_decoder.decode(data)
-    except (msgspec.DecodeError, ValueError) as exc:
-        return Rejection("malformed", str(exc)[:200])
+    except Exception as exc:  # remote bytes: whatever the decoder raises is a rejection
+        return Rejection("malformed", f"{type(exc).__name__}: {str(exc)[:200]}")
     if env.v != VERSION:
         return Rejection("unknown_version", f"version {env.v}")
     try:
@@ -217,6 +222,9 @@ def _verified(
 
 
 def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
+    problem = msgpack_problem(env.payload)
+    if problem is not None:
+        return Rejection("malformed_payload", f"{problem} (checked before decoding)")
     try:
         message = _payload_decoder.decode(env.payload)
     except msgspec.ValidationError as exc:
@@ -227,8 +235,8 @@ def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
             else "malformed_payload"
         )
         return Rejection(reason, text[:200])
-    except (msgspec.DecodeError, ValueError) as exc:
-        # ValueError: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string
-        # (msgspec issue #714) instead of its DecodeError.
-        return Rejection("malformed_payload", str(exc)[:200])
+    except Exception as exc:
+        # Remote bytes: whatever the decoder raises is a rejection, never the caller's problem.
+        # (msgspec raises UnicodeDecodeError, a ValueError, for invalid UTF-8: its issue #714.)
+        return Rejection("malformed_payload", f"{type(exc).__name__}: {str(exc)[:200]}")
     return Opened(sender, message, env.id, env.ts, data)
