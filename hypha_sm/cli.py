@@ -392,6 +392,8 @@ def _replay(args: argparse.Namespace) -> int:
         "error": None
         if report.error is None
         else {"seq": report.error[0], "exception": repr(report.error[1])},
+        "partial_line": report.partial_line,
+        "node_stopped": report.node_stopped,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -408,6 +410,16 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"timeline of {timeline.kind} {next(iter(timeline.keys))}:")
             print("\n".join(timeline.lines) if timeline.lines else "  (never seen)")
         print(f"replayed {report.events} events in {elapsed:.3f} s ({rate:,.0f} events/s)")
+        if report.partial_line is not None:
+            print(
+                f"line {report.partial_line} is partial (the node stopped while writing it); "
+                "replayed the complete entries before it"
+            )
+        if report.ok and report.stopped_at is None and not report.node_stopped:
+            print(
+                "the recording ends with the node running: it was killed, crashed, "
+                "or is still running"
+            )
         if report.divergence is not None:
             print("DIVERGED:")
             print(json.dumps(report.divergence.to_builtins(), indent=2))

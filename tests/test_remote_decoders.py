@@ -223,7 +223,7 @@ def fuzz_event_log(text: bytes) -> None:
             decode_entry(line, 2)
         with pytest.raises(LogFormatError):
             decode_header(line)
-        _, entries = split_log([HEADER, line])
+        _, entries = split_log([HEADER, line + b"\n"])
         with pytest.raises(LogFormatError):
             list(entries)
 

@@ -152,6 +152,9 @@ async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> No
                 nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
     assert [s.status for s in sched.statuses] == ["running", "finished"]
     assert node.recorder.state.reserved == (0, 0, 0, 0)
+    # fsync = batch: one sync per loop wake-up that produced effects, none for the others.
+    assert node.recorder.syncs == node.stats.wakeups_with_effects > 0
+    assert node.recorder.syncs < node.stats.steps
     # The event log the node wrote replays to the same effects.
     report = replay(sink.getvalue().splitlines(keepends=True), *load_engine())
     assert report.ok, report.divergence

@@ -40,6 +40,10 @@ work_dir = "{work_dir}"
 # `event_log_keep` are deleted. Each segment replays on its own (hypha-sm replay).
 event_log_max_bytes = 67108864
 event_log_keep = 8
+# Every entry reaches the OS before its effects run; "batch" also pushes it to the disk once
+# per loop wake-up that produced effects ("always": after every entry; "never": leave it to
+# the OS, which loses the last seconds on a power cut but not on a crash of the node).
+event_log_fsync = "batch"
 # Directories jobs may fetch file:// artifacts from (besides their own work dir).
 fetch_file_roots = []
 # Where peers push files to this node's jobs (default: the first listen host, a free port).

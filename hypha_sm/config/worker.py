@@ -93,6 +93,11 @@ class WorkerSettings(LayeredSettings):
     event_log_keep: int = Field(
         default=8, ge=1, le=10_000, description="event-log segments kept in <work_dir>/events"
     )
+    event_log_fsync: Literal["never", "batch", "always"] = Field(
+        default="batch",
+        description="push event-log entries to the disk: never, once per loop wake-up that "
+        "produced effects (batch), or after every entry (always)",
+    )
     fetch_file_roots: list[Path] = Field(
         default=[], description="directories jobs may fetch file:// artifacts from"
     )

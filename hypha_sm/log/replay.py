@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from hypha_sm.core.effects import NodeStopped
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.reducer import Step, initial_state, step
@@ -76,6 +77,11 @@ class ReplayReport:
     stopped_at: int | None = field(default=None)
     #: How many segments were replayed (``replay_series``); 1 for a single log.
     segments: int = 1
+    #: The line number of a last line cut short (the node stopped mid-write); it is not
+    #: replayed, every complete entry before it is.
+    partial_line: int | None = None
+    #: Whether the node announced that it stopped (a clean exit) in what was replayed.
+    node_stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -83,29 +89,52 @@ class ReplayReport:
         return self.divergence is None and self.error is None
 
 
-def split_log(lines: Iterable[bytes]) -> tuple[Header, Iterator[Entry]]:
+class LogEntries(Iterator[Entry]):
+    """A log's entries, decoded lazily (LogFormatError on a bad line).
+
+    Every entry is written as one line ending in a newline, so a last line without one was cut
+    short by a crash: it is not decoded, and ``partial_line`` says where it was.
+    """
+
+    def __init__(self, lines: Iterator[bytes], after_seq: int) -> None:
+        self._lines = enumerate(lines, start=2)
+        self._previous = after_seq
+        #: The line number of a partial last line, once iteration reached it.
+        self.partial_line: int | None = None
+
+    def __next__(self) -> Entry:
+        for lineno, line in self._lines:
+            if not line.endswith(b"\n"):
+                self.partial_line = lineno
+                raise StopIteration
+            if not line.strip():
+                continue
+            entry = decode_entry(line, lineno)
+            if entry.seq != self._previous + 1:
+                raise LogFormatError(
+                    f"line {lineno}: seq {entry.seq} follows {self._previous}; entries are missing"
+                )
+            self._previous = entry.seq
+            return entry
+        raise StopIteration
+
+
+def split_log(lines: Iterable[bytes]) -> tuple[Header, LogEntries]:
     """The header, and a lazy iterator over the entries (raising LogFormatError on bad lines)."""
     it = iter(lines)
     try:
         first = next(it)
     except StopIteration:
         raise LogFormatError("the log is empty: no header line") from None
-    header = decode_header(first)
-
-    def entries() -> Iterator[Entry]:
-        previous = header.after_seq
-        for lineno, line in enumerate(it, start=2):
-            if not line.strip():
-                continue
-            entry = decode_entry(line, lineno)
-            if entry.seq != previous + 1:
-                raise LogFormatError(
-                    f"line {lineno}: seq {entry.seq} follows {previous}; entries are missing"
-                )
-            previous = entry.seq
-            yield entry
-
-    return header, entries()
+    try:
+        header = decode_header(first)
+    except LogFormatError:
+        if not first.endswith(b"\n"):
+            raise LogFormatError(
+                "line 1: the header is partial (the node stopped while writing it)"
+            ) from None
+        raise
+    return header, LogEntries(it, header.after_seq)
 
 
 def start_state(header: Header, engine: Engine) -> WorkerState:
@@ -142,6 +171,7 @@ def replay(
     )
     report.last_seq = header.after_seq
     _fold(report, entries, until, check_effects, observe)
+    report.partial_line = entries.partial_line
     return report
 
 
@@ -185,6 +215,7 @@ def replay_series(
                 report.divergence = divergence
                 break
         _fold(report, entries, until, check_effects, observe)
+        report.partial_line = entries.partial_line
         if not report.ok or report.stopped_at is not None:
             break
         previous = name
@@ -254,6 +285,8 @@ def _fold(
             break
         report.events += 1
         report.last_seq = entry.seq
+        if any(isinstance(e, NodeStopped) for e in result.effects):
+            report.node_stopped = True
         if observe is not None:
             observe(entry, result)
         if entry.effects is None:

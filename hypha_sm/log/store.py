@@ -1,5 +1,13 @@
 """Writing event logs to files: the recorder the node runs with, and saving test inputs as logs.
 
+Durability. Each entry reaches the operating system (one ``write`` of the whole line, no
+user-space buffer) before the step's effects are performed, so a ``kill -9`` of the node never
+loses an entry of something the outside saw. Whether it also reaches the disk (surviving a
+power cut or a kernel crash) is the ``fsync`` policy: ``never``; ``batch`` (the node calls
+``Recorder.sync`` once per loop wake-up that produced effects, before performing them; the
+default); ``always`` (after every entry). Segment files are created mode 0600 in a 0700
+directory: they hold the id seed and job specs.
+
 The node's log rotates by size (``Recorder.open_rotating`` or ``Recorder(RotatingLog(...), ...)``):
 it is a series of segment files ``<prefix>-<run>-<NNNNNN>.jsonl`` in one directory, where
 ``<run>`` is ``<UTC start, YYYYmmddTHHMMSS.ffffffZ>-<8 hex digits>`` drawn when the log opens
@@ -10,15 +18,18 @@ starts with a header holding a snapshot of the core state, so each segment repla
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import logging
+import os
 import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Literal, get_args
 
 from hypha_sm import __version__
 from hypha_sm.core.engine import Engine
@@ -44,6 +55,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: ... and this many segments are kept in the directory (for the prefix), the oldest deleted.
 DEFAULT_KEEP = 8
+
+FsyncPolicy = Literal["never", "batch", "always"]
+FSYNC_POLICIES: tuple[str, ...] = get_args(FsyncPolicy)
+#: Segment files hold the id seed and job specs: only the node's user may read them.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 _SEGMENT_NAME = re.compile(
     r"(?P<run>(?P<ts>\d{8}T\d{6}\.\d{6}Z)-[0-9a-f]{8})-(?P<index>\d{6,})\.jsonl"
@@ -134,12 +151,26 @@ def newest_run(directory: Path, prefix: str = "worker") -> list[Path]:
     return list_segments(directory, prefix, run=key[0])
 
 
-class _Closed(io.BytesIO):
-    """Stands for the file before the first segment: writing or flushing raises ValueError."""
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (a short write, e.g. at ENOSPC, is continued)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # not seen for regular files; never spin
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.close()
+
+def sync_fd(fd: int) -> None:
+    """Push a file's data to the disk (``fdatasync`` where there is one)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) if needed, and make it mode 0700."""
+    directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    if directory.stat().st_mode & 0o777 != DIR_MODE:
+        directory.chmod(DIR_MODE)
 
 
 class RotatingLog:
@@ -155,6 +186,9 @@ class RotatingLog:
     touched. Disk use is thus at most about ``keep`` x ``max_bytes`` per directory and prefix,
     across restarts.
 
+    Every ``write`` goes straight to the file descriptor (no user-space buffer); ``sync``
+    pushes the current segment to the disk. Segments are created mode 0600, the directory 0700.
+
     Not thread-safe; one log per directory and prefix at a time (one node per work dir).
     """
 
@@ -164,8 +198,6 @@ class RotatingLog:
         prefix: str = "worker",
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
-        *,
-        buffering: int = 1 << 16,
     ) -> None:
         if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith("."):
             raise ValueError(f"prefix {prefix!r}: expected a plain file-name prefix")
@@ -175,7 +207,6 @@ class RotatingLog:
         self.prefix = prefix
         self.max_bytes = max_bytes
         self.keep = keep
-        self.buffering = buffering
         #: This log's run id: in every segment's name and header.
         self.run = new_run_id()
         #: The number of the current segment (0 before the first ``begin``).
@@ -188,7 +219,7 @@ class RotatingLog:
         self.limit = max_bytes
         #: Segment files deleted by this log, oldest first.
         self.deleted: list[Path] = []
-        self._file: BinaryIO = _Closed()
+        self._fd: int | None = None
 
     def segment_name(self, index: int) -> str:
         """The file name of segment ``index`` of this run."""
@@ -200,33 +231,51 @@ class RotatingLog:
         return self.size >= self.limit
 
     def write(self, data: bytes) -> int:
-        """Append to the current segment (buffered)."""
+        """Append to the current segment: every byte reaches the OS before this returns.
+
+        Raises:
+            OSError: the write failed (e.g. ENOSPC); bytes already written stay written.
+            ValueError: there is no segment yet (``begin`` was never called) or it is closed.
+        """
+        if self._fd is None:
+            raise ValueError("the event log has no open segment")
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            # Never leave half a line: the next entry would follow it on the same line.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+            raise
         self.size += len(data)
-        return self._file.write(data)
+        return len(data)
 
     def flush(self) -> None:
-        """Push buffered lines of the current segment to its file."""
-        self._file.flush()
+        """Nothing to do: writes are not buffered (kept for the file-like interface)."""
+
+    def sync(self) -> None:
+        """Push the current segment's data to the disk."""
+        if self._fd is not None:
+            sync_fd(self._fd)
 
     def begin(self, header: bytes) -> Path:
         """Start the next segment with this header line, close the current one, prune old ones.
 
-        The new file is created (exclusively) and its header written and flushed before the
-        current segment is closed: if that fails, the error propagates and the log goes on in
-        the current segment.
+        The new file is created (exclusively, mode 0600) and its header written before the
+        current segment is closed: if that fails, the new file is removed, the error
+        propagates and the log goes on in the current segment.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         path = self.directory / self.segment_name(self.index + 1)
-        new: BinaryIO = path.open("xb", buffering=self.buffering)
+        new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         try:
-            new.write(header)
-            new.flush()
+            write_all(new, header)
         except BaseException:
-            new.close()
+            os.close(new)
             path.unlink(missing_ok=True)
             raise
-        old, self._file = self._file, new
-        old.close()
+        old, self._fd = self._fd, new
+        if old is not None:
+            os.close(old)
         self.index += 1
         self.path = path
         self.size = len(header)
@@ -253,8 +302,10 @@ class RotatingLog:
             log.info("event log: deleted old segment %s (keeping %d)", path, self.keep)
 
     def close(self) -> None:
-        """Flush and close the current segment (idempotent)."""
-        self._file.close()
+        """Close the current segment (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> RotatingLog:
         return self
@@ -272,7 +323,8 @@ class Recorder:
     """Runs the core and appends every input, its time and its effects to a log.
 
     The entry is written after ``step`` computes the effects and before anyone performs them,
-    so a crash never leaves an effect performed but unlogged.
+    so a crash never leaves an effect performed but unlogged: it reaches the OS inside
+    ``feed`` (a killed process loses nothing), and the disk per ``fsync`` (module docstring).
 
     ``sink`` is a binary file (the caller owns it; the log is one version 1 file) or a
     ``RotatingLog`` (the recorder writes version 2 segments and closes it in ``close``). With a
@@ -289,8 +341,17 @@ class Recorder:
         machines_hash: str,
         policy: Policy,
         seed: bytes,
+        *,
+        fsync: FsyncPolicy = "batch",
     ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync {fsync!r}: expected one of {', '.join(FSYNC_POLICIES)}")
         self.sink = sink
+        self.fsync = fsync
+        #: Entries written since the last ``sync`` (what a ``batch`` sync would push).
+        self.unsynced = 0
+        #: How many times the log was pushed to the disk.
+        self.syncs = 0
         self.machines_hash = machines_hash
         self.policy = policy
         self.seed = seed
@@ -300,6 +361,7 @@ class Recorder:
         self.rotating = sink if isinstance(sink, RotatingLog) else None
         if self.rotating is None:
             sink.write(encode_header(make_header(machines_hash, policy, seed)))
+            sink.flush()
         elif self.rotating.index:
             raise ValueError("this RotatingLog already has segments: give each recorder its own")
         else:
@@ -317,10 +379,16 @@ class Recorder:
         prefix: str = "worker",
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
+        fsync: FsyncPolicy = "batch",
     ) -> Recorder:
         """A recorder writing a size-rotated log into ``directory`` (created if missing)."""
         return cls(
-            RotatingLog(directory, prefix, max_bytes, keep), engine, machines_hash, policy, seed
+            RotatingLog(directory, prefix, max_bytes, keep),
+            engine,
+            machines_hash,
+            policy,
+            seed,
+            fsync=fsync,
         )
 
     @property
@@ -337,7 +405,35 @@ class Recorder:
         self.seq += 1
         entry = Entry(self.seq, now.mono, now.wall, event, list(result.effects))
         self.sink.write(encode_entry(entry))
+        if self.rotating is None:
+            self.sink.flush()  # a plain file object may buffer: hand the line to the OS now
+        self.unsynced += 1
+        if self.fsync == "always":
+            self.sync()
         return result
+
+    def sync(self) -> None:
+        """Push every entry written so far to the disk (a no-op with ``fsync = never``).
+
+        The node calls it once per loop wake-up whose steps produced effects, before it
+        performs them (``fsync = batch``); with ``always`` ``feed`` calls it after each entry.
+        """
+        if self.fsync == "never" or not self.unsynced:
+            return
+        if self.rotating is not None:
+            self.rotating.sync()
+        else:
+            self.sink.flush()
+            fileno = getattr(self.sink, "fileno", None)
+            if fileno is not None:
+                try:
+                    fd = fileno()
+                except (OSError, io.UnsupportedOperation):
+                    fd = None
+                if fd is not None:
+                    sync_fd(fd)
+        self.unsynced = 0
+        self.syncs += 1
 
     def rotate(self) -> Path:
         """Start the next segment now, with a snapshot of the current state; its path."""
@@ -360,11 +456,12 @@ class Recorder:
         )
 
     def flush(self) -> None:
-        """Push buffered lines to the file."""
+        """Hand any buffered bytes to the OS (the node's rotating log has none)."""
         self.sink.flush()
 
     def close(self) -> None:
-        """Close a rotating log; flush a plain sink (its owner closes it)."""
+        """Sync (per the policy), then close a rotating log or flush a plain sink."""
+        self.sync()
         if self.rotating is not None:
             self.rotating.close()
         else:

@@ -94,6 +94,7 @@ async def _run(
         prefix="worker",
         max_bytes=settings.event_log_max_bytes,
         keep=settings.event_log_keep,
+        fsync=settings.event_log_fsync,
     )
     with Endpoint(identity, NetConfig(tls=tls)) as transport, recorder:
         gateways = Gateways(transport, settings.gateway_addresses)
