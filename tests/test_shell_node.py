@@ -266,3 +266,49 @@ async def test_a_gateway_naming_an_unusable_address_does_not_stop_the_node() -> 
         assert health.message == m.HealthReply(False)
         await node.shutdown()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_jobs_reports_reach_the_scheduler_in_the_order_the_core_decided_them() -> None:
+    """A job that exits at once: its "running" and "finished" leave in one loop wake-up, but
+    "finished" is sent only after "running" was answered, however slowly."""
+    network = MemoryNetwork()
+    executor = FakeExecutor()
+    node = memory_node(network, executor)
+    sched = Scheduler(network)
+    plain_handle = sched.handle
+
+    async def slow_on_running(opened: Opened) -> m.Message:
+        if isinstance(opened.message, m.JobStatus) and opened.message.status == "running":
+            await trio.sleep(0.3)
+        return await plain_handle(opened)
+
+    async with running_gateway(MemoryEndpoint(network, GATEWAY), *GW) as gw:
+        with sched.endpoint.publisher(dial=[gw.ingest]) as pub:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sched.endpoint.serve, "sched:7100", slow_on_running)
+                worker_address = await nursery.start(node.run, [gw.listen])
+                with trio.fail_after(10):
+                    await wait_connected(pub)
+                    await wait_healthy(sched.endpoint, worker_address)
+                    await pub.publish(advert())
+                    await sched.offer_seen.wait()
+                    lease = sched.offers[0].lease_id
+                    await sched.endpoint.request(worker_address, m.RenewLease(lease))
+                    executor.start = _exiting_at_once(executor)  # type: ignore[method-assign]
+                    await sched.endpoint.request(
+                        worker_address, m.DispatchJob("job-1", lease, TRAIN, "{}")
+                    )
+                    while len(sched.statuses) < 2:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    assert [s.status for s in sched.statuses] == ["running", "finished"]
+
+
+def _exiting_at_once(executor: FakeExecutor):  # type: ignore[no-untyped-def]
+    plain_start = executor.start
+
+    async def start(job: StartJob) -> None:
+        await plain_start(job)
+        executor.finish(job.job_id, 0)
+
+    return start

@@ -138,6 +138,9 @@ class WorkerNode:
         self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
         self._job_schedulers: dict[str, str] = {}  # job id -> the peer that dispatched it
         self._dispatching: dict[int, tuple[str, str]] = {}  # reply token -> (job id, peer)
+        # A job's reports go out one at a time, in the order the core decided them: a job that
+        # exits at once must not have its "finished" overtake its "running".
+        self._status_queues: dict[str, collections.deque[SendJobStatus]] = {}
         self._stopped = trio.Event()
         self._subscriptions: list[Subscription] = []
         self._transfer_offers = transfer_offers
@@ -369,7 +372,7 @@ class WorkerNode:
             case StopJob():
                 self._later(self.executor.stop(effect.job_id, force=effect.force))
             case SendJobStatus():
-                self._later(self._send_status(effect))
+                self._queue_status(effect)
             case NodeStopped():
                 log.info("node stopped (%s)", effect.reason)
                 self._stopped.set()
@@ -420,6 +423,23 @@ class WorkerNode:
         await self._send.send(JobStarted(job.job_id))
         code = await self.executor.wait(job.job_id)
         await self._send.send(JobExited(job.job_id, code))
+
+    def _queue_status(self, status: SendJobStatus) -> None:
+        queue = self._status_queues.get(status.job_id)
+        if queue is not None:
+            queue.append(status)
+            return
+        self._status_queues[status.job_id] = collections.deque([status])
+        self._later(self._send_statuses(status.job_id))
+
+    async def _send_statuses(self, job_id: str) -> None:
+        queue = self._status_queues[job_id]
+        try:
+            while queue:
+                await self._send_status(queue[0])
+                queue.popleft()
+        finally:
+            del self._status_queues[job_id]
 
     async def _send_status(self, status: SendJobStatus) -> None:
         address = self._schedulers.get(status.scheduler)
