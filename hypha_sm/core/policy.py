@@ -74,6 +74,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_leases: int = 1024
     #: How long an advertisement id is remembered to drop re-deliveries, when the ad sets no timeout.
     dedupe_window: float = 60.0
+    #: Most advertisement ids remembered at once (the soonest forgotten go first): a flood of
+    #: ads costs bounded memory. Re-deliveries come within milliseconds, not 16,384 ads later.
+    dedupe_capacity: int = 16_384
 
     def executor_for(self, ref: ExecutorRef) -> ExecutorSpec | None:
         """The first configured executor with this class and name, if any."""
@@ -132,4 +135,8 @@ def policy_from_config(data: dict[str, object]) -> Policy:
             raise PolicyError(f"timings.{name} = {seconds!r}: expected seconds > 0")
     if policy.max_leases < 1:
         raise PolicyError(f"max_leases = {policy.max_leases!r}: expected an integer >= 1")
+    if policy.dedupe_capacity < 1:
+        raise PolicyError(
+            f"dedupe_capacity = {policy.dedupe_capacity!r}: expected an integer >= 1"
+        )
     return policy

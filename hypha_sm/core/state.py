@@ -136,6 +136,15 @@ class WorkerState:
             if self.seen_ads.get(request_id) == forget_at:
                 del self.seen_ads[request_id]
 
+    def bound_seen(self, capacity: int) -> None:
+        """Forget the soonest-to-expire advertisement ids until at most ``capacity`` remain."""
+        heap = self.seen_heap
+        while len(self.seen_ads) > capacity and heap:
+            forget_at, request_id = heapq.heappop(heap)
+            if self.seen_ads.get(request_id) == forget_at:
+                del self.seen_ads[request_id]
+                self.counters["dedupe.evicted"] += 1
+
     # -- events and effects ----------------------------------------------------------------
 
     def fire(self, kind: str, key: str, event: str, payload: object = None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -31,9 +32,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal, get_args
 
+import msgspec
+
 from hypha_sm import __version__
-from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import Event, Now
+from hypha_sm.core.engine import CREATED, Engine
+from hypha_sm.core.events import DispatchRequested, Event, Now
 from hypha_sm.core.policy import Policy
 from hypha_sm.core.reducer import Step, initial_state, step
 from hypha_sm.core.state import WorkerState
@@ -403,7 +406,7 @@ class Recorder:
             self.rotate()
         result = step(self.state, event, now)
         self.seq += 1
-        entry = Entry(self.seq, now.mono, now.wall, event, list(result.effects))
+        entry = Entry(self.seq, now.mono, now.wall, logged(event, result), list(result.effects))
         self.sink.write(encode_entry(entry))
         if self.rotating is None:
             self.sink.flush()  # a plain file object may buffer: hand the line to the OS now
@@ -477,6 +480,27 @@ class Recorder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def spec_digest(spec: str) -> str:
+    """What a refused dispatch's spec is logged as: its size and SHA-256, not its text."""
+    data = spec.encode("utf-8", "surrogatepass")
+    return f"<refused spec: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}>"
+
+
+def logged(event: Event, result: Step) -> Event:
+    """The event as it is written to the log.
+
+    A dispatch that created no job was refused (unknown lease, not the owner, ...): a stranger
+    can send those by the thousand, so its spec (up to 512 KiB) is logged as a digest. Replay
+    is unchanged: no refusal depends on the spec's text, and a refused spec goes nowhere.
+    """
+    if isinstance(event, DispatchRequested) and not any(
+        kind == "job" and key == event.job_id and index == CREATED
+        for kind, key, _, _, _, index in result.trace
+    ):
+        return msgspec.structs.replace(event, spec=spec_digest(event.spec))
+    return event
 
 
 def write_inputs(

@@ -69,7 +69,7 @@ from hypha_sm.net.streams import Address, open_listener, open_stream
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import MSG_ID_BYTES, Opener, Rejection, seal
 from hypha_sm.wire.identity import Identity, PeerId
-from hypha_sm.wire.messages import TransferAnswer, TransferOffer
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer, clip
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -805,7 +805,7 @@ class BulkServer:
         return TransferAnswer(
             transfer_id=offer.transfer_id,
             accepted=reason is None,
-            reason=reason or "",
+            reason=clip(reason or ""),
             address=str(self.address) if self.address is not None else "",
         )
 
@@ -1080,8 +1080,8 @@ class BulkServer:
 
 
 def _refuse(transfer_id: str, reason: str) -> TransferAnswer:
-    return TransferAnswer(transfer_id=transfer_id, accepted=False, reason=reason)
+    return TransferAnswer(transfer_id=transfer_id, accepted=False, reason=clip(reason))
 
 
 def _failed(transfer_id: str, error: BulkError) -> TransferAnswer:
-    return TransferAnswer(transfer_id=transfer_id, accepted=False, reason=_verdict_reason(error))
+    return _refuse(transfer_id, _verdict_reason(error))

@@ -87,6 +87,8 @@ TransferOffers = Callable[[PeerId, m.TransferOffer], m.TransferAnswer]
 
 #: How long this node's peer record at a gateway is valid; it is renewed at a third of this.
 RECORD_LIFETIME = 300.0
+#: Most schedulers whose reply address the node remembers (the least recently offered to go).
+MAX_SCHEDULERS = 4096
 #: Most inputs stepped per loop wake-up (one log sync covers them all).
 WAKE_BATCH = 64
 
@@ -135,7 +137,9 @@ class WorkerNode:
         self._idle: trio.CancelScope | None = None  # the loop's wait for input, if waiting
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
-        self._schedulers: dict[str, str] = {}  # scheduler peer id -> its reply address
+        # Scheduler peer id -> its reply address, learnt when we offer it a lease (never from
+        # an advertisement we decline: a stranger's ads must cost no memory), bounded.
+        self._schedulers: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._job_schedulers: dict[str, str] = {}  # job id -> the peer that dispatched it
         self._dispatching: dict[int, tuple[str, str]] = {}  # reply token -> (job id, peer)
         # A job's reports go out one at a time, in the order the core decided them: a job that
@@ -246,7 +250,6 @@ class WorkerNode:
             if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
                 self.stats.refused_ads += 1
                 continue
-            self._schedulers[ad.scheduler] = ad.reply_address
             r = ad.resources
             await self._send.send(
                 AdvertisementReceived(
@@ -349,6 +352,7 @@ class WorkerNode:
         self.stats.effects[name] = self.stats.effects.get(name, 0) + 1
         match effect:
             case SendOffer():
+                self._remember_scheduler(effect.scheduler, effect.reply_address)
                 self._later(self._send_offer(effect))
             case ReplyRenewed():
                 self._reply(effect.reply_to, m.LeaseRenewed(effect.lease_id, effect.expires_wall))
@@ -365,7 +369,10 @@ class WorkerNode:
                 )
             case ReplyDispatchFailed():
                 self._reply(
-                    effect.reply_to, m.DispatchFailed(effect.job_id, effect.reason, effect.detail)
+                    effect.reply_to,
+                    m.DispatchFailed(
+                        effect.job_id, m.clip(effect.reason), m.clip(effect.detail, m.MAX_DETAIL)
+                    ),
                 )
             case StartJob():
                 self._later(self._run_job(effect))
@@ -376,6 +383,12 @@ class WorkerNode:
             case NodeStopped():
                 log.info("node stopped (%s)", effect.reason)
                 self._stopped.set()
+
+    def _remember_scheduler(self, scheduler: str, address: str) -> None:
+        self._schedulers[scheduler] = address
+        self._schedulers.move_to_end(scheduler)
+        while len(self._schedulers) > MAX_SCHEDULERS:
+            self._schedulers.popitem(last=False)
 
     def _later(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -443,10 +456,14 @@ class WorkerNode:
 
     async def _send_status(self, status: SendJobStatus) -> None:
         address = self._schedulers.get(status.scheduler)
+        if address is not None:
+            self._schedulers.move_to_end(status.scheduler)
         if address is None:
             await self._send.send(StatusFailed(status.job_id, status.status, "unknown_scheduler"))
             return
-        message = m.JobStatus(status.job_id, status.status, status.exit_code, status.reason)
+        message = m.JobStatus(
+            status.job_id, status.status, status.exit_code, m.clip(status.reason, m.MAX_DETAIL)
+        )
         try:
             await self.transport.request(
                 address, message, expect=PeerId.parse(status.scheduler), timeout=5.0

@@ -23,6 +23,7 @@ and statuses and progress must come from the worker the job was dispatched to.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -54,6 +55,9 @@ ACCEPT_TIMEOUT = 0.4
 #: How long the cheapest untried offer waits for the ones before it to answer.
 HEDGE = 0.05
 FINAL = frozenset({"finished", "failed", "cancelled", "lost"})
+#: Progress reports kept per placement, and metrics shown per log line.
+KEEP_PROGRESS = 64
+SHOWN_METRICS = 12
 
 Phase = Literal["accepted", "dispatched", "running", "finished", "failed", "cancelled", "lost"]
 
@@ -71,7 +75,11 @@ class Placement:
     exit_code: int | None = None
     reason: str = ""
     expires: float = 0.0
-    progress: list[m.ProgressKind] = field(default_factory=list)
+    #: The latest progress reports (older ones are dropped: a worker may report for days).
+    progress: collections.deque[m.ProgressKind] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP_PROGRESS)
+    )
+    reports: int = 0
     ended: trio.Event = field(default_factory=trio.Event)
 
 
@@ -144,6 +152,7 @@ class Scheduler:
             if placement is None:
                 return m.Refused("unknown_job")
             placement.progress.append(message.progress)
+            placement.reports += 1
             log.info("%s %s", _short(placement.worker), describe_progress(message.progress))
             if self._on_progress is not None:
                 self._on_progress(placement, message.progress)
@@ -401,8 +410,10 @@ def describe_progress(progress: m.ProgressKind) -> str:
     """One human line for a progress report."""
     match progress:
         case m.RoundMetrics(round=n, metrics=metrics):
-            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-            return f"round {n}: {shown}"
+            names = sorted(metrics)
+            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in names[:SHOWN_METRICS])
+            more = f" (+{len(names) - SHOWN_METRICS} more)" if len(names) > SHOWN_METRICS else ""
+            return f"round {n}: {shown}{more}"
         case m.BatchStatus(batch_size=size):
             return f"step done (batch {size})"
         case m.UpdateStarted():

@@ -14,8 +14,37 @@ import msgspec
 
 TOPIC_WORKER = b"hypha/worker\x00"  # NUL-terminated: NNG subscriptions match by prefix
 
+#: Field limits (specs/protocol.md §4, "Limits"): every string or collection a peer can send
+#: is bounded, so what a stranger makes a node keep or log is bounded too.
+MAX_ID = 128
+MAX_PEER = 64  # a base58 Ed25519 peer id is 52 characters
+MAX_ADDRESS = 256
+MAX_NAME = 128
+MAX_REASON = 256
+MAX_DETAIL = 1024
+#: A job spec (JSON text). Larger specs reach the job as a file, never the environment.
+MAX_SPEC = 512 * 1024
+MAX_EXECUTORS = 8
+MAX_ADDRESSES = 16
+MAX_METRICS = 256
+MAX_RECORDS = 64
+MAX_RECORD_BYTES = 4096
+
 #: Request, lease and job ids: the node keeps them in memory, so their size is bounded.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+PeerText = Annotated[str, msgspec.Meta(max_length=MAX_PEER)]
+Address = Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
+Detail = Annotated[str, msgspec.Meta(max_length=MAX_DETAIL)]
+Spec = Annotated[str, msgspec.Meta(max_length=MAX_SPEC)]
+MetricName = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+TransferId = Annotated[str, msgspec.Meta(max_length=MAX_ID)]  # empty when unknown
+
+
+def clip(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` cut to ``limit`` characters (ending in an ellipsis when cut), to fit a field."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
@@ -34,8 +63,8 @@ class Resources(msgspec.Struct, frozen=True):
 class Executor(msgspec.Struct, frozen=True):
     """An executor descriptor: job class and executor name."""
 
-    cls: str = msgspec.field(name="class")
-    name: str
+    cls: Name = msgspec.field(name="class")
+    name: Name
 
 
 # -- advertisement (pub/sub, topic hypha/worker) -------------------------------------------
@@ -45,10 +74,10 @@ class Advertisement(_Msg, tag="advertisement", frozen=True):
     """A scheduler looks for workers. Offers go to ``reply_address``."""
 
     request_id: Id
-    scheduler: str
-    reply_address: str
+    scheduler: PeerText
+    reply_address: Address
     resources: Resources
-    executors: tuple[Executor, ...]
+    executors: Annotated[tuple[Executor, ...], msgspec.Meta(max_length=MAX_EXECUTORS)]
     bid: float
     expires: float
 
@@ -64,7 +93,7 @@ class WorkerOffer(_Msg, tag="worker_offer", frozen=True):
     price: float
     resources: Resources
     expires: float
-    worker_address: str
+    worker_address: Address
 
 
 class OfferAck(_Msg, tag="offer_ack", frozen=True):
@@ -93,7 +122,7 @@ class RenewFailed(_Msg, tag="renew_failed", frozen=True):
     """Renewal refused, with a reason (``unknown_lease``, ``not_owner``, ``lease_ending``)."""
 
     lease_id: Id
-    reason: str
+    reason: Reason
 
 
 # -- dispatch job ----------------------------------------------------------------------------
@@ -105,7 +134,7 @@ class DispatchJob(_Msg, tag="dispatch_job", frozen=True):
     job_id: Id
     lease_id: Id
     executor: Executor
-    spec: str
+    spec: Spec
 
 
 class JobDispatched(_Msg, tag="job_dispatched", frozen=True):
@@ -120,8 +149,8 @@ class DispatchFailed(_Msg, tag="dispatch_failed", frozen=True, omit_defaults=Tru
     """Dispatch refused or the job could not start: a reason code and, if any, a detail."""
 
     job_id: Id
-    reason: str
-    detail: str = ""
+    reason: Reason
+    detail: Detail = ""
 
 
 # -- job status ------------------------------------------------------------------------------
@@ -133,7 +162,7 @@ class JobStatus(_Msg, tag="job_status", frozen=True):
     job_id: Id
     status: Literal["running", "finished", "failed", "cancelled"]
     exit_code: int | None = None
-    reason: str = ""
+    reason: Detail = ""
 
 
 class StatusAck(_Msg, tag="status_ack", frozen=True):
@@ -155,7 +184,7 @@ class RoundMetrics(msgspec.Struct, frozen=True, tag="metrics"):
     """Once per outer round: named metrics."""
 
     round: int
-    metrics: dict[str, float]
+    metrics: Annotated[dict[MetricName, float], msgspec.Meta(max_length=MAX_METRICS)]
 
 
 class UpdateStarted(msgspec.Struct, frozen=True, tag="update"):
@@ -193,18 +222,18 @@ class ProgressReply(_Msg, tag="progress_reply", frozen=True):
 class DataSliceRequest(_Msg, tag="data_slice_request", frozen=True):
     """Ask the scheduler which data node serves the next slice of a dataset."""
 
-    dataset: str
+    dataset: Name
 
 
 class DataSliceAnswer(_Msg, tag="data_slice_answer", frozen=True):
     """Where to fetch the slice, or why not (``not_found``, ``error``)."""
 
-    dataset: str
+    dataset: Name
     outcome: Literal["found", "not_found", "error"]
-    provider: str = ""
-    address: str = ""
+    provider: PeerText = ""
+    address: Address = ""
     index: int = 0
-    reason: str = ""
+    reason: Reason = ""
 
 
 # -- health ----------------------------------------------------------------------------------
@@ -226,30 +255,30 @@ class HealthReply(_Msg, tag="health_reply", frozen=True):
 class PeerRecord(_Msg, tag="peer_record", frozen=True):
     """A node announces where it listens, until ``expires``. Signed by the node itself."""
 
-    peer: str
-    addresses: tuple[str, ...]
+    peer: PeerText
+    addresses: Annotated[tuple[Address, ...], msgspec.Meta(max_length=MAX_ADDRESSES)]
     expires: float
 
 
 class DatasetRecord(_Msg, tag="dataset_record", frozen=True):
     """A data node announces that it provides a dataset, until ``expires``."""
 
-    dataset: str
-    provider: str
+    dataset: Name
+    provider: PeerText
     expires: float
 
 
 class Lookup(_Msg, tag="lookup", frozen=True):
     """Ask a gateway for a peer's addresses or a dataset's provider."""
 
-    peer: str = ""
-    dataset: str = ""
+    peer: PeerText = ""
+    dataset: Name = ""
 
 
 class LookupReply(_Msg, tag="lookup_reply", frozen=True):
     """The signed records a gateway holds for the lookup (envelopes, still signed by their authors)."""
 
-    records: tuple[bytes, ...]
+    records: Annotated[tuple[bytes, ...], msgspec.Meta(max_length=MAX_RECORDS)]
 
 
 class GatewayInfo(_Msg, tag="gateway_info", frozen=True):
@@ -259,8 +288,8 @@ class GatewayInfo(_Msg, tag="gateway_info", frozen=True):
 class GatewayInfoReply(_Msg, tag="gateway_info_reply", frozen=True):
     """The gateway's ingest and publish addresses, as it bound them."""
 
-    ingest: str
-    publish: str
+    ingest: Address
+    publish: Address
 
 
 class Ack(_Msg, tag="ack", frozen=True):
@@ -270,7 +299,7 @@ class Ack(_Msg, tag="ack", frozen=True):
 class Refused(_Msg, tag="refused", frozen=True):
     """A request was refused before it reached its handler (a counted reason)."""
 
-    reason: str
+    reason: Reason
 
 
 # -- bulk transfers ----------------------------------------------------------------------------
@@ -279,20 +308,20 @@ class Refused(_Msg, tag="refused", frozen=True):
 class TransferOffer(_Msg, tag="transfer_offer", frozen=True):
     """A sender proposes a file: its name, size and SHA-256, and where to fetch the bytes."""
 
-    transfer_id: str
-    name: str
+    transfer_id: TransferId
+    name: Annotated[str, msgspec.Meta(max_length=255)]
     size: int
-    sha256: str
-    purpose: str = ""
+    sha256: Annotated[str, msgspec.Meta(max_length=64)]
+    purpose: Name = ""
 
 
 class TransferAnswer(_Msg, tag="transfer_answer", frozen=True):
     """Accept (with where to send) or refuse a transfer."""
 
-    transfer_id: str
+    transfer_id: TransferId
     accepted: bool
-    reason: str = ""
-    address: str = ""
+    reason: Reason = ""
+    address: Address = ""
 
 
 Message = (

@@ -64,6 +64,7 @@ def admit(ctx: Ctx) -> None:
         forget_at = max(now.mono, min(expires_mono, forget_at))
     state.seen_ads[ad.request_id] = forget_at
     heapq.heappush(state.seen_heap, (forget_at, ad.request_id))
+    state.bound_seen(state.policy.dedupe_capacity)
 
 
 @REGISTRY.action
