@@ -17,6 +17,7 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.events import (
     Event,
     JobExited,
+    JobOverLimit,
     JobStarted,
     JobStartFailed,
     OfferDelivered,
@@ -24,6 +25,8 @@ from hypha_sm.core.events import (
     ShutdownRequested,
     StatusDelivered,
     StatusFailed,
+    StorageLow,
+    StorageRecovered,
     Tick,
 )
 from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
@@ -48,6 +51,7 @@ def policies() -> list[Policy]:
             offer=Offer(price=120, floor=100, strategy="flexible"),
             timings=Timings(window_limit=3),
             max_leases=2,
+            max_pending_offers=1,
         ),
         Policy(
             capacity=capacity,
@@ -71,8 +75,9 @@ class Walk:
     reports: list[tuple[str, str]] = field(default_factory=list)
     ad_ids: list[str] = field(default_factory=list)
     counter: int = 0
-    #: ad, burst, renew, dispatch, offer answer, job result, report answer, shutdown, advance
-    weights: tuple[float, ...] = (30, 2, 40, 24, 12, 40, 16, 1, 35)
+    #: ad, burst, renew, dispatch, offer answer, job result, report answer, shutdown, advance,
+    #: disk monitor
+    weights: tuple[float, ...] = (30, 2, 40, 24, 12, 40, 16, 1, 35, 2)
     big_jumps: float = 0.2
     invalid_share: float = 0.75
     small_steps: tuple[float, ...] = (0.05, 0.3, 1.0)
@@ -145,8 +150,22 @@ class Walk:
             self.answer_a_report,
             lambda: self.feed(ShutdownRequested()),
             self.advance,
+            self.disk_monitor,
         )
         self.rng.choices(actions, weights=self.weights)[0]()
+
+    def disk_monitor(self) -> None:
+        """The disk fills or frees up; or a running job is found over its storage."""
+        rng = self.rng
+        roll = rng.random()
+        running = [job for job, phase in self.jobs.items() if phase == "started"]
+        if roll < 0.4 and running:
+            reason = rng.choice(["storage_exceeded", "disk_full"])
+            self.feed(JobOverLimit(rng.choice(running), reason, "12 GB used of 10 GB"))
+        elif roll < 0.7:
+            self.feed(StorageLow(rng.choice([0, 4096]), "write failed"))
+        else:
+            self.feed(StorageRecovered(1 << 30))
 
     def burst(self) -> None:
         for _ in range(self.worker.policy.timings.window_limit):
@@ -247,7 +266,7 @@ def walk(n: int, steps: int, seed: int, eng: Engine | None = None) -> Worker:
     pols = policies()
     w = Walk(rng, Worker(pols[n % len(pols)], seed=rng.randbytes(16), eng=eng))
     if n % 2:  # a cooperative scheduler and a prompt shell: jobs get all the way through
-        w.weights = (20, 0.5, 40, 30, 10, 60, 40, 0.5, 25)
+        w.weights = (20, 0.5, 40, 30, 10, 60, 40, 0.5, 25, 1)
         w.big_jumps = 0.05
         w.invalid_share = 0.1
         w.small_steps = (0.01, 0.05, 0.1)

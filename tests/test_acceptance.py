@@ -139,11 +139,14 @@ def test_batch_open_window_closed_flushes_once_exactly_window_wait_after_the_fir
 
 
 def test_batch_idle_advertisement_fills_window_flushes_at_once() -> None:
-    """Seed 2: the 100th ad of a burst flushes the window in its own step, without waiting."""
+    """Seed 2: the 100th ad of a burst flushes the window in its own step, without waiting.
+
+    (From 100 schedulers: one scheduler may hold only ``max_pending_offers`` offers.)"""
     w = Worker(policy())
     for i in range(99):
-        assert w.feed(ad(f"req-{i}", cpu=0.1, memory=0.1)).effects == ()
-    out = w.feed(ad("req-99", cpu=0.1, memory=0.1))
+        out = w.feed(ad(f"req-{i}", cpu=0.1, memory=0.1, scheduler=f"12D3KooWSched{i}"))
+        assert out.effects == ()
+    out = w.feed(ad("req-99", cpu=0.1, memory=0.1, scheduler="12D3KooWSched99"))
     assert len(effects_of(out, SendOffer)) == 100
     assert w.state.records["batch"]["batch"].phase == "idle"
     assert next_deadline(w.state) == w.timings.offer_timeout  # the offers', not a window's

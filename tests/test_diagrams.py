@@ -304,7 +304,7 @@ GOLDEN_DOT = """\
 digraph "door" {
     graph [rankdir=LR, fontname="Helvetica", fontsize=12, labelloc=b, \
 label="door: A tiny door for golden tests.\\nblue = remote (a peer), green = result (executor or \
-delivery), dashed orange = timer, bold purple = command (operator), grey = internal"];
+delivery), dashed orange = timer, bold purple = command (operator, node monitor), grey = internal"];
     node [shape=ellipse, fontname="Helvetica", fontsize=12];
     edge [fontname="Helvetica", fontsize=10];
     "(initial)" [shape=point, width=0.15, label="", tooltip="initial"];

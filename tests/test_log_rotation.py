@@ -66,8 +66,8 @@ from tests.test_stateful import AMOUNTS, BIDS, EXECUTOR_LISTS, EXPIRES_IN, HOSTI
 LOGS = Path(__file__).resolve().parent.parent / "specs" / "logs"
 
 #: The explorer's move weights without the operator's shutdown (a stopped node does little).
-BUSY = (30, 2, 40, 24, 12, 40, 16, 0, 35)
-COOPERATIVE = (20, 0.5, 40, 30, 10, 60, 40, 0, 25)
+BUSY = (30, 2, 40, 24, 12, 40, 16, 0, 35, 2)
+COOPERATIVE = (20, 0.5, 40, 30, 10, 60, 40, 0, 25, 1)
 PLAIN = Policy(capacity=Amounts(cpu=1.0))
 
 

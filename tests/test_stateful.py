@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 
 from hypha_sm.core.effects import (
     NodeStopped,
+    Notice,
     ReplyDispatched,
     ReplyDispatchFailed,
     ReplyRenewed,
@@ -258,11 +259,21 @@ class WorkerMachine(RuleBasedStateMachine):
         timings=st.sampled_from(TIMINGS),
         window_limit=st.sampled_from([100, 100, 3, 1]),
         max_leases=st.sampled_from([1024, 1024, 2]),
+        max_pending=st.sampled_from([8, 8, 1]),
         seed=st.binary(min_size=16, max_size=16),
         via_library=st.booleans(),
     )
     def start(
-        self, strategy, capacity, prices, timings, window_limit, max_leases, seed, via_library
+        self,
+        strategy,
+        capacity,
+        prices,
+        timings,
+        window_limit,
+        max_leases,
+        max_pending,
+        seed,
+        via_library,
     ):
         """A fresh worker under a random policy (strategy, capacity, price/floor) and seed."""
         price, floor = prices
@@ -272,6 +283,7 @@ class WorkerMachine(RuleBasedStateMachine):
             offer=Offer(price=price, floor=floor, strategy=strategy),
             timings=msgspec.structs.replace(timings, window_limit=window_limit),
             max_leases=max_leases,
+            max_pending_offers=max_pending,
         )
         self.seed = seed
         WorkerMachine.last = self  # the example Hypothesis ran last: saved as a log on failure
@@ -305,6 +317,9 @@ class WorkerMachine(RuleBasedStateMachine):
         self.shutdown_at = math.inf
         self.announced = False
         self.offers = 0
+        # scheduler -> (offers in a row it let lapse, its backoff's end or its last lapse)
+        self.lapses: dict[str, tuple[int, float]] = {}
+        self.notices_due = 0
 
     # -- the driver -----------------------------------------------------------------------
 
@@ -404,6 +419,9 @@ class WorkerMachine(RuleBasedStateMachine):
             return "expired"
         if any(configured(ref) is None for ref in ad.executors):
             return "unsupported_executor"
+        standing = self.lapses.get(ad.scheduler)
+        if standing is not None and self.now.mono < standing[1]:
+            return "scheduler_backoff"
         if ad.bid < offer.floor:
             return "below_floor"
         if offer.strategy == "flexible" and ad.bid < offer.price:
@@ -420,6 +438,28 @@ class WorkerMachine(RuleBasedStateMachine):
         weighted = (25.0 * g + 1.0 * c + 0.1 * m + 0.01 * s) / MICRO
         req.score = req.price / weighted if weighted > 0 else 0.0
         return None
+
+    def _pending_offers(self, scheduler: str) -> int:
+        """Offers the model's scheduler holds unaccepted (expired ones are gone already)."""
+        return sum(
+            1
+            for lease in self.m_leases.values()
+            if lease.owner == scheduler and not lease.accepted and not lease.draining
+        )
+
+    def _lapse(self, scheduler: str) -> None:
+        """The model's count of offers a scheduler let lapse, and its backoff."""
+        now = self.now.mono
+        lapses, until = self.lapses.pop(scheduler, (0, now))
+        if now - until > self.timings.backoff_max:
+            lapses = 0
+        lapses += 1
+        backoff = 0.0
+        over = lapses - self.policy.lapses_before_backoff
+        if over >= 0:
+            backoff = min(self.timings.backoff_base * 2.0**over, self.timings.backoff_max)
+            self.notices_due += 1
+        self.lapses[scheduler] = (lapses, now + backoff)
 
     def _reserved(self) -> Resources:
         """What the model's live leases hold."""
@@ -464,11 +504,13 @@ class WorkerMachine(RuleBasedStateMachine):
                     rank = (-req.score, req.arrival)
                     assert last_rank is None or last_rank <= rank, "flush out of rank order"
                     last_rank = rank
+                    pending = self._pending_offers(req.ad.scheduler)
                     if dst == "offered":
                         assert before_create is not None
                         free, count = before_create
                         assert fits(req.resources, free)
                         assert count < self.policy.max_leases
+                        assert pending - 1 < self.policy.max_pending_offers
                         before_create = None
                     else:
                         free = add(self.capacity, self._reserved(), -1)
@@ -476,6 +518,8 @@ class WorkerMachine(RuleBasedStateMachine):
                         reason = str(specs[kind].transitions[idx].effects[0])
                         if full:
                             assert reason == "decline(too_many_leases)"
+                        elif pending >= self.policy.max_pending_offers:
+                            assert reason == "decline(too_many_pending_offers)"
                         else:
                             assert reason == "decline(insufficient_resources)"
                             assert not fits(req.resources, free)
@@ -539,6 +583,7 @@ class WorkerMachine(RuleBasedStateMachine):
         if ev == "offer_expired":
             assert not lease.accepted
             assert now >= lease.expiry
+            self._lapse(lease.owner)
         elif ev == "lease_expired":
             assert lease.accepted
             assert now >= lease.expiry
@@ -546,6 +591,7 @@ class WorkerMachine(RuleBasedStateMachine):
         elif ev == "offer_failed":
             assert isinstance(event, OfferFailed)
             assert event.lease_id == key
+            self._lapse(lease.owner)
         elif ev == "shutdown":
             assert isinstance(event, ShutdownRequested)
             assert lease.job is None
@@ -622,6 +668,7 @@ class WorkerMachine(RuleBasedStateMachine):
                     assert expected == "renewed"
                     lease = self.m_leases[event.lease_id]
                     assert event.peer == lease.owner, "renewed for a non-owner"
+                    self.lapses.pop(lease.owner, None)  # forgiven
                     lease.accepted = True
                     lease.expiry = now.mono + self.timings.lease_timeout
                     assert math.isclose(
@@ -678,6 +725,10 @@ class WorkerMachine(RuleBasedStateMachine):
                 job.stopped = True
             elif isinstance(effect, SendJobStatus):
                 self._check_status(event, effect)
+            elif isinstance(effect, Notice):
+                assert effect.kind == "scheduler_backoff", effect
+                assert self.notices_due > 0, "a backoff notice without a lapse past the limit"
+                self.notices_due -= 1
             elif isinstance(effect, NodeStopped):
                 shutting_down = isinstance(event, ShutdownRequested) or not self.accepting
                 assert shutting_down
@@ -690,6 +741,7 @@ class WorkerMachine(RuleBasedStateMachine):
                     assert now.mono >= self.shutdown_at + self.timings.shutdown_timeout
             else:  # pragma: no cover - a new effect type needs a check here
                 raise AssertionError(f"unchecked effect {effect!r}")
+        assert self.notices_due == 0, "a backoff without its notice"
         if isinstance(event, RenewRequested):
             assert answered == 1, "a renewal must be answered exactly once, at once"
         if isinstance(event, DispatchRequested):
@@ -1226,7 +1278,7 @@ def test_a_failing_example_is_saved_as_a_log_that_replays_to_the_failure(tmp_pat
     from hypha_sm.log.replay import replay
 
     machine = WorkerMachine()
-    machine.start("flexible", CAPACITIES[0], PRICES[0], TIMINGS[0], 100, 1024, bytes(16), False)
+    machine.start("flexible", CAPACITIES[0], PRICES[0], TIMINGS[0], 100, 1024, 8, bytes(16), False)
     machine.inputs.append((at(0.0), Tick()))
     machine.inputs.append((at(1.0), JobExited("never-started", 0)))  # a shell bug: core raises
     path = save_last_example(tmp_path / "example.jsonl")

@@ -98,6 +98,17 @@ class SendJobStatus(_Effect, tag="send_job_status", frozen=True):
     reason: str
 
 
+class Notice(_Effect, tag="notice", frozen=True):
+    """Tell the operator something the core decided that is worth a log line (no reply).
+
+    ``kind`` is a stable code (``scheduler_backoff``, ``storage_full``, ...), ``detail`` the
+    sentence.
+    """
+
+    kind: str
+    detail: str
+
+
 class NodeStopped(_Effect, tag="node_stopped", frozen=True):
     """Nothing is left running; the shell may exit. ``reason`` is drained or timed_out."""
 
@@ -113,5 +124,6 @@ Effect = (
     | StartJob
     | StopJob
     | SendJobStatus
+    | Notice
     | NodeStopped
 )

@@ -107,6 +107,34 @@ class StatusFailed(_Event, tag="status_failed", frozen=True):
     reason: str
 
 
+class StorageLow(_Event, tag="storage_low", frozen=True):
+    """The node's disk monitor: the work dir's file system is full (after freeing what it could).
+
+    ``free_bytes`` is what is left; ``detail`` says how it was found (a failed write, a check).
+    """
+
+    free_bytes: int
+    detail: str = ""
+
+
+class StorageRecovered(_Event, tag="storage_recovered", frozen=True):
+    """The node's disk monitor: the work dir's file system has room again."""
+
+    free_bytes: int
+
+
+class JobOverLimit(_Event, tag="job_over_limit", frozen=True):
+    """The node's monitor found a running job over a limit it enforces; the job must stop.
+
+    ``reason`` is ``storage_exceeded`` (its work dir is over its lease's storage) or
+    ``disk_full`` (the file system is full and this job uses the most of it).
+    """
+
+    job_id: str
+    reason: str
+    detail: str = ""
+
+
 class ShutdownRequested(_Event, tag="shutdown_requested", frozen=True):
     """The operator asked the node to stop: take no new work, cancel everything."""
 
@@ -126,6 +154,9 @@ Event = (
     | JobExited
     | StatusDelivered
     | StatusFailed
+    | StorageLow
+    | StorageRecovered
+    | JobOverLimit
     | ShutdownRequested
     | Tick
 )

@@ -60,6 +60,11 @@ class Timings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kill_retry: float = 10.0
     report_timeout: float = 10.0
     shutdown_timeout: float = 30.0
+    #: After ``Policy.lapses_before_backoff`` offers in a row lapse unaccepted, a scheduler's
+    #: advertisements are declined for this long, doubling with each further lapse up to
+    #: ``backoff_max``.
+    backoff_base: float = 10.0
+    backoff_max: float = 600.0
 
 
 class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -74,6 +79,12 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_leases: int = 1024
     #: How long an advertisement id is remembered to drop re-deliveries, when the ad sets no timeout.
     dedupe_window: float = 60.0
+    #: Most offers one scheduler may hold unaccepted at once (each reserves resources).
+    max_pending_offers: int = 8
+    #: Offers in a row a scheduler may let lapse (or make undeliverable) before backing off.
+    lapses_before_backoff: int = 3
+    #: Most schedulers whose lapses are remembered (the least recently seen are forgotten).
+    scheduler_memory: int = 4096
     #: Most advertisement ids remembered at once (the soonest forgotten go first): a flood of
     #: ads costs bounded memory. Re-deliveries come within milliseconds, not 16,384 ads later.
     dedupe_capacity: int = 16_384
@@ -135,6 +146,9 @@ def policy_from_config(data: dict[str, object]) -> Policy:
             raise PolicyError(f"timings.{name} = {seconds!r}: expected seconds > 0")
     if policy.max_leases < 1:
         raise PolicyError(f"max_leases = {policy.max_leases!r}: expected an integer >= 1")
+    for name in ("max_pending_offers", "lapses_before_backoff", "scheduler_memory"):
+        if getattr(policy, name) < 1:
+            raise PolicyError(f"{name} = {getattr(policy, name)!r}: expected an integer >= 1")
     if policy.dedupe_capacity < 1:
         raise PolicyError(
             f"dedupe_capacity = {policy.dedupe_capacity!r}: expected an integer >= 1"

@@ -22,6 +22,7 @@ from hypha_sm.core.events import (
     DispatchRequested,
     Event,
     JobExited,
+    JobOverLimit,
     JobStarted,
     JobStartFailed,
     Now,
@@ -31,6 +32,8 @@ from hypha_sm.core.events import (
     ShutdownRequested,
     StatusDelivered,
     StatusFailed,
+    StorageLow,
+    StorageRecovered,
     Tick,
 )
 from hypha_sm.core.machines import REGISTRIES
@@ -161,6 +164,22 @@ def _on_shutdown(state: WorkerState, event: ShutdownRequested) -> None:
         state.count("late.shutdown_requested")  # already stopped; the shell is exiting
 
 
+def _on_storage(state: WorkerState, event: StorageLow | StorageRecovered) -> None:
+    name = "storage_low" if isinstance(event, StorageLow) else "storage_recovered"
+    if "node" in state.records["node"]:
+        state.fire("node", "node", name, event)
+    else:
+        state.count(f"late.{name}")
+
+
+def _on_job_over_limit(state: WorkerState, event: JobOverLimit) -> None:
+    # The monitor measures jobs it knows run; the job may have ended since.
+    if event.job_id in state.records["job"]:
+        state.fire("job", event.job_id, "job_over_limit", event)
+    else:
+        state.count("late.job_over_limit")
+
+
 def _on_tick(state: WorkerState, event: Tick) -> None:
     """Deadlines already fired at the start of the step."""
 
@@ -185,5 +204,8 @@ _ROUTES: dict[type, Callable[[WorkerState, Any], None]] = {
     StatusDelivered: _on_status_result,
     StatusFailed: _on_status_result,
     ShutdownRequested: _on_shutdown,
+    StorageLow: _on_storage,
+    StorageRecovered: _on_storage,
+    JobOverLimit: _on_job_over_limit,
     Tick: _on_tick,
 }

@@ -48,6 +48,11 @@ class WorkerState:
         self.seen_ads: dict[str, float] = {}
         self.seen_heap: list[tuple[float, str]] = []
         self.accepting = True
+        #: The work dir's disk is full: advertisements are declined until it has room again.
+        self.storage_full = False
+        #: Scheduler -> (offers in a row it let lapse, mono time its backoff ends or, without
+        #: one, of its last lapse), the least recently changed first; bounded.
+        self.lapses: dict[str, tuple[int, float]] = {}
         self.arrivals = 0
         self.counters: Counter[str] = Counter()
         # Per-step scratch, reset by ``step``.
@@ -145,6 +150,41 @@ class WorkerState:
                 del self.seen_ads[request_id]
                 self.counters["dedupe.evicted"] += 1
 
+    # -- schedulers that let offers lapse ---------------------------------------------------
+
+    def backed_off(self, scheduler: str) -> bool:
+        """Whether the scheduler's advertisements are declined now (it let offers lapse)."""
+        standing = self.lapses.get(scheduler)
+        return standing is not None and self.now.mono < standing[1]
+
+    def pending_offers(self, scheduler: str) -> int:
+        """How many offers the scheduler holds unaccepted now."""
+        return sum(
+            1
+            for lease in self.records["lease"].values()
+            if lease.owner == scheduler and lease._phase == "offered"
+        )
+
+    def note_lapse(self, scheduler: str) -> float:
+        """Count an offer the scheduler let lapse; the backoff it starts now (0 if none)."""
+        lapses, until = self.lapses.pop(scheduler, (0, self.now.mono))
+        if self.now.mono - until > self.policy.timings.backoff_max:
+            lapses = 0  # long quiet since its last lapse or backoff: a fresh start
+        lapses += 1
+        backoff = 0.0
+        over = lapses - self.policy.lapses_before_backoff
+        if over >= 0:
+            timings = self.policy.timings
+            backoff = min(timings.backoff_base * 2.0 ** min(over, 30), timings.backoff_max)
+        self.lapses[scheduler] = (lapses, self.now.mono + backoff)  # newest last
+        while len(self.lapses) > self.policy.scheduler_memory:
+            del self.lapses[next(iter(self.lapses))]
+        return backoff
+
+    def note_accepted(self, scheduler: str) -> None:
+        """The scheduler accepted (renewed) a lease: its lapses are forgiven."""
+        self.lapses.pop(scheduler, None)
+
     # -- events and effects ----------------------------------------------------------------
 
     def fire(self, kind: str, key: str, event: str, payload: object = None) -> None:
@@ -225,4 +265,6 @@ class WorkerState:
             },
             "counters": dict(sorted(self.counters.items())),
             "remembered_ads": len(self.seen_ads),
+            "storage_full": self.storage_full,
+            "lapses": dict(self.lapses),
         }

@@ -35,7 +35,7 @@ LEGEND: Mapping[EventKind, str] = {
     "remote": "blue = remote (a peer)",
     "result": "green = result (executor or delivery)",
     "timer": "dashed orange = timer",
-    "command": "bold purple = command (operator)",
+    "command": "bold purple = command (operator, node monitor)",
     "internal": "grey = internal",
 }
 

@@ -132,6 +132,9 @@ class Snapshot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The forget-by heap of remembered advertisement ids: (forget_at, request_id).
     seen_heap: list[tuple[float, str]]
     counters: dict[str, int]
+    storage_full: bool = False
+    #: Scheduler -> (offers in a row it let lapse, mono time its backoff ends); finite.
+    lapses: dict[str, tuple[int, float]] = {}
 
 
 class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -219,7 +222,7 @@ def _float_fields(cls: type[msgspec.Struct]) -> tuple[tuple[str, ...], tuple[str
 
 
 #: Snapshot fields holding floats inside containers, spelled one by one in _spell_snapshot.
-_SNAPSHOT_CONTAINERS = ("timers", "seen_ads", "seen_heap")
+_SNAPSHOT_CONTAINERS = ("timers", "seen_ads", "seen_heap", "lapses")
 _AMOUNT_FLOATS = _float_fields(Amounts)[0]
 _RECORD_FLOATS = {
     cls: _float_fields(cls)

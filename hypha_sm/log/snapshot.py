@@ -117,6 +117,8 @@ def capture(state: WorkerState) -> Snapshot:
         seen_ads=dict(state.seen_ads),
         seen_heap=list(state.seen_heap),
         counters=dict(state.counters),
+        storage_full=state.storage_full,
+        lapses=dict(state.lapses),
     )
 
 
@@ -163,6 +165,8 @@ def restore(snapshot: Snapshot, engine: Engine, policy: Policy, seed: bytes) -> 
     state.seen_ads = dict(snapshot.seen_ads)
     state.seen_heap = list(snapshot.seen_heap)
     state.counters = Counter(snapshot.counters)
+    state.storage_full = snapshot.storage_full
+    state.lapses = dict(snapshot.lapses)
     state.effects = []
     state.trace = []
     return state

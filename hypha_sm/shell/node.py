@@ -25,6 +25,7 @@ import trio
 from hypha_sm.core.effects import (
     Effect,
     NodeStopped,
+    Notice,
     ReplyDispatched,
     ReplyDispatchFailed,
     ReplyRenewed,
@@ -380,6 +381,8 @@ class WorkerNode:
                 self._later(self.executor.stop(effect.job_id, force=effect.force))
             case SendJobStatus():
                 self._queue_status(effect)
+            case Notice():
+                log.warning("%s", effect.detail, extra={"notice": effect.kind})
             case NodeStopped():
                 log.info("node stopped (%s)", effect.reason)
                 self._stopped.set()

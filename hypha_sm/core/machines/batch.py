@@ -24,6 +24,12 @@ def not_accepting(ctx: Ctx) -> bool:
 
 
 @REGISTRY.guard
+def storage_is_full(ctx: Ctx) -> bool:
+    """The work dir's disk is full (the node machine says so)."""
+    return ctx.state.storage_full
+
+
+@REGISTRY.guard
 def fills_window(ctx: Ctx) -> bool:
     """This advertisement brings the window to its limit."""
     rec: BatchRec = ctx.rec

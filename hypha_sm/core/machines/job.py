@@ -10,7 +10,13 @@ from hypha_sm.core.effects import (
     StopJob,
 )
 from hypha_sm.core.engine import Ctx, Registry
-from hypha_sm.core.events import JobExited, JobStartFailed, StatusDelivered, StatusFailed
+from hypha_sm.core.events import (
+    JobExited,
+    JobOverLimit,
+    JobStartFailed,
+    StatusDelivered,
+    StatusFailed,
+)
 from hypha_sm.core.records import JobRec, LeaseRec
 
 REGISTRY = Registry.new("job")
@@ -23,11 +29,15 @@ def exited_cleanly(ctx: Ctx) -> bool:
     return exited.exit_code == 0
 
 
+#: Why a job can be stopped by its own doing: it ends ``failed``, not ``cancelled``.
+_OWN_FAULTS = ("start_timeout", "storage_exceeded", "disk_full")
+
+
 @REGISTRY.guard
-def stopped_for_start_timeout(ctx: Ctx) -> bool:
-    """The stop was ours because the start took too long: that is a failure, not a cancel."""
+def stopped_for_its_own_fault(ctx: Ctx) -> bool:
+    """The stop was ours for the job's own fault (slow start, too much disk): it failed."""
     job: JobRec = ctx.rec
-    return job.reason == "start_timeout"
+    return job.reason.split(":", 1)[0] in _OWN_FAULTS
 
 
 @REGISTRY.guard
@@ -114,6 +124,15 @@ def stop(ctx: Ctx, reason: str) -> None:
     timings = state.policy.timings
     state.emit(StopJob(job.key, force=False))
     state.arm_after(job, timings.kill_grace + timings.kill_retry)
+
+
+@REGISTRY.action
+def stop_over_limit(ctx: Ctx) -> None:
+    """Stop the job for the limit it broke; the reason (with the figures) goes in its report."""
+    event: JobOverLimit = ctx.event
+    ctx.state.count(f"job.over_limit.{event.reason}")
+    reason = f"{event.reason}: {event.detail}" if event.detail else event.reason
+    stop(ctx, reason)
 
 
 @REGISTRY.action

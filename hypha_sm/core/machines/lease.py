@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from hypha_sm.core.effects import ReplyDispatchFailed, ReplyRenewed, ReplyRenewFailed, StartJob
+from hypha_sm.core.effects import (
+    Notice,
+    ReplyDispatchFailed,
+    ReplyRenewed,
+    ReplyRenewFailed,
+    StartJob,
+)
 from hypha_sm.core.engine import Ctx, Registry
 from hypha_sm.core.events import DispatchRequested, RenewRequested
 from hypha_sm.core.policy import RUNTIME_FOR_CLASS
@@ -72,6 +78,32 @@ def reply_renewed(ctx: Ctx) -> None:
     lease: LeaseRec = ctx.rec
     expires_wall = state.now.wall + (lease.deadline - state.now.mono)
     state.emit(ReplyRenewed(request.reply_to, lease.key, expires_wall))
+
+
+@REGISTRY.action
+def forgive_lapses(ctx: Ctx) -> None:
+    """The owner renews: whatever offers it let lapse before are forgiven."""
+    lease: LeaseRec = ctx.rec
+    ctx.state.note_accepted(lease.owner)
+
+
+@REGISTRY.action
+def count_lapse(ctx: Ctx) -> None:
+    """The owner let the offer lapse (or its address failed): count it; back off if repeated."""
+    state = ctx.state
+    lease: LeaseRec = ctx.rec
+    backoff = state.note_lapse(lease.owner)
+    state.count("lease.lapsed")
+    if backoff > 0:
+        state.count("scheduler.backoff")
+        lapses = state.lapses[lease.owner][0]
+        state.emit(
+            Notice(
+                "scheduler_backoff",
+                f"scheduler {lease.owner} let {lapses} offers in a row lapse unaccepted; "
+                f"declining its advertisements for {backoff:g} s",
+            )
+        )
 
 
 @REGISTRY.action_with_arg

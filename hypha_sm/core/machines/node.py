@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from hypha_sm.core.effects import NodeStopped
+from hypha_sm.core.effects import NodeStopped, Notice
 from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.events import StorageLow, StorageRecovered
 
 REGISTRY = Registry.new("node")
 
@@ -12,6 +13,37 @@ REGISTRY = Registry.new("node")
 def stop_accepting(ctx: Ctx) -> None:
     """Take no new advertisements from now on."""
     ctx.state.accepting = False
+
+
+@REGISTRY.action
+def stop_offering(ctx: Ctx) -> None:
+    """Decline every advertisement until the disk has room again; say so."""
+    state = ctx.state
+    event: StorageLow = ctx.event
+    state.storage_full = True
+    state.count("node.storage_full")
+    why = f" ({event.detail})" if event.detail else ""
+    state.emit(
+        Notice(
+            "storage_full",
+            f"the work dir's disk is full ({event.free_bytes} bytes free){why}: "
+            "no new offers until it has room",
+        )
+    )
+
+
+@REGISTRY.action
+def resume_offering(ctx: Ctx) -> None:
+    """The disk has room again: take advertisements again; say so."""
+    state = ctx.state
+    event: StorageRecovered = ctx.event
+    state.storage_full = False
+    state.emit(
+        Notice(
+            "storage_recovered",
+            f"the work dir's disk has room again ({event.free_bytes} bytes free): offering",
+        )
+    )
 
 
 @REGISTRY.action

@@ -47,6 +47,21 @@ def executor_unsupported(ctx: Ctx) -> bool:
 
 
 @REGISTRY.guard
+def scheduler_backed_off(ctx: Ctx) -> bool:
+    """The scheduler let offers lapse repeatedly and its backoff has not ended."""
+    rec: RequestRec = ctx.rec
+    return ctx.state.backed_off(rec.scheduler)
+
+
+@REGISTRY.guard
+def scheduler_holds_too_many_offers(ctx: Ctx) -> bool:
+    """The scheduler holds max_pending_offers unaccepted offers already."""
+    rec: RequestRec = ctx.rec
+    state = ctx.state
+    return state.pending_offers(rec.scheduler) >= state.policy.max_pending_offers
+
+
+@REGISTRY.guard
 def below_floor(ctx: Ctx) -> bool:
     """Below the hard minimum: dropped without a response."""
     bid: float = ctx.rec.bid
