@@ -412,11 +412,12 @@ def test_every_entry_is_in_the_file_before_feed_returns_its_effects(tmp_path: Pa
         assert rec.rotating.index > 3
 
 
-def test_a_rotation_that_fails_leaves_the_state_unstepped_and_the_log_usable(
-    tmp_path: Path,
+def test_a_rotation_that_fails_leaves_the_log_in_its_current_segment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """If the next segment cannot be created, feed raises before stepping; the input can be fed
-    again once the cause is gone, and the series still replays."""
+    """If the next segment cannot be created, feed still steps and writes the entry to the
+    current segment (the node never stops for its log); the rotation is tried again on the
+    next input, and the series replays."""
     eng, machines_hash = load_engine()
     worker = random_run(7, 200, n=1)
     rec = Recorder.open_rotating(
@@ -436,12 +437,14 @@ def test_a_rotation_that_fails_leaves_the_state_unstepped_and_the_log_usable(
             if rotating.full and not blocked:
                 blocker = tmp_path / rotating.segment_name(rotating.index + 1)
                 blocker.write_bytes(b"")
-                before = (rec.seq, rec.state.now, canonical(rec.state))
-                with pytest.raises(FileExistsError):
-                    rec.feed(event, now)
-                assert (rec.seq, rec.state.now, canonical(rec.state)) == before
+                index, seq = rotating.index, rec.seq
+                rec.feed(event, now)
+                assert (rotating.index, rec.seq) == (index, seq + 1)  # stepped, same segment
+                assert "event log: [Errno 17] File exists" in caplog.text
+                assert not rec.failing  # the entry itself was written
                 blocker.unlink()
                 blocked = True
+                continue
             rec.feed(event, now)
     assert blocked
     check_segments(list_segments(tmp_path), len(worker.inputs))

@@ -44,6 +44,10 @@ event_log_keep = 8
 # per loop wake-up that produced effects ("always": after every entry; "never": leave it to
 # the OS, which loses the last seconds on a power cut but not on a crash of the node).
 event_log_fsync = "batch"
+# Below this much free space on the work dir's disk the node removes kept failed job dirs,
+# stops offering and stops the job using the most disk (a job over its lease's storage is
+# stopped whatever the free space).
+disk_reserve_mb = 256
 # Directories jobs may fetch file:// artifacts from (besides their own work dir).
 fetch_file_roots = []
 # Where peers push files to this node's jobs (default: the first listen host, a free port).

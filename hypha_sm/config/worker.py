@@ -98,6 +98,12 @@ class WorkerSettings(LayeredSettings):
         description="push event-log entries to the disk: never, once per loop wake-up that "
         "produced effects (batch), or after every entry (always)",
     )
+    disk_reserve_mb: int = Field(
+        default=256,
+        ge=1,
+        description="below this much free space on the work dir's disk, the node frees "
+        "failed job dirs, stops offering and stops the job using the most disk",
+    )
     fetch_file_roots: list[Path] = Field(
         default=[], description="directories jobs may fetch file:// artifacts from"
     )

@@ -23,11 +23,12 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal, get_args
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: ... and this many segments are kept in the directory (for the prefix), the oldest deleted.
 DEFAULT_KEEP = 8
+
+#: Entries held in memory while the disk refuses them; beyond this they are dropped.
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 FsyncPolicy = Literal["never", "batch", "always"]
 FSYNC_POLICIES: tuple[str, ...] = get_args(FsyncPolicy)
@@ -355,6 +359,14 @@ class Recorder:
         self.unsynced = 0
         #: How many times the log was pushed to the disk.
         self.syncs = 0
+        #: Entries the disk refused, in order, waiting to be written (see ``feed``).
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        #: (first, last) seq of entries dropped because too many waited; None if none.
+        self.lost_seqs: tuple[int, int] | None = None
+        #: The last write error, until a write succeeds again.
+        self.error: OSError | None = None
+        self._next_retry = -math.inf
         self.machines_hash = machines_hash
         self.policy = policy
         self.seed = seed
@@ -400,31 +412,107 @@ class Recorder:
         return None if self.rotating is None else self.rotating.path
 
     def feed(self, event: Event, now: Now) -> Step:
-        """Step the core with one input and record it."""
+        """Step the core with one input and record it.
+
+        Never raises for a failed write (a full disk, an I/O error): the step has happened,
+        so its entry waits in memory (``pending``, up to ``MAX_PENDING_BYTES``) and is
+        written, in order, once the disk takes it again; ``failing`` says so meanwhile.
+        Past the bound the waiting entries are dropped, and the log goes on in a new segment
+        that starts from a snapshot, so what is on disk still replays.
+        """
         rotating = self.rotating
-        if rotating is not None and rotating.size >= rotating.limit:
-            self.rotate()
+        if rotating is not None and rotating.size >= rotating.limit and not self.pending:
+            self._try(self.rotate)
         result = step(self.state, event, now)
         self.seq += 1
         entry = Entry(self.seq, now.mono, now.wall, logged(event, result), list(result.effects))
-        self.sink.write(encode_entry(entry))
-        if self.rotating is None:
-            self.sink.flush()  # a plain file object may buffer: hand the line to the OS now
+        line = encode_entry(entry)
+        if self.pending or self.lost_seqs is not None or not self._try(self._write, line):
+            self._hold(line, now.mono)
         self.unsynced += 1
         if self.fsync == "always":
             self.sync()
         return result
+
+    @property
+    def failing(self) -> bool:
+        """Entries are waiting for the disk (or were lost): the log is behind the state."""
+        return bool(self.pending) or self.lost_seqs is not None
+
+    def _write(self, line: bytes) -> None:
+        self.sink.write(line)
+        if self.rotating is None:
+            self.sink.flush()  # a plain file object may buffer: hand the line to the OS now
+
+    def _try(self, action: Callable[..., object], *args: object) -> bool:
+        """Run a write; on OSError remember it and say False (the node goes on)."""
+        try:
+            action(*args)
+        except OSError as exc:
+            if self.error is None:
+                log.error("event log: %s: entries wait in memory until it succeeds", exc)
+            self.error = exc
+            return False
+        if self.error is not None and not self.failing:
+            log.info("event log: writing again")
+            self.error = None
+        return True
+
+    def _hold(self, line: bytes, mono: float) -> None:
+        if self.lost_seqs is None:
+            self.pending.append(line)
+            self.pending_bytes += len(line)
+            if self.pending_bytes > MAX_PENDING_BYTES:
+                first = self.seq - len(self.pending) + 1
+                self.lost_seqs = (first, self.seq)
+                self.pending.clear()
+                self.pending_bytes = 0
+        else:
+            self.lost_seqs = (self.lost_seqs[0], self.seq)
+        if mono >= self._next_retry:
+            self.retry(mono)
+
+    def retry(self, mono: float | None = None) -> bool:
+        """Write what waits, in order; True once nothing waits.
+
+        ``feed`` tries at most once a second (``mono`` given); the disk monitor calls it after
+        freeing space.
+        """
+        if mono is not None:
+            self._next_retry = mono + 1.0
+        while self.pending:
+            if not self._try(self._write, self.pending[0]):
+                return False
+            self.pending_bytes -= len(self.pending.pop(0))
+        if self.lost_seqs is not None:
+            if self.rotating is None or not self._try(self.rotate):
+                return False
+            first, last = self.lost_seqs
+            log.warning(
+                "event log: entries %d-%d were lost to a failed disk; it goes on in %s, "
+                "which starts from a snapshot and replays on its own",
+                first,
+                last,
+                self.rotating.path,
+            )
+            self.lost_seqs = None
+        if self.error is not None:
+            log.info("event log: writing again")
+            self.error = None
+        return True
 
     def sync(self) -> None:
         """Push every entry written so far to the disk (a no-op with ``fsync = never``).
 
         The node calls it once per loop wake-up whose steps produced effects, before it
         performs them (``fsync = batch``); with ``always`` ``feed`` calls it after each entry.
+        A failed sync is remembered like a failed write (``error``), never raised.
         """
         if self.fsync == "never" or not self.unsynced:
             return
         if self.rotating is not None:
-            self.rotating.sync()
+            if not self._try(self.rotating.sync):
+                return
         else:
             self.sink.flush()
             fileno = getattr(self.sink, "fileno", None)

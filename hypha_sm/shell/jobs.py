@@ -15,6 +15,7 @@ from hypha_sm.core.effects import StartJob
 from hypha_sm.shell.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.shell.node import StartFailed
 from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
+from hypha_sm.shell.storage import JobDisk, limit_of
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,19 @@ class LocalExecutor:
         finally:
             scope.cancel()
             self._jobs.pop(job_id, None)
+
+    def disk_jobs(self) -> list[JobDisk]:
+        """Each running job's work dir and the storage its lease allows (for the monitor)."""
+        return [
+            JobDisk(job_id, process.work_dir, limit_of(process.spec.resources.storage))
+            for job_id, (process, _) in self._jobs.items()
+        ]
+
+    def discard(self, job_id: str) -> None:
+        """Remove the job's work dir when it ends, even if it fails."""
+        entry = self._jobs.get(job_id)
+        if entry is not None:
+            entry[0].discard_dir = True
 
     async def stop(self, job_id: str, *, force: bool) -> None:
         """TERM, grace, KILL (``force``: KILL now). A job not (yet) running is ignored."""

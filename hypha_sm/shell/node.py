@@ -121,8 +121,11 @@ class WorkerNode:
         transfer_offers: TransferOffers | None = None,
         gateways: Gateways | None = None,
         telemetry: Telemetry | None = None,
+        on_log_trouble: Callable[[], None] | None = None,
     ) -> None:
         self.recorder = recorder
+        #: Called after a loop wake-up in which the event log failed to write.
+        self.on_log_trouble = on_log_trouble
         self.transport = transport
         self.executor = executor
         self.address = address
@@ -286,7 +289,11 @@ class WorkerNode:
 
     async def shutdown(self) -> None:
         """Ask the core to wind everything down (as SIGTERM does)."""
-        await self._send.send(ShutdownRequested())
+        await self.submit(ShutdownRequested())
+
+    async def submit(self, event: Event) -> None:
+        """Queue an input from the node's own side (a signal, the disk monitor)."""
+        await self._send.send(event)
 
     async def _loop(self) -> None:
         state = self.recorder.state
@@ -305,6 +312,8 @@ class WorkerNode:
                 if any(isinstance(e, NodeStopped) for e in result.effects):
                     break
                 event = self._ready_input()
+            if self.recorder.error is not None and self.on_log_trouble is not None:
+                self.on_log_trouble()  # the disk monitor frees space and tells the core
             if effects:
                 # The entries reach the disk before anyone sees an effect. In a thread: a
                 # disk busy with a job's checkpoints must not stall the sockets meanwhile.

@@ -349,6 +349,9 @@ class ProcessJob:
         self._started = False
         self._prepared = False
         self._cgroup_used = False
+        #: Remove the work dir when the job ends, even if it failed (it was stopped for its
+        #: disk use: keeping the dir would keep the disk full).
+        self.discard_dir = False
 
     # ------------------------------------------------------------------ public API
 
@@ -687,6 +690,12 @@ class ProcessJob:
     # ------------------------------------------------------------------ after the exit
 
     def _settle_work_dir(self) -> None:
+        if self.discard_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self._log.info(
+                "job %s: stopped for its disk use; removed %s", self.spec.job_id, self.work_dir
+            )
+            return
         if self.exit_code == 0:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self._log.info("job %s: succeeded; removed %s", self.spec.job_id, self.work_dir)

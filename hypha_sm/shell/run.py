@@ -8,13 +8,16 @@ second one forces the exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import signal
+from pathlib import Path
 
 import trio
 
 from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
@@ -26,7 +29,8 @@ from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.peers import PeerFiles, bulk_address_for
-from hypha_sm.shell.process import ProcessSettings, clean_orphans
+from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed
+from hypha_sm.shell.storage import StorageMonitor, free_bytes
 from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
@@ -48,6 +52,53 @@ def policy_from_settings(settings: WorkerSettings) -> Policy:
             strategy=settings.offer.strategy,
         ),
     )
+
+
+class StartupError(HyphaSMError):
+    """The node cannot start; the message says why and what to do."""
+
+
+def _open_event_log(settings: WorkerSettings, work_dir: Path) -> Recorder:
+    """The rotating event log in ``<work_dir>/events``.
+
+    On a full disk, the kept dirs of failed jobs are removed and it is tried once more; then a
+    one-line error.
+    """
+    engine, machines_hash = load_engine()
+
+    def attempt() -> Recorder:
+        return Recorder.open_rotating(
+            work_dir / "events",
+            engine,
+            machines_hash,
+            policy_from_settings(settings),
+            secrets.token_bytes(16),
+            prefix="worker",
+            max_bytes=settings.event_log_max_bytes,
+            keep=settings.event_log_keep,
+            fsync=settings.event_log_fsync,
+        )
+
+    try:
+        return attempt()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise StartupError(
+                f"cannot start the event log in {work_dir / 'events'}: {exc}"
+            ) from None
+        removed = prune_failed(work_dir, 0)
+        log.warning(
+            "the disk of %s is full: removed %d kept failed job dirs to start",
+            work_dir,
+            len(removed),
+        )
+    try:
+        return attempt()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot start the event log in {work_dir / 'events'}: {exc}; "
+            f"{free_bytes(work_dir)} bytes free: free some space and start again"
+        ) from None
 
 
 async def run_worker(
@@ -84,18 +135,7 @@ async def _run(
     work_dir.mkdir(parents=True, exist_ok=True)
     report = await clean_orphans(work_dir)
     log.info("start-up cleanup: %s", report)
-    engine, machines_hash = load_engine()
-    recorder = Recorder.open_rotating(
-        work_dir / "events",
-        engine,
-        machines_hash,
-        policy_from_settings(settings),
-        secrets.token_bytes(16),
-        prefix="worker",
-        max_bytes=settings.event_log_max_bytes,
-        keep=settings.event_log_keep,
-        fsync=settings.event_log_fsync,
-    )
+    recorder = _open_event_log(settings, work_dir)
     with Endpoint(identity, NetConfig(tls=tls)) as transport, recorder:
         gateways = Gateways(transport, settings.gateway_addresses)
         telemetry.watch_transport(transport)
@@ -139,6 +179,16 @@ async def _run(
                 gateways=gateways,
                 telemetry=telemetry,
             )
+            disk = StorageMonitor(
+                work_dir,
+                recorder,
+                executor.disk_jobs,
+                node.submit,
+                discard=executor.discard,
+                reserve=settings.disk_reserve_mb * 1024 * 1024,
+            )
+            node.on_log_trouble = disk.alarm
+            nursery.start_soon(disk.run)
             done = trio.Event()
 
             async def run_node(*, task_status: trio.TaskStatus[str]) -> None:
