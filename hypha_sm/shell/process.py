@@ -11,10 +11,11 @@ It knows nothing about the event loop; the loop drives it and turns its outcomes
 - ``await job.stop(grace)`` asks the job to stop: SIGTERM to the whole tree, ``grace`` seconds,
   then SIGKILL to whatever is left; it returns like ``wait``. ``grace=0`` is ``StopJob.force``.
 
-A job's processes are found, in order of preference, through a cgroup v2 made for the job (when
-the node may create one), or through its process group (the child is a session leader) plus a
-sweep of its descendants and of any process whose cwd is inside the work dir (a grandchild that
-called ``setsid`` leaves the group but keeps the tree snapshot and the cwd).
+A job's processes are found through a cgroup v2 made for the job (when the node may create
+one), and always also through the job's environment marker, the node's adopted children (it is
+a child subreaper), the process group (the child is a session leader), the tree snapshots and
+any process whose cwd is inside the work dir: ``sweep.py`` explains each. The log says what was
+checked when it reports every process gone.
 
 The work dir ``<work_dir>/hypha-<work_dir_id>`` (mode 0700) is the child's cwd; stdout and stderr
 go to capped ``stdout.log`` / ``stderr.log`` there and, line by line, to the logger
@@ -56,6 +57,16 @@ import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev depen
 import trio
 
 from hypha_sm.core.resources import Amounts
+from hypha_sm.shell.sweep import (
+    MARKER,
+    adopted_children,
+    cgroup_scope,
+    is_subreaper,
+    kill_cgroup,
+    leftover_cgroups,
+    marker_of,
+    reap_adopted,
+)
 
 log = logging.getLogger("hypha_sm.shell.process")
 #: Job output is forwarded here, one record per line.
@@ -74,6 +85,8 @@ DEFAULT_KEEP_FAILED: Final = 20
 MAX_LOG_LINE: Final = 16 * 1024
 _POLL: Final = 0.05
 _SNAPSHOT_EVERY: Final = 0.5
+#: How long the output pipes may stay open after the job's last visible process ended.
+_PIPE_GRACE: Final = 2.0
 _GB: Final = 1_000_000_000
 
 
@@ -177,6 +190,10 @@ def _nvidia_devices() -> list[int]:
 
 #: Cores handed to live jobs, so that concurrent jobs prefer different cores.
 _cores_in_use: dict[str, frozenset[int]] = {}
+#: Main processes of live jobs: the node's children that are not escaped processes.
+_job_mains: set[int] = set()
+#: Work dir ids of jobs whose processes may live (their markers are not escapees').
+_live_ids: set[str] = set()
 
 
 def _pick_cores(job_id: str, cpu: float) -> frozenset[int] | None:
@@ -344,6 +361,7 @@ class ProcessJob:
         self._cgroup: Path | None = None
         self._known: dict[int, psutil.Process] = {}
         self._stop_requested = trio.Event()
+        self._sweeping = False
         self._kill_at: float | None = None
         self._done = trio.Event()
         self._started = False
@@ -393,6 +411,7 @@ class ProcessJob:
             await self._run(task_status)
         finally:
             _cores_in_use.pop(self.spec.job_id, None)
+            _live_ids.discard(self.spec.work_dir_id)
             self._done.set()
         assert self.exit_code is not None
         return self.exit_code
@@ -471,7 +490,9 @@ class ProcessJob:
             return None
         with contextlib.suppress(OSError):  # may fail (processes in parent): memory then absent
             (parent / "cgroup.subtree_control").write_text("+memory +cpu")
-        path = parent / f"{DIR_PREFIX}{self.spec.work_dir_id}"
+        path = (
+            parent / f"{DIR_PREFIX}{cgroup_scope(self.settings.work_dir)}-{self.spec.work_dir_id}"
+        )
         try:
             path.mkdir()
         except OSError as exc:
@@ -499,7 +520,14 @@ class ProcessJob:
             "JOB_JSON": self.spec.job_json,
         }
         base = os.environ if self.settings.base_env is None else self.settings.base_env
-        env = job_env(base, {**values, "CUDA_VISIBLE_DEVICES": limits.cuda_visible})
+        env = job_env(
+            base,
+            {
+                **values,
+                "CUDA_VISIBLE_DEVICES": limits.cuda_visible,
+                MARKER: self.spec.work_dir_id,
+            },
+        )
         # Resolve the command as exec would (PATH from the job's env, relative to its cwd), so a
         # missing one is a start failure rather than the launcher's exit code.
         cmd: str | None = str(self.work_dir / self.spec.cmd)  # absolute stays absolute
@@ -525,6 +553,8 @@ class ProcessJob:
                 start_new_session=True,
                 close_fds=True,
             )
+            _job_mains.add(self._popen.pid)
+            _live_ids.add(self.spec.work_dir_id)
             try:
                 _apply_limits(self._popen.pid, limits)
             except ProcessLookupError:
@@ -532,6 +562,7 @@ class ProcessJob:
             except BaseException:
                 self._popen.kill()
                 self._popen.wait()
+                _job_mains.discard(self._popen.pid)
                 raise
         except BaseException:
             os.close(out_r)
@@ -575,14 +606,32 @@ class ProcessJob:
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, trio.lowlevel.FdStream(out_r), out)
-                nursery.start_soon(_pump, trio.lowlevel.FdStream(err_r), err)
+                pumps = trio.CancelScope()
+
+                async def pump_both() -> None:
+                    with pumps:
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(_pump, trio.lowlevel.FdStream(out_r), out)
+                            inner.start_soon(_pump, trio.lowlevel.FdStream(err_r), err)
+                    if pumps.cancelled_caught:
+                        self._log.warning(
+                            "job %s: its output pipes were still open %g s after its last "
+                            "process we can see ended (a process outside its cgroup, marker "
+                            "and tree holds them); stopped reading them",
+                            self.spec.job_id,
+                            _PIPE_GRACE,
+                        )
+
+                nursery.start_soon(pump_both)
                 try:
                     await self._supervise(popen)
                 finally:
                     if self.exit_code is None:  # cancelled: still stop the whole tree
                         with trio.CancelScope(shield=True):
                             await self._cancelled(popen)
+                    # Every process we can see is gone; one we cannot see may hold the output
+                    # pipes open. Their last bytes get a moment, then the job ends regardless.
+                    pumps.deadline = trio.current_time() + _PIPE_GRACE
         finally:
             out.close()
             err.close()
@@ -600,6 +649,7 @@ class ProcessJob:
         if popen.returncode is None:  # stop requested while running
             await self._terminate()
         else:  # the main process ended by itself: leftovers get the default grace
+            self._sweeping = True
             if self._members():
                 self._log.info(
                     "job %s: main process exited; stopping what it left", self.spec.job_id
@@ -608,9 +658,22 @@ class ProcessJob:
                     self._kill_at = trio.current_time() + self.settings.grace
                 await self._terminate()
         await _wait_exit(popen, None)
+        _job_mains.discard(popen.pid)
         self.exit_code = popen.returncode
+        left = self._members()
+        if left:  # never claim what was not checked: say what is still there
+            self._log.warning(
+                "job %s: exited with %s; still alive after the stop: %s",
+                self.spec.job_id,
+                self.exit_code,
+                ", ".join(str(p.pid) for p in left),
+            )
+            await self._terminate()
         self._log.info(
-            "job %s: exited with %s; every process gone", self.spec.job_id, self.exit_code
+            "job %s: exited with %s; every process gone (checked: %s)",
+            self.spec.job_id,
+            self.exit_code,
+            self._checked,
         )
 
     async def _cancelled(self, popen: subprocess.Popen[bytes]) -> None:
@@ -619,6 +682,7 @@ class ProcessJob:
             self._kill_at = trio.current_time() + self.settings.grace
         await self._terminate()
         await _wait_exit(popen, None)
+        _job_mains.discard(popen.pid)
         self.exit_code = popen.returncode
 
     async def _snapshot_loop(self, popen: subprocess.Popen[bytes]) -> None:
@@ -627,7 +691,12 @@ class ProcessJob:
             await trio.sleep(_SNAPSHOT_EVERY)
 
     def _members(self) -> list[psutil.Process]:
-        """Every live process of the job; remembers them so that a later sweep still finds them."""
+        """Every live process of the job; remembers them so that a later sweep still finds them.
+
+        While stopping (``_sweeping``), children the node adopted that carry no job's marker
+        count too: they escaped from a job and scrubbed their environment.
+        """
+        mine = self.spec.work_dir_id
         found: dict[int, psutil.Process] = {}
         if self._cgroup is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -638,28 +707,44 @@ class ProcessJob:
         if self.pid is not None and self._popen is not None and self._popen.returncode is None:
             with contextlib.suppress(psutil.Error):
                 roots.append(psutil.Process(self.pid))
+        reap_adopted(_job_mains)
+        for child in adopted_children(_job_mains):
+            marker = marker_of(child.pid)
+            if marker == mine or (marker is None and self._sweeping):
+                roots.append(child)
         for root in roots:
             found[root.pid] = root
             with contextlib.suppress(psutil.Error):
                 for child in root.children(recursive=True):
                     found.setdefault(child.pid, child)
         pgid = self.pid
+        me = os.getpid()
         for p in psutil.process_iter():
-            if p.pid in found or p.pid == os.getpid():
+            if p.pid in found or p.pid == me:
                 continue
             try:
                 in_group = pgid is not None and os.getpgid(p.pid) == pgid
             except OSError:
                 continue
-            if in_group or _cwd_inside(p, self.work_dir):
+            if in_group or _cwd_inside(p, self.work_dir) or marker_of(p.pid) == mine:
                 found[p.pid] = p
         alive = {pid: p for pid, p in found.items() if _alive(p)}
         self._known.update(alive)
         self._known = {pid: p for pid, p in self._known.items() if _alive(p)}
         return list(alive.values())
 
+    @property
+    def _checked(self) -> str:
+        """What ``_members`` looks at, for the log line that says every process is gone."""
+        ways = ["cgroup"] if self._cgroup is not None else []
+        ways += ["marker", "process group", "tree", "cwd"]
+        if is_subreaper():
+            ways.append("adopted children")
+        return ", ".join(ways)
+
     async def _terminate(self) -> None:
         """TERM the group and every member; until the kill deadline; then KILL until none is left."""
+        self._sweeping = True
         members = self._members()
         self._log.info(
             "job %s: SIGTERM to %d processes (%s)",
@@ -730,6 +815,28 @@ async def _wait_exit(popen: subprocess.Popen[bytes], stop: trio.Event | None) ->
             os.close(pidfd)
 
 
+async def sweep_forever(interval: float = 1.0) -> None:
+    """The node's housekeeping as a child subreaper.
+
+    Collects adopted processes that exited, and kills adopted ones marked with a job that has
+    ended (they escaped it).
+    """
+    while True:
+        reap_adopted(_job_mains)
+        for child in adopted_children(_job_mains):
+            marker = marker_of(child.pid)
+            if marker is not None and marker not in _live_ids and _alive(child):
+                log.warning(
+                    "pid %d escaped job dir %s%s, which has ended: killing it",
+                    child.pid,
+                    DIR_PREFIX,
+                    marker,
+                )
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        await trio.sleep(interval)
+
+
 # --------------------------------------------------------------------------- retention
 
 
@@ -767,35 +874,66 @@ class OrphanReport:
     killed: list[int] = field(default_factory=list)
     dirs_removed: list[Path] = field(default_factory=list)
     dirs_kept: list[Path] = field(default_factory=list)
+    cgroups_removed: list[Path] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.dirs_found)} job dirs found, {len(self.cgroups_removed)} leftover "
+            f"cgroups emptied and removed, {len(self.killed)} processes killed"
+            + (f" ({len(self.survivors)} survived SIGKILL)" if self.survivors else "")
+            + f", {len(self.dirs_removed)} dirs removed, {len(self.dirs_kept)} failed dirs kept"
+        )
 
 
 async def clean_orphans(
-    work_dir: Path, *, grace: float = 2.0, keep_failed: bool = True
+    work_dir: Path,
+    *,
+    grace: float = 2.0,
+    keep_failed: bool = True,
+    cgroup_parent: Path | None = None,
 ) -> OrphanReport:
-    """Kill processes left in ``<work_dir>/hypha-*`` by a previous node and remove those dirs.
+    """Kill what a previous run of the node left in ``<work_dir>`` and remove its job dirs.
 
-    A process is an orphan when its cwd is inside such a dir; it and its process group get
-    SIGTERM, then after ``grace`` seconds SIGKILL. Dirs kept after a failure (``.hypha-failed``)
-    stay when ``keep_failed``; every other ``hypha-*`` dir is removed. Call it before any job
+    First every leftover job cgroup of this node (``hypha-<scope>-*`` under ``cgroup_parent``,
+    by default the node's own cgroup) is emptied with SIGKILL and removed: nothing inside can
+    have escaped it. Then a process is an orphan when it carries the marker of a job dir found
+    in ``<work_dir>/hypha-*`` or its cwd is inside one; it and its process group get SIGTERM,
+    then after ``grace`` seconds SIGKILL. Dirs kept after a failure (``.hypha-failed``) stay
+    when ``keep_failed``; every other ``hypha-*`` dir is removed. Call it before any job
     starts: it cannot tell a live job's dir from an orphaned one.
     """
     report = OrphanReport()
+    parent = cgroup_parent if cgroup_parent is not None else find_cgroup_parent()
+    for cgroup in leftover_cgroups(parent, cgroup_scope(work_dir)):
+        try:
+            pids = await trio.to_thread.run_sync(kill_cgroup, cgroup)
+        except OSError as exc:
+            log.warning("orphans: leftover cgroup %s: %s", cgroup, exc)
+            continue
+        log.info("orphans: leftover cgroup %s: killed %s and removed it", cgroup, pids or "none")
+        report.killed.extend(pids)
+        report.cgroups_removed.append(cgroup)
     report.dirs_found = _job_dirs(work_dir)
+    ids = {d.name[len(DIR_PREFIX) :] for d in report.dirs_found}
     me, my_group = os.getpid(), os.getpgrp()
     procs: dict[int, psutil.Process] = {}
     groups: set[int] = set()
     for p in psutil.process_iter():
         if p.pid == me:
             continue
-        for d in report.dirs_found:
-            if _cwd_inside(p, d):
-                log.info("orphans: pid %d runs in %s: killing it", p.pid, d)
-                procs[p.pid] = p
-                with contextlib.suppress(psutil.Error):
-                    procs.update((c.pid, c) for c in p.children(recursive=True))
-                with contextlib.suppress(OSError):
-                    groups.add(os.getpgid(p.pid))
-                break
+        marker = marker_of(p.pid)
+        where = next((d for d in report.dirs_found if _cwd_inside(p, d)), None)
+        if where is None and marker is not None and marker in ids:
+            where = work_dir / f"{DIR_PREFIX}{marker}"
+        if where is None:
+            continue
+        log.info("orphans: pid %d belongs to %s: killing it", p.pid, where)
+        procs[p.pid] = p
+        with contextlib.suppress(psutil.Error):
+            procs.update((c.pid, c) for c in p.children(recursive=True))
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(p.pid))
     groups.discard(my_group)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for g in groups:
@@ -808,10 +946,11 @@ async def clean_orphans(
         if not any(_alive(p) for p in procs.values()):
             break
         log.info("orphans: still alive after SIGTERM: SIGKILL")
-    report.killed = sorted(procs)
+    report.killed.extend(sorted(procs))
     for pid, p in procs.items():
         if _alive(p):
             log.warning("orphans: pid %d survived SIGKILL", pid)
+            report.survivors.append(pid)
     for d in report.dirs_found:
         if keep_failed and (d / FAILED_MARK).exists():
             log.info("orphans: keeping failed work dir %s", d)
@@ -820,11 +959,4 @@ async def clean_orphans(
         shutil.rmtree(d, ignore_errors=True)
         log.info("orphans: removed work dir %s", d)
         report.dirs_removed.append(d)
-    if report.dirs_found:
-        log.info(
-            "orphans: %d dirs, %d processes killed, %d dirs removed",
-            len(report.dirs_found),
-            len(report.killed),
-            len(report.dirs_removed),
-        )
     return report

@@ -29,8 +29,9 @@ from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.peers import PeerFiles, bulk_address_for
-from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed
+from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed, sweep_forever
 from hypha_sm.shell.storage import StorageMonitor, free_bytes
+from hypha_sm.shell.sweep import become_subreaper
 from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
@@ -133,6 +134,11 @@ async def _run(
         )
     work_dir = settings.work_dir.absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
+    if not become_subreaper():
+        log.warning(
+            "cannot become a child subreaper: a job process that double-forks and leaves its "
+            "work dir escapes the stop unless it runs in a cgroup"
+        )
     report = await clean_orphans(work_dir)
     log.info("start-up cleanup: %s", report)
     recorder = _open_event_log(settings, work_dir)
@@ -189,6 +195,7 @@ async def _run(
             )
             node.on_log_trouble = disk.alarm
             nursery.start_soon(disk.run)
+            nursery.start_soon(sweep_forever)
             done = trio.Event()
 
             async def run_node(*, task_status: trio.TaskStatus[str]) -> None:

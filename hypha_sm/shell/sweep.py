@@ -1,0 +1,147 @@
+"""Finding a job's processes wherever they went, and killing what a crashed node left.
+
+A job can try to escape its node: fork twice, call ``setsid``, change to ``/`` and ignore
+SIGTERM. Its processes are found by, strongest first:
+
+- its **cgroup** (``hypha-<scope>-<work dir id>`` under the node's cgroup v2), which nothing
+  inside can leave; ``cgroup.kill`` ends the whole tree at once;
+- its **marker**: every job starts with ``HYPHA_SM_JOB=<work dir id>`` in its environment,
+  which children inherit (a process that scrubs its environment loses it);
+- **adoption**: the node is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so an orphaned
+  descendant of a job becomes the node's child instead of init's; a child of the node that is
+  no job's main process escaped from some job and is killed with the next job that ends;
+- the process group, the tree below the main process, and the cwd (``process.py``).
+
+``scope`` ties cgroups to one node (one work dir): a restart kills its own leftovers, never
+another node's live jobs on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Final
+
+import psutil  # type: ignore[import-untyped]
+
+log = logging.getLogger("hypha_sm.shell.process")
+
+#: The environment variable that marks every process of a job with its work dir id.
+MARKER: Final = "HYPHA_SM_JOB"
+_MARKER_PREFIX: Final = MARKER.encode() + b"="
+_PR_SET_CHILD_SUBREAPER: Final = 36
+#: Most bytes read of a process's environment when looking for the marker.
+_ENVIRON_CAP: Final = 1 << 20
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux); False if it cannot."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def is_subreaper() -> bool:
+    """Whether this process adopts orphaned descendants."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    value = ctypes.c_int(0)
+    return bool(libc.prctl(37, ctypes.byref(value), 0, 0, 0) == 0 and value.value)
+
+
+def marker_of(pid: int) -> str | None:
+    """The job marker in a process's environment, if it has one (and we may read it)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read(_ENVIRON_CAP)
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_MARKER_PREFIX):
+            return entry[len(_MARKER_PREFIX) :].decode("ascii", "replace")
+    return None
+
+
+def adopted_children(known_mains: set[int]) -> list[psutil.Process]:
+    """Children of this process that are no job's main process: escaped job processes."""
+    with contextlib.suppress(psutil.Error):
+        return [p for p in psutil.Process().children(recursive=False) if p.pid not in known_mains]
+    return []
+
+
+def reap_adopted(known_mains: set[int]) -> int:
+    """Collect adopted children that have exited (zombies); how many.
+
+    Never a job's main process: its ``Popen`` collects its own exit code.
+    """
+    reaped = 0
+    for child in adopted_children(known_mains):
+        with contextlib.suppress(ChildProcessError, OSError):
+            pid, _ = os.waitpid(child.pid, os.WNOHANG)
+            reaped += pid != 0
+    return reaped
+
+
+# -- cgroups ------------------------------------------------------------------------------------
+
+
+def cgroup_scope(work_dir: Path) -> str:
+    """A short name for one node (its work dir), in the names of its jobs' cgroups."""
+    return hashlib.sha256(str(work_dir.absolute()).encode()).hexdigest()[:12]
+
+
+def cgroup_pids(path: Path) -> list[int]:
+    """The processes in a cgroup (and its descendants)."""
+    pids: list[int] = []
+    for procs in [path / "cgroup.procs", *path.glob("**/cgroup.procs")]:
+        with contextlib.suppress(OSError, ValueError):
+            pids.extend(int(p) for p in procs.read_text().split())
+    return sorted(set(pids))
+
+
+def kill_cgroup(path: Path, *, timeout: float = 5.0) -> list[int]:
+    """SIGKILL everything in the cgroup, wait until it is empty, remove it; the pids it held.
+
+    ``cgroup.kill`` where there is one, else a SIGKILL per process. Raises OSError if it
+    cannot be emptied within ``timeout``.
+    """
+    found = cgroup_pids(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = cgroup_pids(path)
+        if not pids:
+            break
+        if (path / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                (path / "cgroup.kill").write_text("1")
+        else:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise OSError(f"cgroup {path} still holds {pids} after SIGKILL")
+        time.sleep(0.02)
+    for child in sorted(path.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+        if child != path:
+            with contextlib.suppress(OSError):
+                child.rmdir()
+    path.rmdir()
+    return found
+
+
+def leftover_cgroups(parent: Path | None, scope: str) -> list[Path]:
+    """The job cgroups a previous run of this node left under ``parent``."""
+    if parent is None or not parent.is_dir():
+        return []
+    return sorted(p for p in parent.glob(f"hypha-{scope}-*") if p.is_dir())
