@@ -20,3 +20,9 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# The suite's jobs run the interpreter of this checkout's virtualenv, which (as root under
+# pyenv) other users cannot reach, and their work dirs sit under pytest's private temp dirs: so
+# jobs run as the node's user by default here. tests/test_job_users.py runs nodes with
+# `job_user = "auto"` (a user per job) explicitly.
+os.environ.setdefault("HYPHA_JOB_USER", "node")

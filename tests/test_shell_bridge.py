@@ -229,8 +229,12 @@ async def test_send_waits_and_reports(tmp_path: Path, sock_dir: Path) -> None:
     calls: list[tuple[Path, Sequence[str], str]] = []
     finished = trio.Event()
 
-    async def send(path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
+    async def send(
+        path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Mapping[str, str]:
         calls.append((path, peers, purpose))
+        assert await trio.Path(path).read_bytes() == b"x" * 10  # the file it checked
+        assert name == "update.bin"
         await trio.sleep(0.2)
         if purpose == "fail":
             raise OSError("peer refused the transfer")
@@ -250,8 +254,7 @@ async def test_send_waits_and_reports(tmp_path: Path, sock_dir: Path) -> None:
             "path": "update.bin",
             "results": {PEER_A: "delivered", PEER_B: "delivered"},
         }
-        assert calls[0][0].is_absolute()
-        assert calls[0][0].name == "update.bin"
+        assert str(calls[0][0]).startswith("/proc/self/fd/")
         reply = await client.post(
             "/resources/send", json={"path": "update.bin", "peers": [PEER_A], "purpose": "fail"}
         )
@@ -300,7 +303,9 @@ async def test_sync_client_in_thread(tmp_path: Path, sock_dir: Path) -> None:
     src.parent.mkdir()
     src.write_text("hello")
 
-    async def send(path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
+    async def send(
+        path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Mapping[str, str]:
         return dict.fromkeys(peers, "delivered")
 
     async def receive(directory: Path, peers: frozenset[str]) -> AsyncIterator[ReceivedFile]:
@@ -359,7 +364,9 @@ async def test_openapi_lists_every_route(tmp_path: Path, sock_dir: Path) -> None
 async def test_hostile_requests(tmp_path: Path, sock_dir: Path) -> None:
     """Absolute, '..', escaping symlinks, huge bodies, bad JSON and shapes get 4xx JSON."""
 
-    async def send(path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
+    async def send(
+        path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Mapping[str, str]:
         raise AssertionError("must not be called")
 
     bridge = make_bridge(tmp_path, sock_dir, send=send)

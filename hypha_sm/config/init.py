@@ -48,6 +48,12 @@ event_log_fsync = "batch"
 # stops offering and stops the job using the most disk (a job over its lease's storage is
 # stopped whatever the free space).
 disk_reserve_mb = 256
+# Who jobs run as. "auto": when the node runs as root, each job gets a uid of its own from
+# job_uid_range, so it cannot read the node key, the event log or other jobs' files (the
+# executor's cmd and the work dir must then be reachable by other users); otherwise jobs run as
+# the node's user. "node": always the node's user. Or a user name / uid for every job.
+job_user = "auto"
+job_uid_range = [64000, 64999]
 # Directories jobs may fetch file:// artifacts from (besides their own work dir).
 fetch_file_roots = []
 # Where peers push files to this node's jobs (default: the first listen host, a free port).

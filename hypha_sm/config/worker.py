@@ -98,6 +98,16 @@ class WorkerSettings(LayeredSettings):
         description="push event-log entries to the disk: never, once per loop wake-up that "
         "produced effects (batch), or after every entry (always)",
     )
+    job_user: str = Field(
+        default="auto",
+        min_length=1,
+        description='who jobs run as: "auto" (as root: a user of its own per job, from '
+        "job_uid_range; otherwise the node's user), \"node\" (the node's own user), or a "
+        "user name or uid for every job",
+    )
+    job_uid_range: tuple[int, int] = Field(
+        default=(64000, 64999), description="uids (and gids) given to jobs with job_user = auto"
+    )
     disk_reserve_mb: int = Field(
         default=256,
         ge=1,
@@ -131,6 +141,12 @@ class WorkerSettings(LayeredSettings):
             missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        low, high = self.job_uid_range
+        if not 1000 <= low <= high < 2**31:
+            raise ValueError(
+                f"job_uid_range = {list(self.job_uid_range)}: expected [low, high] with "
+                "1000 <= low <= high < 2^31"
+            )
         seen = set()
         for executor in self.executors:
             key = (executor.cls, executor.name)

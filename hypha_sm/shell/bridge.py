@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hypha_sm.shell.users import Credentials, give
 from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 from hypha_sm.wire.messages import (
     BatchStatus,
@@ -83,8 +84,20 @@ FetchPeers = Callable[[Mapping[str, Any], Path], Awaitable[Sequence[FetchedFile]
 """``fetch_peers(request_body, artifacts_dir)``: fetch from peers into the dir."""
 FetchSlice = Callable[[str, Path], Awaitable[Sequence[FetchedFile]]]
 """``fetch_slice(dataset, artifacts_dir)``: fetch the next data slice into the dir."""
-SendFile = Callable[[Path, Sequence[str], str], Awaitable[Mapping[str, str]]]
-"""``send(path, peers, purpose)`` -> outcome per peer; returns once the transfer ended."""
+
+
+class SendFile(Protocol):
+    """``send(path, peers, purpose, name=...)`` -> outcome per peer, once the transfer ended.
+
+    ``path`` is what to read (the bridge gives ``/proc/self/fd/N`` of the file it checked);
+    ``name`` is the file's name as the job knows it.
+    """
+
+    def __call__(
+        self, path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Awaitable[Mapping[str, str]]: ...
+
+
 ReceiveFiles = Callable[[Path, frozenset[str]], AsyncIterator[ReceivedFile]]
 """``receive(dir, peers)``: the files these peers (any if empty) push into ``dir``, as they arrive."""
 SendProgress = Callable[[Progress], Awaitable[ProgressReply]]
@@ -273,6 +286,8 @@ class JobBridge:
     http_transport: httpx.AsyncBaseTransport | None = None  # tests; default: a real one
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
     on_request: Callable[[str, int], None] | None = None  # (route, status) e.g. for telemetry
+    #: The job's own user (its socket and the files the node places are given to it).
+    owner: Credentials | None = None
 
     def __post_init__(self) -> None:
         self._root = Path(os.path.realpath(self.work_dir))
@@ -297,6 +312,8 @@ class JobBridge:
             sock.bind(path)
             # Nobody can connect before listen(), which hypercorn calls: no window at a wider mode.
             os.chmod(path, 0o600)
+            if self.owner is not None:  # connecting needs write access: the job's user only
+                os.chown(path, self.owner.uid, self.owner.gid)
         except BaseException:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
@@ -415,6 +432,7 @@ class JobBridge:
     def _artifacts_dir(self) -> Path:
         target = self._root / "artifacts"
         target.mkdir(mode=0o700, exist_ok=True)
+        give(target, self._root)
         return self._inside(target, "artifacts", "artifacts")
 
     # -- routes -------------------------------------------------------------------------------
@@ -463,9 +481,12 @@ class JobBridge:
         parts = urllib.parse.urlsplit(uri)
         name = _safe_name(urllib.parse.unquote(parts.path.rsplit("/", 1)[-1]))
         if parts.scheme == "file":
-            source = self._file_source(uri, parts)
-            dest = self._artifacts_dir() / name
-            size, digest = await self._write(dest, _read_chunks(source))
+            fd = self._file_source(uri, parts)
+            try:
+                dest = self._artifacts_dir() / name
+                size, digest = await self._write(dest, _read_chunks(fd))
+            finally:
+                os.close(fd)
         elif parts.scheme in ("http", "https") and parts.netloc:
             dest = self._artifacts_dir() / name
             size, digest = await self._download(uri, dest)
@@ -473,15 +494,14 @@ class JobBridge:
             raise BridgeError(400, "invalid_request", "uri must be http://, https:// or file://")
         return FetchedFile(path=dest, size=size, sha256=digest)
 
-    def _file_source(self, uri: str, parts: urllib.parse.SplitResult) -> Path:
+    def _file_source(self, uri: str, parts: urllib.parse.SplitResult) -> int:
+        """An open descriptor of the file, checked to be inside an allowed root."""
         if parts.netloc not in ("", "localhost"):
             raise BridgeError(400, "invalid_request", "file:// URIs must be local")
         source = Path(os.path.realpath(urllib.parse.unquote(parts.path)))
         if not any(source.is_relative_to(r) for r in self._file_roots):
             raise BridgeError(403, "forbidden_path", f"{uri!r} is outside the allowed roots")
-        if not source.is_file():
-            raise BridgeError(404, "not_found", f"{uri!r} is not a file")
-        return source
+        return open_inside(source, self._file_roots, uri)
 
     async def _download(self, uri: str, dest: Path) -> tuple[int, str]:
         cap = self.limits.max_fetch_bytes
@@ -505,11 +525,22 @@ class JobBridge:
             raise BridgeError(502, "fetch_failed", f"GET {uri}: {exc!r}") from None
 
     async def _write(self, dest: Path, chunks: AsyncIterator[bytes]) -> tuple[int, str]:
-        """Stream into ``dest`` (via a temp file, fsynced, mode 0600); size and SHA-256."""
+        """Stream into ``dest`` (via a fresh temp file, fsynced, mode 0600); size and SHA-256.
+
+        The temp file has a random name and is created exclusively, without following links, so
+        nothing the job planted in the directory is written through; a name the job occupies
+        (say, a directory where the file should go) is a 409.
+        """
         cap = self.limits.max_fetch_bytes
-        tmp = dest.with_name(f".{dest.name}.part")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(tmp, flags, 0o600)
+        tmp = dest.with_name(f".{dest.name}.{os.urandom(6).hex()}.part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as exc:
+            await _close_chunks(chunks)
+            raise BridgeError(
+                409, "conflict", f"cannot write {dest.name!r}: {exc.strerror}"
+            ) from None
         digest = hashlib.sha256()
         size = 0
         try:
@@ -523,16 +554,19 @@ class JobBridge:
                     await out.write(chunk)
                 await out.flush()
                 await trio.to_thread.run_sync(os.fsync, raw.fileno())
-            os.replace(tmp, dest)
+            give(tmp, dest.parent)
+            try:
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise BridgeError(
+                    409, "conflict", f"cannot write {dest.name!r}: {exc.strerror}"
+                ) from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
+            await _close_chunks(chunks)
         return size, digest.hexdigest()
 
     async def _send(self, request: Request) -> Response:
@@ -552,11 +586,15 @@ class JobBridge:
         purpose = body.get("purpose", "")
         if not isinstance(purpose, str):
             raise BridgeError(400, "invalid_request", '"purpose" must be a string')
-        if not path.is_file():
-            raise BridgeError(404, "not_found", f"no such file: {body['path']!r}")
         if self.send is None:
             raise BridgeError(501, "not_implemented", "sending to peers is not available")
-        results = await self._call(self.send(path, list(peers), purpose))
+        fd = open_inside(path, [self._root], str(body["path"]))
+        try:
+            # The node reads the file it checked, whatever the path points to by now.
+            opened = Path(f"/proc/self/fd/{fd}")
+            results = await self._call(self.send(opened, list(peers), purpose, name=path.name))
+        finally:
+            os.close(fd)
         return JSONResponse({"path": self.relative(path), "results": dict(results)})
 
     async def _receive(self, request: Request) -> Response:
@@ -571,6 +609,10 @@ class JobBridge:
             raise BridgeError(501, "not_implemented", "receiving from peers is not available")
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self._inside(target, "path", str(raw))
+        for made in [target, *target.parents]:
+            if made == self._root or not made.is_relative_to(self._root):
+                break
+            give(made, self._root)
         if not target.is_dir():
             raise BridgeError(400, "invalid_path", f"not a directory: {raw!r}")
         try:
@@ -600,6 +642,13 @@ class JobBridge:
         return JSONResponse(reply_json(reply))
 
 
+async def _close_chunks(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            await aclose()
+
+
 def _peer_list(value: object, what: str) -> list[str]:
     if not isinstance(value, list) or not all(
         isinstance(p, str) and p and set(p) <= _BASE58 for p in value
@@ -624,10 +673,37 @@ def _safe_name(name: str) -> str:
     return name
 
 
-async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
-    async with await trio.open_file(path, "rb") as f:
-        while chunk := await f.read(_CHUNK):
-            yield chunk
+async def _read_chunks(fd: int) -> AsyncIterator[bytes]:
+    """The file's bytes; the caller owns (and closes) ``fd``."""
+    while chunk := await trio.to_thread.run_sync(os.read, fd, _CHUNK):
+        yield chunk
+
+
+def open_inside(path: Path, roots: Sequence[Path], what: str) -> int:
+    """Open a regular file for reading and prove it lies inside one of ``roots``; its fd.
+
+    The check is made on the file actually opened (its ``/proc/self/fd`` link), not on the
+    path: a job that swaps a path component for a symlink between a check and the open (to
+    make the node, maybe as root, read its key) gets a 403. ``O_NONBLOCK``: a FIFO planted in
+    place of the file cannot hang the node; it is refused as not a file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise BridgeError(404, "not_found", f"no such file: {what!r}") from None
+    except OSError as exc:
+        raise BridgeError(409, "unreadable", f"{what!r}: {exc.strerror}") from None
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not any(real.is_relative_to(r) for r in roots):
+            raise BridgeError(403, "forbidden_path", f"{what!r} is outside the allowed roots")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BridgeError(404, "not_found", f"{what!r} is not a file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------

@@ -88,6 +88,10 @@ class Devnet:
         for i in range(1, WORKERS + 1):
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
+            # A devnet runs your own demo jobs from a private temp dir, as you (even as root).
+            config.write_text(
+                config.read_text().replace('job_user = "auto"', 'job_user = "node"', 1)
+            )
             create_key_file(d / f"worker-{i}-node-key.pem", force=True)
             self.workers.append((config, f"tcp://127.0.0.1:{free_port()}"))
         from pydoc_data.topics import topics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypha_sm.shell.bridge import JobBridge, ReceiveFiles, SendFile, SendProgres
 from hypha_sm.shell.node import StartFailed
 from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
 from hypha_sm.shell.storage import JobDisk, limit_of
+from hypha_sm.shell.users import Credentials, JobUsers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class LocalExecutor:
         receive: ReceiveFiles | None = None,
         file_roots: Sequence[Path] = (),
         on_bridge_request: Callable[[str, int], None] | None = None,
+        users: JobUsers | None = None,
     ) -> None:
         self._nursery = nursery
         self._settings = settings
@@ -46,6 +49,7 @@ class LocalExecutor:
         self._receive = receive
         self._file_roots = list(file_roots)
         self._on_bridge_request = on_bridge_request
+        self.users = users or JobUsers(mode="node")
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
 
     async def start(self, job: StartJob) -> None:
@@ -64,9 +68,26 @@ class LocalExecutor:
             raise StartFailed(
                 "the parameter-server runtime is not available yet (it comes with DiLoCo)"
             )
+        user = self.users.allocate(job.job_id)
+        try:
+            await self._start(job, config, user)
+        except BaseException:
+            self.users.release(job.job_id)
+            raise
+
+    async def _start(
+        self, job: StartJob, config: ExecutorSettings, user: Credentials | None
+    ) -> None:
+        assert config.cmd is not None
         process = ProcessJob(
             ProcessSpec(
-                job.job_id, job.work_dir_id, config.cmd, config.args, job.spec, job.resources
+                job.job_id,
+                job.work_dir_id,
+                config.cmd,
+                config.args,
+                job.spec,
+                job.resources,
+                user=user,
             ),
             self._settings,
         )
@@ -92,6 +113,7 @@ class LocalExecutor:
             receive=self._receive,
             file_roots=[process.work_dir, *self._file_roots],
             on_request=self._on_bridge_request,
+            owner=user,
         )
         scope = trio.CancelScope()
 
@@ -99,12 +121,19 @@ class LocalExecutor:
             with scope:
                 await bridge.serve(task_status=task_status)
 
-        await self._nursery.start(serve_bridge)
+        try:
+            await self._nursery.start(serve_bridge)
+        except BaseException:
+            shutil.rmtree(process.work_dir, ignore_errors=True)
+            raise
         try:
             await process.start(self._nursery)
         except StartError as exc:
             scope.cancel()
             raise StartFailed(str(exc)) from None
+        except BaseException:
+            scope.cancel()  # whatever failed, the bridge does not outlive the start
+            raise
         self._jobs[job.job_id] = (process, scope)
 
     async def wait(self, job_id: str) -> int:
@@ -115,6 +144,7 @@ class LocalExecutor:
         finally:
             scope.cancel()
             self._jobs.pop(job_id, None)
+            self.users.release(job_id)
 
     def disk_jobs(self) -> list[JobDisk]:
         """Each running job's work dir and the storage its lease allows (for the monitor)."""

@@ -41,6 +41,7 @@ from hypha_sm.net.streams import Address
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import NetError, Transport
 from hypha_sm.shell import bridge
+from hypha_sm.shell.users import give
 from hypha_sm.wire.identity import Identity, IdentityError, PeerId
 from hypha_sm.wire.messages import TransferAnswer, TransferOffer
 
@@ -151,6 +152,7 @@ class PeerFiles:
                         os.link(staged, temporary)
                     else:  # each job its own copy: no job can change what another reads
                         shutil.copyfile(staged, temporary)
+                    give(temporary, receiver.directory)  # the receiving job's user
                     os.replace(temporary, target)
                 except OSError as exc:
                     temporary.unlink(missing_ok=True)
@@ -185,16 +187,24 @@ class PeerFiles:
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def send(self, path: Path, peers: Sequence[str], purpose: str) -> Mapping[str, str]:
-        """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook)."""
+    async def send(
+        self, path: Path, peers: Sequence[str], purpose: str, *, name: str | None = None
+    ) -> Mapping[str, str]:
+        """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook).
+
+        ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``).
+        """
         sha256 = await file_sha256(path)
-        name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{path.name}")[:255]
+        shown = name or path.name
+        name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{shown}")[:255]
         results: dict[str, str] = {}
         for peer in peers:
-            results[peer] = await self._send_one(path, peer, name, sha256, purpose)
+            results[peer] = await self._send_one(path, peer, name, sha256, purpose, shown)
         return results
 
-    async def _send_one(self, path: Path, peer: str, name: str, sha256: str, purpose: str) -> str:
+    async def _send_one(
+        self, path: Path, peer: str, name: str, sha256: str, purpose: str, shown: str
+    ) -> str:
         try:
             peer_id = PeerId.parse(peer)
         except IdentityError:
@@ -229,11 +239,11 @@ class PeerFiles:
                     transfer_id=offer.transfer_id,
                 )
             except BulkError as exc:
-                log.warning("sending %s to %s failed: %s", path.name, peer, exc)
+                log.warning("sending %s to %s failed: %s", shown, peer, exc)
                 return f"failed: {exc}"
             except OSError as exc:
                 return f"failed: {exc.strerror}"
-            log.info("sent %s (%d bytes) to %s", path.name, offer.size, peer)
+            log.info("sent %s (%d bytes) to %s", shown, offer.size, peer)
             if self._on_bytes is not None:
                 self._on_bytes(BULK_PROTOCOL, "outbound", offer.size)
             return "delivered"

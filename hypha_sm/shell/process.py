@@ -67,6 +67,7 @@ from hypha_sm.shell.sweep import (
     marker_of,
     reap_adopted,
 )
+from hypha_sm.shell.users import Credentials
 
 log = logging.getLogger("hypha_sm.shell.process")
 #: Job output is forwarded here, one record per line.
@@ -109,6 +110,8 @@ class ProcessSpec:
     #: Compact JSON of the whole job spec, given as ``{JOB_JSON}`` and ``$JOB_JSON``.
     job_json: str = "{}"
     resources: Amounts = field(default_factory=Amounts)
+    #: The user the job runs as (``users.py``); None: the node's own.
+    user: Credentials | None = None
 
 
 @dataclass(frozen=True)
@@ -221,22 +224,57 @@ class _Limits:
 #: Python out of the child between fork and exec (a ``preexec_fn`` runs every at-fork handler
 #: registered in the node, e.g. exporter threads, in the child, and can deadlock there).
 _SETPRIV = shutil.which("setpriv")
+#: util-linux's ``prlimit`` sets a job's memory limit before ``setpriv`` drops to its user.
+_PRLIMIT = shutil.which("prlimit")
 
 
-def _apply_limits(pid: int, limits: _Limits) -> None:
-    """Put a just-started child in its cgroup and apply its affinity and memory limit.
+def _drop(user: Credentials) -> list[str]:
+    """``setpriv`` options that run the job as ``user``.
 
-    Done from the node right after the spawn returns, while the child is normally still
+    Its uid and gid, no supplementary groups, no way back to privileges, death with the node.
+    """
+    return [
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--pdeathsig",
+        "KILL",
+    ]
+
+
+def _apply_limits(pid: int, limits: _Limits) -> list[str]:
+    """Put a just-started child in its cgroup, apply its affinity and memory limit.
+
+    Returns what could not be applied (the job runs on; the list goes in its "not enforced"
+    line). Done from the node right after the spawn returns, while the child is normally still
     exec'ing ``setpriv`` and then the job. That is a window of microseconds, not a guarantee: a
     native program could fork in it, and such a child would be outside the cgroup (the stop's
-    tree sweep still finds it).
+    tree sweep still finds it). Raises ProcessLookupError if the child is already gone.
     """
+    problems = []
     if limits.cgroup is not None:
-        (limits.cgroup / "cgroup.procs").write_text(str(pid))
+        try:
+            (limits.cgroup / "cgroup.procs").write_text(str(pid))
+        except ProcessLookupError:
+            raise
+        except OSError as exc:
+            problems.append(f"cgroup: could not move the job into it ({exc.strerror})")
     if limits.cores is not None:
-        os.sched_setaffinity(pid, limits.cores)
+        try:
+            os.sched_setaffinity(pid, limits.cores)
+        except ProcessLookupError:
+            raise
+        except OSError as exc:
+            problems.append(f"cpu: affinity not set ({exc.strerror})")
     if limits.rlimit_as is not None:
-        resource.prlimit(pid, resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
+        try:
+            resource.prlimit(pid, resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
+        except ProcessLookupError:
+            raise
+        except OSError as exc:
+            problems.append(f"memory: RLIMIT_AS not set ({exc.strerror})")
+    return problems
 
 
 # --------------------------------------------------------------------------- process sets
@@ -385,6 +423,9 @@ class ProcessJob:
             self.settings.work_dir.mkdir(parents=True, exist_ok=True)
             self.work_dir.mkdir(mode=0o700)
             self.work_dir.chmod(0o700)  # mkdir's mode is masked by the umask
+            user = self.spec.user
+            if user is not None:
+                os.chown(self.work_dir, user.uid, user.gid)
         except FileExistsError:
             raise StartError(f"work dir {self.work_dir} exists already") from None
         except OSError as exc:
@@ -538,7 +579,19 @@ class ProcessJob:
         if not os.access(cmd, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.spec.cmd)
         argv = [cmd, *render_args(self.spec.args, values)]
-        if _SETPRIV is not None:
+        user = self.spec.user
+        if user is not None:
+            if _SETPRIV is None:
+                raise StartError("running a job as its own user needs setpriv (util-linux)")
+            env["HOME"] = str(self.work_dir)
+            if limits.rlimit_as is not None and _PRLIMIT is not None:
+                # Set before the uid changes: afterwards only CAP_SYS_RESOURCE may set it.
+                rlimit = f"--as={limits.rlimit_as}:{limits.rlimit_as}"
+                argv = [_PRLIMIT, rlimit, "--", _SETPRIV, *_drop(user), "--", *argv]
+                limits.rlimit_as = None
+            else:
+                argv = [_SETPRIV, *_drop(user), "--", *argv]
+        elif _SETPRIV is not None:
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -556,7 +609,7 @@ class ProcessJob:
             _job_mains.add(self._popen.pid)
             _live_ids.add(self.spec.work_dir_id)
             try:
-                _apply_limits(self._popen.pid, limits)
+                self.unenforced.extend(_apply_limits(self._popen.pid, limits))
             except ProcessLookupError:
                 pass  # it already exited; wait() reports its code
             except BaseException:
@@ -584,7 +637,8 @@ class ProcessJob:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
                 raise StartError(f"cannot run {self.spec.cmd!r}: {exc.strerror}") from exc
-            if isinstance(exc, OSError | subprocess.SubprocessError):
+            if isinstance(exc, OSError | subprocess.SubprocessError | ValueError):
+                # ValueError: a NUL byte in an argument or the environment (e.g. the spec).
                 raise StartError(f"cannot start {self.spec.cmd!r}: {exc}") from exc
             raise
         popen = self._popen
@@ -787,6 +841,9 @@ class ProcessJob:
             return
         with contextlib.suppress(OSError):
             (self.work_dir / FAILED_MARK).write_text(f"{self.exit_code}\n")
+            if self.spec.user is not None:
+                # Kept for the operator, not for the next job that gets this uid.
+                os.chown(self.work_dir, os.geteuid(), os.getegid())
         self._log.info(
             "job %s: failed (%s); kept %s for inspection",
             self.spec.job_id,

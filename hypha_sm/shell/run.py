@@ -33,6 +33,7 @@ from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed,
 from hypha_sm.shell.storage import StorageMonitor, free_bytes
 from hypha_sm.shell.sweep import become_subreaper
 from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
+from hypha_sm.shell.users import JobUsers, check_reachable
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 
@@ -134,6 +135,22 @@ async def _run(
         )
     work_dir = settings.work_dir.absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
+    users = JobUsers(settings.job_user, settings.job_uid_range)
+    try:
+        described = users.describe()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if users.isolated:
+        problems = check_reachable([e.cmd for e in settings.executors if e.cmd], work_dir)
+        if problems:
+            raise StartupError(
+                "jobs run as users of their own (job_user = auto, as root), who cannot reach "
+                f"{'; '.join(problems)}: open those paths to other users (chmod o+x), or set "
+                'job_user = "node" to run jobs as this node\'s user'
+            )
+    log.info("jobs: %s", described)
+    if (warning := users.warning()) is not None:
+        log.warning("%s", warning)
     if not become_subreaper():
         log.warning(
             "cannot become a child subreaper: a job process that double-forks and leaves its "
@@ -174,6 +191,7 @@ async def _run(
                 receive=peer_files.receive,
                 file_roots=settings.fetch_file_roots,
                 on_bridge_request=telemetry.on_bridge_request,
+                users=users,
             )
             node = WorkerNode(
                 recorder,
