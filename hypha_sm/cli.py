@@ -233,10 +233,9 @@ def _check_telemetry(settings: Any) -> None:
 
 
 def _log_to_stderr() -> None:
-    import logging
+    from hypha_sm.textlog import configure
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)
+    configure("INFO")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -288,12 +287,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from hypha_sm.config.worker import load_worker_settings
+    from hypha_sm.config.worker import executor_warnings, load_worker_settings
 
     flags = {"work_dir": args.work_dir, "gateway_addresses": args.gateway}
     settings = load_worker_settings(args.config, flags)
     _check_telemetry(settings)
     print(settings.model_dump_json(indent=2, by_alias=True))
+    for warning in executor_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -47,7 +47,11 @@ def cross_entropy(counts: Counter[str], text: str, alphabet: int) -> float:
 
 
 def main() -> int:
-    spec: dict[str, Any] = json.loads(os.environ["JOB_JSON"])
+    spec: dict[str, Any] = json.loads(
+        os.environ["JOB_JSON"]
+        if "JOB_JSON" in os.environ
+        else Path(os.environ["JOB_JSON_FILE"]).read_text()
+    )
     config = spec.get("config", {})
     index, workers, peers = spec["index"], spec["workers"], spec["peers"]
     rounds = max(1, int(config.get("rounds", 5)))

@@ -102,6 +102,7 @@ async def test_templating_env_cwd_and_mode(
         "SOCKET_PATH": f"{wd}/bridge.sock",
         "WORK_DIR": wd,
         "JOB_JSON": '{"job_id":"j"}',
+        "JOB_JSON_FILE": f"{wd}/job.json",  # the spec is always a file too
         "CUDA_VISIBLE_DEVICES": "",
         "JOB_TEST_INHERITED": "yes",
         "HYPHA_TEST_NODE_ONLY": None,  # the node's own variables are not passed on

@@ -156,6 +156,38 @@ class WorkerSettings(LayeredSettings):
         return self
 
 
+#: Programs that run their arguments as code (a shell's -c, an interpreter's -c/-e).
+_CODE_RUNNERS = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "fish", "busybox", "python", "python3", "perl", "node"}
+)
+
+
+def executor_warnings(settings: WorkerSettings) -> list[str]:
+    """Executors whose args put the scheduler's spec where it becomes code or shell words.
+
+    ``{JOB_JSON}`` is text a scheduler chose. Alone as an argument it is one argument; inside a
+    larger one (``sh -c "train --job {JOB_JSON}"``), a spec such as ``{"x": "$(rm -rf ~)"}``
+    is run by the shell. The environment (``$JOB_JSON``, ``$JOB_JSON_FILE``) is safe.
+    """
+    warnings = []
+    for e in settings.executors:
+        if not e.cmd:
+            continue
+        program = Path(e.cmd).name
+        runs_code = program in _CODE_RUNNERS or program.startswith("python")
+        for arg in e.args:
+            if "{JOB_JSON}" not in arg:
+                continue
+            if arg != "{JOB_JSON}" or (runs_code and any(a in ("-c", "-e") for a in e.args)):
+                warnings.append(
+                    f"executor {e.cls}/{e.name}: {{JOB_JSON}} inside the argument {arg!r}"
+                    f" of {program}: a scheduler's spec becomes code or shell words there "
+                    "(command injection); read $JOB_JSON or $JOB_JSON_FILE in the job instead"
+                )
+                break
+    return warnings
+
+
 #: Standard OpenTelemetry variables and the keys they set (the variables win).
 OTEL_VARIABLES = {
     "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry_endpoint",

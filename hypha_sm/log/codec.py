@@ -24,7 +24,13 @@ import msgspec
 
 from hypha_sm.core.effects import Effect
 from hypha_sm.core.events import AdvertisementReceived, Event, Now
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Policy
+from hypha_sm.core.policy import (
+    ExecutorRef,
+    ExecutorSpec,
+    Policy,
+    PolicyError,
+    policy_from_config,
+)
 from hypha_sm.core.resources import Amounts, Resources
 from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 
@@ -299,6 +305,10 @@ def decode_header(line: bytes) -> Header:
 
 
 def _check_header(header: Header) -> None:
+    try:  # the same checks as a node's own config: a damaged policy is a format error
+        policy_from_config(msgspec.to_builtins(header.policy))
+    except PolicyError as exc:
+        raise LogFormatError(f"line 1: the policy cannot run: {exc}") from None
     segment_fields = (
         header.run is not None
         or header.segment is not None

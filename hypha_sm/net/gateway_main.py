@@ -13,13 +13,12 @@ from hypha_sm.net.gateway import Gateway
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
+from hypha_sm.textlog import configure
 
 
 def run_gateway(settings: GatewaySettings) -> int:
     """Run until a signal; exit code 0 on a clean stop."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings.log_level)
     identity = load_key_file(settings.node_key)
     tls = None
     if settings.cert_pem and settings.key_pem and settings.trust_pem:

@@ -62,6 +62,7 @@ from hypha_sm.shell.sweep import (
     adopted_children,
     cgroup_scope,
     is_subreaper,
+    job_marker,
     kill_cgroup,
     leftover_cgroups,
     marker_of,
@@ -75,6 +76,11 @@ job_log = logging.getLogger("hypha_sm.job")
 
 DIR_PREFIX: Final = "hypha-"
 SOCKET_NAME: Final = "bridge.sock"
+#: The job's spec, always written here; ``$JOB_JSON_FILE`` names it.
+SPEC_NAME: Final = "job.json"
+#: Largest spec also given inline (``$JOB_JSON``, ``{JOB_JSON}``); the kernel's limit per
+#: argument or variable is 128 KiB.
+MAX_INLINE_SPEC: Final = 64 * 1024
 STDOUT_NAME: Final = "stdout.log"
 STDERR_NAME: Final = "stderr.log"
 #: Present in a work dir kept after a failure; holds the exit code. Retention prunes by it.
@@ -195,7 +201,7 @@ def _nvidia_devices() -> list[int]:
 _cores_in_use: dict[str, frozenset[int]] = {}
 #: Main processes of live jobs: the node's children that are not escaped processes.
 _job_mains: set[int] = set()
-#: Work dir ids of jobs whose processes may live (their markers are not escapees').
+#: Markers of jobs whose processes may live (processes carrying them are not escapees).
 _live_ids: set[str] = set()
 
 
@@ -226,6 +232,8 @@ class _Limits:
 _SETPRIV = shutil.which("setpriv")
 #: util-linux's ``prlimit`` sets a job's memory limit before ``setpriv`` drops to its user.
 _PRLIMIT = shutil.which("prlimit")
+#: The shell that holds a job until it is in its cgroup (``read`` from a pipe, then ``exec``).
+_SH = shutil.which("sh") or "/bin/sh"
 
 
 def _drop(user: Credentials) -> list[str]:
@@ -399,6 +407,7 @@ class ProcessJob:
         self._cgroup: Path | None = None
         self._known: dict[int, psutil.Process] = {}
         self._stop_requested = trio.Event()
+        self._marker = job_marker(settings.work_dir, spec.work_dir_id)
         self._sweeping = False
         self._kill_at: float | None = None
         self._done = trio.Event()
@@ -452,7 +461,7 @@ class ProcessJob:
             await self._run(task_status)
         finally:
             _cores_in_use.pop(self.spec.job_id, None)
-            _live_ids.discard(self.spec.work_dir_id)
+            _live_ids.discard(self._marker)
             self._done.set()
         assert self.exit_code is not None
         return self.exit_code
@@ -553,12 +562,28 @@ class ProcessJob:
                 )
             self._cgroup = None
 
+    def _write_spec(self) -> Path:
+        """The spec as ``<work dir>/job.json`` (0600, the job's own), for ``$JOB_JSON_FILE``."""
+        path = self.work_dir / SPEC_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(self.spec.job_json)
+        user = self.spec.user
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
+        return path
+
     def _spawn(self, limits: _Limits) -> tuple[int, int]:
         """Fork and exec in this thread (see the module doc); return the parent's pipe ends."""
+        spec_file = self._write_spec()
+        # The kernel takes at most 128 KiB per argument or variable: a larger spec goes by file
+        # only ($JOB_JSON_FILE, and {JOB_JSON} in args becomes the file's path).
+        inline = len(self.spec.job_json.encode("utf-8", "surrogatepass")) <= MAX_INLINE_SPEC
         values = {
             "SOCKET_PATH": str(self.socket_path),
             "WORK_DIR": str(self.work_dir),
-            "JOB_JSON": self.spec.job_json,
+            "JOB_JSON": self.spec.job_json if inline else str(spec_file),
+            "JOB_JSON_FILE": str(spec_file),
         }
         base = os.environ if self.settings.base_env is None else self.settings.base_env
         env = job_env(
@@ -566,9 +591,11 @@ class ProcessJob:
             {
                 **values,
                 "CUDA_VISIBLE_DEVICES": limits.cuda_visible,
-                MARKER: self.spec.work_dir_id,
+                MARKER: self._marker,
             },
         )
+        if not inline:
+            del env["JOB_JSON"]
         # Resolve the command as exec would (PATH from the job's env, relative to its cwd), so a
         # missing one is a start failure rather than the launcher's exit code.
         cmd: str | None = str(self.work_dir / self.spec.cmd)  # absolute stays absolute
@@ -579,6 +606,14 @@ class ProcessJob:
         if not os.access(cmd, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.spec.cmd)
         argv = [cmd, *render_args(self.spec.args, values)]
+        go_r = go_w = -1
+        if limits.cgroup is not None:
+            # The job waits for the node to put it in its cgroup before its own code runs: a
+            # job that forks at once (and a loaded node) must not leave children outside it.
+            # The pipe is its stdin until then (POSIX shells only name fds 0-9).
+            go_r, go_w = os.pipe()
+            script = 'read -r _ || exit 111; exec "$@" </dev/null'
+            argv = [_SH, "-c", script, "hypha-job", *argv]
         user = self.spec.user
         if user is not None:
             if _SETPRIV is None:
@@ -598,7 +633,7 @@ class ProcessJob:
         try:
             self._popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=go_r if go_r >= 0 else subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 cwd=self.work_dir,
@@ -607,7 +642,7 @@ class ProcessJob:
                 close_fds=True,
             )
             _job_mains.add(self._popen.pid)
-            _live_ids.add(self.spec.work_dir_id)
+            _live_ids.add(self._marker)
             try:
                 self.unenforced.extend(_apply_limits(self._popen.pid, limits))
             except ProcessLookupError:
@@ -617,6 +652,9 @@ class ProcessJob:
                 self._popen.wait()
                 _job_mains.discard(self._popen.pid)
                 raise
+            if go_w >= 0:
+                with contextlib.suppress(OSError):  # it may have died meanwhile
+                    os.write(go_w, b"go\n")
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -624,6 +662,9 @@ class ProcessJob:
         finally:
             os.close(out_w)
             os.close(err_w)
+            for fd in (go_r, go_w):
+                if fd >= 0:
+                    os.close(fd)
         return out_r, err_r
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
@@ -750,7 +791,7 @@ class ProcessJob:
         While stopping (``_sweeping``), children the node adopted that carry no job's marker
         count too: they escaped from a job and scrubbed their environment.
         """
-        mine = self.spec.work_dir_id
+        mine = self._marker
         found: dict[int, psutil.Process] = {}
         if self._cgroup is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -884,10 +925,7 @@ async def sweep_forever(interval: float = 1.0) -> None:
             marker = marker_of(child.pid)
             if marker is not None and marker not in _live_ids and _alive(child):
                 log.warning(
-                    "pid %d escaped job dir %s%s, which has ended: killing it",
-                    child.pid,
-                    DIR_PREFIX,
-                    marker,
+                    "pid %d escaped job %s, which has ended: killing it", child.pid, marker
                 )
                 with contextlib.suppress(psutil.Error):
                     child.kill()
@@ -972,7 +1010,7 @@ async def clean_orphans(
         report.killed.extend(pids)
         report.cgroups_removed.append(cgroup)
     report.dirs_found = _job_dirs(work_dir)
-    ids = {d.name[len(DIR_PREFIX) :] for d in report.dirs_found}
+    by_marker = {job_marker(work_dir, d.name[len(DIR_PREFIX) :]): d for d in report.dirs_found}
     me, my_group = os.getpid(), os.getpgrp()
     procs: dict[int, psutil.Process] = {}
     groups: set[int] = set()
@@ -981,8 +1019,8 @@ async def clean_orphans(
             continue
         marker = marker_of(p.pid)
         where = next((d for d in report.dirs_found if _cwd_inside(p, d)), None)
-        if where is None and marker is not None and marker in ids:
-            where = work_dir / f"{DIR_PREFIX}{marker}"
+        if where is None and marker is not None:
+            where = by_marker.get(marker)
         if where is None:
             continue
         log.info("orphans: pid %d belongs to %s: killing it", p.pid, where)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.config.worker import WorkerSettings, executor_warnings
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.core.resources import Amounts
@@ -149,6 +149,8 @@ async def _run(
                 'job_user = "node" to run jobs as this node\'s user'
             )
     log.info("jobs: %s", described)
+    for injection in executor_warnings(settings):
+        log.warning("%s", injection)
     if (warning := users.warning()) is not None:
         log.warning("%s", warning)
     if not become_subreaper():

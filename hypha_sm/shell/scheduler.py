@@ -277,14 +277,9 @@ class Scheduler:
         leases than needed, the dearest are not renewed and lapse on their workers.
         """
         taken = {p.worker for p in self.placements}
-        limit = self.job.max_price or self.job.bid
         # Cheapest first; equal prices in arrival order (sorted is stable).
         ranked = sorted(
-            (
-                o
-                for o in offers
-                if math.isfinite(o[0].price) and o[0].price <= limit and o[1] not in taken
-            ),
+            (o for o in offers if o[1] not in taken and self._acceptable(o[0], o[1])),
             key=lambda o: o[0].price,
         )
         needed = self.job.workers - len(self.placements)
@@ -301,6 +296,29 @@ class Scheduler:
         for extra in accepted[needed:]:
             log.info("%s: lease %s not needed; it lapses", _short(extra.worker), extra.lease_id)
         self.placements.extend(accepted[:needed])
+
+    def _acceptable(self, offer: m.WorkerOffer, sender: str) -> bool:
+        """A price we can pay (finite, not negative, at most ours) for at least what we asked."""
+        limit = self.job.max_price or self.job.bid
+        price = offer.price
+        asked, got = self.job.resources, offer.resources
+        why = ""
+        if not (math.isfinite(price) and 0.0 <= price <= limit):
+            why = f"price {price!r} outside 0..{limit:g}"
+        elif not all(
+            math.isfinite(g) and g >= a
+            for g, a in (
+                (got.gpu, asked.gpu),
+                (got.cpu, asked.cpu),
+                (got.memory, asked.memory),
+                (got.storage, asked.storage),
+            )
+        ):
+            why = f"offers {got} for {asked}"
+        if why:
+            log.info("%s: offer %s refused: %s", _short(sender), offer.lease_id, why)
+            return False
+        return True
 
     async def _accept(
         self, offer: m.WorkerOffer, sender: str, accepted: list[Placement], answered: trio.Event

@@ -5,7 +5,7 @@ SIGTERM. Its processes are found by, strongest first:
 
 - its **cgroup** (``hypha-<scope>-<work dir id>`` under the node's cgroup v2), which nothing
   inside can leave; ``cgroup.kill`` ends the whole tree at once;
-- its **marker**: every job starts with ``HYPHA_SM_JOB=<work dir id>`` in its environment,
+- its **marker**: every job starts with ``HYPHA_SM_JOB=<scope>/<work dir id>`` in its environment,
   which children inherit (a process that scrubs its environment loses it);
 - **adoption**: the node is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so an orphaned
   descendant of a job becomes the node's child instead of init's; a child of the node that is
@@ -99,6 +99,11 @@ def reap_adopted(known_mains: set[int]) -> int:
 def cgroup_scope(work_dir: Path) -> str:
     """A short name for one node (its work dir), in the names of its jobs' cgroups."""
     return hashlib.sha256(str(work_dir.absolute()).encode()).hexdigest()[:12]
+
+
+def job_marker(work_dir: Path, work_dir_id: str) -> str:
+    """A job's marker value: its node's scope and its work dir id (unique on the machine)."""
+    return f"{cgroup_scope(work_dir)}/{work_dir_id}"
 
 
 def cgroup_pids(path: Path) -> list[int]:
