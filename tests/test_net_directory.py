@@ -86,3 +86,58 @@ def test_the_directory_is_bounded() -> None:
         d.store(signed(ident, PeerRecord(str(ident.peer_id), ("tcp://x:1",), NOW + 60)), NOW)
     assert len(d) == 3
     assert d.refused == {"directory_full": 2}
+
+
+def _provider(n: int) -> Identity:
+    return Identity.from_seed(n.to_bytes(4, "big") * 8)
+
+
+def test_records_are_bounded_in_bytes_each_and_together() -> None:
+    """A record over max_record_bytes is refused; so is one that would pass max_bytes."""
+    d = Directory(max_record_bytes=600, max_bytes=1500)
+    addresses = ("tcp://" + "h" * 200 + ":1", "tcp://" + "i" * 200 + ":1", "tcp://j:1")
+    big = signed(NODE, PeerRecord(str(NODE.peer_id), addresses, NOW + 60))
+    assert d.store(big, NOW) == "record_too_large"
+    stored = 0
+    for n in range(10):
+        who = _provider(n + 1)
+        record = PeerRecord(str(who.peer_id), ("tcp://" + "h" * 240 + ":1",), NOW + 60)
+        stored += d.store(signed(who, record), NOW) is None
+    assert stored == 3
+    assert d.bytes <= 1500
+    assert d.refused["directory_full"] == 7
+
+
+def test_a_crowd_of_throwaway_providers_cannot_push_out_one_that_renews() -> None:
+    """A dataset keeps at most max_providers; newcomers take the place of the providers that
+    renewed least (oldest first), so the real provider, which renews, stays findable among
+    5,000 throwaway keys, and every lookup fits a reply."""
+    d = Directory(max_providers=64)
+    real = _provider(1)
+    t = NOW
+    for n in range(2):  # registered, then renewed once
+        record = DatasetRecord("corpus", str(real.peer_id), t + 600)
+        assert d.store(signed(real, record, t, n), t) is None
+        t += 1
+    for n in range(5000):
+        who = _provider(1000 + n)
+        assert (
+            d.store(signed(who, DatasetRecord("corpus", str(who.peer_id), t + 600), t), t) is None
+        )
+        t += 0.001
+    found = d.lookup_dataset("corpus", t)
+    assert len(found) == 64
+    assert found[0] == d.datasets["corpus"][str(real.peer_id)].envelope  # renewals rank first
+    assert d.evicted == 5000 - 63
+    assert sum(len(r) for r in found) < 1 << 20  # a lookup reply always fits
+
+
+def test_rapid_renewals_do_not_grow_the_expiry_heap_without_bound() -> None:
+    """A node renewing as fast as it can leaves one live heap entry, not one per renewal."""
+    d = Directory()
+    peer = str(NODE.peer_id)
+    for n in range(20_000):
+        t = NOW + n * 0.001
+        d.store(signed(NODE, PeerRecord(peer, ("tcp://x:1",), t + 3000), t, n), t)
+    assert len(d) == 1
+    assert len(d._expiry) <= 2 * len(d) + 1024 + 1

@@ -20,7 +20,10 @@ class GatewaySettings(LayeredSettings):
     cert_pem: Path | None = Field(None, description="TLS certificate, for tls+tcp:// addresses")
     key_pem: Path | None = Field(None, description="TLS private key")
     trust_pem: Path | None = Field(None, description="CA bundle peers' certificates must chain to")
-    max_records: int = Field(100_000, ge=1, description="directory size limit")
+    max_records: int = Field(100_000, ge=1, description="directory size limit, in records")
+    max_directory_mb: int = Field(
+        64, ge=1, description="directory size limit, in MiB of signed records"
+    )
     relay_queue: int = Field(1024, ge=1, description="advertisements queued before overload drops")
     max_skew: float = Field(30.0, gt=0, description="largest clock difference accepted, seconds")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

@@ -72,6 +72,7 @@ class Gateway:
         ingest: str,
         publish: str,
         max_records: int = 100_000,
+        max_directory_bytes: int = 64 << 20,
         relay_queue: int = 1024,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -79,7 +80,7 @@ class Gateway:
         self.listen = listen
         self.ingest = ingest
         self.publish = publish
-        self.directory = Directory(max_records=max_records)
+        self.directory = Directory(max_records=max_records, max_bytes=max_directory_bytes)
         self.relay_queue = relay_queue
         self.stats = GatewayStats()
         self._wall = wall

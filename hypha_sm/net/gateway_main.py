@@ -33,6 +33,7 @@ def run_gateway(settings: GatewaySettings) -> int:
                 ingest=settings.ingest,
                 publish=settings.publish,
                 max_records=settings.max_records,
+                max_directory_bytes=settings.max_directory_mb << 20,
                 relay_queue=settings.relay_queue,
             )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -88,6 +88,8 @@ TransferOffers = Callable[[PeerId, m.TransferOffer], m.TransferAnswer]
 
 #: How long this node's peer record at a gateway is valid; it is renewed at a third of this.
 RECORD_LIFETIME = 300.0
+#: How often a subscription's connection to its gateway is looked at (NNG has no event).
+RECONNECT_POLL = 0.25
 #: Most schedulers whose reply address the node remembers (the least recently offered to go).
 MAX_SCHEDULERS = 4096
 #: Most inputs stepped per loop wake-up (one log sync covers them all).
@@ -151,6 +153,7 @@ class WorkerNode:
         self._status_queues: dict[str, collections.deque[SendJobStatus]] = {}
         self._stopped = trio.Event()
         self._subscriptions: list[Subscription] = []
+        self._reconnected: dict[str, trio.Event] = {}  # gateway -> set when connected again
         self._transfer_offers = transfer_offers
         self.gateways = gateways or Gateways(transport, [], wall=wall)
         self.telemetry = telemetry or Telemetry()
@@ -222,31 +225,53 @@ class WorkerNode:
                 if not registered:
                     self._nursery.start_soon(self._keep_registered, address)
                     registered = True
-                await self._take_advertisements(located.publish)
+                await self._take_advertisements(located.publish, address)
             except NetError as exc:  # unreachable, or it named an address we cannot dial
                 log.warning("gateway %s: %s; retrying in %.1f s", address, exc, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
     async def _keep_registered(self, gateway: str) -> None:
-        """Keep a fresh signed peer record with our request address at ``gateway``."""
+        """Keep a fresh signed peer record with our request address at ``gateway``.
+
+        Renewed at a third of its lifetime, and at once when the subscription to the gateway
+        connects again: a gateway that restarted has forgotten every record.
+        """
         while True:
+            reconnected = self._reconnected.setdefault(gateway, trio.Event())
             try:
                 await self.gateways.register(
                     gateway, [self.public_address or self.address], RECORD_LIFETIME
                 )
-                await trio.sleep(RECORD_LIFETIME / 3)
             except NetError as exc:
                 log.warning("registering at gateway %s failed: %s", gateway, exc)
                 await trio.sleep(2.0)
+                continue
+            with trio.move_on_after(RECORD_LIFETIME / 3):
+                await reconnected.wait()
+                log.info("gateway %s: connected again; registering again", gateway)
+            self._reconnected[gateway] = trio.Event()
 
-    async def _take_advertisements(self, publish: str) -> None:
+    async def _take_advertisements(self, publish: str, gateway: str) -> None:
         with self.transport.subscribe(dial=[publish]) as sub:
             self._subscriptions.append(sub)
             try:
-                await self._take_from(sub)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_connection, sub, gateway)
+                    await self._take_from(sub)
+                    nursery.cancel_scope.cancel()
             finally:
                 self._subscriptions.remove(sub)
+
+    async def _watch_connection(self, sub: Subscription, gateway: str) -> None:
+        """Tell ``_keep_registered`` when the subscription connects again after a loss."""
+        connected = sub.connections > 0
+        while True:
+            await trio.sleep(RECONNECT_POLL)
+            now = sub.connections > 0
+            if now and not connected:
+                self._reconnected.setdefault(gateway, trio.Event()).set()
+            connected = now
 
     async def _take_from(self, sub: Subscription) -> None:
         async for opened in sub:

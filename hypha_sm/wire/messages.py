@@ -28,7 +28,7 @@ MAX_EXECUTORS = 8
 MAX_ADDRESSES = 16
 MAX_METRICS = 256
 MAX_RECORDS = 64
-MAX_RECORD_BYTES = 4096
+MAX_RECORD_BYTES = 8192  # a peer record with 16 addresses of 256 characters fits
 
 #: Request, lease and job ids: the node keeps them in memory, so their size is bounded.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
