@@ -112,6 +112,73 @@ def test_every_decoder_in_the_package_is_fuzzed_or_reads_only_our_own_bytes() ->
     assert set(FUZZED.values()) == set(TARGETS)
 
 
+#: Every place a role opens a socket to strangers, and the test that sends the crash frame
+#: (about 1.6 KB nested 1,000 deep) there over a real socket.
+SOCKET_FACING = {
+    "hypha_sm.shell.node:WorkerNode.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.shell.node:WorkerNode._take_advertisements": (
+        "hostile_frames:every_port_of_a_gateway_and_a_worker"
+    ),
+    "hypha_sm.shell.run:_run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.shell.peers:PeerFiles.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.net.bulk:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.net.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.shell.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
+    "hypha_sm.shell.bridge:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
+    "hypha_sm.shell.jobs:LocalExecutor._start.serve_bridge": (
+        "small_defects:the_bridge_refuses_deep_json"
+    ),
+}
+#: Listener-looking calls that are not: NNG's topic filter on a socket already counted.
+NOT_LISTENERS = {"hypha_sm.net.transport:Endpoint.subscribe"}
+
+
+def listener_sites() -> set[str]:
+    """``module:function`` of every place that serves, subscribes or listens."""
+    found: set[str] = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+
+        def walk(node: ast.AST, where: str, module: str = module) -> None:
+            for child in ast.iter_child_nodes(node):
+                name = where
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    name = f"{where}.{child.name}" if where else child.name
+                listens = (
+                    isinstance(child, ast.Attribute)
+                    and child.attr in ("serve", "subscribe")
+                    and isinstance(child.ctx, ast.Load)
+                ) or (
+                    isinstance(child, ast.Call)
+                    and isinstance(child.func, ast.Name)
+                    and child.func.id in ("open_listener", "hypercorn_serve")
+                )
+                if listens:
+                    found.add(f"{module}:{name}")
+                walk(child, name)
+
+        walk(ast.parse(path.read_text()), "")
+    return found - NOT_LISTENERS
+
+
+def test_every_socket_a_role_opens_to_strangers_takes_the_crash_frame_in_a_test() -> None:
+    """A new listener, subscription or server fails this test until a real-socket test sends
+    the deep frame there; each named test exists."""
+    import tests.test_hostile_frames
+    import tests.test_small_defects
+
+    modules = {
+        "hostile_frames": tests.test_hostile_frames,
+        "small_defects": tests.test_small_defects,
+    }
+    sites = listener_sites()
+    assert sites == set(SOCKET_FACING), sites ^ set(SOCKET_FACING)
+    for covered_by in set(SOCKET_FACING.values()):
+        module, fragment = covered_by.split(":")
+        names = [n for n in dir(modules[module]) if n.startswith("test_") and fragment in n]
+        assert names, f"no test named like {covered_by}"
+
+
 # -- the pre-decoding checks, table-driven ------------------------------------------------------
 
 
