@@ -17,8 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,26 +24,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from hypha_sm.config.init import write_example
 from hypha_sm.log.replay import replay_series
 from hypha_sm.log.store import newest_run, read_series
 from hypha_sm.machines_io import load_engine
-from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.shell.process import FAILED_MARK
 from hypha_sm.shell.storage import dir_usage
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy
+from tests.nodeproc import ECHO, Ear, advertise, start_node, worker_config
 from tests.test_run_worker import advertise_accept_dispatch, fixture, scheduler_and_worker
 
 pytestmark = pytest.mark.net
 
 SCHED = Identity.from_seed(bytes([61]) * 32)
 GATEWAY = Identity.from_seed(bytes([62]) * 32)
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
-TRAIN = m.Executor(cls="train", name="echo")
 
 
 @contextmanager
@@ -64,40 +58,6 @@ def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _config(tmp_path: Path, work_dir: Path, gateway: str, mode: list[str], **keys: object) -> Path:
-    path = tmp_path / "worker.toml"
-    write_example(path, work_dir=work_dir)
-    create_key_file(tmp_path / "worker-node-key.pem", force=True)
-    text = path.read_text()
-    text = text.replace('["tcp://127.0.0.1:7000"]', f'["{gateway}"]')
-    text = text.replace('["tcp://0.0.0.0:7200"]', '["tcp://127.0.0.1:0"]')
-    text = text.replace('cmd = "python"', f'cmd = "{sys.executable}"')
-    text = text.replace('name = "diloco-transformer"', 'name = "echo"')
-    args = ", ".join(f'"{a}"' for a in [str(FIXTURE), *mode])
-    text = re.sub(r'args = \["-m", "hypha_sm.executors.train".*\]', f"args = [{args}]", text)
-    text = re.sub(r"strategy = .*", 'strategy = "flexible"', text)
-    text = re.sub(r"storage = .*", "storage = 100", text)  # more than the disk has
-    for key, value in keys.items():
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
-    path.write_text(text)
-    return path
-
-
-async def _start(path: Path, log: Path) -> tuple[trio.Process, str]:
-    with log.open("wb") as sink:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "hypha_sm.cli", "run", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    with trio.fail_after(20):
-        while not (found := re.search(r"serving on (\S+);", await trio.Path(log).read_text())):
-            if proc.poll() is not None:
-                raise AssertionError((await trio.Path(log).read_text())[-2000:])
-            await trio.sleep(0.05)
-    return proc, found.group(1)
-
-
 def _kept_failed_dir(work_dir: Path, name: str, mb: int) -> Path:
     """What an earlier failed job left: a marked dir holding ``mb`` MiB."""
     kept = work_dir / name
@@ -112,59 +72,36 @@ async def test_a_job_that_fills_the_disk_is_stopped_and_the_node_lives_on(tmp_pa
     """A job fills the work dir's disk (and keeps it full); the event log hits ENOSPC. The node
     removes the old failed dir, stops offering, stops that job (reported failed: disk_full),
     answers renewals throughout, then offers again; the log replays."""
-    statuses: list[m.JobStatus] = []
-    offers: list[m.WorkerOffer] = []
-
-    async def handle(opened: Opened) -> m.Message:
-        if isinstance(opened.message, m.WorkerOffer):
-            offers.append(opened.message)
-            return m.OfferAck(opened.message.lease_id)
-        assert isinstance(opened.message, m.JobStatus)
-        statuses.append(opened.message)
-        return m.StatusAck(opened.message.job_id)
-
+    ear = Ear()
     with small_disk(tmp_path / "disk", 32) as disk:
         work = disk / "work"
         kept = _kept_failed_dir(work, "hypha-earlier-failure", 4)
-        config = _config(tmp_path, work, "GATEWAY", ["fill"], disk_reserve_mb=2)
         async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-            config.write_text(config.read_text().replace("GATEWAY", gw.listen))
+            config = worker_config(tmp_path, work, gw.listen, ["fill"], disk_reserve_mb=2)
             with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-                address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-                node, worker = await _start(config, tmp_path / "node.log")
+                address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", ear.handle)
+                node, worker = await start_node(config, tmp_path / "node.log")
+                want = m.Resources(cpu=1, memory=1, storage=50)
                 try:
                     with trio.fail_after(60):
                         await wait_connected(pub)
                         await wait_healthy(sched, worker)
-
-                        async def advertise(n: int) -> None:
-                            ad = m.Advertisement(
-                                f"req-{n}",
-                                str(SCHED.peer_id),
-                                address,
-                                m.Resources(cpu=1, memory=1, storage=50),
-                                (TRAIN,),
-                                100.0,
-                                time.time() + 5,
-                            )
-                            await pub.publish(ad)
-
-                        await advertise(1)
-                        while not offers:  # noqa: ASYNC110
+                        await advertise(pub, SCHED, "req-1", address, resources=want)
+                        while not ear.offers:  # noqa: ASYNC110
                             await trio.sleep(0.02)
-                        lease = offers[0].lease_id
+                        lease = ear.offers[0].lease_id
                         await sched.request(worker, m.RenewLease(lease))
-                        await sched.request(worker, m.DispatchJob("job-1", lease, TRAIN, "{}"))
+                        await sched.request(worker, m.DispatchJob("job-1", lease, ECHO, "{}"))
                         renewed = 0
-                        while not any(s.status == "failed" for s in statuses):
+                        while not ear.ended("job-1"):
                             answer = await sched.request(worker, m.RenewLease(lease), timeout=5)
                             renewed += isinstance(answer.message, m.LeaseRenewed)
                             await trio.sleep(0.3)
                         # Room again: the next advertisement is offered.
                         n = 1
-                        while len(offers) < 2:
+                        while len(ear.offers) < 2:
                             n += 1
-                            await advertise(n)
+                            await advertise(pub, SCHED, f"req-{n}", address, resources=want)
                             await trio.sleep(0.5)
                         health = await sched.request(worker, m.Health())
                 finally:
@@ -179,7 +116,7 @@ async def test_a_job_that_fills_the_disk_is_stopped_and_the_node_lives_on(tmp_pa
         engine, machines_hash = load_engine()
         report = replay_series(read_series(segments), engine, machines_hash)
         leftovers = list(work.glob("hypha-*"))
-    failed = next(s for s in statuses if s.status == "failed")
+    failed = next(s for s in ear.statuses if s.status == "failed")
     assert failed.reason.startswith("disk_full"), failed
     assert renewed >= 1
     assert health.message == m.HealthReply(True)
@@ -207,8 +144,10 @@ async def test_a_node_restarts_on_a_full_disk_by_freeing_failed_job_dirs(tmp_pat
             pass
         finally:
             os.close(fd)
-        config = _config(tmp_path, work, "tcp://127.0.0.1:9", ["exit", "0"], disk_reserve_mb=1)
-        node, _ = await _start(config, tmp_path / "node.log")
+        config = worker_config(
+            tmp_path, work, "tcp://127.0.0.1:9", ["exit", "0"], disk_reserve_mb=1
+        )
+        node, _ = await start_node(config, tmp_path / "node.log")
         node.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await node.wait()

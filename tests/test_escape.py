@@ -29,15 +29,13 @@ from hypha_sm.net.transport import Endpoint
 from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, find_cgroup_parent
 from hypha_sm.shell.sweep import MARKER, become_subreaper, cgroup_scope, is_subreaper, marker_of
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy
-from tests.test_disk import _config, _start
+from tests.nodeproc import ECHO, Ear, start_node, take_lease, worker_config
 
 JOB = str(Path(__file__).resolve().parent / "fixtures" / "job.py")
 SCHED = Identity.from_seed(bytes([41]) * 32)
 GATEWAY = Identity.from_seed(bytes([42]) * 32)
-TRAIN = m.Executor(cls="train", name="echo")
 
 
 def alive(pid: int) -> bool:
@@ -103,46 +101,21 @@ async def test_a_restart_after_kill_9_kills_escaped_daemons_and_removes_leftover
 ) -> None:
     """A real node runs the daemons job; kill -9 of the node leaves them running (and, where a
     cgroup was made, the cgroup); the restarted node kills both and removes the cgroup."""
-    statuses: list[m.JobStatus] = []
-    offers: list[m.WorkerOffer] = []
-
-    async def handle(opened: Opened) -> m.Message:
-        if isinstance(opened.message, m.WorkerOffer):
-            offers.append(opened.message)
-            return m.OfferAck(opened.message.lease_id)
-        assert isinstance(opened.message, m.JobStatus)
-        statuses.append(opened.message)
-        return m.StatusAck(opened.message.job_id)
-
+    ear = Ear()
     out = tmp_path / "pids.json"
     work = tmp_path / "work"
     parent = find_cgroup_parent()
     scope = cgroup_scope(work)
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        config = _config(tmp_path, work, gw.listen, ["daemons", str(out), "sleep"])
+        config = worker_config(tmp_path, work, gw.listen, ["daemons", str(out), "sleep"])
         with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-            address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-            node, worker = await _start(config, tmp_path / "first.log")
+            address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", ear.handle)
+            node, worker = await start_node(config, tmp_path / "first.log")
             with trio.fail_after(60):
                 await wait_connected(pub)
                 await wait_healthy(sched, worker)
-                await pub.publish(
-                    m.Advertisement(
-                        "req-1",
-                        str(SCHED.peer_id),
-                        address,
-                        m.Resources(cpu=1, memory=1),
-                        (TRAIN,),
-                        100.0,
-                        time.time() + 5,
-                    )
-                )
-                while not offers:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
-                await sched.request(worker, m.RenewLease(offers[0].lease_id))
-                await sched.request(
-                    worker, m.DispatchJob("job-1", offers[0].lease_id, TRAIN, "{}")
-                )
+                lease = await take_lease(sched, pub, ear, worker, address, "req-1")
+                await sched.request(worker, m.DispatchJob("job-1", lease, ECHO, "{}"))
                 while not out.exists():  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 pids = json.loads(out.read_text())
@@ -151,7 +124,7 @@ async def test_a_restart_after_kill_9_kills_escaped_daemons_and_removes_leftover
                 await node.wait()
                 await trio.sleep(0.3)
                 after_kill = [p for p in pids if alive(p)]
-                restarted, _ = await _start(config, tmp_path / "second.log")
+                restarted, _ = await start_node(config, tmp_path / "second.log")
                 left = [p for p in pids if alive(p)]
                 leftover = sorted(parent.glob(f"hypha-{scope}-*")) if parent else []
                 restarted.send_signal(signal.SIGTERM)

@@ -10,11 +10,7 @@ directory; a log cut mid-line replays its complete entries and says the last lin
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -35,10 +31,10 @@ from hypha_sm.log.store import Recorder, newest_run, read_lines, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.transport import Endpoint, NetError
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.helpers import SEED, Worker, ad, at, renew
 from tests.netkit import running_gateway, wait_connected, wait_healthy
+from tests.nodeproc import ECHO, Ear, advertise, start_node, worker_config
 
 SCHED = Identity.from_seed(bytes([71]) * 32)
 GATEWAY = Identity.from_seed(bytes([72]) * 32)
@@ -169,41 +165,6 @@ def test_a_failed_write_leaves_no_half_line(tmp_path: Path) -> None:
 # -- a real worker process, killed with SIGKILL while busy ---------------------------------------
 
 
-def _config(tmp_path: Path, gateway: str) -> Path:
-    from hypha_sm.config.init import write_example
-    from hypha_sm.net.keys import create_key_file
-
-    path = tmp_path / "worker.toml"
-    write_example(path, work_dir=tmp_path / "work")
-    create_key_file(tmp_path / "worker-node-key.pem")
-    text = path.read_text()
-    text = text.replace('["tcp://127.0.0.1:7000"]', f'["{gateway}"]')
-    text = text.replace('["tcp://0.0.0.0:7200"]', '["tcp://127.0.0.1:0"]')
-    text = text.replace('cmd = "python"', f'cmd = "{sys.executable}"')
-    text = text.replace('name = "diloco-transformer"', 'name = "echo"')
-    text = re.sub(
-        r'args = \["-m", "hypha_sm.executors.train".*\]',
-        f'args = ["{FIXTURE}", "exit", "0"]',
-        text,
-    )
-    text = re.sub(r"strategy = .*", 'strategy = "flexible"', text)
-    path.write_text(text)
-    return path
-
-
-async def _start_node(path: Path, log: Path) -> tuple[trio.Process, str]:
-    with log.open("wb") as sink:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "hypha_sm.cli", "run", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    with trio.fail_after(20):
-        while not (found := re.search(r"serving on (\S+);", await trio.Path(log).read_text())):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return proc, found.group(1)
-
-
 @pytest.mark.net
 @pytest.mark.slow
 async def test_kill_9_of_a_busy_worker_loses_no_entry_of_anything_the_outside_saw(
@@ -212,23 +173,14 @@ async def test_kill_9_of_a_busy_worker_loses_no_entry_of_anything_the_outside_sa
     """Advertisements, offers, acceptances, renewals, dispatches and job statuses flow for a
     few seconds; then SIGKILL. Every offer, renewal answer, dispatch answer and job status
     the scheduler received has its effect in the log, and the log replays."""
-    seen_offers: list[m.WorkerOffer] = []
-    seen_statuses: list[m.JobStatus] = []
+    ear = Ear()
+    seen_offers, seen_statuses = ear.offers, ear.statuses
     seen_answers: list[m.Message] = []
-
-    async def handle(opened: Opened) -> m.Message:
-        message = opened.message
-        if isinstance(message, m.WorkerOffer):
-            seen_offers.append(message)
-            return m.OfferAck(message.lease_id)
-        assert isinstance(message, m.JobStatus)
-        seen_statuses.append(message)
-        return m.StatusAck(message.job_id)
-
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
         with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-            sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-            node, worker = await _start_node(_config(tmp_path, gw.listen), tmp_path / "node.log")
+            sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", ear.handle)
+            config = worker_config(tmp_path, tmp_path / "work", gw.listen, ["exit", "0"])
+            node, worker = await start_node(config, tmp_path / "node.log")
             try:
                 with trio.fail_after(60):
                     await wait_connected(pub)
@@ -237,24 +189,14 @@ async def test_kill_9_of_a_busy_worker_loses_no_entry_of_anything_the_outside_sa
                     n = handled = 0
                     while trio.current_time() - started < 4.0:
                         n += 1
-                        await pub.publish(
-                            m.Advertisement(
-                                f"req-{n}",
-                                str(SCHED.peer_id),
-                                sched_address,
-                                m.Resources(cpu=1, memory=1),
-                                (TRAIN,),
-                                100.0,
-                                time.time() + 5,
-                            )
-                        )
+                        await advertise(pub, SCHED, f"req-{n}", sched_address)
                         await trio.sleep(0.05)
                         # Accept every offer (a scheduler that lets offers lapse is backed off).
                         for offer in seen_offers[handled:]:
                             handled += 1
                             for request in (
                                 m.RenewLease(offer.lease_id),
-                                m.DispatchJob(f"job-{handled}", offer.lease_id, TRAIN, "{}"),
+                                m.DispatchJob(f"job-{handled}", offer.lease_id, ECHO, "{}"),
                                 m.RenewLease(offer.lease_id),
                             ):
                                 try:

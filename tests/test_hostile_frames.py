@@ -32,6 +32,7 @@ from hypha_sm.wire.envelope import VERSION, Opened
 from hypha_sm.wire.identity import Identity
 from tests.hostile import CRASH_DEPTH, msgpack_tower
 from tests.netkit import LOOPBACK, wait_connected, wait_healthy
+from tests.nodeproc import advertise
 from tests.test_run_worker import fixture, worker_settings
 
 pytestmark = pytest.mark.net
@@ -144,17 +145,7 @@ async def test_the_crash_frame_on_every_port_of_a_gateway_and_a_worker_is_counte
                 # The whole path still works: advertise, offer, accept, dispatch, finish.
                 with sched.publisher(dial=[gw.ingest]) as pub:
                     await wait_connected(pub)
-                    await pub.publish(
-                        m.Advertisement(
-                            "req-after",
-                            str(SCHED.peer_id),
-                            sched_address,
-                            m.Resources(cpu=1, memory=1),
-                            (TRAIN,),
-                            100.0,
-                            time.time() + 5,
-                        )
-                    )
+                    await advertise(pub, SCHED, "req-after", sched_address)
                     while not offers:  # noqa: ASYNC110
                         await trio.sleep(0.02)
                 lease = offers[0].lease_id
@@ -259,17 +250,7 @@ async def test_a_worker_survives_a_scheduler_answering_its_offer_with_the_frame(
                 for worker in workers:
                     await wait_healthy(sched, worker)
                 for n in range(3):
-                    await pub.publish(
-                        m.Advertisement(
-                            f"req-{n}",
-                            str(SCHED.peer_id),
-                            reply_address,
-                            m.Resources(cpu=1, memory=1),
-                            (TRAIN,),
-                            100.0,
-                            time.time() + 5,
-                        )
-                    )
+                    await advertise(pub, SCHED, f"req-{n}", reply_address)
                     while offers < 2 * (n + 1):  # noqa: ASYNC110 - both workers offer each time
                         await trio.sleep(0.02)
                     await trio.sleep(0.6)  # the failed offer released, the next ad is offered

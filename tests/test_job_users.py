@@ -15,29 +15,24 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from hypha_sm.config.init import write_example
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.shell.users import JobUsers, check_reachable, unreachable
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy
+from tests.nodeproc import ECHO, Ear, start_node, take_lease, worker_config
 
 SCHED = Identity.from_seed(bytes([43]) * 32)
 GATEWAY = Identity.from_seed(bytes([44]) * 32)
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
-TRAIN = m.Executor(cls="train", name="echo")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
@@ -101,72 +96,33 @@ async def test_a_job_running_as_its_own_user_cannot_reach_the_node_or_another_jo
     work = open_dir / "work"
     key = open_dir / "node-key.pem"
     create_key_file(key, force=True)
-    config = tmp_path / "worker.toml"
-    write_example(config, work_dir=work)
-    statuses: list[m.JobStatus] = []
-    offers: list[m.WorkerOffer] = []
-
-    async def handle(opened: Opened) -> m.Message:
-        if isinstance(opened.message, m.WorkerOffer):
-            offers.append(opened.message)
-            return m.OfferAck(opened.message.lease_id)
-        assert isinstance(opened.message, m.JobStatus)
-        statuses.append(opened.message)
-        return m.StatusAck(opened.message.job_id)
-
+    ear = Ear()
     env = {k: v for k, v in os.environ.items() if k != "HYPHA_JOB_USER"}
     env["HYPHA_SECRET_FOR_TEST"] = "node-only"
     log_path = tmp_path / "node.log"
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        text = config.read_text()
-        text = text.replace('["tcp://127.0.0.1:7000"]', f'["{gw.listen}"]')
-        text = text.replace('["tcp://0.0.0.0:7200"]', '["tcp://127.0.0.1:0"]')
-        text = re.sub(r'node_key = ".*"', f'node_key = "{key}"', text)
-        text = text.replace(f'cmd = "{sys.executable}"', f'cmd = "{SYSTEM_PYTHON}"')
-        text = text.replace('name = "diloco-transformer"', 'name = "echo"')
-        text = re.sub(
-            r'args = \["-m", "hypha_sm.executors.train".*\]',
-            f'args = ["{job_script}", "snoop"]',
-            text,
+        config = worker_config(
+            tmp_path,
+            work,
+            gw.listen,
+            ["snoop"],
+            cmd=str(SYSTEM_PYTHON),
+            script=job_script,
+            node_key=f'"{key}"',
         )
-        text = re.sub(r"strategy = .*", 'strategy = "flexible"', text)
-        config.write_text(text)
-        with log_path.open("wb") as sink:
-            node = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "hypha_sm.cli", "run", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
-                env=env,
-            )
+        node, worker = await start_node(config, log_path, env=env)
         try:
             with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-                address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
+                address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", ear.handle)
                 with trio.fail_after(60):
-                    while not (found := re.search(r"serving on (\S+);", log_path.read_text())):
-                        assert node.poll() is None, log_path.read_text()[-3000:]
-                        await trio.sleep(0.05)
-                    worker = found.group(1)
                     await wait_connected(pub)
                     await wait_healthy(sched, worker)
-                    leases = []
-                    for n in range(2):
-                        await pub.publish(
-                            m.Advertisement(
-                                f"req-{n}",
-                                str(SCHED.peer_id),
-                                address,
-                                m.Resources(cpu=1, memory=1),
-                                (TRAIN,),
-                                100.0,
-                                time.time() + 5,
-                            )
-                        )
-                        while len(offers) <= n:  # noqa: ASYNC110
-                            await trio.sleep(0.02)
-                        leases.append(offers[n].lease_id)
-                        await sched.request(worker, m.RenewLease(offers[n].lease_id))
+                    leases = [
+                        await take_lease(sched, pub, ear, worker, address, f"req-{n}")
+                        for n in range(2)
+                    ]
                     # The victim: sleeps with its bridge open.
-                    await sched.request(worker, m.DispatchJob("victim", leases[0], TRAIN, "{}"))
+                    await sched.request(worker, m.DispatchJob("victim", leases[0], ECHO, "{}"))
                     while not (victims := list(work.glob("hypha-*/bridge.sock"))):  # noqa: ASYNC110
                         await trio.sleep(0.05)
                     victim_dir = victims[0].parent
@@ -185,9 +141,9 @@ async def test_a_job_running_as_its_own_user_cannot_reach_the_node_or_another_jo
                         },
                     }
                     await sched.request(
-                        worker, m.DispatchJob("snoop", leases[1], TRAIN, json.dumps(targets))
+                        worker, m.DispatchJob("snoop", leases[1], ECHO, json.dumps(targets))
                     )
-                    while not any(s.job_id == "snoop" and s.status != "running" for s in statuses):  # noqa: ASYNC110
+                    while not ear.ended("snoop"):  # noqa: ASYNC110
                         await trio.sleep(0.05)
         finally:
             node.send_signal(signal.SIGTERM)

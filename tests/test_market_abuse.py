@@ -32,6 +32,7 @@ from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, open_record, signing_bytes
 from hypha_sm.wire.identity import Identity
 from tests.netkit import LOOPBACK, running_gateway, wait_connected, wait_healthy
+from tests.nodeproc import advertise
 from tests.test_run_worker import fixture, worker_settings
 
 pytestmark = [pytest.mark.net]
@@ -85,16 +86,7 @@ async def test_a_scheduler_that_never_accepts_cannot_keep_a_whole_worker_from_a_
                 n = 0
                 while True:
                     n += 1
-                    ad = m.Advertisement(
-                        f"junk-{n}",
-                        str(ATTACKER.peer_id),
-                        reply,
-                        m.Resources(cpu=1, memory=1),
-                        (m.Executor("train", "echo"),),
-                        1e300,
-                        time.time() + 5,
-                    )
-                    await pub.publish(ad)
+                    await advertise(pub, ATTACKER, f"junk-{n}", reply, bid=1e300)
                     await trio.sleep(0.1)
 
             nursery.start_soon(flood)

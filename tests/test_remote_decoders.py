@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -80,8 +81,8 @@ _DECODER_RECEIVER = re.compile(r"json|msgpack|toml|pickle|decoder|Decoder")
 _DECODING = {"decode", "loads", "load", "convert", "model_validate_json", "validate_json"}
 
 
-def decoder_calls() -> dict[str, list[int]]:
-    """``module:function`` -> lines, for every call in the package that decodes bytes."""
+def package_sites(matches: Callable[[ast.AST], bool]) -> dict[str, list[int]]:
+    """``module:function`` -> lines, for every node of the package's code that ``matches``."""
     found: dict[str, list[int]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -91,15 +92,26 @@ def decoder_calls() -> dict[str, list[int]]:
                 name = where
                 if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     name = f"{where}.{child.name}" if where else child.name
-                if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
-                    attr, receiver = child.func.attr, ast.unparse(child.func.value)
-                    decodes = attr in _DECODING and _DECODER_RECEIVER.search(receiver)
-                    if decodes or (attr == "json" and not child.args):
-                        found.setdefault(f"{module}:{name}", []).append(child.lineno)
+                if matches(child):
+                    found.setdefault(f"{module}:{name}", []).append(getattr(child, "lineno", 0))
                 walk(child, name)
 
         walk(ast.parse(path.read_text()), "")
     return found
+
+
+def _decodes(node: ast.AST) -> bool:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    attr, receiver = node.func.attr, ast.unparse(node.func.value)
+    return bool(attr in _DECODING and _DECODER_RECEIVER.search(receiver)) or (
+        attr == "json" and not node.args
+    )
+
+
+def decoder_calls() -> dict[str, list[int]]:
+    """``module:function`` -> lines, for every call in the package that decodes bytes."""
+    return package_sites(_decodes)
 
 
 def test_every_decoder_in_the_package_is_fuzzed_or_reads_only_our_own_bytes() -> None:
@@ -133,32 +145,21 @@ SOCKET_FACING = {
 NOT_LISTENERS = {"hypha_sm.net.transport:Endpoint.subscribe"}
 
 
+def _listens(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr in ("serve", "subscribe")
+        and isinstance(node.ctx, ast.Load)
+    ) or (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("open_listener", "hypercorn_serve")
+    )
+
+
 def listener_sites() -> set[str]:
     """``module:function`` of every place that serves, subscribes or listens."""
-    found: set[str] = set()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-
-        def walk(node: ast.AST, where: str, module: str = module) -> None:
-            for child in ast.iter_child_nodes(node):
-                name = where
-                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                    name = f"{where}.{child.name}" if where else child.name
-                listens = (
-                    isinstance(child, ast.Attribute)
-                    and child.attr in ("serve", "subscribe")
-                    and isinstance(child.ctx, ast.Load)
-                ) or (
-                    isinstance(child, ast.Call)
-                    and isinstance(child.func, ast.Name)
-                    and child.func.id in ("open_listener", "hypercorn_serve")
-                )
-                if listens:
-                    found.add(f"{module}:{name}")
-                walk(child, name)
-
-        walk(ast.parse(path.read_text()), "")
-    return found - NOT_LISTENERS
+    return set(package_sites(_listens)) - NOT_LISTENERS
 
 
 def test_every_socket_a_role_opens_to_strangers_takes_the_crash_frame_in_a_test() -> None:

@@ -4,103 +4,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import trio
 
-from hypha_sm.config.init import write_example
-from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from tests.helpers import process_alive
 from tests.netkit import running_gateway, wait_connected, wait_healthy
+from tests.nodeproc import ECHO, Ear, start_node, take_lease, worker_config
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 
 SCHED = Identity.from_seed(bytes([51]) * 32)
 GATEWAY = Identity.from_seed(bytes([52]) * 32)
-TRAIN = m.Executor(cls="train", name="diloco-transformer")
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
-
-
-def config(tmp_path: Path, gateway: str, pids: Path) -> Path:
-    path = tmp_path / "worker.toml"
-    write_example(path, work_dir=tmp_path / "work")
-    create_key_file(tmp_path / "worker-node-key.pem")
-    text = path.read_text()
-    text = text.replace('["tcp://127.0.0.1:7000"]', f'["{gateway}"]')
-    text = text.replace('["tcp://0.0.0.0:7200"]', '["tcp://127.0.0.1:0"]')
-    text = text.replace('cmd = "python"', f'cmd = "{sys.executable}"')
-    text = re.sub(
-        r'args = \["-m", "hypha_sm.executors.train".*\]',
-        f'args = ["{FIXTURE}", "tree", "{pids}"]',
-        text,
-    )
-    path.write_text(text)
-    return path
-
-
-async def start_node(path: Path, log: Path) -> tuple[trio.Process, str]:
-    with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "hypha_sm.cli", "run", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    log_file = trio.Path(log)
-    with trio.fail_after(20):
-        while not (found := re.search(r"serving on (\S+);", await log_file.read_text())):  # noqa: ASYNC110 - polling a log file
-            await trio.sleep(0.05)
-    return proc, found.group(1)
 
 
 async def test_restart_after_kill_9_kills_orphaned_job_processes_and_removes_their_dir(
     tmp_path: Path,
 ) -> None:
     """kill -9 leaves the job's setsid grandchild running; the next start finds and kills it."""
-    offers: list[m.WorkerOffer] = []
-
-    async def handle(opened: Opened) -> m.Message:
-        if isinstance(opened.message, m.WorkerOffer):
-            offers.append(opened.message)
-            return m.OfferAck(opened.message.lease_id)
-        assert isinstance(opened.message, m.JobStatus)
-        return m.StatusAck(opened.message.job_id)
-
+    ear = Ear()
     pids_file = tmp_path / "pids.json"
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
         with Endpoint(SCHED) as sched, sched.publisher(dial=[gw.ingest]) as pub:
-            sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", handle)
-            path = config(tmp_path, gw.listen, pids_file)
+            sched_address = await nursery.start(sched.serve, "tcp://127.0.0.1:0", ear.handle)
+            path = worker_config(tmp_path, tmp_path / "work", gw.listen, ["tree", str(pids_file)])
             node, worker = await start_node(path, tmp_path / "first.log")
             with trio.fail_after(30):
                 await wait_connected(pub)
                 await wait_healthy(sched, worker)
-                await pub.publish(
-                    m.Advertisement(
-                        "req-9",
-                        str(SCHED.peer_id),
-                        sched_address,
-                        m.Resources(cpu=1, memory=1),
-                        (TRAIN,),
-                        150.0,
-                        time.time() + 5,
-                    )
-                )
-                while not offers:  # noqa: ASYNC110 - waiting on the handler above
-                    await trio.sleep(0.02)
-                await sched.request(worker, m.RenewLease(offers[0].lease_id))
-                await sched.request(
-                    worker, m.DispatchJob("job-9", offers[0].lease_id, TRAIN, "{}")
-                )
+                lease = await take_lease(sched, pub, ear, worker, sched_address, "req-9")
+                await sched.request(worker, m.DispatchJob("job-9", lease, ECHO, "{}"))
                 while not pids_file.exists():  # noqa: ASYNC110 - the job writes it when ready
                     await trio.sleep(0.05)
                 await trio.sleep(0.3)

@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from hypha_sm.textlog import SafeFormatter, escape_controls
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import wait_connected, wait_healthy
+from tests.nodeproc import advertise
 from tests.test_run_worker import (
     SCHED,
     TRAIN,
@@ -63,17 +63,7 @@ async def test_nul_bytes_in_specs_fail_the_start_and_leave_no_bridge_behind(
         with trio.fail_after(60):
             await wait_connected(pub)
             await wait_healthy(endpoint, worker)
-            await pub.publish(
-                m.Advertisement(
-                    "req-nul",
-                    str(SCHED.peer_id),
-                    sched_address,
-                    m.Resources(cpu=1, memory=1),
-                    (TRAIN,),
-                    100.0,
-                    time.time() + 5,
-                )
-            )
+            await advertise(pub, SCHED, "req-nul", sched_address)
             await sched.wait_for(lambda: bool(sched.offers))
             lease = sched.offers[0].lease_id
             await endpoint.request(worker, m.RenewLease(lease))
