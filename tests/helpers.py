@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.events import (
@@ -148,3 +149,13 @@ def process_alive(pid: int) -> bool:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def remove_leftover_cgroups(work_dir: Path) -> None:
+    """What a restart of a node on ``work_dir`` would do: a test that killed its node cleans up
+    the job cgroups that node left (empty after the parent-death signal)."""
+    from hypha_sm.shell.process import find_cgroup_parent
+    from hypha_sm.shell.sweep import cgroup_scope, kill_cgroup, leftover_cgroups
+
+    for cgroup in leftover_cgroups(find_cgroup_parent(), cgroup_scope(work_dir)):
+        kill_cgroup(cgroup)

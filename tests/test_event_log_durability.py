@@ -32,7 +32,7 @@ from hypha_sm.machines_io import load_engine
 from hypha_sm.net.transport import Endpoint, NetError
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
-from tests.helpers import SEED, Worker, ad, at, renew
+from tests.helpers import SEED, Worker, ad, at, remove_leftover_cgroups, renew
 from tests.netkit import running_gateway, wait_connected, wait_healthy
 from tests.nodeproc import ECHO, Ear, advertise, start_node, worker_config
 
@@ -210,6 +210,7 @@ async def test_kill_9_of_a_busy_worker_loses_no_entry_of_anything_the_outside_sa
                 if node.returncode is None:
                     node.kill()
             nursery.cancel_scope.cancel()
+    remove_leftover_cgroups(tmp_path / "work")  # what the node's restart would do
 
     segments = newest_run(tmp_path / "work" / "events")
     effects: list[object] = []

@@ -27,6 +27,7 @@ from hypha_sm.shell.process import (
     job_env,
     render_args,
 )
+from tests.helpers import remove_leftover_cgroups
 
 JOB = str(Path(__file__).parent / "fixtures" / "job.py")
 
@@ -383,3 +384,4 @@ async def test_node_death_kills_the_job(tmp_path: Path) -> None:
         if node.poll() is None:
             node.kill()
             node.wait()
+        remove_leftover_cgroups(tmp_path / "work")
