@@ -151,7 +151,7 @@ def unreachable(path: Path) -> Path | None:
 def check_reachable(cmds: list[str], work_dir: Path) -> list[str]:
     """Why jobs running as other users could not start: one line per problem."""
     problems = []
-    for cmd in cmds:
+    for cmd in dict.fromkeys(cmds):  # each command once, in order
         found = shutil.which(cmd) if os.sep not in cmd else cmd
         if found is None:
             continue  # a missing command is reported when a job starts
