@@ -165,4 +165,4 @@ async def test_a_job_running_as_its_own_user_cannot_reach_the_node_or_another_jo
     assert snoop["own_job_py"] == "read"
     assert snoop["own_dir"] == "listed"
     assert snoop["own_bridge"] == "connected"
-    assert "jobs: each job runs as a user of its own (uids 64000-64999)" in log
+    assert "Each job runs as a user of its own (uids 64000-64999)" in log

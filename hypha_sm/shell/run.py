@@ -148,7 +148,7 @@ async def _run(
                 f"{'; '.join(problems)}: open those paths to other users (chmod o+x), or set "
                 'job_user = "node" to run jobs as this node\'s user'
             )
-    log.info("jobs: %s", described)
+    log.info("%s", described[0].upper() + described[1:])
     for injection in executor_warnings(settings):
         log.warning("%s", injection)
     if (warning := users.warning()) is not None:
