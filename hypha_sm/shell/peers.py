@@ -31,6 +31,7 @@ import trio
 from hypha_sm.net.bulk import (
     BulkError,
     BulkServer,
+    PeerAuthError,
     ReceivedFile,
     file_sha256,
     new_transfer_id,
@@ -128,7 +129,12 @@ class PeerFiles:
         return None
 
     def _failed(self, outcome: ReceivedFile | BulkError) -> None:
-        if isinstance(outcome, BulkError):
+        # A stranger's refused connection (bad magic, a bad or foreign envelope) is counted by
+        # the bulk server and logged at debug level: anyone can open connections, and each must
+        # not cost a warning line. A failure of an authenticated transfer is worth one.
+        if isinstance(outcome, PeerAuthError):
+            log.debug("incoming connection refused: %s", outcome)
+        elif isinstance(outcome, BulkError):
             log.warning("incoming transfer failed: %s", outcome)
 
     def _deliver(self, received: ReceivedFile) -> str | None:
