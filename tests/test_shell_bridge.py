@@ -493,3 +493,39 @@ async def test_receive_client_disconnect(tmp_path: Path, sock_dir: Path) -> None
         with trio.fail_after(5):
             await closed.wait()
         await assert_alive(client)
+
+
+def test_paths_the_node_reports_must_lie_inside_the_work_dir(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    """A node callable that names a file outside the work dir (a bug, or a job's planted link)
+    is a 502, never a path the job is told about; inside paths come back relative."""
+    from hypha_sm.shell.bridge import BridgeError
+
+    bridge = make_bridge(tmp_path, sock_dir)
+    (bridge.work_dir / "artifacts").mkdir()
+    (bridge.work_dir / "artifacts" / "ok.bin").write_bytes(b"x")
+    (bridge.work_dir / "escape").symlink_to(tmp_path)
+    assert bridge.relative(bridge.work_dir / "artifacts" / "ok.bin") == "artifacts/ok.bin"
+    assert bridge.relative(Path("artifacts/ok.bin")) == "artifacts/ok.bin"
+    for outside in (Path("/etc/passwd"), bridge.work_dir / "escape" / "secret"):
+        with pytest.raises(BridgeError) as refused:
+            bridge.relative(outside)
+        assert (refused.value.status, refused.value.code) == (502, "upstream_error")
+
+
+def test_dot_dot_is_refused_even_where_it_would_stay_inside(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    """Like the original, any `..` component is refused on its own (400, says `..`), before
+    the real-path check that catches escapes by links; `a/../b` never reaches the file system."""
+    from hypha_sm.shell.bridge import BridgeError
+
+    bridge = make_bridge(tmp_path, sock_dir)
+    (bridge.work_dir / "a").mkdir()
+    (bridge.work_dir / "b").write_text("inside")
+    with pytest.raises(BridgeError) as refused:
+        bridge.resolve("a/../b")
+    assert refused.value.status == 400
+    assert "contains '..'" in refused.value.detail
+    assert bridge.resolve("b") == (bridge.work_dir / "b").resolve()

@@ -41,13 +41,13 @@ _PR_SET_CHILD_SUBREAPER: Final = 36
 _ENVIRON_CAP: Final = 1 << 20
 
 
-def become_subreaper() -> bool:
-    """Make this process adopt its orphaned descendants (Linux); False if it cannot."""
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process adopt its orphaned descendants (Linux), or stop; False if it cannot."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
         return False
     libc = ctypes.CDLL(libc_name, use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
 
 
 def is_subreaper() -> bool:
