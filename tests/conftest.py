@@ -1,4 +1,5 @@
-"""Hypothesis profiles: "dev" by default, "ci" for the thorough, reproducible run.
+"""Hypothesis profiles: "dev" by default, "ci" for the thorough, reproducible run, "deep" for a
+long randomized one.
 
 Select with the environment variable ``HYPOTHESIS_PROFILE``. No timing thresholds anywhere:
 the core is pure, and a slow machine must not turn into a flaky test.
@@ -16,6 +17,16 @@ settings.register_profile(
     max_examples=300,
     stateful_step_count=60,
     derandomize=True,
+    deadline=None,
+    print_blob=True,
+)
+# "deep": a nightly-style run. A random seed each time (unlike "ci", which is derandomized so
+# that every CI run tries the same examples) and many more examples and steps.
+settings.register_profile(
+    "deep",
+    max_examples=3000,
+    stateful_step_count=200,
+    derandomize=False,
     deadline=None,
     print_blob=True,
 )

@@ -31,7 +31,7 @@ def msgpack_tower(depth: int, openers: bytes = b"\x91", leaf: bytes = b"\xc0") -
 
 
 @st.composite
-def deep_msgpack(draw: st.DrawFn, min_depth: int = 17, max_depth: int = 5000) -> bytes:
+def deep_msgpack(draw: st.DrawFn, min_depth: int = 17, max_depth: int = 10_000) -> bytes:
     """A msgpack object nested deeper than any message: a tower of mixed containers, maybe
     wide at the top, maybe cut short (the decoder recurses before it finds the end)."""
     depth = draw(st.integers(min_depth, max_depth))
@@ -95,7 +95,7 @@ def deep_json(draw: st.DrawFn, min_depth: int = 65, max_depth: int = 20_000) -> 
 
 
 @st.composite
-def deep_toml(draw: st.DrawFn, min_depth: int = 65, max_depth: int = 5000) -> str:
+def deep_toml(draw: st.DrawFn, min_depth: int = 65, max_depth: int = 10_000) -> str:
     """A TOML document whose value nests inline arrays or tables very deep."""
     depth = draw(st.integers(min_depth, max_depth))
     if draw(st.booleans()):

@@ -20,7 +20,7 @@ import httpx
 import msgspec
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hypha_sm.config.layers import ConfigError
@@ -52,6 +52,8 @@ from tests.hostile import (
 )
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hypha_sm"
+#: Every remote decoder's fuzz includes a structure at least this deep (and the draws go there).
+DEEPEST = 10_000
 MALLORY = Identity.from_seed(bytes([66]) * 32)
 NOW = 1_764_000_000.0
 _enc = msgspec.msgpack.encode
@@ -331,6 +333,9 @@ TARGETS = ("envelope", "event_log", "config", "bridge")
 
 @given(st.one_of(hostile_msgpack(), nested_values().map(_enc)))
 @settings(max_examples=200)
+@example(msgpack_tower(DEEPEST))  # the deepest, whatever the draws reached
+@example(msgpack_tower(DEEPEST, b"\x81\xa1k"))
+@example(b"\xdd" + (60_000).to_bytes(4, "big") + b"\x90" * 60_000)  # wide: 60,000 items
 def test_fuzz_envelope_and_payload_refuse_deep_and_wide_structures(hostile: bytes) -> None:
     """Towers, wide containers and recursive values, in every place of a frame (whole,
     extra element, signed payload, unknown field, field value): a message or a counted
@@ -352,6 +357,8 @@ def test_the_crash_frame_of_the_report_is_refused_before_decoding() -> None:
 
 @given(deep_json())
 @settings(max_examples=60)
+@example(b"[" * DEEPEST + b"]" * DEEPEST)
+@example(b'{"a":' * DEEPEST + b"1" + b"}" * DEEPEST)
 def test_fuzz_event_log_lines_nested_deep_are_a_format_error(text: bytes) -> None:
     """A damaged log line nested thousands deep ends replay with a line-numbered error."""
     fuzz_event_log(text)
@@ -359,6 +366,8 @@ def test_fuzz_event_log_lines_nested_deep_are_a_format_error(text: bytes) -> Non
 
 @given(deep_toml())
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(text="x = " + "[" * DEEPEST + "1" + "]" * DEEPEST + "\n")
+@example(text="x = " + "{a = " * DEEPEST + "1" + "}" * DEEPEST + "\n")
 def test_fuzz_config_nested_deep_is_a_config_error(tmp_path: Path, text: str) -> None:
     """A config file (or HYPHA_* value) nested deep is one error line, not a traceback."""
     fuzz_config(text, tmp_path)
@@ -366,6 +375,8 @@ def test_fuzz_config_nested_deep_is_a_config_error(tmp_path: Path, text: str) ->
 
 @given(st.one_of(deep_json(), deep_msgpack()))
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(body=b"[" * DEEPEST + b"]" * DEEPEST)
+@example(body=b"[" * 500_000)  # as deep as the 1 MiB body limit allows, never closed
 def test_fuzz_bridge_bodies_nested_deep_are_a_400(tmp_path: Path, body: bytes) -> None:
     """Deep JSON (or any bytes) to the bridge's routes is a 400 with a JSON error."""
     fuzz_bridge(body, tmp_path)

@@ -6,10 +6,11 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -206,24 +207,41 @@ async def test_start_fails_when_work_dir_exists(tmp_path: Path) -> None:
             await job.start(nursery)
 
 
-async def test_memory_limit_and_affinity(tmp_path: Path) -> None:
-    """Memory and cpu asks become RLIMIT_AS / a cgroup and CPU affinity where the OS allows;
-    what could not be enforced is listed."""
+async def test_memory_limit_and_affinity(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Memory and cpu asks become limits by whichever path this host allows, each asserted
+    (and recorded as a test property): a cgroup whenever the node can make one, with
+    memory.max when the memory controller is delegated, else RLIMIT_AS; CPU affinity when
+    there are more cores than asked, else listed as not enforced; no GPU, no devices."""
     out = tmp_path / "r.json"
     res = Amounts(cpu=1, memory=2, gpu=1)
     job, code = await _run(_spec("report", str(out), resources=res), _settings(tmp_path))
     assert code == 0
     data = json.loads(out.read_text())
-    if len(os.sched_getaffinity(0)) > 1:
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:
         assert len(data["affinity"]) == 1
-    if any("RLIMIT_AS" in u for u in job.unenforced):
-        assert data["rlimit_as"] == 2 * 10**9
+        record_property("cpu", "affinity")
+    else:
+        assert any(u.startswith("cpu:") for u in job.unenforced)
+        record_property("cpu", "not enforced (1 core)")
+    assert job.cgroup_used == (find_cgroup_parent() is not None)
     if job.cgroup_used:
         assert "0::/" in data["cgroup"]
         assert data["cgroup"].endswith("-w1\n")  # hypha-<node scope>-<work dir id>
+    if data["memory_max"] is not None:
+        assert data["memory_max"] == str(2 * 10**9)
+        assert data["rlimit_as"] == resource.RLIM_INFINITY
+        record_property("memory", "cgroup memory.max")
+    else:
+        assert data["rlimit_as"] == 2 * 10**9
+        assert any("RLIMIT_AS" in u for u in job.unenforced)
+        record_property("memory", "RLIMIT_AS")
     if not _exists(Path("/dev/nvidia0")):
         assert "gpu: no NVIDIA devices" in job.unenforced
         assert data["env"]["CUDA_VISIBLE_DEVICES"] == ""
+        record_property("gpu", "none")
 
 
 def _exists(path: Path) -> bool:
@@ -335,12 +353,18 @@ async def test_cancelled_supervision_still_kills_the_tree(tmp_path: Path) -> Non
     """Cancelling the task that runs the job stops the whole tree too (with the grace)."""
     pids_file = tmp_path / "pids.json"
     job = ProcessJob(_spec("tree", str(pids_file), wid="c"), _settings(tmp_path, grace=0.5))
-    async with trio.open_nursery() as nursery:
-        await job.start(nursery)
-        pids = await _read_pids(pids_file)
-        nursery.cancel_scope.cancel()
-    assert await job.wait() == -signal.SIGKILL
-    assert all(_gone(pid) for pid in pids)
+    pids: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await job.start(nursery)
+            pids = await _read_pids(pids_file)
+            nursery.cancel_scope.cancel()
+        code = await job.wait()
+        left = [p for p in pids if not _gone(p)]
+    finally:
+        _kill_leftovers(pids)
+    assert code == -signal.SIGKILL
+    assert left == []
 
 
 async def test_stop_graceful_process_exits_on_term(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import get_args
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hypha_sm.wire import messages as m
@@ -26,7 +26,7 @@ from hypha_sm.wire.envelope import (
     signing_bytes,
 )
 from hypha_sm.wire.identity import Identity, IdentityError, PeerId
-from tests.hostile import hostile_msgpack
+from tests.hostile import hostile_msgpack, msgpack_tower
 
 VECTORS = Path(__file__).resolve().parent.parent / "specs" / "vectors" / "wire-v1.json"
 ALICE = Identity.from_seed(bytes(32))
@@ -193,6 +193,7 @@ def test_replay_guard_memory_is_bounded_and_eviction_never_lets_a_replay_through
 
 
 @given(st.one_of(st.binary(max_size=2048), hostile_msgpack()))
+@example(msgpack_tower(10_000))
 def test_fuzz_any_bytes_give_a_message_or_a_typed_rejection(data: bytes) -> None:
     """The envelope check never raises, whatever the bytes (deep and wide shapes included)."""
     result = Opener().open(data, NOW)
@@ -233,6 +234,7 @@ def test_fuzz_mutated_valid_envelopes_are_rejected_never_raise(
 
 
 @given(st.one_of(st.binary(max_size=512), hostile_msgpack()))
+@example(msgpack_tower(10_000, b"\x81\xa1k"))
 def test_fuzz_signed_payloads_of_any_bytes_are_opened_or_rejected(payload: bytes) -> None:
     """A peer with a valid key can sign any payload bytes, deep or wide; they never raise."""
     result = Opener().open(_forge(payload=payload), NOW)

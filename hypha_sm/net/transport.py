@@ -777,12 +777,18 @@ class Endpoint(Transport):
             ctx = sock.new_context()
         except pynng.NNGException as exc:
             raise NetError("closed", address, detail=str(exc)) from None
+        had_pipe = bool(sock.pipes)
         try:
             with trio.move_on_after(timeout):
                 await ctx.asend(envelope)
                 answer: bytes = await ctx.arecv()
                 return answer
-            reason = "timeout" if sock.pipes else "unreachable"
+            if sock.pipes:
+                reason = "timeout"
+            elif had_pipe:  # the connection it went out on closed (e.g. the peer's size limit)
+                reason = "connection_lost"
+            else:
+                reason = "unreachable"
             raise NetError(reason, address, detail=f"no answer in {timeout:g} s")
         except pynng.Closed:
             raise NetError("closed", address) from None
