@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -51,14 +52,24 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This process adopts orphans for the test, as `hypha-sm run` does; then as before."""
+    was = is_subreaper()
+    assert become_subreaper()
+    assert is_subreaper()
+    try:
+        yield
+    finally:
+        become_subreaper(was)
+
+
 async def test_daemons_that_leave_the_tree_die_with_their_job_without_a_cgroup(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, subreaper: None
 ) -> None:
     """No cgroup: the job starts two daemons (double fork, setsid, cd /, SIGTERM ignored; one
     scrubs its environment) and exits 0. Both are killed when the job ends, and the log says
     what was checked."""
-    assert become_subreaper()  # what `hypha-sm run` does at start
-    assert is_subreaper()
     out = tmp_path / "pids.json"
     spec = ProcessSpec("job-d", "d1", sys.executable, [JOB, "daemons", str(out), "exit"])
     job = ProcessJob(spec, ProcessSettings(work_dir=tmp_path / "work", use_cgroup=False))

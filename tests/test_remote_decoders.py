@@ -133,7 +133,7 @@ SOCKET_FACING = {
     "hypha_sm.shell.node:WorkerNode._take_advertisements": (
         "hostile_frames:every_port_of_a_gateway_and_a_worker"
     ),
-    "hypha_sm.shell.run:_run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.shell.run:_serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.shell.peers:PeerFiles.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.net.bulk:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.net.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",

@@ -31,7 +31,7 @@ from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.peers import PeerFiles, bulk_address_for
 from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed, sweep_forever
 from hypha_sm.shell.storage import StorageMonitor, free_bytes
-from hypha_sm.shell.sweep import become_subreaper
+from hypha_sm.shell.sweep import become_subreaper, is_subreaper
 from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
 from hypha_sm.shell.users import JobUsers, check_reachable
 from hypha_sm.wire import messages as m
@@ -153,11 +153,27 @@ async def _run(
         log.warning("%s", injection)
     if (warning := users.warning()) is not None:
         log.warning("%s", warning)
+    adopting = is_subreaper()
     if not become_subreaper():
         log.warning(
             "cannot become a child subreaper: a job process that double-forks and leaves its "
             "work dir escapes the stop unless it runs in a cgroup"
         )
+    try:
+        await _serve(settings, identity, telemetry, task_status, tls, work_dir, users)
+    finally:
+        become_subreaper(adopting)  # a process that embeds the node gets its setting back
+
+
+async def _serve(
+    settings: WorkerSettings,
+    identity: Identity,
+    telemetry: Telemetry,
+    task_status: trio.TaskStatus[str],
+    tls: TlsFiles | None,
+    work_dir: Path,
+    users: JobUsers,
+) -> None:
     report = await clean_orphans(work_dir)
     log.info("start-up cleanup: %s", report)
     recorder = _open_event_log(settings, work_dir)

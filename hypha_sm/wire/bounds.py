@@ -75,7 +75,8 @@ def msgpack_problem(
 ) -> str | None:
     """Why msgpack ``data`` must not be decoded, or None when it is within the limits.
 
-    The reasons: ``too_deep``, ``too_many_items``, ``truncated``, ``invalid``. Only the first object is walked: trailing bytes are the decoder's to refuse.
+    The reasons: ``too_deep``, ``too_many_items``, ``truncated``, ``invalid``. Only the first
+    object is walked: trailing bytes are the decoder's to refuse.
     """
     table = _MSGPACK
     size = len(data)
@@ -100,6 +101,8 @@ def msgpack_problem(
         kind, fixed, length_bytes = table[first]
         if kind == _SCALAR:
             pos += fixed
+            if pos > size:
+                return "truncated"
             continue
         if kind == _INVALID:
             return "invalid"
@@ -112,6 +115,8 @@ def msgpack_problem(
             count = first & 0x0F if kind != _SIZED else 0
         if kind == _SIZED:
             pos += fixed + count
+            if pos > size:
+                return "truncated"
             continue
         if kind == _MAP:
             count *= 2
