@@ -268,6 +268,23 @@ def _kill_leftovers(pids: list[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+async def _stop_and_survivors(
+    job: ProcessJob, pids_file: Path, grace: float, check: Callable[[list[int]], None]
+) -> tuple[int, list[int]]:
+    """Start ``job``, wait for the pids it writes, ``check`` them, stop it with ``grace``: the
+    exit code and the pids still alive. No process the job wrote outlives the call."""
+    pids: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await job.start(nursery)
+            pids = await _read_pids(pids_file)
+            check(pids)
+            code = await job.stop(grace)
+        return code, [p for p in pids if not _gone(p)]
+    finally:
+        _kill_leftovers(pids)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("use_cgroup", [True, False], ids=["cgroup-if-any", "group-and-sweep"])
 async def test_stop_kills_whole_tree_including_setsid_grandchild(
@@ -279,16 +296,11 @@ async def test_stop_kills_whole_tree_including_setsid_grandchild(
     pids_file = tmp_path / "pids.json"
     settings = _settings(tmp_path, use_cgroup=use_cgroup)
     job = ProcessJob(_spec("tree", str(pids_file)), settings)
-    pids: list[int] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            await job.start(nursery)
-            pids = await _read_pids(pids_file)
-            assert pids[0] == job.pid
-            code = await job.stop(1.0)
-        left = [p for p in pids if not _gone(p)]
-    finally:
-        _kill_leftovers(pids)
+
+    def main_process_first(pids: list[int]) -> None:
+        assert pids[0] == job.pid
+
+    code, left = await _stop_and_survivors(job, pids_file, 1.0, main_process_first)
     assert code == -signal.SIGKILL
     assert left == []
     assert job.cgroup_used == (use_cgroup and find_cgroup_parent() is not None)
@@ -303,16 +315,11 @@ async def test_stop_finds_a_child_that_left_the_group_the_cwd_and_the_marker(
     still in the tree below the main process: the stop's walk of that tree kills it."""
     out = tmp_path / "pid.json"
     job = ProcessJob(_spec("hidden", str(out), wid="h"), _settings(tmp_path, use_cgroup=False))
-    pids: list[int] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            await job.start(nursery)
-            pids = await _read_pids(out)
-            assert marker_of(pids[0]) is None
-            await job.stop(0.5)
-        left = [p for p in pids if not _gone(p)]
-    finally:
-        _kill_leftovers(pids)
+
+    def child_scrubbed_its_marker(pids: list[int]) -> None:
+        assert marker_of(pids[0]) is None
+
+    _, left = await _stop_and_survivors(job, out, 0.5, child_scrubbed_its_marker)
     assert left == []
 
 
@@ -335,16 +342,11 @@ async def test_stop_finds_an_orphan_by_the_work_dir_it_still_runs_in(
     exited) and the marker is found by its cwd in the work dir, and killed."""
     out = tmp_path / "pid.json"
     job = ProcessJob(_spec("cwd-orphan", str(out), wid="o"), _settings(tmp_path, use_cgroup=False))
-    pids: list[int] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            await job.start(nursery)
-            pids = await _read_pids(out)
-            assert psutil.Process(pids[0]).ppid() != job.pid
-            await job.stop(0.5)
-        left = [p for p in pids if not _gone(p)]
-    finally:
-        _kill_leftovers(pids)
+
+    def orphan_left_the_tree(pids: list[int]) -> None:
+        assert psutil.Process(pids[0]).ppid() != job.pid
+
+    _, left = await _stop_and_survivors(job, out, 0.5, orphan_left_the_tree)
     assert left == []
 
 
