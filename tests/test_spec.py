@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hypha_sm.core.engine import Engine, Registry
-from hypha_sm.core.errors import SpecError
+from hypha_sm.core.engine import Ctx, Engine, Registry
+from hypha_sm.core.errors import InvalidTransition, SpecError
 from hypha_sm.core.machines import REGISTRIES
 from hypha_sm.core.spec import machines_hash, parse_machine
 from hypha_sm.machines_io import load_specs, read_sources
@@ -184,6 +184,78 @@ def test_unresolved_guard_names_the_machine_state_and_known_names() -> None:
         Engine({"toy": spec}, {"toy": Registry.new("toy")})
     assert "guard 'ok' does not resolve" in str(err.value)
     assert err.value.state == "a"
+
+
+def _noop(ctx: Ctx) -> None: ...
+
+
+def _noop_with_arg(ctx: Ctx, arg: str) -> None: ...
+
+
+# GOOD with a registered name of each kind in use: guard "ok", action "noop", action(arg)
+# "noop_with_arg". Each case replaces one by a name the code does not register.
+WITH_ACTIONS = GOOD.replace('on = "poke"\n\n', 'on = "poke"\neffects = ["noop"]\n\n', 1).replace(
+    'to = "z"\n', 'to = "z"\neffects = ["noop_with_arg(y)"]\n', 2
+)
+UNRESOLVED_CASES = [
+    ("guard", 'guard = "ok"', 'guard = "missing"', "guard 'missing'", ["ok"]),
+    ("action", '"noop"', '"missing"', "action 'missing'", ["noop"]),
+    (
+        "action(arg)",
+        '"noop_with_arg(y)"',
+        '"missing(y)"',
+        "action(arg) 'missing'",
+        ["noop_with_arg"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "old", "new", "named", "known"),
+    UNRESOLVED_CASES,
+    ids=[c[0] for c in UNRESOLVED_CASES],
+)
+def test_an_unresolved_name_is_refused_listing_the_known_names_of_its_kind(
+    kind: str, old: str, new: str, named: str, known: list[str]
+) -> None:
+    """A guard, action or action(arg) the code does not register fails the engine's build,
+    naming the state and listing the registered names of that kind, so the file can be fixed."""
+    assert old in WITH_ACTIONS, kind
+    registry = Registry.new("toy")
+    registry.guards["ok"] = lambda ctx: True
+    registry.actions["noop"] = _noop
+    registry.actions_with_arg["noop_with_arg"] = _noop_with_arg
+    Engine({"toy": parse_machine("machines/toy.toml", WITH_ACTIONS)}, {"toy": registry})
+    spec = parse_machine("machines/toy.toml", WITH_ACTIONS.replace(old, new))
+    with pytest.raises(SpecError) as err:
+        Engine({"toy": spec}, {"toy": registry})
+    assert str(err.value) == (
+        f"machines/toy.toml: machine 'toy', state 'a': {named} does not resolve; known: {known}"
+    )
+
+
+@pytest.mark.parametrize("state", [None, "a"])
+def test_a_spec_error_keeps_its_parts_and_reads_file_machine_state_problem(
+    state: str | None,
+) -> None:
+    """SpecError carries what it names; its text leads with the file, then the machine, then
+    the state where there is one, then the problem."""
+    err = SpecError("machines/toy.toml", "toy", state, "it is wrong")
+    assert (err.file, err.machine, err.state, err.problem) == (
+        "machines/toy.toml",
+        "toy",
+        state,
+        "it is wrong",
+    )
+    where = "" if state is None else f", state {state!r}"
+    assert str(err) == f"machines/toy.toml: machine 'toy'{where}: it is wrong"
+
+
+def test_an_invalid_transition_keeps_its_parts_and_names_them_all() -> None:
+    """InvalidTransition carries the machine, record key, phase and event, and says each."""
+    err = InvalidTransition("lease", "l-1", "active", "renew", "no transition")
+    assert (err.machine, err.key, err.phase, err.event) == ("lease", "l-1", "active", "renew")
+    assert str(err) == "lease 'l-1' in phase 'active' on 'renew': no transition"
 
 
 def test_code_registering_an_unused_action_is_refused() -> None:
