@@ -22,6 +22,7 @@ from hypha_sm.wire.envelope import (
     Rejection,
     ReplayGuard,
     encode_payload,
+    open_record,
     seal,
     signing_bytes,
 )
@@ -60,6 +61,25 @@ def test_golden_envelope_is_sealed_deterministically_and_opens() -> None:
     assert isinstance(opened, Opened)
     assert opened.message == m.RenewLease(vectors.LEASE)
     assert opened.sender == identity.peer_id
+    assert opened.envelope == data
+
+
+def test_a_stored_record_opens_with_its_signed_bytes_however_old() -> None:
+    """open_record verifies a record handed on by a gateway without a freshness check, and
+    keeps the exact signed bytes so it can be relayed as signed; a forged one is refused."""
+    data = seal(ALICE, m.RenewLease(vectors.LEASE), NOW - 86_400, vectors.MSG_ID)
+    opened = open_record(data)
+    assert isinstance(opened, Opened)
+    assert (opened.sender, opened.message, opened.msg_id) == (
+        ALICE.peer_id,
+        m.RenewLease(vectors.LEASE),
+        vectors.MSG_ID,
+    )
+    assert opened.envelope == data
+    forged = bytearray(data)
+    forged[-1] ^= 1
+    refused = open_record(bytes(forged))
+    assert isinstance(refused, Rejection)
 
 
 def test_peer_ids_use_the_libp2p_text_form_and_round_trip() -> None:

@@ -108,17 +108,18 @@ class WorkerState:
 
     def _compact_timers(self) -> None:
         # Renewals leave the old entry behind until its time comes; a peer renewing fast could
-        # pile them up. Keep one entry per live record (its current deadline); the (at, seq)
-        # order of what remains is unchanged, so firing order is too.
-        latest: dict[tuple[str, str], tuple[float, int, str, str]] = {}
+        # pile them up. Keep one entry per live record: of those at its current deadline (a
+        # record armed at t, then u, then t again has two), the first in (at, seq) order, the
+        # one the heap would have fired. So deadlines fire in the same order as without this.
+        kept: dict[tuple[str, str], tuple[float, int, str, str]] = {}
         for entry in self.timers:
             at, seq, kind, key = entry
             rec = self.records[kind].get(key)
             if rec is not None and rec.deadline == at:
-                best = latest.get((kind, key))
-                if best is None or seq > best[1]:
-                    latest[(kind, key)] = entry
-        self.timers = list(latest.values())
+                first = kept.get((kind, key))
+                if first is None or seq < first[1]:
+                    kept[(kind, key)] = entry
+        self.timers = list(kept.values())
         heapq.heapify(self.timers)
 
     def next_deadline(self) -> float:

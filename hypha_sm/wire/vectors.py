@@ -97,13 +97,8 @@ def render() -> bytes:
             "envelope_hex": seal(identity, EXAMPLES["renew_lease"], TS, MSG_ID).hex(),
         },
     }
-    return (json.dumps(out, indent=1, sort_keys=False, default=_bytes_hex) + "\n").encode()
-
-
-def _bytes_hex(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(type(value))
+    # Insertion order is the reading order: format, messages, envelope.
+    return (json.dumps(out, indent=1) + "\n").encode()
 
 
 def main() -> int:

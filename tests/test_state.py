@@ -1,0 +1,115 @@
+"""The worker state's deadline heap and its snapshot, below the reducer."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hypha_sm.core.policy import Policy
+from hypha_sm.core.records import NodeRec
+from hypha_sm.core.resources import Amounts
+from hypha_sm.core.state import WorkerState
+from hypha_sm.machines_io import load_engine
+
+ENGINE, _ = load_engine()
+KEYS = ("n0", "n1", "n2", "n3")
+
+
+def _state() -> WorkerState:
+    """A state with four extra node-kind records to arm: timers only look at kind and key."""
+    state = WorkerState(ENGINE, Policy(capacity=Amounts(cpu=2, memory=4)), bytes(16))
+    for key in KEYS:
+        state.create(NodeRec(key))
+    return state
+
+
+def _firing_order(state: WorkerState) -> list[tuple[float, str]]:
+    """Each live record's deadline in the order the reducer would fire them: pop the heap,
+    skip stale entries, and count a record once (firing moves it on)."""
+    heap = list(state.timers)
+    fired: list[tuple[float, str]] = []
+    done: set[str] = set()
+    while heap:
+        at, _, kind, key = heapq.heappop(heap)
+        rec = state.records[kind].get(key)
+        if rec is None or rec.deadline != at or key in done:
+            continue
+        done.add(key)
+        fired.append((at, key))
+    return fired
+
+
+#: (record index, deadline) to arm, or (record index, None) to drop the record.
+OPS = st.lists(
+    st.tuples(st.integers(0, len(KEYS) - 1), st.one_of(st.none(), st.integers(1, 4))),
+    max_size=40,
+)
+
+
+@given(OPS)
+def test_compacting_the_deadline_heap_never_changes_what_fires_or_in_which_order(
+    ops: list[tuple[int, int | None]],
+) -> None:
+    """Arms (with ties, and a record re-armed back to an earlier time) and drops of records:
+    after compaction the heap holds one entry per live armed record, and deadlines fire in
+    exactly the order the uncompacted heap gives."""
+    plain, compacted = _state(), _state()
+    for index, at in ops:
+        for state in (plain, compacted):
+            rec = state.records["node"].get(KEYS[index])
+            if rec is None:
+                continue
+            if at is None:
+                del state.records["node"][KEYS[index]]
+            else:
+                state.arm(rec, float(at))
+    compacted._compact_timers()
+    armed = [r for r in compacted.records["node"].values() if r.deadline != math.inf]
+    assert len(compacted.timers) == len(armed)
+    assert _firing_order(compacted) == _firing_order(plain)
+    assert compacted.next_deadline() == plain.next_deadline()
+
+
+def test_a_record_renewed_without_end_keeps_the_heap_bounded() -> None:
+    """Re-arming one record 10,000 times (a peer renewing in a loop) leaves at most one entry
+    per live record plus the slack before compaction, and the newest deadline is the one due."""
+    state = _state()
+    rec = state.records["node"]["n0"]
+    bound = 2 * state.live_records() + 1024
+    for i in range(10_000):
+        state.arm(rec, 100.0 + i)
+        assert len(state.timers) <= bound + 1
+    assert state.next_deadline() == 100.0 + 9_999
+    assert _firing_order(state) == [(100.0 + 9_999, "n0")]
+
+
+def test_the_snapshot_names_everything_that_determines_future_behaviour() -> None:
+    """`hypha-sm replay` prints this dict: time, intake, ledger, ids, next deadline, records,
+    counters, remembered advertisements, storage and lapsed schedulers, by these names."""
+    state = _state()
+    state.arm(state.records["node"]["n1"], 7.0)
+    state.counters["ads.seen"] += 2
+    state.seen_ads["req-1"] = 30.0
+    state.storage_full = True
+    state.lapses["sched"] = (1, 5.0)
+    snap = state.snapshot()
+    records = snap.pop("records")
+    assert snap == {
+        "now": {"mono": 0.0, "wall": 0.0},
+        "accepting": True,
+        "capacity": state.capacity.to_amounts(),
+        "reserved": state.reserved.to_amounts(),
+        "reservations": {},
+        "ids_issued": 0,
+        "next_deadline": 7.0,
+        "counters": {"ads.seen": 2},
+        "remembered_ads": 1,
+        "storage_full": True,
+        "lapses": {"sched": (1, 5.0)},
+    }
+    assert isinstance(records, dict)
+    assert records["node"]["n1"]["deadline"] == 7.0
+    assert set(records) == {"node", "batch", "request", "lease", "job"}
