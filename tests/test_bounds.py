@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypha_sm.wire.bounds import json_problem, msgpack_problem
+from hypha_sm.wire.bounds import json_problem, msgpack_problem, toml_problem
 
 BIG = 10**9
 
@@ -157,3 +157,26 @@ def test_the_json_scan_finds_the_exact_depth_whatever_the_strings_hold(
     assert json_problem(text, max_depth=d) is None
     if d > 0:
         assert json_problem(text, max_depth=d - 1) == "too_deep"
+
+
+TOML_CASES = [
+    ("flat within the limit", "a = [[1]]\n", 2, None),
+    ("one level too deep", "a = [[[1]]]\n", 2, "too_deep"),
+    ("inline tables count", "a = {b = {c = [1]}}\n", 2, "too_deep"),
+    ("headers do not nest", "[a]\n[[b]]\n[c.d]\nx = [[1]]\n", 2, None),
+    ("brackets in strings and comments", "a = \"[[[[\"\nb = '{{{{'\n# [[[[\nc = [[1]]\n", 2, None),
+    # Text read with errors="surrogateescape" keeps undecodable bytes as lone surrogates.
+    ("a lone surrogate outside strings", "\udcff = [[[1]]]\n", 2, "too_deep"),
+    ("a lone surrogate within the limit", "\udcff = [[1]]\n", 2, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "max_depth", "expected"), TOML_CASES, ids=[c[0] for c in TOML_CASES]
+)
+def test_toml_nesting_is_measured_past_strings_comments_and_headers(
+    case: str, text: str, max_depth: int, expected: str | None
+) -> None:
+    """Inline arrays and tables count toward the depth; table headers, strings and comments do
+    not; the limit given is the one applied; undecodable text is measured, never raised on."""
+    assert toml_problem(text, max_depth=max_depth) == expected, case

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from transitions.core import Condition
 
 from hypha_sm.core.engine import Ctx, Engine, Registry
 from hypha_sm.core.errors import InvalidTransition, InvariantViolation
@@ -95,6 +96,20 @@ def test_firing_on_the_same_kind_from_inside_an_action_is_refused() -> None:
     state = _toy_state(act)
     with pytest.raises(InvariantViolation, match="re-entrant"):
         state.fire("node", "node", "go")
+
+
+@pytest.mark.parametrize("condition", ["second guard", "negated guard"])
+def test_the_table_path_refuses_a_transition_it_cannot_express(condition: str) -> None:
+    """The table runs one positive guard per transition; a Machine that grew a second guard or
+    an `unless` one cannot be compiled into it and fails loudly instead of firing wrongly."""
+    runtime = _toy_state(lambda ctx: None).engine.runtimes["node"]
+    transition = runtime.machine.events["go"].transitions["a"][0]
+    if condition == "second guard":
+        transition.conditions.extend([Condition(lambda: True), Condition(lambda: True)])
+    else:
+        transition.conditions.append(Condition(lambda: True, target=False))
+    with pytest.raises(InvariantViolation, match="one positive guard per transition"):
+        runtime._compile()
 
 
 def test_an_event_a_state_does_not_declare_is_an_invalid_transition() -> None:

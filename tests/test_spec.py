@@ -7,7 +7,7 @@ import pytest
 from hypha_sm.core.engine import Ctx, Engine, Registry
 from hypha_sm.core.errors import InvalidTransition, SpecError
 from hypha_sm.core.machines import REGISTRIES
-from hypha_sm.core.spec import machines_hash, parse_machine
+from hypha_sm.core.spec import machines_hash, parse_machine, parse_machines
 from hypha_sm.machines_io import load_specs, read_sources
 
 GOOD = """
@@ -273,6 +273,17 @@ def test_code_registering_an_unused_action_is_refused() -> None:
         SpecError, match="action 'stray' is registered in code but no transition uses it"
     ):
         Engine({"toy": spec}, {"toy": registry})
+
+
+def test_two_files_declaring_the_same_machine_name_are_refused_naming_both() -> None:
+    """Machine names are unique across files: the later file fails, naming the earlier one."""
+    sources = {"machines/b.toml": GOOD.encode(), "machines/a.toml": GOOD.encode()}
+    with pytest.raises(SpecError) as err:
+        parse_machines(sources)
+    assert (
+        str(err.value)
+        == "machines/b.toml: machine 'toy': machine name also used in machines/a.toml"
+    )
 
 
 def test_machines_hash_is_stable_and_changes_with_content() -> None:
