@@ -1,8 +1,9 @@
 """Summarise mutmut's results (``mutants/**/*.meta``): a table per module, then the survivors.
 
 Reads the files mutmut writes and nothing else, so it works on a finished or a running (partial)
-run. Statuses are mutmut's own (``mutmut.stats.status_by_exit_code``); a survivor listed in
-``docs/mutation-survivors.md`` is shown as "explained" with its reason's tag.
+run. Statuses are mutmut's own (``mutmut.stats.status_by_exit_code``); a survivor that
+``scripts/mutation_recheck.py`` killed in a fresh process counts as "killed (fresh)"; one listed
+in ``docs/mutation-survivors.md`` is shown as "explained" with its reason's tag.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> int:
         print("no results: run scripts/mutate first")
         return 1
     reasons = explained()
+    recheck = ROOT / "mutants" / "recheck.json"
+    fresh = json.loads(recheck.read_text()) if recheck.exists() else {}
     table: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: list[tuple[str, str | None]] = []
     for meta in metas:
@@ -50,28 +53,38 @@ def main() -> int:
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
         for name, code in codes.items():
             status = status_by_exit_code[code]
+            if status in ("survived", "suspicious") and name in fresh:
+                status = "killed (fresh)" if fresh[name] == "killed" else "survived"
             if status == "survived":
                 why = reason_for(name, reasons)
                 status = "explained" if why else "survived"
                 survivors.append((name, why))
             table[module][status] += 1
-    columns = ["killed", "survived", "explained", "no tests", "timeout", "not checked"]
+    columns = [
+        "killed",
+        "killed (fresh)",
+        "survived",
+        "explained",
+        "no tests",
+        "timeout",
+        "not checked",
+    ]
     others = sorted({s for c in table.values() for s in c} - set(columns))
     columns += others
     width = max(len(m) for m in table)
-    print(f"{'module':{width}} " + " ".join(f"{c:>11}" for c in columns) + f" {'score':>6}")
+    print(f"{'module':{width}} " + " ".join(f"{c:>14}" for c in columns) + f" {'score':>6}")
     totals: Counter[str] = Counter()
     for module in sorted(table):
         counts = table[module]
         totals.update(counts)
         print(
             f"{module:{width}} "
-            + " ".join(f"{counts[c]:>11}" for c in columns)
+            + " ".join(f"{counts[c]:>14}" for c in columns)
             + f" {score(counts):>6}"
         )
     print(
         f"{'all':{width}} "
-        + " ".join(f"{totals[c]:>11}" for c in columns)
+        + " ".join(f"{totals[c]:>14}" for c in columns)
         + f" {score(totals):>6}"
     )
     unexplained = [name for name, why in survivors if why is None]
@@ -83,8 +96,9 @@ def main() -> int:
 
 def score(counts: Counter[str]) -> str:
     """Killed out of everything tested (explained survivors count as not killed)."""
-    tested = counts["killed"] + counts["survived"] + counts["explained"] + counts["timeout"]
-    return f"{100 * (counts['killed'] + counts['timeout']) / tested:.0f}%" if tested else "-"
+    killed = counts["killed"] + counts["killed (fresh)"] + counts["timeout"]
+    tested = killed + counts["survived"] + counts["explained"]
+    return f"{100 * killed / tested:.0f}%" if tested else "-"
 
 
 if __name__ == "__main__":
