@@ -275,6 +275,26 @@ def test_code_registering_an_unused_action_is_refused() -> None:
         Engine({"toy": spec}, {"toy": registry})
 
 
+def test_a_machine_the_code_expects_but_no_file_defines_is_refused() -> None:
+    """Code registering machines "a" and "b" with no file for either names the first."""
+    with pytest.raises(SpecError) as err:
+        Engine({}, {"b": Registry.new("b"), "a": Registry.new("a")})
+    assert (
+        str(err.value) == "machines/: machine 'a': code expects this machine; no file defines it"
+    )
+
+
+def test_a_machine_file_no_code_registers_for_is_refused() -> None:
+    """Files defining machines the code does not know name the first such machine's file."""
+    first = parse_machine("machines/a.toml", GOOD.replace('name = "toy"', 'name = "a"'))
+    second = parse_machine("machines/b.toml", GOOD.replace('name = "toy"', 'name = "b"'))
+    with pytest.raises(SpecError) as err:
+        Engine({"b": second, "a": first}, {})
+    assert str(err.value) == (
+        "machines/a.toml: machine 'a': no code registers guards and actions for this machine"
+    )
+
+
 def test_two_files_declaring_the_same_machine_name_are_refused_naming_both() -> None:
     """Machine names are unique across files: the later file fails, naming the earlier one."""
     sources = {"machines/b.toml": GOOD.encode(), "machines/a.toml": GOOD.encode()}
@@ -283,6 +303,19 @@ def test_two_files_declaring_the_same_machine_name_are_refused_naming_both() -> 
     assert (
         str(err.value)
         == "machines/b.toml: machine 'toy': machine name also used in machines/a.toml"
+    )
+
+
+def test_code_registering_an_unused_guard_is_refused() -> None:
+    """A guard no transition names is drift too, and the error says which."""
+    registry = Registry.new("toy")
+    registry.guards["ok"] = lambda ctx: True
+    registry.guards["stray"] = lambda ctx: True
+    with pytest.raises(SpecError) as err:
+        Engine({"toy": parse_machine("machines/toy.toml", GOOD)}, {"toy": registry})
+    assert str(err.value) == (
+        "machines/toy.toml: machine 'toy': guard 'stray' is registered in code but no "
+        "transition uses it"
     )
 
 
