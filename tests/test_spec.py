@@ -174,8 +174,57 @@ def test_a_trap_state_is_refused() -> None:
     text += '\n[[transitions]]\nfrom = "t"\non = "late"\n'
     with pytest.raises(SpecError) as err:
         parse_machine("machines/toy.toml", text)
-    assert "trap state" in str(err.value)
-    assert err.value.state == "t"
+    assert str(err.value) == (
+        "machines/toy.toml: machine 'toy', state 't': trap state: no terminal state is reachable "
+        "from it"
+    )
+
+
+LOOP = """
+[machine]
+name = "loop"
+initial = "a"
+terminal = []
+
+[events]
+poke = { kind = "remote" }
+
+[states.a]
+[states.b]
+
+[[transitions]]
+from = "a"
+on = "poke"
+to = "b"
+
+[[transitions]]
+from = "b"
+on = "poke"
+to = "a"
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "trap"),
+    [
+        ("states that lead to each other", None, None),
+        ("a state that only loops on itself", ('to = "a"', 'to = "b"'), "b"),
+        ("a state whose only edge is internal", ('to = "a"\n', ""), "b"),
+    ],
+)
+def test_a_machine_without_terminal_states_needs_a_way_out_of_every_state(
+    case: str, edit: tuple[str, str] | None, trap: str | None
+) -> None:
+    """A machine that never ends (no terminal state) may not hold a state it cannot leave."""
+    text = LOOP if edit is None else LOOP.replace(*edit)
+    if trap is None:
+        parse_machine("machines/loop.toml", text)
+        return
+    with pytest.raises(SpecError) as err:
+        parse_machine("machines/loop.toml", text)
+    assert str(err.value) == (
+        f"machines/loop.toml: machine 'loop', state {trap!r}: trap state: it has no way out"
+    ), case
 
 
 def test_unresolved_guard_names_the_machine_state_and_known_names() -> None:
