@@ -2,7 +2,8 @@
 
 mutmut forks every mutant's test run from a process that has already imported the package, so a
 mutant of code that runs at import (a lookup table built by a function, a registry filled by
-decorators) never takes effect and survives whatever the tests check. A fresh ``pytest``
+decorators, an engine the tests build once and cache) never takes effect and survives
+whatever the tests check. A fresh ``pytest``
 process in ``mutants/`` with ``MUTANT_UNDER_TEST`` set imports the mutated code. Each survivor
 runs against the tests mutmut found for its function plus its module's own tests (``HOME``);
 the verdicts go to ``mutants/recheck.json``, which ``scripts/mutation_summary.py`` reads.
@@ -29,9 +30,14 @@ RESULTS = MUTANTS / "recheck.json"
 
 #: A module's own tests: the unit tests that exercise it directly.
 HOME = {
-    "hypha_sm.core.engine": ["tests/test_engine.py", "tests/test_spec.py"],
+    "hypha_sm.core.engine": [
+        "tests/test_engine.py",
+        "tests/test_spec.py",
+        "tests/test_library_equivalence.py",
+    ],
     "hypha_sm.core.errors": ["tests/test_spec.py", "tests/test_engine.py"],
-    "hypha_sm.core.spec": ["tests/test_spec.py"],
+    "hypha_sm.core.spec": ["tests/test_spec.py", "tests/test_acceptance.py"],
+    "hypha_sm.core.reducer": ["tests/test_acceptance.py", "tests/test_library_equivalence.py"],
     "hypha_sm.core.state": ["tests/test_state.py", "tests/test_engine.py", "tests/test_ledger.py"],
     "hypha_sm.core.policy": ["tests/test_policy.py"],
     "hypha_sm.wire.bounds": ["tests/test_bounds.py", "tests/test_remote_decoders.py"],
