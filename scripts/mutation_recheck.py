@@ -1,22 +1,29 @@
-"""Re-run mutmut's survivors (and its "suspicious" verdicts) each in a fresh process.
+"""Run mutants each in a fresh pytest process: mutmut's survivors, and the process stop's mutants.
 
-mutmut forks every mutant's test run from a process that has already imported the package, so a
-mutant of code that runs at import (a lookup table built by a function, a registry filled by
-decorators, an engine the tests build once and cache) never takes effect and survives
-whatever the tests check. A fresh ``pytest``
-process in ``mutants/`` with ``MUTANT_UNDER_TEST`` set imports the mutated code. Each survivor
-runs against the tests mutmut found for its function plus its module's own tests (``HOME``);
-the verdicts go to ``mutants/recheck.json``, which ``scripts/mutation_summary.py`` reads.
+Two kinds of mutant need a process of their own (``MUTANT_UNDER_TEST`` set, run in ``mutants/``
+against the current ``tests/``):
 
-"Suspicious" is mutmut's word for an exit it has no name for; here that is a test run killed by
-SIGABRT after a test failed with NNG sockets open. Re-run alone, such a mutant gets a plain
-verdict.
+- **mutmut's survivors and "suspicious" verdicts** (core and wire). mutmut forks every
+  mutant's test run from a process that has already imported the package and built the engine
+  the tests cache, so a mutant of code that runs once (a lookup table built by a function, the
+  decorator registries, machine parsing, the engine's construction) never takes effect there.
+  "Suspicious" is mutmut's word for an exit it has no name for: here, SIGABRT after a failing
+  test with NNG sockets open. Each runs against the tests mutmut found for its function plus
+  its module's own tests (``HOME``).
+- **the stop of a job's processes** (``STOP``), which mutmut generates but does not run: its
+  mutants signal whatever process they find. Each runs in a PID namespace of its own (root
+  only), where it can reach nothing but the test and the jobs it starts, against
+  ``STOP_TESTS``.
+
+Verdicts go to ``mutants/recheck.json`` with the mutated function's hash, so a later run redoes
+only what changed; ``scripts/mutation_summary.py`` reads them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,70 +52,128 @@ HOME = {
     "hypha_sm.wire.identity": ["tests/test_wire.py"],
     "hypha_sm.wire.vectors": ["tests/test_wire.py"],
 }
-PYTEST = ["-x", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:randomly"]
 
+#: The functions that find and kill a job's processes (module, function as mutmut names it).
+STOP = {
+    "hypha_sm.shell.process": (
+        "x__alive",
+        "x__cwd_inside",
+        "x__signal_all",
+        "x__killpg",
+        "x__wait_exit",
+        "xǁProcessJobǁstop",
+        "xǁProcessJobǁwait",
+        "xǁProcessJobǁ_cancelled",
+        "xǁProcessJobǁ_members",
+        "xǁProcessJobǁ_checked",
+        "xǁProcessJobǁ_terminate",
+    ),
+    "hypha_sm.shell.sweep": (
+        "x_marker_of",
+        "x_adopted_children",
+        "x_reap_adopted",
+        "x_cgroup_pids",
+        "x_kill_cgroup",
+        "x_job_marker",
+    ),
+}
+STOP_TESTS = ("tests/test_shell_process.py", "tests/test_escape.py")
 
+PYTEST = ["-x", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "--timeout=120"]
 RECHECKED = ("survived", "suspicious")
+#: Seconds after which a run that pytest-timeout did not end counts as hung (killed).
+HANG = 900
+TIMED_OUT = -1
 
 
-def survivors() -> list[str]:
-    """Every mutant mutmut marked survived or suspicious, in file order."""
-    names = []
+def mutants() -> dict[str, tuple[str, str]]:
+    """Mutant name -> (mutmut's status, the mutated function's hash), for every mutant."""
+    found = {}
     for meta in sorted(MUTANTS.rglob("*.py.meta")):
-        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
-        names += [n for n, code in codes.items() if status_by_exit_code[code] in RECHECKED]
-    return names
+        data = json.loads(meta.read_text())
+        hashes = data.get("hash_by_function_name", {})
+        for name, code in data.get("exit_code_by_key", {}).items():
+            function = name.rsplit(".", 1)[1].rsplit("__mutmut_", 1)[0]
+            found[name] = (status_by_exit_code[code], hashes.get(function, ""))
+    return found
 
 
-def tests_for(name: str, stats: dict[str, list[str]]) -> list[str]:
+def in_stop(name: str) -> bool:
+    """Whether mutant ``name`` is one of the process stop's."""
+    module, _, mutant = name.rpartition(".")
+    return mutant.rsplit("__mutmut_", 1)[0] in STOP.get(module, ())
+
+
+def tests_for(name: str, stats: dict[str, list[str]]) -> tuple[str, ...]:
     """The test files to run against mutant ``name``."""
-    function = name.rsplit("__mutmut_", 1)[0]
-    module = name.split(".x", 1)[0]
+    if in_stop(name):
+        return STOP_TESTS
+    module, _, mutant = name.rpartition(".")
+    function = f"{module}.{mutant.rsplit('__mutmut_', 1)[0]}"
     files = {test.split("::", 1)[0] for test in stats.get(function, [])}
-    return sorted(files | set(HOME.get(module, [])))
+    return tuple(sorted(files | set(HOME.get(module, []))))
 
 
-def pytest_exit_code(tests: tuple[str, ...], mutant: str) -> int:
+def pytest_exit_code(tests: tuple[str, ...], mutant: str, *, isolate: bool) -> int:
     """Run ``tests`` in a fresh process in ``mutants/`` with ``mutant`` active ("" for none)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", *PYTEST, *tests],
-        cwd=MUTANTS,
-        env={**os.environ, "HYPOTHESIS_PROFILE": "ci", "MUTANT_UNDER_TEST": mutant},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    ).returncode
+    command = [sys.executable, "-m", "pytest", *PYTEST, *tests]
+    if isolate:
+        command = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *command]
+    try:
+        return subprocess.run(
+            command,
+            cwd=MUTANTS,
+            env={**os.environ, "HYPOTHESIS_PROFILE": "ci", "MUTANT_UNDER_TEST": mutant},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=HANG,
+        ).returncode
+    except subprocess.TimeoutExpired:
+        return TIMED_OUT
 
 
 def main() -> int:
     stats = json.loads((MUTANTS / "mutmut-stats.json").read_text())[
         "tests_by_mangled_function_name"
     ]
-    done: dict[str, str] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    todo = [n for n in survivors() if n not in done]
-    print(f"{len(todo)} survivors to re-run in a fresh process ({len(done)} done before)")
+    # The verdict is the current tests': mutmut's copy of them is as old as its first run.
+    shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
+    can_isolate = os.geteuid() == 0 and shutil.which("unshare") is not None
+    done: dict[str, list[str]] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    todo = []
+    for name, (status, digest) in mutants().items():
+        # mutmut marks the stop's mutants "no tests" (no selected test starts a process).
+        wanted = in_stop(name) or status in RECHECKED
+        if wanted and done.get(name, ["", ""])[1] != digest:
+            todo.append((name, digest))
+    stop_todo = sum(in_stop(name) for name, _ in todo)
+    if stop_todo and not can_isolate:
+        print(f"skipping {stop_todo} process-stop mutants: they need root and unshare")
+        todo = [(name, digest) for name, digest in todo if not in_stop(name)]
+    print(f"{len(todo)} mutants to run in a fresh process ({len(done)} verdicts kept)")
     started = time.perf_counter()
     clean: set[tuple[str, ...]] = set()
-    for i, name in enumerate(todo, start=1):
-        tests = tuple(tests_for(name, stats))
-        if not tests:
-            continue
+    for i, (name, digest) in enumerate(todo, start=1):
+        tests = tests_for(name, stats)
+        isolate = in_stop(name)
         if tests not in clean:
             # Without a mutant these tests must pass here, or every verdict would be "killed".
-            code = pytest_exit_code(tests, "")
+            code = pytest_exit_code(tests, "", isolate=isolate)
             if code != 0:
                 print(f"the unmutated code fails {' '.join(tests)} (exit {code}): stopping")
                 return 1
             clean.add(tests)
-        code = pytest_exit_code(tests, name)
-        # 1: a test failed; 2: collection broke (the mutant broke the module at import).
-        done[name] = "killed" if code in (1, 2) else "survived"
-        RESULTS.write_text(json.dumps(done, indent=1))
-        print(f"[{i}/{len(todo)}] {done[name]:8} {name}", flush=True)
-    killed = sum(v == "killed" for v in done.values())
-    print(
-        f"{killed} of {len(done)} killed in a fresh process ({time.perf_counter() - started:.0f} s)"
-    )
+        code = pytest_exit_code(tests, name, isolate=isolate)
+        # 1: a test failed; 2: collection broke (the mutant broke the module at import). Any
+        # other exit but 0 or 5 is the test process dying of the mutant (a signal it sent).
+        verdict = "survived" if code in (0, 5) else "killed"
+        done[name] = [verdict, digest]
+        RESULTS.write_text(json.dumps(done, indent=1, ensure_ascii=False))
+        print(f"[{i}/{len(todo)}] {verdict:8} {name} (exit {code})", flush=True)
+    killed = sum(verdict == "killed" for verdict, _ in done.values())
+    elapsed = time.perf_counter() - started
+    print(f"{killed} of {len(done)} killed in a fresh process ({elapsed:.0f} s)")
     return 0
 
 
