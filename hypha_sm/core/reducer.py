@@ -158,7 +158,7 @@ def _on_status_result(state: WorkerState, event: StatusDelivered | StatusFailed)
 
 
 def _on_shutdown(state: WorkerState, event: ShutdownRequested) -> None:
-    # No payload: the node machine handles or ignores these in every state, so nothing replies.
+    # No payload: no action reads one, and every phase handles or ignores the event.
     if "node" in state.records["node"]:
         state.fire("node", "node", "shutdown_requested")
     else:
@@ -168,7 +168,7 @@ def _on_shutdown(state: WorkerState, event: ShutdownRequested) -> None:
 def _on_storage(state: WorkerState, event: StorageLow | StorageRecovered) -> None:
     name = "storage_low" if isinstance(event, StorageLow) else "storage_recovered"
     if "node" in state.records["node"]:
-        state.fire("node", "node", name)
+        state.fire("node", "node", name, event)
     else:
         state.count(f"late.{name}")
 
