@@ -24,33 +24,48 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from transitions import Machine
 
 from hypha_sm.core.errors import InvalidTransition, InvariantViolation, SpecError
+from hypha_sm.core.record import Record
 from hypha_sm.core.spec import MachineSpec
+from hypha_sm.core.trace import CREATED, IGNORED, REJECTED, TraceEntry
 
-if TYPE_CHECKING:
-    from hypha_sm.core.records import Record
-    from hypha_sm.core.state import WorkerState
+__all__ = ["CREATED", "IGNORED", "REJECTED", "Ctx", "Engine", "KindRuntime", "Registry"]
+
+#: The role's state type a machine's guards and actions see (a ``Host`` subclass).
+S = TypeVar("S")
 
 
-class Ctx:
-    """What a guard or action sees: the state, the record, and the event's payload."""
+class Ctx(Generic[S]):
+    """What a guard or action sees: the role's state, the record, and the event's payload."""
 
     __slots__ = ("event", "fired", "rec", "state")
 
-    def __init__(self, state: WorkerState, rec: Any, event: Any) -> None:
+    def __init__(self, state: S, rec: Any, event: Any) -> None:
         self.state = state
         self.rec = rec
         self.event = event
         self.fired = -1
 
 
-Guard = Callable[[Ctx], bool]
-Action = Callable[[Ctx], None]
-ActionWithArg = Callable[[Ctx, str], None]
+class _Host(Protocol):
+    """What the engine needs of a role's state (``hypha_sm.core.host.Host`` provides it)."""
+
+    trace: list[TraceEntry]
+
+    def drop(self, rec: Record) -> None: ...
+
+    def reject(
+        self, kind: str, key: str, phase: str, event: str, payload: object, reason: str
+    ) -> None: ...
+
+
+Guard = Callable[[Ctx[Any]], bool]
+Action = Callable[[Ctx[Any]], None]
+ActionWithArg = Callable[[Ctx[Any], str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +98,6 @@ class Registry:
         return fn
 
 
-#: Trace markers in place of a transition index (which is >= 0).
-IGNORED = -1
-REJECTED = -2
-CREATED = -3
-
-
 class KindRuntime:
     """One machine kind: its spec, its `transitions.Machine`, and its dispositions."""
 
@@ -111,7 +120,7 @@ class KindRuntime:
         }
         table = []
         for t in spec.transitions:
-            callbacks: list[Callable[[Ctx], None]] = []
+            callbacks: list[Callable[[Ctx[Any]], None]] = []
             for ref in t.effects:
                 if ref.arg is None:
                     if ref.name not in registry.actions:
@@ -175,7 +184,7 @@ class KindRuntime:
                 table[(src, event_name)] = tuple(options)
         return table
 
-    def fire(self, state: WorkerState, rec: Record, event: str, payload: object) -> None:
+    def fire(self, state: _Host, rec: Record, event: str, payload: object) -> None:
         """Fire ``event`` on ``rec`` through the library; record the transition taken."""
         src = rec._phase
         options = self.table.get((src, event))
@@ -220,7 +229,7 @@ class KindRuntime:
                 f"{self.kind} {rec.key!r} entered {dst!r} without arming its deadline"
             )
 
-    def _via_library(self, ctx: Ctx, src: str, event: str) -> str | None:
+    def _via_library(self, ctx: Ctx[Any], src: str, event: str) -> str | None:
         model = self.model
         model.state = src
         if not model.trigger(event, ctx):
@@ -229,7 +238,7 @@ class KindRuntime:
         return dst
 
 
-_Option = tuple[Guard | None, tuple[Callable[[Ctx], None], ...], str | None]
+_Option = tuple[Guard | None, tuple[Callable[[Ctx[Any]], None], ...], str | None]
 
 
 class _Flyweight:
@@ -238,23 +247,23 @@ class _Flyweight:
     state: str
 
 
-def _begin(index: int, *, clear_deadline: bool) -> Callable[[Ctx], None]:
+def _begin(index: int, *, clear_deadline: bool) -> Callable[[Ctx[Any]], None]:
     if clear_deadline:
 
-        def begin_phase(ctx: Ctx) -> None:
+        def begin_phase(ctx: Ctx[Any]) -> None:
             ctx.fired = index
             ctx.rec.deadline = math.inf
 
         return begin_phase
 
-    def begin(ctx: Ctx) -> None:
+    def begin(ctx: Ctx[Any]) -> None:
         ctx.fired = index
 
     return begin
 
 
-def _bind(fn: ActionWithArg, arg: str) -> Callable[[Ctx], None]:
-    def bound(ctx: Ctx) -> None:
+def _bind(fn: ActionWithArg, arg: str) -> Callable[[Ctx[Any]], None]:
+    def bound(ctx: Ctx[Any]) -> None:
         fn(ctx, arg)
 
     bound.__name__ = f"{fn.__name__}({arg})"

@@ -7,19 +7,11 @@ commands come from the operator. Time is not a field: it arrives beside every ev
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import msgspec
 
 from hypha_sm.core.policy import ExecutorRef
 from hypha_sm.core.resources import Amounts
-
-
-class Now(NamedTuple):
-    """The time of an input: ``mono`` for every deadline, ``wall`` only for what crosses the wire."""
-
-    mono: float
-    wall: float
+from hypha_sm.core.trace import Now as Now
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):

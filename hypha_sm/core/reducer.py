@@ -10,13 +10,11 @@ same state and effects; that is what the event log and replay rely on.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from hypha_sm.core.effects import Effect
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.events import (
     AdvertisementReceived,
     DispatchRequested,
@@ -39,7 +37,8 @@ from hypha_sm.core.events import (
 from hypha_sm.core.machines import REGISTRIES
 from hypha_sm.core.policy import Policy
 from hypha_sm.core.spec import MachineSpec
-from hypha_sm.core.state import TraceEntry, WorkerState
+from hypha_sm.core.state import WorkerState
+from hypha_sm.core.trace import TraceEntry
 
 
 class Step(NamedTuple):
@@ -68,12 +67,8 @@ def initial_state(engine: Engine, policy: Policy, seed: bytes) -> WorkerState:
 
 def step(state: WorkerState, event: Event, now: Now) -> Step:
     """Apply one input at ``now``. Deterministic; mutates and returns ``state``."""
-    if now.mono < state.now.mono:
-        raise InvariantViolation(f"monotonic time went backwards: {now.mono} < {state.now.mono}")
-    state.now = now
-    state.effects = []
-    state.trace = []
-    _fire_due(state)
+    state.begin(now)
+    state.fire_due()
     _ROUTES[type(event)](state, event)
     state.drain()
     _settle(state)
@@ -84,24 +79,6 @@ def step(state: WorkerState, event: Event, now: Now) -> Step:
 def next_deadline(state: WorkerState) -> float:
     """The monotonic time of the next deadline (``inf`` if none): sleep until then, then Tick."""
     return state.next_deadline()
-
-
-def _fire_due(state: WorkerState) -> None:
-    timers = state.timers
-    records = state.records
-    runtimes = state.engine.runtimes
-    mono = state.now.mono
-    while timers and timers[0][0] <= mono:
-        at, _, kind, key = heapq.heappop(timers)
-        rec = records[kind].get(key)
-        if rec is None or rec.deadline != at:
-            continue  # stale: the record moved on or was renewed since
-        runtime = runtimes[kind]
-        event = runtime.deadline_event.get(rec._phase)
-        if event is None:
-            continue
-        runtime.fire(state, rec, event, None)
-        state.drain()
 
 
 def _settle(state: WorkerState) -> None:

@@ -1,49 +1,39 @@
-"""The worker state: every live record, the resource ledger, timers, counters and the id source.
+"""The worker state: the host's records and timers, plus the resource ledger and market memory.
 
 The state is owned by whoever calls ``step`` (one loop task in the shell, one fold in replay).
-``step`` changes it in place and hands it back; nothing else writes to it. The primitives here
-(create, arm, post, emit, reserve, release) are what actions use; none of them does I/O.
+``step`` changes it in place and hands it back; nothing else writes to it. Besides the host's
+primitives (create, arm, post, emit), actions reserve and release resources here; none of them
+does I/O.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
-from collections import Counter, deque
-from typing import Any
 
 from hypha_sm.core.effects import Effect, ReplyDispatchFailed, ReplyRenewFailed
-from hypha_sm.core.engine import CREATED, REJECTED, Engine
+from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
-from hypha_sm.core.events import DispatchRequested, Now, RenewRequested
-from hypha_sm.core.ids import IdGen
+from hypha_sm.core.events import DispatchRequested, RenewRequested
+from hypha_sm.core.host import Host
 from hypha_sm.core.policy import Policy
-from hypha_sm.core.records import BatchRec, NodeRec, Record
+from hypha_sm.core.records import BatchRec, NodeRec
 from hypha_sm.core.resources import ZERO, Resources, to_resources
-
-#: A trace entry: (machine, key, from phase, event, to phase or None if ignored/rejected,
-#: index of the declared transition that fired, or IGNORED / REJECTED / CREATED (< 0)).
-TraceEntry = tuple[str, str, str, str, str | None, int]
 
 KINDS = ("node", "batch", "request", "lease", "job")
 
 
-class WorkerState:
-    """Everything the core knows. Mutated only inside ``step``."""
+class WorkerState(Host[Effect]):
+    """Everything the worker's core knows. Mutated only inside ``step``."""
 
     def __init__(self, engine: Engine, policy: Policy, seed: bytes) -> None:
         capacity = to_resources(policy.capacity)
         if capacity is None:
             raise ValueError(f"invalid capacity {policy.capacity!r}")
-        self.engine = engine
+        super().__init__(engine, KINDS, seed)
         self.policy = policy
         self.capacity: Resources = capacity
         self.reserved: Resources = ZERO
         self.reservations: dict[str, Resources] = {}
-        self.ids = IdGen(seed)
-        self.records: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
-        self.timers: list[tuple[float, int, str, str]] = []
-        self.timer_seq = 0
         #: Advertisement ids seen recently, with the mono time they may be forgotten.
         self.seen_ads: dict[str, float] = {}
         self.seen_heap: list[tuple[float, str]] = []
@@ -54,84 +44,10 @@ class WorkerState:
         #: one, of its last lapse), the least recently changed first; bounded.
         self.lapses: dict[str, tuple[int, float]] = {}
         self.arrivals = 0
-        self.counters: Counter[str] = Counter()
-        # Per-step scratch, reset by ``step``.
-        self.now = Now(0.0, 0.0)
-        self.effects: list[Effect] = []
-        self.trace: list[TraceEntry] = []
-        self.queue: deque[tuple[str, str, str, object]] = deque()
         self.create(NodeRec("node"))
         self.create(BatchRec("batch"))
 
-    # -- records ---------------------------------------------------------------------------
-
-    def create(self, rec: Record) -> None:
-        """Add a new record in its machine's initial phase."""
-        table = self.records[rec.kind]
-        if rec.key in table:
-            raise InvariantViolation(f"{rec.kind} {rec.key!r} already exists")
-        rec._phase = self.engine.specs[rec.kind].initial
-        table[rec.key] = rec
-        self.trace.append((rec.kind, rec.key, "", "created", rec._phase, CREATED))
-
-    def drop(self, rec: Record) -> None:
-        """Remove a record that reached a terminal phase (terminal phases absorb)."""
-        if rec._phase not in self.engine.runtimes[rec.kind].terminal:
-            raise InvariantViolation(
-                f"{rec.kind} {rec.key!r} dropped in live phase {rec._phase!r}"
-            )
-        del self.records[rec.kind][rec.key]
-        self.counters[f"{rec.kind}.{rec._phase}"] += 1
-
-    def get(self, kind: str, key: str) -> Any:
-        """The live record, or None."""
-        return self.records[kind].get(key)
-
-    # -- time ------------------------------------------------------------------------------
-
-    def arm(self, rec: Record, at: float) -> None:
-        """Set the record's deadline; its phase's deadline event fires at exactly ``at``."""
-        rec.deadline = at
-        self.timer_seq += 1
-        timers = self.timers
-        heapq.heappush(timers, (at, self.timer_seq, rec.kind, rec.key))
-        if len(timers) > 2 * self.live_records() + 1024:
-            self._compact_timers()
-
-    def arm_after(self, rec: Record, delay: float) -> None:
-        """Arm the record's deadline ``delay`` seconds from now."""
-        self.arm(rec, self.now.mono + delay)
-
-    def live_records(self) -> int:
-        """How many records are live, of every kind."""
-        return sum(len(table) for table in self.records.values())
-
-    def _compact_timers(self) -> None:
-        # Renewals leave the old entry behind until its time comes; a peer renewing fast could
-        # pile them up. Keep one entry per live record: of those at its current deadline (a
-        # record armed at t, then u, then t again has two), the first in (at, seq) order, the
-        # one the heap would have fired. So deadlines fire in the same order as without this.
-        kept: dict[tuple[str, str], tuple[float, int, str, str]] = {}
-        for entry in self.timers:
-            at, seq, kind, key = entry
-            rec = self.records[kind].get(key)
-            if rec is not None and rec.deadline == at:
-                first = kept.get((kind, key))
-                if first is None or seq < first[1]:
-                    kept[(kind, key)] = entry
-        self.timers = list(kept.values())
-        heapq.heapify(self.timers)
-
-    def next_deadline(self) -> float:
-        """The earliest pending deadline (``inf`` if none). Discards stale timer entries."""
-        timers = self.timers
-        while timers:
-            at, _, kind, key = timers[0]
-            rec = self.records[kind].get(key)
-            if rec is not None and rec.deadline == at:
-                return at
-            heapq.heappop(timers)
-        return math.inf
+    # -- advertisement ids seen recently ------------------------------------------------
 
     def forget_seen(self) -> None:
         """Forget advertisement ids whose validity has passed (memory hygiene, not a deadline)."""
@@ -186,40 +102,10 @@ class WorkerState:
         """The scheduler accepted (renewed) a lease: its lapses are forgiven."""
         self.lapses.pop(scheduler, None)
 
-    # -- events and effects ----------------------------------------------------------------
+    # -- replies to refused remote events ----------------------------------------------------
 
-    def fire(self, kind: str, key: str, event: str, payload: object = None) -> None:
-        """Fire an event on a live record now (only from outside an action of the same kind)."""
-        rec = self.records[kind].get(key)
-        if rec is None:
-            raise InvariantViolation(f"event {event!r} for {kind} {key!r}, which is not live")
-        self.engine.runtimes[kind].fire(self, rec, event, payload)
-
-    def post(self, kind: str, key: str, event: str, payload: object = None) -> None:
-        """Queue an internal event; it runs after the current transition completes."""
-        self.queue.append((kind, key, event, payload))
-
-    def drain(self) -> None:
-        """Run queued internal events until none is left (run to completion)."""
-        queue = self.queue
-        while queue:
-            kind, key, event, payload = queue.popleft()
-            self.fire(kind, key, event, payload)
-
-    def emit(self, effect: Effect) -> None:
-        """Ask the shell to do something."""
-        self.effects.append(effect)
-
-    def count(self, name: str) -> None:
-        """Bump a counter (declines, rejections, late results)."""
-        self.counters[name] += 1
-
-    def reject(
-        self, kind: str, key: str, phase: str, event: str, payload: object, reason: str
-    ) -> None:
-        """Refuse a remote event: reply with the reason when the peer waits for one, and count it."""
-        self.counters[f"rejected.{kind}.{reason}"] += 1
-        self.trace.append((kind, key, phase, event, None, REJECTED))
+    def refuse(self, payload: object, reason: str) -> None:
+        """Answer a refused renewal or dispatch with the reason: the scheduler waits for one."""
         if isinstance(payload, RenewRequested):
             self.emit(ReplyRenewFailed(payload.reply_to, payload.lease_id, reason))
         elif isinstance(payload, DispatchRequested):

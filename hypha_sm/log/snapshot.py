@@ -28,7 +28,8 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.events import Now
 from hypha_sm.core.policy import Policy
-from hypha_sm.core.records import BatchRec, JobRec, LeaseRec, NodeRec, Record, RequestRec
+from hypha_sm.core.record import Record
+from hypha_sm.core.records import BatchRec, JobRec, LeaseRec, NodeRec, RequestRec
 from hypha_sm.core.reducer import initial_state
 from hypha_sm.core.state import KINDS, WorkerState
 from hypha_sm.log.codec import (

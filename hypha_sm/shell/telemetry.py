@@ -51,7 +51,7 @@ from hypha_sm.core.effects import (
 from hypha_sm.core.engine import CREATED, REJECTED, Engine
 from hypha_sm.core.events import AdvertisementReceived, Event, JobExited, Now
 from hypha_sm.core.reducer import Step
-from hypha_sm.core.state import TraceEntry
+from hypha_sm.core.trace import TraceEntry
 from hypha_sm.net.transport import NetStats
 
 if TYPE_CHECKING:

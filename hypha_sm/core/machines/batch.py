@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import heapq
 
-from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.engine import Registry
 from hypha_sm.core.events import AdvertisementReceived
+from hypha_sm.core.machines._ctx import Ctx
 from hypha_sm.core.records import BatchRec, RequestRec
 from hypha_sm.core.resources import to_resources
 

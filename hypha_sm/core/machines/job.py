@@ -9,7 +9,7 @@ from hypha_sm.core.effects import (
     SendJobStatus,
     StopJob,
 )
-from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.engine import Registry
 from hypha_sm.core.events import (
     JobExited,
     JobOverLimit,
@@ -17,6 +17,7 @@ from hypha_sm.core.events import (
     StatusDelivered,
     StatusFailed,
 )
+from hypha_sm.core.machines._ctx import Ctx
 from hypha_sm.core.records import JobRec, LeaseRec
 
 REGISTRY = Registry.new("job")

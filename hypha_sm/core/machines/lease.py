@@ -9,8 +9,9 @@ from hypha_sm.core.effects import (
     ReplyRenewFailed,
     StartJob,
 )
-from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.engine import Registry
 from hypha_sm.core.events import DispatchRequested, RenewRequested
+from hypha_sm.core.machines._ctx import Ctx
 from hypha_sm.core.policy import RUNTIME_FOR_CLASS
 from hypha_sm.core.records import JobRec, LeaseRec
 

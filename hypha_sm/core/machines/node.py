@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from hypha_sm.core.effects import NodeStopped, Notice
-from hypha_sm.core.engine import Ctx, Registry
+from hypha_sm.core.engine import Registry
 from hypha_sm.core.events import StorageLow, StorageRecovered
+from hypha_sm.core.machines._ctx import Ctx
 
 REGISTRY = Registry.new("node")
 
