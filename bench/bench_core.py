@@ -729,7 +729,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     started = perf()
     t0 = perf()
-    engine, _ = load_engine()  # reads machines/*.toml: the only I/O, before any timing
+    engine, _ = load_engine()  # reads machines/worker/*.toml: the only I/O, before any timing
     build_s = perf() - t0
     if args.profile:
         profile(engine, args.profile, sizes)

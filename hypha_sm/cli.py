@@ -16,12 +16,12 @@ from hypha_sm import __version__
 from hypha_sm.config.init import InitError, write_example
 from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
-from hypha_sm.core.errors import HyphaSMError
+from hypha_sm.core.errors import HyphaSMError, SpecError
 from hypha_sm.core.reducer import Step
 from hypha_sm.log.codec import Entry, LogFormatError
 from hypha_sm.log.replay import replay, replay_series
 from hypha_sm.log.store import newest_run, read_lines, read_series
-from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs
+from hypha_sm.machines_io import WORKER, default_machines_dir, load_engine, load_specs, roles
 from hypha_sm.net.keys import KeyFileError, create_key_file
 from hypha_sm.net.tls import TlsError
 from hypha_sm.wire.identity import IdentityError
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--gateway", action="append", help="replaces gateway_addresses")
 
     p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
-    p_machines.add_argument("--dir", type=Path, default=None)
+    p_machines.add_argument(
+        "--dir", type=Path, default=None, help="check the worker's machines in this directory"
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -156,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _diagram(args: argparse.Namespace) -> int:
-    from hypha_sm.diagrams.render import render_all, stale_files, write_all
+    from hypha_sm.diagrams.render import render_roles, stale_files, write_all
 
     out = args.out or _default_diagrams_dir()
-    files = render_all(load_specs(), svg=False if args.no_svg else None)
+    specs = {role: load_specs(role=role) for role in roles()}
+    files = render_roles(specs, svg=False if args.no_svg else None)
     if args.check:
         stale = stale_files(out, files)
         if stale:
@@ -305,13 +308,16 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _machines(args: argparse.Namespace) -> int:
-    engine, machines_hash = load_engine(args.dir)
-    for name, spec in sorted(engine.specs.items()):
-        print(
-            f"{spec.file}: {name}: {len(spec.states)} states, {len(spec.events)} events, "
-            f"{len(spec.transitions)} transitions"
-        )
-    print(f"all valid; {machines_hash}")
+    for role in [WORKER] if args.dir else roles():
+        if role != WORKER:
+            raise SpecError(f"machines/{role}/", role, None, "no code runs this role's machines")
+        engine, machines_hash = load_engine(args.dir)
+        for name, spec in sorted(engine.specs.items()):
+            print(
+                f"{spec.file}: {name}: {len(spec.states)} states, {len(spec.events)} events, "
+                f"{len(spec.transitions)} transitions"
+            )
+        print(f"{role}: all valid; {machines_hash}")
     return 0
 
 

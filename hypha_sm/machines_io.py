@@ -1,7 +1,11 @@
-"""Finding and reading the machine definitions (``machines/*.toml``). The only file I/O for specs.
+"""Finding and reading the machine definitions (``machines/<role>/*.toml``). The only spec I/O.
 
-In a checkout (or an editable install) the files are read from ``<repo>/machines``; an installed
-wheel carries them as ``hypha_sm/_machines``. ``HYPHA_SM_MACHINES`` overrides both.
+Each role's machines live in a directory of their own under one root: in a checkout (or an
+editable install) ``<repo>/machines``; an installed wheel carries them as
+``hypha_sm/_machines``. ``HYPHA_SM_MACHINES`` overrides both.
+
+The hash recorded in event logs names each file as ``machines/<file>``, without the role's
+directory, as it did before machines were grouped by role: logs recorded then keep matching.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.reducer import build_engine
 from hypha_sm.core.spec import MachineSpec, machines_hash, parse_machines
 
+#: The role whose machines a command loads when it names none.
+WORKER = "worker"
+
 
 def default_machines_dir() -> Path:
-    """Where the machine files are: the env override, the wheel's copy, or the checkout's."""
+    """The root of every role's machines: the env override, the wheel's copy, or the checkout's."""
     override = os.environ.get("HYPHA_SM_MACHINES")
     if override:
         return Path(override)
@@ -25,21 +32,34 @@ def default_machines_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "machines"
 
 
-def read_sources(directory: Path | None = None) -> dict[str, bytes]:
-    """Every ``*.toml`` in the directory, keyed by file name as ``machines/<name>``."""
-    directory = directory or default_machines_dir()
+def roles(root: Path | None = None) -> list[str]:
+    """Every role with machine files under the root, sorted."""
+    root = root or default_machines_dir()
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.toml")))
+
+
+def read_sources(directory: Path | None = None, *, role: str = WORKER) -> dict[str, bytes]:
+    """Every ``*.toml`` of a role (or in ``directory``), keyed ``machines/<role>/<file>``."""
+    directory = directory or default_machines_dir() / role
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise FileNotFoundError(f"no machine definitions (*.toml) in {directory}")
-    return {f"machines/{f.name}": f.read_bytes() for f in files}
+    return {f"machines/{role}/{f.name}": f.read_bytes() for f in files}
 
 
-def load_specs(directory: Path | None = None) -> dict[str, MachineSpec]:
-    """Parse and validate the machine files."""
-    return parse_machines(read_sources(directory))
+def sources_hash(sources: dict[str, bytes]) -> str:
+    """The hash event logs record: each file named ``machines/<file>``, as before roles."""
+    return machines_hash(
+        {f"machines/{key.rsplit('/', 1)[1]}": data for key, data in sources.items()}
+    )
+
+
+def load_specs(directory: Path | None = None, *, role: str = WORKER) -> dict[str, MachineSpec]:
+    """Parse and validate a role's machine files."""
+    return parse_machines(read_sources(directory, role=role))
 
 
 def load_engine(directory: Path | None = None) -> tuple[Engine, str]:
-    """The engine built from the machine files, and the files' hash for the event log."""
+    """The worker's engine built from its machine files, and the files' hash for the event log."""
     sources = read_sources(directory)
-    return build_engine(parse_machines(sources)), machines_hash(sources)
+    return build_engine(parse_machines(sources)), sources_hash(sources)

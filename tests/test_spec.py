@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from hypha_sm import cli
 from hypha_sm.core.engine import Ctx, Engine, Registry
 from hypha_sm.core.errors import InvalidTransition, SpecError
 from hypha_sm.core.machines import REGISTRIES
 from hypha_sm.core.spec import machines_hash, parse_machine, parse_machines
-from hypha_sm.machines_io import load_specs, read_sources
+from hypha_sm.machines_io import load_specs, read_sources, roles, sources_hash
 
 GOOD = """
 [machine]
@@ -373,5 +376,33 @@ def test_machines_hash_is_stable_and_changes_with_content() -> None:
     sources = read_sources()
     assert machines_hash(sources) == machines_hash(dict(reversed(list(sources.items()))))
     changed = dict(sources)
-    changed["machines/node.toml"] += b"\n# comment\n"
+    changed["machines/worker/node.toml"] += b"\n# comment\n"
     assert machines_hash(changed) != machines_hash(sources)
+
+
+def test_the_log_hash_names_files_without_the_role_directory() -> None:
+    """Logs recorded before machines were grouped by role keep matching the same files."""
+    sources = read_sources()
+    assert all(key.startswith("machines/worker/") for key in sources)
+    legacy = {f"machines/{key.rsplit('/', 1)[1]}": data for key, data in sources.items()}
+    assert sources_hash(sources) == machines_hash(legacy)
+
+
+def test_machines_lists_every_role_and_refuses_a_role_without_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hypha-sm machines` checks each role's directory; one no code runs is a one-line error."""
+    assert roles() == ["worker"]
+    for name, data in read_sources().items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.setenv("HYPHA_SM_MACHINES", str(tmp_path / "machines"))
+    assert cli.main(["machines"]) == 0
+    assert "worker: all valid; sha256:" in capsys.readouterr().out
+    (tmp_path / "machines" / "stray").mkdir()
+    (tmp_path / "machines" / "stray" / "toy.toml").write_text(GOOD)
+    assert roles(tmp_path / "machines") == ["stray", "worker"]
+    assert cli.main(["machines"]) == 2
+    assert capsys.readouterr().err == (
+        "hypha-sm: error: machines/stray/: machine 'stray': no code runs this role's machines\n"
+    )

@@ -1,4 +1,4 @@
-"""Machine definitions: parse ``machines/*.toml`` data into an IR and validate it.
+"""Machine definitions: parse ``machines/<role>/*.toml`` data into an IR and validate it.
 
 This module is pure: the shell reads the files and hands over ``(file name, bytes)`` pairs. The
 checks follow python-statemachine's definition checks plus our own totality rule:
