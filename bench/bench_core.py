@@ -48,11 +48,11 @@ from workload import (
 )
 
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import AdvertisementReceived, Now, Tick
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.reducer import initial_state, step
 from hypha_sm.core.resources import ZERO, Resources, score, to_resources
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.events import AdvertisementReceived, Now, Tick
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.reducer import initial_state, step
 
 perf = time.perf_counter
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import trio
 
 from hypha_sm.config.worker import ExecutorSettings
-from hypha_sm.core.effects import StartJob
-from hypha_sm.core.policy import ExecutorSpec
 from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.core.effects import StartJob
+from hypha_sm.roles.worker.core.policy import ExecutorSpec
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.process import ProcessSettings
 

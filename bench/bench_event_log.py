@@ -28,11 +28,11 @@ from pathlib import Path
 
 from bench_replay import POLICY, record
 
-from hypha_sm.core.events import Event, Now
-from hypha_sm.core.reducer import initial_state, step
 from hypha_sm.log.codec import decode_entry
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.events import Event, Now
+from hypha_sm.roles.worker.core.reducer import initial_state, step
 
 
 def inputs(count: int) -> list[tuple[Event, Now]]:

@@ -176,7 +176,7 @@ def _install_trace(path: str, long_steps: list[tuple[float, float, str]]) -> Cal
     code under test is not changed; ``WorkerNode.__init__`` and ``_answer`` are wrapped at run
     time in this process. Returns the function that writes it all as TSV.
     """
-    from hypha_sm.core.events import RenewRequested
+    from hypha_sm.roles.worker.core.events import RenewRequested
     from hypha_sm.shell import node as node_mod
 
     class Tokens:

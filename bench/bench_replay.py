@@ -19,8 +19,13 @@ import time
 
 import msgspec
 
-from hypha_sm.core.effects import SendOffer, StartJob
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.codec import Entry
+from hypha_sm.log.replay import replay
+from hypha_sm.log.store import Recorder
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.effects import SendOffer, StartJob
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     JobExited,
@@ -30,12 +35,7 @@ from hypha_sm.core.events import (
     StatusDelivered,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
-from hypha_sm.core.resources import Amounts
-from hypha_sm.log.codec import Entry
-from hypha_sm.log.replay import replay
-from hypha_sm.log.store import Recorder
-from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
 
 TRAIN = ExecutorRef(cls="train", name="diloco-transformer")
 POLICY = Policy(

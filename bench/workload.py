@@ -12,9 +12,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypha_sm.core.effects import SendOffer
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.core.effects import SendOffer
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     JobExited,
@@ -24,10 +25,9 @@ from hypha_sm.core.events import (
     StatusDelivered,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
-from hypha_sm.core.reducer import Step, initial_state, step
-from hypha_sm.core.resources import Amounts
-from hypha_sm.core.state import WorkerState
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
+from hypha_sm.roles.worker.core.reducer import Step, initial_state, step
+from hypha_sm.roles.worker.core.state import WorkerState
 
 SEED = bytes(range(16))
 WALL0 = 1_700_000_000.0

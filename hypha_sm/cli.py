@@ -17,13 +17,13 @@ from hypha_sm.config.init import InitError, write_example
 from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError, SpecError
-from hypha_sm.core.reducer import Step
 from hypha_sm.log.codec import Entry, LogFormatError
 from hypha_sm.log.replay import replay, replay_series
 from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import WORKER, default_machines_dir, load_engine, load_specs, roles
 from hypha_sm.net.keys import KeyFileError, create_key_file
 from hypha_sm.net.tls import TlsError
+from hypha_sm.roles.worker.core.reducer import Step
 from hypha_sm.wire.identity import IdentityError
 
 

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.reducer import build_engine
 from hypha_sm.core.spec import MachineSpec, machines_hash, parse_machines
+from hypha_sm.roles.worker.core.reducer import build_engine
 
 #: The role whose machines a command loads when it names none.
 WORKER = "worker"

@@ -12,9 +12,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hypha_sm.core.effects import SendJobStatus, SendOffer, StartJob, StopJob
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.core.effects import SendJobStatus, SendOffer, StartJob, StopJob
+from hypha_sm.roles.worker.core.events import (
     Event,
     JobExited,
     JobOverLimit,
@@ -29,8 +30,7 @@ from hypha_sm.core.events import (
     StorageRecovered,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
-from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
 from tests.helpers import OTHER, SCHED, TRAIN, Worker, ad, dispatch, renew
 
 MISCONFIGURED = ExecutorRef(cls="train", name="misconfigured")

@@ -7,7 +7,9 @@ from functools import cache
 from pathlib import Path
 
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.machines_io import load_engine, load_specs
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     Event,
@@ -15,11 +17,9 @@ from hypha_sm.core.events import (
     RenewRequested,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
-from hypha_sm.core.reducer import Step, build_engine, initial_state, step
-from hypha_sm.core.resources import Amounts
-from hypha_sm.core.state import WorkerState
-from hypha_sm.machines_io import load_engine, load_specs
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
+from hypha_sm.roles.worker.core.reducer import Step, build_engine, initial_state, step
+from hypha_sm.roles.worker.core.state import WorkerState
 
 SEED = bytes(range(16))
 WALL0 = 1_700_000_000.0

@@ -14,7 +14,8 @@ import uuid
 import msgspec.structs
 import pytest
 
-from hypha_sm.core.effects import (
+from hypha_sm.core.resources import ZERO, Amounts, Resources
+from hypha_sm.roles.worker.core.effects import (
     NodeStopped,
     ReplyDispatched,
     ReplyDispatchFailed,
@@ -25,7 +26,7 @@ from hypha_sm.core.effects import (
     StartJob,
     StopJob,
 )
-from hypha_sm.core.events import (
+from hypha_sm.roles.worker.core.events import (
     JobExited,
     JobStarted,
     JobStartFailed,
@@ -35,10 +36,9 @@ from hypha_sm.core.events import (
     StatusDelivered,
     StatusFailed,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Policy
-from hypha_sm.core.reducer import Step, next_deadline
-from hypha_sm.core.resources import ZERO, Amounts, Resources
-from hypha_sm.core.state import WorkerState
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Policy
+from hypha_sm.roles.worker.core.reducer import Step, next_deadline
+from hypha_sm.roles.worker.core.state import WorkerState
 from tests.helpers import (
     AGGREGATE,
     CAPACITY,

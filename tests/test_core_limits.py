@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from hypha_sm.core.effects import Notice, SendJobStatus, SendOffer, StartJob, StopJob
-from hypha_sm.core.events import (
+from hypha_sm.roles.worker.core.effects import Notice, SendJobStatus, SendOffer, StartJob, StopJob
+from hypha_sm.roles.worker.core.events import (
     JobExited,
     JobOverLimit,
     JobStarted,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hypha_sm.core.events import RenewRequested
 from hypha_sm.log.codec import decode_entry
 from hypha_sm.log.replay import replay
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.events import RenewRequested
 from tests.helpers import process_alive
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]

@@ -9,12 +9,12 @@ from transitions.core import Condition
 
 from hypha_sm.core.engine import Ctx, Engine, Registry
 from hypha_sm.core.errors import InvalidTransition, InvariantViolation
-from hypha_sm.core.events import JobExited, Now, Tick
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.reducer import initial_state, step
 from hypha_sm.core.resources import Amounts
 from hypha_sm.core.spec import parse_machine
-from hypha_sm.core.state import WorkerState
+from hypha_sm.roles.worker.core.events import JobExited, Now, Tick
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.reducer import initial_state, step
+from hypha_sm.roles.worker.core.state import WorkerState
 from tests.helpers import Worker, ad
 
 TOY = """

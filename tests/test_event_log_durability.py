@@ -18,7 +18,11 @@ import pytest
 import trio
 
 from hypha_sm.cli import main
-from hypha_sm.core.effects import (
+from hypha_sm.log.replay import replay, replay_series
+from hypha_sm.log.store import Recorder, newest_run, read_lines, read_series
+from hypha_sm.machines_io import load_engine
+from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.roles.worker.core.effects import (
     ReplyDispatched,
     ReplyDispatchFailed,
     ReplyRenewed,
@@ -26,10 +30,6 @@ from hypha_sm.core.effects import (
     SendJobStatus,
     SendOffer,
 )
-from hypha_sm.log.replay import replay, replay_series
-from hypha_sm.log.store import Recorder, newest_run, read_lines, read_series
-from hypha_sm.machines_io import load_engine
-from hypha_sm.net.transport import Endpoint, NetError
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.helpers import SEED, Worker, ad, at, remove_leftover_cgroups, renew

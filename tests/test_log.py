@@ -10,7 +10,13 @@ import msgspec
 import pytest
 
 from hypha_sm.cli import main
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.codec import Entry, LogFormatError, decode_entry, decode_header, encode_entry
+from hypha_sm.log.examples import render
+from hypha_sm.log.replay import replay
+from hypha_sm.log.store import write_inputs
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.events import (
     DispatchRequested,
     JobExited,
     JobStarted,
@@ -23,12 +29,6 @@ from hypha_sm.core.events import (
     StatusFailed,
     Tick,
 )
-from hypha_sm.core.resources import Amounts
-from hypha_sm.log.codec import Entry, LogFormatError, decode_entry, decode_header, encode_entry
-from hypha_sm.log.examples import render
-from hypha_sm.log.replay import replay
-from hypha_sm.log.store import write_inputs
-from hypha_sm.machines_io import load_engine
 from tests.helpers import SEED, TRAIN, Worker, ad, at, dispatch, engine, renew
 
 LOGS = Path(__file__).resolve().parent.parent / "specs" / "logs"

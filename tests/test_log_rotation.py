@@ -22,19 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypha_sm.cli import main
-from hypha_sm.core.effects import SendJobStatus
-from hypha_sm.core.events import (
-    AdvertisementReceived,
-    JobExited,
-    JobStarted,
-    RenewRequested,
-    StatusDelivered,
-    Tick,
-)
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.reducer import step
 from hypha_sm.core.resources import Amounts
-from hypha_sm.core.state import WorkerState
 from hypha_sm.log.codec import (
     VERSION,
     VERSION_SEGMENT,
@@ -59,6 +47,18 @@ from hypha_sm.log.store import (
     segment_header,
 )
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.effects import SendJobStatus
+from hypha_sm.roles.worker.core.events import (
+    AdvertisementReceived,
+    JobExited,
+    JobStarted,
+    RenewRequested,
+    StatusDelivered,
+    Tick,
+)
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.reducer import step
+from hypha_sm.roles.worker.core.state import WorkerState
 from tests.explorer import Walk, policies
 from tests.helpers import SEED, TRAIN, Worker, ad, at, dispatch, renew
 from tests.test_stateful import AMOUNTS, BIDS, EXECUTOR_LISTS, EXPIRES_IN, HOSTILE_AMOUNTS

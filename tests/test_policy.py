@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hypha_sm.core.policy import PolicyError, parse_strategy, policy_from_config
+from hypha_sm.roles.worker.core.policy import PolicyError, parse_strategy, policy_from_config
 
 BASE = {"capacity": {"cpu": 16, "memory": 64, "storage": 500, "gpu": 24}}
 

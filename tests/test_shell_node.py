@@ -9,12 +9,12 @@ import time
 import trio
 import trio.testing
 
-from hypha_sm.core.effects import StartJob
-from hypha_sm.core.events import RenewRequested, ShutdownRequested, Tick
 from hypha_sm.log.replay import replay
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
+from hypha_sm.roles.worker.core.effects import StartJob
+from hypha_sm.roles.worker.core.events import RenewRequested, ShutdownRequested, Tick
 from hypha_sm.shell.node import StartFailed, WorkerNode
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened

@@ -9,9 +9,9 @@ import pytest
 from hypha_sm import cli
 from hypha_sm.core.engine import Ctx, Engine, Registry
 from hypha_sm.core.errors import InvalidTransition, SpecError
-from hypha_sm.core.machines import REGISTRIES
 from hypha_sm.core.spec import machines_hash, parse_machine, parse_machines
 from hypha_sm.machines_io import load_specs, read_sources, roles, sources_hash
+from hypha_sm.roles.worker.core.machines import REGISTRIES
 
 GOOD = """
 [machine]

@@ -8,11 +8,11 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.records import NodeRec
 from hypha_sm.core.resources import Amounts
-from hypha_sm.core.state import WorkerState
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.records import NodeRec
+from hypha_sm.roles.worker.core.state import WorkerState
 
 ENGINE, _ = load_engine()
 KEYS = ("n0", "n1", "n2", "n3")

@@ -24,7 +24,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from hypha_sm.core.effects import (
+from hypha_sm.core.resources import Amounts, Resources
+from hypha_sm.log.store import write_inputs
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.effects import (
     NodeStopped,
     Notice,
     ReplyDispatched,
@@ -36,7 +39,7 @@ from hypha_sm.core.effects import (
     StartJob,
     StopJob,
 )
-from hypha_sm.core.events import (
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     Event,
@@ -52,18 +55,15 @@ from hypha_sm.core.events import (
     StatusFailed,
     Tick,
 )
-from hypha_sm.core.policy import (
+from hypha_sm.roles.worker.core.policy import (
     ExecutorRef,
     ExecutorSpec,
     Offer,
     Policy,
     Timings,
 )
-from hypha_sm.core.reducer import initial_state, next_deadline, step
-from hypha_sm.core.resources import Amounts, Resources
-from hypha_sm.core.state import WorkerState
-from hypha_sm.log.store import write_inputs
-from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.reducer import initial_state, next_deadline, step
+from hypha_sm.roles.worker.core.state import WorkerState
 from tests.helpers import AGGREGATE, CAPACITY, OTHER, SCHED, TRAIN, at, engine, library_engine
 
 THIRD = "12D3KooWThird"

@@ -32,7 +32,8 @@ from opentelemetry.trace import StatusCode
 
 from hypha_sm.config.init import write_example
 from hypha_sm.config.worker import load_worker_settings
-from hypha_sm.core.events import (
+from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker.core.events import (
     Event,
     JobExited,
     JobStarted,
@@ -41,9 +42,8 @@ from hypha_sm.core.events import (
     StatusDelivered,
     StatusFailed,
 )
-from hypha_sm.core.policy import ExecutorRef, Policy
-from hypha_sm.core.reducer import Step
-from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker.core.policy import ExecutorRef, Policy
+from hypha_sm.roles.worker.core.reducer import Step
 from hypha_sm.shell import telemetry as tm
 from hypha_sm.shell.telemetry import OtelTelemetry, Telemetry, TelemetryConfig
 from tests.helpers import OTHER, SCHED, Worker, ad, at, dispatch, policy, renew
@@ -67,7 +67,7 @@ class Life:
         return out
 
     def tick(self, t: float) -> Step:
-        from hypha_sm.core.events import Tick
+        from hypha_sm.roles.worker.core.events import Tick
 
         return self.feed(Tick(), t)
 

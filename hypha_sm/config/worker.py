@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from hypha_sm.config.layers import LayeredSettings
-from hypha_sm.core.policy import RUNTIME_FOR_CLASS, parse_strategy
+from hypha_sm.roles.worker.core.policy import RUNTIME_FOR_CLASS, parse_strategy
 
 
 class _Strict(BaseModel):

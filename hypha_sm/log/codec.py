@@ -22,16 +22,16 @@ from typing import Any
 
 import msgspec
 
-from hypha_sm.core.effects import Effect
-from hypha_sm.core.events import AdvertisementReceived, Event, Now
-from hypha_sm.core.policy import (
+from hypha_sm.core.resources import Amounts, Resources
+from hypha_sm.roles.worker.core.effects import Effect
+from hypha_sm.roles.worker.core.events import AdvertisementReceived, Event, Now
+from hypha_sm.roles.worker.core.policy import (
     ExecutorRef,
     ExecutorSpec,
     Policy,
     PolicyError,
     policy_from_config,
 )
-from hypha_sm.core.resources import Amounts, Resources
 from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 
 FORMAT = "hypha-sm/event-log"

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.store import Recorder
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     Event,
@@ -26,10 +29,7 @@ from hypha_sm.core.events import (
     StatusDelivered,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy
-from hypha_sm.core.resources import Amounts
-from hypha_sm.log.store import Recorder
-from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy
 
 SEED = bytes.fromhex("00112233445566778899aabbccddeeff")
 WALL0 = 1_764_000_000.0

@@ -17,11 +17,8 @@ from typing import Any
 
 import msgspec
 
-from hypha_sm.core.effects import NodeStopped
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import HyphaSMError
-from hypha_sm.core.reducer import Step, initial_state, step
-from hypha_sm.core.state import WorkerState
 from hypha_sm.log.codec import (
     Entry,
     Header,
@@ -32,6 +29,9 @@ from hypha_sm.log.codec import (
     encode_snapshot,
 )
 from hypha_sm.log.snapshot import capture, effective, restore
+from hypha_sm.roles.worker.core.effects import NodeStopped
+from hypha_sm.roles.worker.core.reducer import Step, initial_state, step
+from hypha_sm.roles.worker.core.state import WorkerState
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,7 @@ import msgspec
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
-from hypha_sm.core.events import Now
-from hypha_sm.core.policy import Policy
 from hypha_sm.core.record import Record
-from hypha_sm.core.records import BatchRec, JobRec, LeaseRec, NodeRec, RequestRec
-from hypha_sm.core.reducer import initial_state
-from hypha_sm.core.state import KINDS, WorkerState
 from hypha_sm.log.codec import (
     AnyRecordSnapshot,
     BatchSnapshot,
@@ -43,6 +38,11 @@ from hypha_sm.log.codec import (
     RequestSnapshot,
     Snapshot,
 )
+from hypha_sm.roles.worker.core.events import Now
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.records import BatchRec, JobRec, LeaseRec, NodeRec, RequestRec
+from hypha_sm.roles.worker.core.reducer import initial_state
+from hypha_sm.roles.worker.core.state import KINDS, WorkerState
 
 _PAIRS: tuple[tuple[type[Record], type[RecordSnapshot]], ...] = (
     (NodeRec, NodeSnapshot),

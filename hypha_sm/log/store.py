@@ -37,10 +37,6 @@ import msgspec
 
 from hypha_sm import __version__
 from hypha_sm.core.engine import CREATED, Engine
-from hypha_sm.core.events import DispatchRequested, Event, Now
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.reducer import Step, initial_state, step
-from hypha_sm.core.state import WorkerState
 from hypha_sm.log.codec import (
     FORMAT,
     VERSION,
@@ -52,6 +48,10 @@ from hypha_sm.log.codec import (
     encode_header,
 )
 from hypha_sm.log.snapshot import capture
+from hypha_sm.roles.worker.core.events import DispatchRequested, Event, Now
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.reducer import Step, initial_state, step
+from hypha_sm.roles.worker.core.state import WorkerState
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from hypha_sm.config.worker import ExecutorSettings
-from hypha_sm.core.effects import StartJob
+from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.shell.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.shell.node import StartFailed
 from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError

@@ -22,7 +22,11 @@ from typing import Protocol
 
 import trio
 
-from hypha_sm.core.effects import (
+from hypha_sm.core.resources import Amounts
+from hypha_sm.log.store import Recorder
+from hypha_sm.net.discovery import Gateways
+from hypha_sm.net.transport import NetError, Subscription, Transport
+from hypha_sm.roles.worker.core.effects import (
     Effect,
     NodeStopped,
     Notice,
@@ -35,7 +39,7 @@ from hypha_sm.core.effects import (
     StartJob,
     StopJob,
 )
-from hypha_sm.core.events import (
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     Event,
@@ -51,12 +55,8 @@ from hypha_sm.core.events import (
     StatusFailed,
     Tick,
 )
-from hypha_sm.core.policy import ExecutorRef
-from hypha_sm.core.reducer import next_deadline
-from hypha_sm.core.resources import Amounts
-from hypha_sm.log.store import Recorder
-from hypha_sm.net.discovery import Gateways
-from hypha_sm.net.transport import NetError, Subscription, Transport
+from hypha_sm.roles.worker.core.policy import ExecutorRef
+from hypha_sm.roles.worker.core.reducer import next_deadline
 from hypha_sm.shell.telemetry import Telemetry
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened

@@ -18,7 +18,6 @@ import trio
 
 from hypha_sm.config.worker import WorkerSettings, executor_warnings
 from hypha_sm.core.errors import HyphaSMError
-from hypha_sm.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
@@ -26,6 +25,7 @@ from hypha_sm.net.discovery import Gateways, has_wildcard_host
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
+from hypha_sm.roles.worker.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.shell.jobs import LocalExecutor
 from hypha_sm.shell.node import WorkerNode
 from hypha_sm.shell.peers import PeerFiles, bulk_address_for

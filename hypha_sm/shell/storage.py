@@ -29,8 +29,8 @@ from pathlib import Path
 
 import trio
 
-from hypha_sm.core.events import Event, JobOverLimit, StorageLow, StorageRecovered
 from hypha_sm.log.store import Recorder
+from hypha_sm.roles.worker.core.events import Event, JobOverLimit, StorageLow, StorageRecovered
 from hypha_sm.shell.process import prune_failed
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from hypha_sm import __version__
-from hypha_sm.core.effects import (
+from hypha_sm.core.engine import CREATED, REJECTED, Engine
+from hypha_sm.core.trace import TraceEntry
+from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker.core.effects import (
     ReplyDispatched,
     ReplyDispatchFailed,
     ReplyRenewed,
@@ -48,11 +51,8 @@ from hypha_sm.core.effects import (
     SendOffer,
     StartJob,
 )
-from hypha_sm.core.engine import CREATED, REJECTED, Engine
-from hypha_sm.core.events import AdvertisementReceived, Event, JobExited, Now
-from hypha_sm.core.reducer import Step
-from hypha_sm.core.trace import TraceEntry
-from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker.core.events import AdvertisementReceived, Event, JobExited, Now
+from hypha_sm.roles.worker.core.reducer import Step
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Observation

@@ -5,6 +5,6 @@ from __future__ import annotations
 from typing import TypeAlias
 
 from hypha_sm.core.engine import Ctx as _Ctx
-from hypha_sm.core.state import WorkerState
+from hypha_sm.roles.worker.core.state import WorkerState
 
 Ctx: TypeAlias = _Ctx[WorkerState]

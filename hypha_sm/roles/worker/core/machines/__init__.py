@@ -8,7 +8,7 @@ phase: the engine does that, along the declared transition the library picked.
 from __future__ import annotations
 
 from hypha_sm.core.engine import Registry
-from hypha_sm.core.machines import batch, job, lease, node, request
+from hypha_sm.roles.worker.core.machines import batch, job, lease, node, request
 
 REGISTRIES: dict[str, Registry] = {
     m.REGISTRY.machine: m.REGISTRY for m in (node, batch, request, lease, job)

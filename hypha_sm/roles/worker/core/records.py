@@ -6,9 +6,9 @@ of the worker's machines keeps.
 
 from __future__ import annotations
 
-from hypha_sm.core.policy import ExecutorRef, ExecutorSpec
 from hypha_sm.core.record import Record
 from hypha_sm.core.resources import Amounts, Resources
+from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec
 
 
 class NodeRec(Record):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from hypha_sm.core.effects import SendOffer
 from hypha_sm.core.engine import Registry
-from hypha_sm.core.machines._ctx import Ctx
-from hypha_sm.core.records import LeaseRec, RequestRec
 from hypha_sm.core.resources import score
+from hypha_sm.roles.worker.core.effects import SendOffer
+from hypha_sm.roles.worker.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.records import LeaseRec, RequestRec
 
 REGISTRY = Registry.new("request")
 

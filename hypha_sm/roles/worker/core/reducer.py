@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from hypha_sm.core.effects import Effect
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.events import (
+from hypha_sm.core.spec import MachineSpec
+from hypha_sm.core.trace import TraceEntry
+from hypha_sm.roles.worker.core.effects import Effect
+from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
     Event,
@@ -34,11 +36,9 @@ from hypha_sm.core.events import (
     StorageRecovered,
     Tick,
 )
-from hypha_sm.core.machines import REGISTRIES
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.spec import MachineSpec
-from hypha_sm.core.state import WorkerState
-from hypha_sm.core.trace import TraceEntry
+from hypha_sm.roles.worker.core.machines import REGISTRIES
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.state import WorkerState
 
 
 class Step(NamedTuple):

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from hypha_sm.core.effects import (
+from hypha_sm.core.engine import Registry
+from hypha_sm.roles.worker.core.effects import (
     JobStatus,
     ReplyDispatched,
     ReplyDispatchFailed,
     SendJobStatus,
     StopJob,
 )
-from hypha_sm.core.engine import Registry
-from hypha_sm.core.events import (
+from hypha_sm.roles.worker.core.events import (
     JobExited,
     JobOverLimit,
     JobStartFailed,
     StatusDelivered,
     StatusFailed,
 )
-from hypha_sm.core.machines._ctx import Ctx
-from hypha_sm.core.records import JobRec, LeaseRec
+from hypha_sm.roles.worker.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.records import JobRec, LeaseRec
 
 REGISTRY = Registry.new("job")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hypha_sm.core.effects import NodeStopped, Notice
 from hypha_sm.core.engine import Registry
-from hypha_sm.core.events import StorageLow, StorageRecovered
-from hypha_sm.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.effects import NodeStopped, Notice
+from hypha_sm.roles.worker.core.events import StorageLow, StorageRecovered
+from hypha_sm.roles.worker.core.machines._ctx import Ctx
 
 REGISTRY = Registry.new("node")
 

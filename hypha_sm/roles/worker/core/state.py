@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import heapq
 
-from hypha_sm.core.effects import Effect, ReplyDispatchFailed, ReplyRenewFailed
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
-from hypha_sm.core.events import DispatchRequested, RenewRequested
 from hypha_sm.core.host import Host
-from hypha_sm.core.policy import Policy
-from hypha_sm.core.records import BatchRec, NodeRec
 from hypha_sm.core.resources import ZERO, Resources, to_resources
+from hypha_sm.roles.worker.core.effects import Effect, ReplyDispatchFailed, ReplyRenewFailed
+from hypha_sm.roles.worker.core.events import DispatchRequested, RenewRequested
+from hypha_sm.roles.worker.core.policy import Policy
+from hypha_sm.roles.worker.core.records import BatchRec, NodeRec
 
 KINDS = ("node", "batch", "request", "lease", "job")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import heapq
 
 from hypha_sm.core.engine import Registry
-from hypha_sm.core.events import AdvertisementReceived
-from hypha_sm.core.machines._ctx import Ctx
-from hypha_sm.core.records import BatchRec, RequestRec
 from hypha_sm.core.resources import to_resources
+from hypha_sm.roles.worker.core.events import AdvertisementReceived
+from hypha_sm.roles.worker.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.records import BatchRec, RequestRec
 
 REGISTRY = Registry.new("batch")
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 import msgspec
 
-from hypha_sm.core.policy import ExecutorSpec
 from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.core.policy import ExecutorSpec
 
 JobStatus = Literal["running", "finished", "failed", "cancelled"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
-from hypha_sm.core.policy import ExecutorRef
 from hypha_sm.core.resources import Amounts
 from hypha_sm.core.trace import Now as Now
+from hypha_sm.roles.worker.core.policy import ExecutorRef
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from hypha_sm.core.effects import (
+from hypha_sm.core.engine import Registry
+from hypha_sm.roles.worker.core.effects import (
     Notice,
     ReplyDispatchFailed,
     ReplyRenewed,
     ReplyRenewFailed,
     StartJob,
 )
-from hypha_sm.core.engine import Registry
-from hypha_sm.core.events import DispatchRequested, RenewRequested
-from hypha_sm.core.machines._ctx import Ctx
-from hypha_sm.core.policy import RUNTIME_FOR_CLASS
-from hypha_sm.core.records import JobRec, LeaseRec
+from hypha_sm.roles.worker.core.events import DispatchRequested, RenewRequested
+from hypha_sm.roles.worker.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.policy import RUNTIME_FOR_CLASS
+from hypha_sm.roles.worker.core.records import JobRec, LeaseRec
 
 REGISTRY = Registry.new("lease")
 

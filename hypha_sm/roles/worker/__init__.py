@@ -1,0 +1,1 @@
+"""The worker: evaluates advertisements, prices and offers, holds leases, runs jobs."""
