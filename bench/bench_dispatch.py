@@ -24,8 +24,8 @@ from hypha_sm.config.worker import ExecutorSettings
 from hypha_sm.core.resources import Amounts
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.core.policy import ExecutorSpec
-from hypha_sm.shell.jobs import LocalExecutor
-from hypha_sm.shell.process import ProcessSettings
+from hypha_sm.roles.worker.jobs import LocalExecutor
+from hypha_sm.roles.worker.process import ProcessSettings
 
 # The child says it runs by writing to a FIFO (a FIFO survives close_fds, unlike a pipe).
 CHILD = "import sys; open(sys.argv[1], 'wb').write(b'u')"

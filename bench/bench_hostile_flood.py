@@ -27,10 +27,10 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import trio
 
-from hypha_sm.config.init import write_example
-from hypha_sm.net.gateway import Gateway
+from hypha_sm.init import write_example
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.roles.gateway.gateway import Gateway
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 

@@ -124,7 +124,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def _worker_child(settings: dict[str, Any], bound: Any, profile: str, trace: str) -> None:
     from hypha_sm.config.worker import WorkerSettings
-    from hypha_sm.shell.run import run_worker
+    from hypha_sm.roles.worker.run import run_worker
 
     long_steps: list[tuple[float, float, str]] = []
     dump = _install_trace(trace, long_steps) if trace else None
@@ -176,8 +176,8 @@ def _install_trace(path: str, long_steps: list[tuple[float, float, str]]) -> Cal
     code under test is not changed; ``WorkerNode.__init__`` and ``_answer`` are wrapped at run
     time in this process. Returns the function that writes it all as TSV.
     """
+    from hypha_sm.roles.worker import node as node_mod
     from hypha_sm.roles.worker.core.events import RenewRequested
-    from hypha_sm.shell import node as node_mod
 
     class Tokens:
         def __init__(self) -> None:

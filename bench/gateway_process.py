@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from hypha_sm.net.gateway import GatewayAddresses
 from hypha_sm.net.keys import create_key_file
+from hypha_sm.roles.gateway.gateway import GatewayAddresses
 
 LOOPBACK = "tcp://127.0.0.1:0"
 

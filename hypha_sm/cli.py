@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 from hypha_sm import __version__
-from hypha_sm.config.init import InitError, write_example
 from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError, SpecError
+from hypha_sm.init import InitError, write_example
 from hypha_sm.log.codec import Entry, LogFormatError
 from hypha_sm.log.replay import replay, replay_series
 from hypha_sm.log.store import newest_run, read_lines, read_series
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return _init(args)
         if args.command == "devnet":
-            from hypha_sm.shell.devnet import run_devnet
+            from hypha_sm.devnet import run_devnet
 
             return run_devnet(args.dir, keep=args.keep, rounds=args.rounds)
         if args.command == "run":
@@ -193,7 +193,7 @@ def _default_diagrams_dir() -> Path:
 
 def _gateway(args: argparse.Namespace) -> int:
     from hypha_sm.config.gateway import GatewaySettings
-    from hypha_sm.net.gateway_main import run_gateway
+    from hypha_sm.roles.gateway.main import run_gateway
 
     path = args.config_flag or args.config
     flags = {
@@ -210,7 +210,7 @@ def _scheduler(args: argparse.Namespace) -> int:
     import trio
 
     from hypha_sm.config.scheduler import SchedulerSettings
-    from hypha_sm.shell.scheduler import run_scheduler
+    from hypha_sm.roles.scheduler.scheduler import run_scheduler
 
     flags = {"gateway_addresses": args.gateway}
     settings = load_settings(SchedulerSettings, args.config_flag or args.config, flags)
@@ -227,7 +227,7 @@ def _scheduler(args: argparse.Namespace) -> int:
 
 def _check_telemetry(settings: Any) -> None:
     """Malformed telemetry headers or attributes stop the node before it starts."""
-    from hypha_sm.shell.telemetry import TelemetryConfig, TelemetryConfigError
+    from hypha_sm.roles.worker.telemetry import TelemetryConfig, TelemetryConfigError
 
     try:
         TelemetryConfig.from_settings(settings, "")
@@ -259,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
     import trio
 
     from hypha_sm.config.worker import load_worker_settings
-    from hypha_sm.shell.run import run_worker
+    from hypha_sm.roles.worker.run import run_worker
 
     flags = {
         "work_dir": args.work_dir,

@@ -2,7 +2,7 @@
 
 Run by a worker's process executor as ``python -m hypha_sm.demo_job`` with ``$SOCKET_PATH``
 and ``$JOB_JSON`` (the scheduler's spec: ``index``, ``workers``, ``peers``, ``config``). It uses
-every part of the job bridge, and only the standard library plus ``hypha_sm.bridge_client``:
+every part of the job bridge, and only the standard library plus ``hypha_sm.sdk.bridge_client``:
 
 1. fetch ``config.artifact`` (a ``file://`` corpus) into ``artifacts/``;
 2. train on shard ``index`` of ``len(workers)`` for ``config.rounds`` rounds, posting the
@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hypha_sm.bridge_client import BridgeClient
+from hypha_sm.sdk.bridge_client import BridgeClient
 
 HELD_OUT = 0.1  # the last tenth of the corpus is for evaluation only
 

@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from hypha_sm.net.gateway import Gateway, GatewayAddresses
 from hypha_sm.net.transport import NetError, Publisher, Transport
+from hypha_sm.roles.gateway.gateway import Gateway, GatewayAddresses
 from hypha_sm.wire import messages as m
 
 LOOPBACK = "tcp://127.0.0.1:0"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from hypha_sm.config.init import write_example
+from hypha_sm.init import write_example
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, Publisher
 from hypha_sm.wire import messages as m

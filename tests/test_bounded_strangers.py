@@ -23,9 +23,14 @@ from hypha_sm.log.replay import replay
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
+from hypha_sm.roles.scheduler.scheduler import (
+    KEEP_PROGRESS,
+    Placement,
+    Scheduler,
+    describe_progress,
+)
 from hypha_sm.roles.worker.core.effects import SendOffer, StartJob
 from hypha_sm.roles.worker.core.events import DispatchRequested, Tick
-from hypha_sm.shell.scheduler import KEEP_PROGRESS, Placement, Scheduler, describe_progress
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, Opener, Rejection, encode_payload, signing_bytes
 from hypha_sm.wire.identity import Identity

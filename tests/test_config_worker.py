@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hypha_sm.cli import main
-from hypha_sm.config.init import InitError, write_example
 from hypha_sm.config.layers import ConfigError
 from hypha_sm.config.worker import load_worker_settings
+from hypha_sm.init import InitError, write_example
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 

@@ -27,8 +27,19 @@ import pytest
 import trio
 
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, find_cgroup_parent
-from hypha_sm.shell.sweep import MARKER, become_subreaper, cgroup_scope, is_subreaper, marker_of
+from hypha_sm.roles.worker.process import (
+    ProcessJob,
+    ProcessSettings,
+    ProcessSpec,
+    find_cgroup_parent,
+)
+from hypha_sm.roles.worker.sweep import (
+    MARKER,
+    become_subreaper,
+    cgroup_scope,
+    is_subreaper,
+    marker_of,
+)
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy
@@ -73,7 +84,7 @@ async def test_daemons_that_leave_the_tree_die_with_their_job_without_a_cgroup(
     out = tmp_path / "pids.json"
     spec = ProcessSpec("job-d", "d1", sys.executable, [JOB, "daemons", str(out), "exit"])
     job = ProcessJob(spec, ProcessSettings(work_dir=tmp_path / "work", use_cgroup=False))
-    caplog.set_level(logging.INFO, "hypha_sm.shell.process")
+    caplog.set_level(logging.INFO, "hypha_sm.roles.worker.process")
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await job.start(nursery)

@@ -21,12 +21,12 @@ import trio
 
 from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.net.bulk import MAGIC
-from hypha_sm.net.gateway import Gateway
 from hypha_sm.net.relay import frame as relay_frame
 from hypha_sm.net.streams import open_stream, parse_address
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.run import run_worker
-from hypha_sm.shell.scheduler import Scheduler
+from hypha_sm.roles.gateway.gateway import Gateway
+from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import VERSION, Opened
 from hypha_sm.wire.identity import Identity

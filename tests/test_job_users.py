@@ -24,7 +24,7 @@ import trio
 
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.users import JobUsers, check_reachable, unreachable
+from hypha_sm.roles.worker.users import JobUsers, check_reachable, unreachable
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy

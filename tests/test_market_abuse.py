@@ -24,11 +24,11 @@ import trio.lowlevel
 
 from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.config.worker import OfferSettings
-from hypha_sm.net.gateway import Gateway
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetError
-from hypha_sm.shell.run import run_worker
-from hypha_sm.shell.scheduler import Scheduler
+from hypha_sm.roles.gateway.gateway import Gateway
+from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, open_record, signing_bytes
 from hypha_sm.wire.identity import Identity

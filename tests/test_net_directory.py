@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypha_sm.net.directory import Directory
+from hypha_sm.roles.gateway.directory import Directory
 from hypha_sm.wire.envelope import Opened, Opener, seal
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import DatasetRecord, Message, PeerRecord, RenewLease

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from hypha_sm.net.gateway import Gateway, GatewayAddresses
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Subscription
+from hypha_sm.roles.gateway.gateway import Gateway, GatewayAddresses
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import (

@@ -12,7 +12,7 @@ import trio
 from hypha_sm.config.worker import WorkerSettings
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.run import run_worker
+from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_healthy
 

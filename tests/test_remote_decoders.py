@@ -27,7 +27,7 @@ from hypha_sm.config.layers import ConfigError
 from hypha_sm.config.worker import load_worker_settings
 from hypha_sm.log.codec import LogFormatError, decode_entry, decode_header
 from hypha_sm.log.replay import split_log
-from hypha_sm.shell.bridge import JobBridge
+from hypha_sm.roles.worker.bridge import JobBridge
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.bounds import MAX_DEPTH, json_problem, msgpack_problem, toml_problem
 from hypha_sm.wire.envelope import (
@@ -67,16 +67,16 @@ FUZZED = {
     "hypha_sm.log.codec:decode_header": "event_log",
     "hypha_sm.log.codec:decode_entry": "event_log",
     "hypha_sm.config.layers:load_settings": "config",
-    "hypha_sm.shell.bridge:JobBridge._read_json": "bridge",
+    "hypha_sm.roles.worker.bridge:JobBridge._read_json": "bridge",
 }
 #: Decoders whose input is our own, and why.
 OWN_INPUT = {
     "hypha_sm.log.replay:_boundary": "snapshots this process encoded a line earlier",
     "hypha_sm.core.spec:parse_machine": "the machine files shipped in the package",
-    "hypha_sm.bridge_client:_raise_for": "a job reading its own node's bridge",
-    "hypha_sm.bridge_client:BridgeClient._post": "a job reading its own node's bridge",
-    "hypha_sm.bridge_client:BridgeClient.receive": "a job reading its own node's bridge",
-    "hypha_sm.bridge_client:BridgeClient.openapi": "a job reading its own node's bridge",
+    "hypha_sm.sdk.bridge_client:_raise_for": "a job reading its own node's bridge",
+    "hypha_sm.sdk.bridge_client:BridgeClient._post": "a job reading its own node's bridge",
+    "hypha_sm.sdk.bridge_client:BridgeClient.receive": "a job reading its own node's bridge",
+    "hypha_sm.sdk.bridge_client:BridgeClient.openapi": "a job reading its own node's bridge",
     "hypha_sm.demo_job:main": "the demo job reading the spec and files its node gave it",
 }
 _DECODER_RECEIVER = re.compile(r"json|msgpack|toml|pickle|decoder|Decoder")
@@ -129,17 +129,17 @@ def test_every_decoder_in_the_package_is_fuzzed_or_reads_only_our_own_bytes() ->
 #: Every place a role opens a socket to strangers, and the test that sends the crash frame
 #: (about 1.6 KB nested 1,000 deep) there over a real socket.
 SOCKET_FACING = {
-    "hypha_sm.shell.node:WorkerNode.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
-    "hypha_sm.shell.node:WorkerNode._take_advertisements": (
+    "hypha_sm.roles.worker.node:WorkerNode.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.roles.worker.node:WorkerNode._take_advertisements": (
         "hostile_frames:every_port_of_a_gateway_and_a_worker"
     ),
-    "hypha_sm.shell.run:_serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
-    "hypha_sm.shell.peers:PeerFiles.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.roles.worker.run:_serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.roles.worker.peers:PeerFiles.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.net.bulk:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
-    "hypha_sm.net.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
-    "hypha_sm.shell.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
-    "hypha_sm.shell.bridge:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
-    "hypha_sm.shell.jobs:LocalExecutor._start.serve_bridge": (
+    "hypha_sm.roles.gateway.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.roles.scheduler.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
+    "hypha_sm.roles.worker.bridge:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
+    "hypha_sm.roles.worker.jobs:LocalExecutor._start.serve_bridge": (
         "small_defects:the_bridge_refuses_deep_json"
     ),
 }

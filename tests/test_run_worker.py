@@ -21,7 +21,7 @@ from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, Publisher
-from hypha_sm.shell.run import run_worker
+from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity

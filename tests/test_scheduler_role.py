@@ -13,8 +13,8 @@ from hypha_sm.config.scheduler import JobExecutor, JobSettings
 from hypha_sm.config.worker import ExecutorSettings, WorkerSettings
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.run import run_worker
-from hypha_sm.shell.scheduler import Outcome, Scheduler
+from hypha_sm.roles.scheduler.scheduler import Outcome, Scheduler
+from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_healthy

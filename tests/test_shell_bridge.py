@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from hypha_sm.bridge_client import BridgeClient, BridgeClientError
-from hypha_sm.shell.bridge import BridgeLimits, JobBridge, ReceivedFile
+from hypha_sm.roles.worker.bridge import BridgeLimits, JobBridge, ReceivedFile
+from hypha_sm.sdk.bridge_client import BridgeClient, BridgeClientError
 from hypha_sm.wire.messages import (
     BatchStatus,
     Progress,
@@ -500,7 +500,7 @@ def test_paths_the_node_reports_must_lie_inside_the_work_dir(
 ) -> None:
     """A node callable that names a file outside the work dir (a bug, or a job's planted link)
     is a 502, never a path the job is told about; inside paths come back relative."""
-    from hypha_sm.shell.bridge import BridgeError
+    from hypha_sm.roles.worker.bridge import BridgeError
 
     bridge = make_bridge(tmp_path, sock_dir)
     (bridge.work_dir / "artifacts").mkdir()
@@ -519,7 +519,7 @@ def test_dot_dot_is_refused_even_where_it_would_stay_inside(
 ) -> None:
     """Like the original, any `..` component is refused on its own (400, says `..`), before
     the real-path check that catches escapes by links; `a/../b` never reaches the file system."""
-    from hypha_sm.shell.bridge import BridgeError
+    from hypha_sm.roles.worker.bridge import BridgeError
 
     bridge = make_bridge(tmp_path, sock_dir)
     (bridge.work_dir / "a").mkdir()

@@ -15,7 +15,8 @@ from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.core.events import RenewRequested, ShutdownRequested, Tick
-from hypha_sm.shell.node import StartFailed, WorkerNode
+from hypha_sm.roles.worker.executor import StartFailed
+from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity

@@ -13,8 +13,8 @@ import trio.testing
 from hypha_sm.net.bulk import TransferRefused, send_file
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.bridge import ReceivedFile
-from hypha_sm.shell.peers import PeerFiles
+from hypha_sm.roles.worker.bridge import ReceivedFile
+from hypha_sm.roles.worker.peers import PeerFiles
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity

@@ -1,4 +1,4 @@
-"""The process runtime (hypha_sm/shell/process.py) with real subprocesses."""
+"""The process runtime (hypha_sm/roles/worker/process.py) with real subprocesses."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from hypha_sm.core.resources import Amounts
-from hypha_sm.shell.process import (
+from hypha_sm.roles.worker.process import (
     FAILED_MARK,
     STDERR_NAME,
     STDOUT_NAME,
@@ -31,7 +31,7 @@ from hypha_sm.shell.process import (
     job_env,
     render_args,
 )
-from hypha_sm.shell.sweep import become_subreaper, is_subreaper, marker_of
+from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper, marker_of
 from tests.helpers import remove_leftover_cgroups
 
 JOB = str(Path(__file__).parent / "fixtures" / "job.py")
@@ -438,7 +438,7 @@ async def test_clean_orphans_kills_leftover_and_removes_dir(tmp_path: Path) -> N
 NODE_SCRIPT = """
 import sys, trio
 from pathlib import Path
-from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec
+from hypha_sm.roles.worker.process import ProcessJob, ProcessSettings, ProcessSpec
 
 async def main() -> None:
     spec = ProcessSpec(job_id="j", work_dir_id="pd", cmd=sys.executable, args=[sys.argv[1], "sleep"])

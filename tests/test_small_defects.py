@@ -29,9 +29,9 @@ import trio
 from hypha_sm.cli import main
 from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.shell.bridge import BridgeError, JobBridge, open_inside
-from hypha_sm.shell.process import MAX_INLINE_SPEC
-from hypha_sm.shell.scheduler import Scheduler
+from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.roles.worker.bridge import BridgeError, JobBridge, open_inside
+from hypha_sm.roles.worker.process import MAX_INLINE_SPEC
 from hypha_sm.textlog import SafeFormatter, escape_controls
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
@@ -122,7 +122,9 @@ def test_a_newline_in_remote_text_cannot_forge_a_log_line() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("job %s: started", "x\nINFO hypha_sm.shell.run: all is well\x1b[2J\r")
+        logger.warning(
+            "job %s: started", "x\nINFO hypha_sm.roles.worker.run: all is well\x1b[2J\r"
+        )
         try:
             raise ValueError("a traceback keeps its lines")
         except ValueError:
@@ -131,7 +133,7 @@ def test_a_newline_in_remote_text_cannot_forge_a_log_line() -> None:
         logger.removeHandler(handler)
     lines = stream.getvalue().splitlines()
     assert lines[0] == (
-        "WARNING hypha_sm.test.forgery: job x\\x0aINFO hypha_sm.shell.run: all is well"
+        "WARNING hypha_sm.test.forgery: job x\\x0aINFO hypha_sm.roles.worker.run: all is well"
         "\\x1b[2J\\x0d: started"
     )
     assert lines[1] == "ERROR hypha_sm.test.forgery: job y\\u2028z failed"
@@ -258,7 +260,7 @@ def test_check_config_warns_when_a_spec_would_become_shell_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`sh -c "... {JOB_JSON}"`: a warning naming the executor and the safe way."""
-    from hypha_sm.config.init import write_example
+    from hypha_sm.init import write_example
 
     path = tmp_path / "worker.toml"
     write_example(path, work_dir=tmp_path / "work")

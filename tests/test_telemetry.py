@@ -30,9 +30,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from hypha_sm.config.init import write_example
 from hypha_sm.config.worker import load_worker_settings
+from hypha_sm.init import write_example
 from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker import telemetry as tm
 from hypha_sm.roles.worker.core.events import (
     Event,
     JobExited,
@@ -44,8 +45,7 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, Policy
 from hypha_sm.roles.worker.core.reducer import Step
-from hypha_sm.shell import telemetry as tm
-from hypha_sm.shell.telemetry import OtelTelemetry, Telemetry, TelemetryConfig
+from hypha_sm.roles.worker.telemetry import OtelTelemetry, Telemetry, TelemetryConfig
 from tests.helpers import OTHER, SCHED, Worker, ad, at, dispatch, policy, renew
 
 PEER = "12D3KooWTelemetryTestPeer"
@@ -404,7 +404,7 @@ def test_a_failing_hook_is_logged_and_never_reaches_the_node_loop(
         def stats(self) -> NetStats:
             raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="hypha_sm.shell.telemetry"):
+    with caplog.at_level(logging.ERROR, logger="hypha_sm.roles.worker.telemetry"):
         telemetry.watch_transport(Broken())
         Life(telemetry).lease("a", 0.0)
     assert telemetry.errors >= 1
@@ -531,7 +531,7 @@ def test_a_disabled_node_never_imports_the_opentelemetry_sdk() -> None:
     """Telemetry off costs no SDK import (checked in a fresh interpreter)."""
     code = (
         "import sys, types\n"
-        "from hypha_sm.shell.telemetry import Telemetry\n"
+        "from hypha_sm.roles.worker.telemetry import Telemetry\n"
         "s = types.SimpleNamespace(telemetry_endpoint=None, telemetry_headers=None,"
         " telemetry_attributes=None, telemetry_protocol=None, telemetry_sampler=None,"
         " telemetry_sample_ratio=None)\n"

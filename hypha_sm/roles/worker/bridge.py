@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hypha_sm.shell.users import Credentials, give
+from hypha_sm.roles.worker.users import Credentials, give
 from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 from hypha_sm.wire.messages import (
     BatchStatus,
@@ -323,7 +323,7 @@ class JobBridge:
         config = HypercornConfig()
         config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
-        config.errorlog = logging.getLogger("hypha_sm.shell.bridge.server")
+        config.errorlog = logging.getLogger("hypha_sm.roles.worker.bridge.server")
         config.include_server_header = False
         config.graceful_timeout = 1.0
         try:

@@ -33,7 +33,7 @@ from typing import IO
 
 import trio
 
-from hypha_sm.config.init import write_example
+from hypha_sm.init import write_example
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, NetError
 from hypha_sm.wire.identity import Identity

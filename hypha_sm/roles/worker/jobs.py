@@ -12,12 +12,12 @@ from pathlib import Path
 import trio
 
 from hypha_sm.config.worker import ExecutorSettings
+from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.roles.worker.core.effects import StartJob
-from hypha_sm.shell.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
-from hypha_sm.shell.node import StartFailed
-from hypha_sm.shell.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
-from hypha_sm.shell.storage import JobDisk, limit_of
-from hypha_sm.shell.users import Credentials, JobUsers
+from hypha_sm.roles.worker.executor import StartFailed
+from hypha_sm.roles.worker.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
+from hypha_sm.roles.worker.storage import JobDisk, limit_of
+from hypha_sm.roles.worker.users import Credentials, JobUsers
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ MAX_SOCKET_PATH = 100
 
 
 class LocalExecutor:
-    """Starts, waits for and stops jobs on this machine; implements ``node.Executor``."""
+    """Starts, waits for and stops jobs on this machine; implements ``executor.Executor``."""
 
     def __init__(
         self,

@@ -57,7 +57,7 @@ import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev depen
 import trio
 
 from hypha_sm.core.resources import Amounts
-from hypha_sm.shell.sweep import (
+from hypha_sm.roles.worker.sweep import (
     MARKER,
     adopted_children,
     cgroup_scope,
@@ -68,9 +68,9 @@ from hypha_sm.shell.sweep import (
     marker_of,
     reap_adopted,
 )
-from hypha_sm.shell.users import Credentials
+from hypha_sm.roles.worker.users import Credentials
 
-log = logging.getLogger("hypha_sm.shell.process")
+log = logging.getLogger("hypha_sm.roles.worker.process")
 #: Job output is forwarded here, one record per line.
 job_log = logging.getLogger("hypha_sm.job")
 

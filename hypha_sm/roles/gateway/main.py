@@ -9,10 +9,10 @@ import sys
 import trio
 
 from hypha_sm.config.gateway import GatewaySettings
-from hypha_sm.net.gateway import Gateway
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
+from hypha_sm.roles.gateway.gateway import Gateway
 from hypha_sm.textlog import configure
 
 

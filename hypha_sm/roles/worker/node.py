@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -57,30 +56,13 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef
 from hypha_sm.roles.worker.core.reducer import next_deadline
-from hypha_sm.shell.telemetry import Telemetry
+from hypha_sm.roles.worker.executor import Executor, StartFailed
+from hypha_sm.roles.worker.telemetry import Telemetry
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
 
 log = logging.getLogger(__name__)
-
-
-class Executor(Protocol):
-    """Runs jobs for the loop.
-
-    ``start`` returns once the job runs (or raises ``StartFailed`` with a reason); ``wait``
-    returns the exit code once every process of the job is gone.
-    """
-
-    async def start(self, job: StartJob) -> None: ...
-
-    async def wait(self, job_id: str) -> int: ...
-
-    async def stop(self, job_id: str, *, force: bool) -> None: ...
-
-
-class StartFailed(Exception):
-    """An executor could not start a job; ``str()`` is the reason."""
 
 
 TransferOffers = Callable[[PeerId, m.TransferOffer], m.TransferAnswer]

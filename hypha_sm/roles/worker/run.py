@@ -26,14 +26,19 @@ from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.roles.worker.core.policy import ExecutorSpec, Offer, Policy
-from hypha_sm.shell.jobs import LocalExecutor
-from hypha_sm.shell.node import WorkerNode
-from hypha_sm.shell.peers import PeerFiles, bulk_address_for
-from hypha_sm.shell.process import ProcessSettings, clean_orphans, prune_failed, sweep_forever
-from hypha_sm.shell.storage import StorageMonitor, free_bytes
-from hypha_sm.shell.sweep import become_subreaper, is_subreaper
-from hypha_sm.shell.telemetry import Telemetry, install_trace_ids
-from hypha_sm.shell.users import JobUsers, check_reachable
+from hypha_sm.roles.worker.jobs import LocalExecutor
+from hypha_sm.roles.worker.node import WorkerNode
+from hypha_sm.roles.worker.peers import PeerFiles, bulk_address_for
+from hypha_sm.roles.worker.process import (
+    ProcessSettings,
+    clean_orphans,
+    prune_failed,
+    sweep_forever,
+)
+from hypha_sm.roles.worker.storage import StorageMonitor, free_bytes
+from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper
+from hypha_sm.roles.worker.telemetry import Telemetry, install_trace_ids
+from hypha_sm.roles.worker.users import JobUsers, check_reachable
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 

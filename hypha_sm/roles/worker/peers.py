@@ -41,8 +41,8 @@ from hypha_sm.net.discovery import Gateways, dialable
 from hypha_sm.net.streams import Address
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import NetError, Transport
-from hypha_sm.shell import bridge
-from hypha_sm.shell.users import give
+from hypha_sm.roles.worker import bridge
+from hypha_sm.roles.worker.users import give
 from hypha_sm.wire.identity import Identity, IdentityError, PeerId
 from hypha_sm.wire.messages import TransferAnswer, TransferOffer
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from hypha_sm.net.directory import Directory
 from hypha_sm.net.transport import Publisher, Subscription, Transport
+from hypha_sm.roles.gateway.directory import Directory
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.messages import (
     Ack,

@@ -31,7 +31,7 @@ from typing import Final
 
 import psutil  # type: ignore[import-untyped]
 
-log = logging.getLogger("hypha_sm.shell.process")
+log = logging.getLogger("hypha_sm.roles.worker.process")
 
 #: The environment variable that marks every process of a job with its work dir id.
 MARKER: Final = "HYPHA_SM_JOB"

@@ -1,0 +1,1 @@
+"""The gateway: a directory of peers and datasets, and a relay for schedulers' advertisements."""

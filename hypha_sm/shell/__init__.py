@@ -1,1 +1,0 @@
-"""The node's imperative shell: executors, the job bridge, and (next) the event loop."""
