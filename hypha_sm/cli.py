@@ -227,7 +227,7 @@ def _scheduler(args: argparse.Namespace) -> int:
 
 def _check_telemetry(settings: Any) -> None:
     """Malformed telemetry headers or attributes stop the node before it starts."""
-    from hypha_sm.roles.worker.telemetry import TelemetryConfig, TelemetryConfigError
+    from hypha_sm.runtime.telemetry import TelemetryConfig, TelemetryConfigError
 
     try:
         TelemetryConfig.from_settings(settings, "")

@@ -33,6 +33,7 @@ from opentelemetry.trace import StatusCode
 from hypha_sm.config.worker import load_worker_settings
 from hypha_sm.init import write_example
 from hypha_sm.net.transport import NetStats
+from hypha_sm.roles.worker import otel
 from hypha_sm.roles.worker import telemetry as tm
 from hypha_sm.roles.worker.core.events import (
     Event,
@@ -45,7 +46,10 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, Policy
 from hypha_sm.roles.worker.core.reducer import Step
-from hypha_sm.roles.worker.telemetry import OtelTelemetry, Telemetry, TelemetryConfig
+from hypha_sm.roles.worker.otel import OtelTelemetry, telemetry_from_settings
+from hypha_sm.roles.worker.telemetry import Telemetry
+from hypha_sm.runtime import telemetry as rt
+from hypha_sm.runtime.telemetry import TelemetryConfig
 from tests.helpers import OTHER, SCHED, Worker, ad, at, dispatch, policy, renew
 
 PEER = "12D3KooWTelemetryTestPeer"
@@ -83,7 +87,7 @@ def in_memory() -> tuple[OtelTelemetry, InMemoryMetricReader, InMemorySpanExport
     reader = InMemoryMetricReader()
     spans = InMemorySpanExporter()
     telemetry = OtelTelemetry(
-        resource={"service.name": "test-worker", tm.PEER_ID_ATTRIBUTE: PEER},
+        resource={"service.name": "test-worker", rt.PEER_ID_ATTRIBUTE: PEER},
         metric_readers=[reader],
         span_exporters=[spans],
     )
@@ -231,7 +235,7 @@ def test_a_core_life_yields_exact_counters_reasons_gauge_spans_and_durations() -
     lease3 = leases[seen["lease3"]]
     assert lease3.attributes is not None
     assert lease3.attributes["hypha.lease.end_reason"] == "not_accepted"
-    assert job1.resource.attributes[tm.PEER_ID_ATTRIBUTE] == PEER
+    assert job1.resource.attributes[rt.PEER_ID_ATTRIBUTE] == PEER
 
     # The trace id for logs: known from dispatch on, and still after the job ended.
     trace_hex = format(job1.context.trace_id, "032x")
@@ -464,7 +468,7 @@ def test_sampled_out_jobs_export_no_spans_but_keep_a_trace_id_for_logs() -> None
     telemetry = OtelTelemetry(
         metric_readers=[reader],
         span_exporters=[spans],
-        sampler=tm.build_sampler("always_off", None),
+        sampler=rt.build_sampler("always_off", None),
     )
     life = Life(telemetry)
     lease = life.lease("a", 0.0)
@@ -508,9 +512,9 @@ def test_without_an_endpoint_telemetry_is_a_no_op_that_builds_no_exporter(
     def no_exporters(config: TelemetryConfig) -> Any:
         raise AssertionError("an exporter was built with telemetry off")
 
-    monkeypatch.setattr(tm, "build_exporters", no_exporters)
+    monkeypatch.setattr(otel, "build_exporters", no_exporters)
     settings = load_worker_settings(example, {})
-    telemetry = Telemetry.from_settings(settings, PEER)
+    telemetry = telemetry_from_settings(settings, PEER)
     assert type(telemetry) is Telemetry
     assert not telemetry.enabled
     life = Life(telemetry)
@@ -531,11 +535,11 @@ def test_a_disabled_node_never_imports_the_opentelemetry_sdk() -> None:
     """Telemetry off costs no SDK import (checked in a fresh interpreter)."""
     code = (
         "import sys, types\n"
-        "from hypha_sm.roles.worker.telemetry import Telemetry\n"
+        "from hypha_sm.roles.worker.otel import telemetry_from_settings\n"
         "s = types.SimpleNamespace(telemetry_endpoint=None, telemetry_headers=None,"
         " telemetry_attributes=None, telemetry_protocol=None, telemetry_sampler=None,"
         " telemetry_sample_ratio=None)\n"
-        "t = Telemetry.from_settings(s, 'peer')\n"
+        "t = telemetry_from_settings(s, 'peer')\n"
         "assert not t.enabled\n"
         "bad = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not bad, bad\n"
@@ -565,7 +569,7 @@ def test_otel_service_name_wins_and_the_peer_id_is_in_the_resource(
     assert config.resource == {
         "service.name": "hypha-worker",
         "service.instance.id": PEER,
-        tm.PEER_ID_ATTRIBUTE: PEER,
+        rt.PEER_ID_ATTRIBUTE: PEER,
     }
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,region=eu%2Dwest")
     settings = load_worker_settings(example, {})
@@ -579,22 +583,22 @@ def test_otel_service_name_wins_and_the_peer_id_is_in_the_resource(
     assert config.resource["service.name"] == "worker-07"
     telemetry = OtelTelemetry(resource=config.resource)
     assert telemetry.resource.attributes["service.name"] == "worker-07"
-    assert telemetry.resource.attributes[tm.PEER_ID_ATTRIBUTE] == PEER
+    assert telemetry.resource.attributes[rt.PEER_ID_ATTRIBUTE] == PEER
     telemetry.shutdown()
 
 
 def test_headers_and_resource_attributes_are_parsed_and_bad_ones_refused() -> None:
     """k=v,k2=v2 with trimming, skipped empties and percent-decoding; no '=' is an error."""
-    assert tm.parse_pairs(" a = 1 ,, Authorization=Basic%20abc=,x=", "h") == {
+    assert rt.parse_pairs(" a = 1 ,, Authorization=Basic%20abc=,x=", "h") == {
         "a": "1",
         "Authorization": "Basic abc=",
         "x": "",
     }
-    assert tm.parse_pairs(None, "h") == {}
-    with pytest.raises(tm.TelemetryConfigError, match=r"telemetry_headers: 'oops' is not"):
-        tm.parse_pairs("a=1,oops", "telemetry_headers")
-    with pytest.raises(tm.TelemetryConfigError, match="is not key=value"):
-        tm.parse_pairs("=v", "telemetry_attributes")
+    assert rt.parse_pairs(None, "h") == {}
+    with pytest.raises(rt.TelemetryConfigError, match=r"telemetry_headers: 'oops' is not"):
+        rt.parse_pairs("a=1,oops", "telemetry_headers")
+    with pytest.raises(rt.TelemetryConfigError, match="is not key=value"):
+        rt.parse_pairs("=v", "telemetry_attributes")
 
 
 def test_settings_from_the_file_and_otel_variables_reach_the_config(
@@ -612,13 +616,13 @@ def test_settings_from_the_file_and_otel_variables_reach_the_config(
     assert config.headers == {"x-key": "env", "x-team": "ml"}
     assert (config.sampler, config.sample_ratio) == ("traceidratio", 0.25)
     assert config.export_interval == 1.5
-    assert config.export_timeout == tm.DEFAULT_EXPORT_TIMEOUT
+    assert config.export_timeout == rt.DEFAULT_EXPORT_TIMEOUT
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # then the exporters read it
     config = TelemetryConfig.from_settings(load_worker_settings(example, {}), PEER)
     assert config is not None
     assert config.export_timeout is None
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
-    with pytest.raises(tm.TelemetryConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
+    with pytest.raises(rt.TelemetryConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
         TelemetryConfig.from_settings(load_worker_settings(example, {}), PEER)
 
 
@@ -645,7 +649,7 @@ def test_the_protocol_selects_the_http_or_grpc_exporters() -> None:
             resource={},
         )
 
-    metrics_exporter, spans_exporter = tm.build_exporters(config("http/protobuf"))
+    metrics_exporter, spans_exporter = rt.build_exporters(config("http/protobuf"))
     assert type(metrics_exporter) is HttpMetrics
     assert type(spans_exporter) is HttpSpans
     assert metrics_exporter._endpoint == "http://127.0.0.1:9/v1/metrics"
@@ -653,7 +657,7 @@ def test_the_protocol_selects_the_http_or_grpc_exporters() -> None:
     metrics_exporter.shutdown()
     spans_exporter.shutdown()  # type: ignore[no-untyped-call]
 
-    metrics_exporter, spans_exporter = tm.build_exporters(config("grpc"))
+    metrics_exporter, spans_exporter = rt.build_exporters(config("grpc"))
     assert type(metrics_exporter) is GrpcMetrics
     assert type(spans_exporter) is GrpcSpans
     metrics_exporter.shutdown()
@@ -664,15 +668,15 @@ def test_samplers_follow_the_otel_names_and_defaults() -> None:
     """always_on/off, (parent-based) ratio; a bare ratio means parent-based; ratio is clamped."""
     from opentelemetry.sdk.trace import sampling
 
-    assert tm.build_sampler(None, None) is sampling.ALWAYS_ON
-    assert tm.build_sampler("always_off", None) is sampling.ALWAYS_OFF
-    ratio = tm.build_sampler("traceidratio", 1.5)
+    assert rt.build_sampler(None, None) is sampling.ALWAYS_ON
+    assert rt.build_sampler("always_off", None) is sampling.ALWAYS_OFF
+    ratio = rt.build_sampler("traceidratio", 1.5)
     assert isinstance(ratio, sampling.TraceIdRatioBased)
     assert ratio.rate == 1.0
-    assert isinstance(tm.build_sampler(None, 0.1), sampling.ParentBased)
-    assert isinstance(tm.build_sampler("parentbased_traceidratio", None), sampling.ParentBased)
-    with pytest.raises(tm.TelemetryConfigError, match="telemetry_sampler"):
-        tm.build_sampler("sometimes", None)
+    assert isinstance(rt.build_sampler(None, 0.1), sampling.ParentBased)
+    assert isinstance(rt.build_sampler("parentbased_traceidratio", None), sampling.ParentBased)
+    with pytest.raises(rt.TelemetryConfigError, match="telemetry_sampler"):
+        rt.build_sampler("sometimes", None)
 
 
 # -- (4) real OTLP export to loopback receivers ---------------------------------------------------
@@ -795,7 +799,7 @@ def _export_a_life(endpoint: str, protocol: str) -> OtelTelemetry:
         telemetry_sampler=None,
         telemetry_sample_ratio=None,
     )
-    telemetry = Telemetry.from_settings(settings, PEER, environ={"OTEL_SERVICE_NAME": "w-1"})
+    telemetry = telemetry_from_settings(settings, PEER, environ={"OTEL_SERVICE_NAME": "w-1"})
     assert isinstance(telemetry, OtelTelemetry)
     life = Life(telemetry)
     run_two_leases_and_jobs(life)
@@ -828,7 +832,7 @@ def _check_arrival(received: Received) -> None:
     assert attributes["hypha.job.exit_code"].int_value == 0
     assert len(job.trace_id) == 16
     assert resource["service.name"] == "w-1"
-    assert resource[tm.PEER_ID_ATTRIBUTE] == PEER
+    assert resource[rt.PEER_ID_ATTRIBUTE] == PEER
     assert resource["deployment.environment"] == "test"
     assert any(h.get("x-hypha-token") == "secret value" for h in received.headers)
 
@@ -867,7 +871,7 @@ async def test_aflush_exports_from_a_worker_thread_while_trio_runs(
         telemetry_sampler=None,
         telemetry_sample_ratio=None,
     )
-    telemetry = Telemetry.from_settings(settings, PEER, environ={})
+    telemetry = telemetry_from_settings(settings, PEER, environ={})
     run_two_leases_and_jobs(Life(telemetry))
     assert await telemetry.aflush()
     assert "hypha.jobs" in received.metric_names()
@@ -907,7 +911,7 @@ async def test_a_slow_export_never_blocks_the_trio_loop(
     import trio.testing
 
     settings = _silent_collector_settings(monkeypatch, timeout=2.0)
-    telemetry = Telemetry.from_settings(settings, PEER)
+    telemetry = telemetry_from_settings(settings, PEER)
     run_two_leases_and_jobs(Life(telemetry))
     done = trio.Event()
 

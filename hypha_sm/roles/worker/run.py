@@ -28,6 +28,7 @@ from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.roles.worker.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.roles.worker.jobs import LocalExecutor
 from hypha_sm.roles.worker.node import WorkerNode
+from hypha_sm.roles.worker.otel import telemetry_from_settings
 from hypha_sm.roles.worker.peers import PeerFiles, bulk_address_for
 from hypha_sm.roles.worker.process import (
     ProcessSettings,
@@ -113,7 +114,7 @@ async def run_worker(
 ) -> None:
     """Run a worker until it stops; ``task_status`` gets the address it serves on."""
     identity = load_key_file(settings.node_key)
-    telemetry = Telemetry.from_settings(settings, identity.peer_id)
+    telemetry = telemetry_from_settings(settings, identity.peer_id)
     install_trace_ids(telemetry)
     try:
         await _run(settings, identity, telemetry, task_status)
