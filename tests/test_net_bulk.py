@@ -22,6 +22,8 @@ import trio.testing
 import trustme
 
 from hypha_sm.net import bulk
+from hypha_sm.net.bulk import protocol as bulk_protocol
+from hypha_sm.net.bulk import receive as bulk_receive
 from hypha_sm.net.streams import (
     Address,
     AddressError,
@@ -281,15 +283,17 @@ async def _raw_offer(
     stream: trio.abc.Stream, offer: TransferOffer, envelope: bytes | None = None
 ) -> TransferAnswer:
     """Speak the protocol by hand: send an offer (or given envelope bytes), read the answer."""
-    sealed = envelope or bulk._seal(SENDER, offer, bulk.wall_clock)
-    await stream.send_all(bulk.MAGIC + bulk._frame(sealed))
+    sealed = envelope or bulk_protocol.seal_message(SENDER, offer, bulk_protocol.wall_clock)
+    await stream.send_all(bulk.MAGIC + bulk_protocol.frame(sealed))
     return await _raw_answer(stream)
 
 
 async def _raw_answer(stream: trio.abc.Stream) -> TransferAnswer:
     from hypha_sm.wire.envelope import Opened, Opener
 
-    opened = Opener().open(await bulk._read_frame(stream), bulk.wall_clock(), RECEIVER.peer_id)
+    opened = Opener().open(
+        await bulk_protocol.read_frame(stream), bulk_protocol.wall_clock(), RECEIVER.peer_id
+    )
     assert isinstance(opened, Opened)
     assert isinstance(opened.message, TransferAnswer)
     return opened.message
@@ -305,7 +309,7 @@ async def test_extra_bytes_are_refused_as_a_size_mismatch(
     offer = TransferOffer(transfer_id="long-1", name="x.bin", size=10, sha256="0" * 64)
     async with await open_stream(srv.address) as stream:
         assert (await _raw_offer(stream, offer)).accepted
-        await stream.send_all(bulk._U32.pack(20) + b"y" * 20)
+        await stream.send_all(bulk_protocol.U32.pack(20) + b"y" * 20)
         verdict = await _raw_answer(stream)
     assert not verdict.accepted
     assert verdict.reason == "size-mismatch: expected=10 actual=20"
@@ -381,7 +385,7 @@ async def test_a_sender_with_a_wrong_clock_is_told_why(
     with pytest.raises(bulk.PeerAuthError, match=r"stale \(timestamp \d+ vs now \d+\)"):
         await bulk.send_file(
             source, to=srv.address, identity=SENDER, peer=RECEIVER.peer_id,
-            clock=lambda: bulk.wall_clock() - 120,
+            clock=lambda: bulk_protocol.wall_clock() - 120,
         )  # fmt: skip
     refused = await srv.next_outcome()
     assert isinstance(refused, bulk.PeerAuthError)
@@ -400,10 +404,10 @@ async def test_replayed_offer_and_garbage_are_refused(
     offer = TransferOffer(
         transfer_id="once", name="o.bin", size=0, sha256=hashlib.sha256().hexdigest()
     )
-    envelope = bulk._seal(SENDER, offer, bulk.wall_clock)
+    envelope = bulk_protocol.seal_message(SENDER, offer, bulk_protocol.wall_clock)
     async with await open_stream(srv.address) as stream:
         assert (await _raw_offer(stream, offer, envelope)).accepted
-        await stream.send_all(bulk._U32.pack(0))
+        await stream.send_all(bulk_protocol.U32.pack(0))
         assert (await _raw_answer(stream)).accepted
     assert isinstance(await srv.next_outcome(), bulk.ReceivedFile)
     (inbox / "o.bin").unlink()
@@ -561,13 +565,13 @@ async def test_slow_receiver_slows_the_sender(
     size = 64 * MiB
     make_file(source, size)
     disk = threading.Event()
-    store = bulk._Sink.store
+    store = bulk_receive._Sink.store
 
-    def stuck_store(self: bulk._Sink, view: memoryview) -> None:
+    def stuck_store(self: bulk_receive._Sink, view: memoryview) -> None:
         disk.wait()
         store(self, view)
 
-    monkeypatch.setattr(bulk._Sink, "store", stuck_store)
+    monkeypatch.setattr(bulk_receive._Sink, "store", stuck_store)
     tls = scheme == "tls+tcp"
     address = f"{scheme}://127.0.0.1:0"
     srv = await start_server(nursery, tmp_path / "inbox", address, tls=pki.server if tls else None)

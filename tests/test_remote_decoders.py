@@ -135,7 +135,7 @@ SOCKET_FACING = {
     ),
     "hypha_sm.roles.worker.run:_serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.worker.peers:PeerFiles.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
-    "hypha_sm.net.bulk:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
+    "hypha_sm.net.bulk.receive:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.gateway.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.scheduler.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
     "hypha_sm.roles.worker.bridge:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",

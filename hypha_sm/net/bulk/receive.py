@@ -1,0 +1,419 @@
+"""Receiving files over the bulk protocol: ``BulkServer`` checks, stores and places them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from hypha_sm.net.bulk.protocol import (
+    DEFAULT_DEPTH,
+    DEFAULT_MAX_SIZE,
+    MAGIC,
+    MAX_CHUNK,
+    U32,
+    Authorize,
+    BulkError,
+    Clock,
+    PeerAuthError,
+    ReceivedFile,
+    TransferAborted,
+    TransferMismatch,
+    TransferRefused,
+    check_offer,
+    close_quietly,
+    frame,
+    read_exact,
+    read_frame,
+    read_into,
+    seal_message,
+    ssl_cause,
+    verdict_reason,
+    wall_clock,
+)
+from hypha_sm.net.streams import Address, open_listener
+from hypha_sm.net.tls import TlsFiles
+from hypha_sm.wire.envelope import Opener, Rejection
+from hypha_sm.wire.identity import Identity, PeerId
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer, clip
+
+# -- receiver ----------------------------------------------------------------------------------
+
+
+class _Sink:
+    """The partial file and its running SHA-256; both methods run in worker threads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.digest = hashlib.sha256()
+
+    def store(self, view: memoryview) -> None:
+        """Append ``view`` to the file."""
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
+class BulkServer:
+    """Accepts authorized, verified file transfers into ``directory``.
+
+    Start it with ``bound = await nursery.start(server.serve, "tls+tcp://0.0.0.0:7010")``
+    (port 0 picks a free port; ``bound`` is the real address). Each finished transfer, good or
+    bad, goes to ``on_result`` (a ``ReceivedFile`` or a ``BulkError``) and is counted in
+    ``received`` / ``failed``; a failed transfer leaves no file and never stops the server.
+
+    Args:
+        directory: where verified files appear, under the offer's name.
+        identity: this node's key; answers and verdicts are signed with it.
+        authorize: ``(sender, offer) -> None | reason``: who may send what, e.g. only the
+            job's workers, only ``purpose == "pseudo-gradient"``. It must not raise (an
+            exception is a bug and stops the server).
+        tls: certificate, key and trust bundle for ``tls+tcp://``.
+        max_size: offers above this many bytes are refused before any byte is sent.
+        max_concurrent: transfers at once; more are refused with ``busy``.
+        depth: chunk buffers per transfer; memory <= ``depth`` x ``MAX_CHUNK`` per transfer
+            (``depth`` x the sender's chunk size in practice).
+        idle_timeout: seconds without progress before a transfer is dropped.
+        fsync: flush each file to disk before reporting it stored.
+        opener: envelope verifier (clock skew, replay memory); one per server by default.
+        clock: wall clock for envelope timestamps and freshness.
+        on_result: called with every outcome.
+        place: ``(received) -> None | reason``, called once a file is verified and stored and
+            before the sender is told so: it may move the file where it belongs; a reason
+            removes the file and the sender hears ``not-placed: <reason>``. It must not raise.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        identity: Identity,
+        authorize: Authorize,
+        tls: TlsFiles | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_concurrent: int = 8,
+        depth: int = DEFAULT_DEPTH,
+        idle_timeout: float = 60.0,
+        fsync: bool = False,
+        opener: Opener | None = None,
+        clock: Clock = wall_clock,
+        on_result: Callable[[ReceivedFile | BulkError], None] | None = None,
+        place: Callable[[ReceivedFile], str | None] | None = None,
+    ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        self.directory = Path(directory)
+        self.identity = identity
+        self.authorize = authorize
+        self.tls = tls
+        self.max_size = max_size
+        self.max_concurrent = max_concurrent
+        self.depth = depth
+        self.idle_timeout = idle_timeout
+        self.fsync = fsync
+        self.opener = opener or Opener()
+        self.clock = clock
+        self.on_result = on_result
+        self.place = place
+        self.address: Address | None = None
+        self.received = 0
+        self.failed: Counter[str] = Counter()
+        self._active: set[str] = set()  # names being received
+
+    def consider(self, sender: PeerId, offer: TransferOffer) -> TransferAnswer:
+        """Check an offer against the limits and the policy, and return the answer to send.
+
+        Used for every offer on a stream. A control-plane handler (an NNG request/response
+        handler receiving a ``TransferOffer``) can call it too: the answer carries this
+        server's ``address``, and the sender then presents a fresh signed offer there, which
+        is checked again.
+        """
+        reason = check_offer(offer) or self._refusal(sender, offer)
+        return TransferAnswer(
+            transfer_id=offer.transfer_id,
+            accepted=reason is None,
+            reason=clip(reason or ""),
+            address=str(self.address) if self.address is not None else "",
+        )
+
+    def _refusal(self, sender: PeerId, offer: TransferOffer) -> str | None:
+        if offer.size > self.max_size:
+            return f"too-large: {offer.size} bytes > limit {self.max_size}"
+        if offer.name in self._active or (self.directory / offer.name).exists():
+            return f"exists: {offer.name}"
+        if len(self._active) >= self.max_concurrent:
+            return f"busy: {self.max_concurrent} transfers in progress"
+        why = self.authorize(sender, offer)
+        if why is not None:
+            return f"unauthorized: {why}"
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError as exc:
+            return f"io-error: {self.directory}: {exc.strerror}"
+        if offer.size > free:
+            return f"no-space: {offer.size} bytes > {free} free"
+        return None
+
+    async def serve(
+        self,
+        address: str | Address,
+        *,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``address`` and run each connection in its own task until cancelled.
+
+        An ``ipc://`` socket file is removed when the server stops.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        listener, bound = await open_listener(address, self.tls)
+        self.address = bound
+        try:
+            async with listener, trio.open_nursery() as nursery:
+                task_status.started(bound)
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self.handle, stream)
+        finally:
+            if bound.scheme == "ipc":
+                with contextlib.suppress(OSError):
+                    os.unlink(bound.path)
+
+    async def handle(self, stream: trio.abc.Stream) -> ReceivedFile | BulkError:
+        """Run one transfer on an accepted stream, close it, and report the outcome."""
+        outcome: ReceivedFile | BulkError
+        try:
+            outcome = await self.receive(stream)
+        except BulkError as exc:
+            outcome = exc
+        finally:
+            await close_quietly(stream)
+        if isinstance(outcome, BulkError):
+            self.failed[type(outcome).__name__] += 1
+        else:
+            self.received += 1
+        if self.on_result is not None:
+            self.on_result(outcome)
+        return outcome
+
+    async def receive(self, stream: trio.abc.Stream) -> ReceivedFile:
+        """The receiver's half of the protocol on ``stream``; raises ``BulkError`` on failure.
+
+        On every failure, cancellation included, the partial file is removed.
+        """
+        try:
+            with trio.fail_after(self.idle_timeout):
+                if await read_exact(stream, len(MAGIC)) != MAGIC:
+                    raise PeerAuthError("not a bulk transfer (bad magic)")
+                opened = self.opener.open(await read_frame(stream), self.clock())
+        except trio.TooSlowError:
+            raise TransferAborted(f"no offer within {self.idle_timeout} s") from None
+        except (EOFError, trio.BrokenResourceError) as exc:
+            cause = ssl_cause(exc)
+            if cause is not None:
+                raise PeerAuthError(f"TLS handshake failed: {cause}") from exc
+            raise TransferAborted(f"connection lost before the offer: {exc}") from exc
+        if isinstance(opened, Rejection) or not isinstance(opened.message, TransferOffer):
+            why = (
+                f"{opened.reason} ({opened.detail})"
+                if isinstance(opened, Rejection)
+                else f"expected a transfer offer, got {type(opened.message).__name__}"
+            )
+            # Say why, signed, without a transfer id: nothing in the envelope can be trusted.
+            await self._reply(stream, _refuse("", f"rejected: {why}"))
+            raise PeerAuthError(f"offer rejected: {why}")
+        offer = opened.message
+        tid = offer.transfer_id
+        answer = self.consider(opened.sender, offer)
+        final = self.directory / offer.name
+        part = self.directory / f".{tid}.part"
+        fd = -1
+        if answer.accepted:
+            try:
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                answer = _refuse(tid, f"io-error: cannot create the file: {exc.strerror}")
+        if not answer.accepted:
+            await self._reply(stream, answer)
+            raise TransferRefused(answer.reason, transfer_id=tid)
+
+        self._active.add(offer.name)
+        try:
+            try:
+                await self._reply(stream, answer)
+                await self._store(stream, offer, fd, part, final)
+            except BulkError as exc:
+                await self._reply(stream, _failed(tid, exc), drain=True)
+                raise
+            except BaseException:
+                # Cancelled (or worse): tell the sender if it can be done at once.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 0.5):
+                    error = TransferAborted("the receiver cancelled the transfer")
+                    await self._reply(stream, _failed(tid, error))
+                raise
+        finally:
+            self._active.discard(offer.name)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            part.unlink(missing_ok=True)
+        received = ReceivedFile(final, opened.sender, offer)
+        unplaced = self.place(received) if self.place is not None else None
+        if unplaced is not None:
+            final.unlink(missing_ok=True)
+            refusal = _refuse(tid, f"not-placed: {unplaced}")
+            await self._reply(stream, refusal)
+            raise TransferRefused(refusal.reason, transfer_id=tid)
+        await self._reply(stream, TransferAnswer(transfer_id=tid, accepted=True))
+        return received
+
+    async def _store(
+        self, stream: trio.abc.Stream, offer: TransferOffer, fd: int, part: Path, final: Path
+    ) -> None:
+        """Receive into ``fd`` (the ``part`` file), check the SHA-256, link it as ``final``."""
+        tid = offer.transfer_id
+        sink = _Sink(fd)
+        await self._receive_chunks(stream, sink, offer)
+        if self.fsync:
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            except OSError as exc:
+                raise TransferAborted(f"cannot flush the file: {exc}", transfer_id=tid) from exc
+        actual = sink.digest.hexdigest()
+        if actual != offer.sha256:
+            raise TransferMismatch("sha256", offer.sha256, actual, transfer_id=tid)
+        try:
+            os.link(part, final)  # atomic, and never overwrites
+        except FileExistsError:
+            raise TransferRefused(f"exists: {offer.name}", transfer_id=tid) from None
+        except OSError as exc:
+            raise TransferAborted(f"cannot store {final}: {exc}", transfer_id=tid) from exc
+
+    async def _reply(
+        self, stream: trio.abc.Stream, answer: TransferAnswer, *, drain: bool = False
+    ) -> None:
+        """Send a signed answer or verdict, best effort: the sender may already be gone.
+
+        With ``drain``, keep reading (and discarding) until the sender closes, so the verdict
+        is not lost to a reset caused by unread data; bounded by a few seconds.
+        """
+        with trio.move_on_after(self.idle_timeout):
+            try:
+                await stream.send_all(frame(seal_message(self.identity, answer, self.clock)))
+                if drain:
+                    with trio.move_on_after(min(self.idle_timeout, 5.0)):
+                        while await stream.receive_some(1 << 16):
+                            pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _receive_chunks(
+        self, stream: trio.abc.Stream, sink: _Sink, offer: TransferOffer
+    ) -> None:
+        """Read chunks into at most ``depth`` buffers while worker threads hash and write them.
+
+        Hashing and writing are separate tasks, each with its own worker thread, so a chunk
+        costs max(hash, write) rather than their sum. A buffer is reused once both are done
+        with it. When either is slower than the network no buffer is free, this task stops
+        reading, the TCP window closes and the sender's ``send_all`` blocks: backpressure.
+        """
+        tid = offer.transfer_id
+        depth = self.depth
+        free_send, free_recv = trio.open_memory_channel[bytearray](depth)
+        to_hash_send, to_hash_recv = trio.open_memory_channel[tuple[bytearray, int]](depth)
+        to_write_send, to_write_recv = trio.open_memory_channel[tuple[bytearray, int]](depth)
+        pending: dict[int, int] = {}  # id(buffer) -> consumers still using it
+        failure: list[BulkError] = []
+        total = 0
+
+        def release(buf: bytearray) -> None:
+            pending[id(buf)] -= 1
+            if pending[id(buf)] == 0:
+                del pending[id(buf)]
+                free_send.send_nowait(buf)
+
+        async def consume(
+            channel: trio.MemoryReceiveChannel[tuple[bytearray, int]],
+            work: Callable[[memoryview], object],
+        ) -> None:
+            async with channel:
+                async for buf, n in channel:
+                    try:
+                        await trio.to_thread.run_sync(work, memoryview(buf)[:n])
+                    except OSError as exc:
+                        failure.append(TransferAborted(f"cannot write: {exc}", transfer_id=tid))
+                        nursery.cancel_scope.cancel()
+                        return
+                    release(buf)
+
+        async def reader() -> None:
+            nonlocal total
+            buffers = 0
+            async with to_hash_send, to_write_send:
+                while True:
+                    with trio.fail_after(self.idle_timeout):
+                        (n,) = U32.unpack(await read_exact(stream, 4))
+                    if n == 0:
+                        return
+                    if n > MAX_CHUNK:
+                        raise TransferAborted(
+                            f"protocol error: a chunk of {n} bytes (limit {MAX_CHUNK})",
+                            transfer_id=tid,
+                        )
+                    if total + n > offer.size:
+                        raise TransferMismatch("size", offer.size, total + n, transfer_id=tid)
+                    try:
+                        buf = free_recv.receive_nowait()
+                    except trio.WouldBlock:
+                        if buffers < depth:  # buffers are made lazily, at most ``depth``
+                            buf = bytearray(n)
+                            buffers += 1
+                        else:
+                            buf = await free_recv.receive()
+                    if len(buf) < n:
+                        buf = bytearray(n)  # the sender's chunks grew: replace, not add
+                    with trio.fail_after(self.idle_timeout):
+                        await read_into(stream, memoryview(buf)[:n])
+                    total += n
+                    pending[id(buf)] = 2
+                    await to_hash_send.send((buf, n))
+                    await to_write_send.send((buf, n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume, to_hash_recv, sink.digest.update)
+            nursery.start_soon(consume, to_write_recv, sink.store)
+            try:
+                await reader()
+            except BulkError as exc:
+                failure.append(exc)
+            except trio.TooSlowError:
+                failure.append(
+                    TransferAborted(
+                        f"no data for {self.idle_timeout} s after {total} of {offer.size} bytes",
+                        transfer_id=tid,
+                    )
+                )
+            except (EOFError, trio.BrokenResourceError) as exc:
+                failure.append(
+                    TransferAborted(
+                        f"the sender went away after {total} of {offer.size} bytes ({exc})",
+                        transfer_id=tid,
+                    )
+                )
+            if failure:
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        if total != offer.size:
+            raise TransferMismatch("size", offer.size, total, transfer_id=tid)
+
+
+def _refuse(transfer_id: str, reason: str) -> TransferAnswer:
+    return TransferAnswer(transfer_id=transfer_id, accepted=False, reason=clip(reason))
+
+
+def _failed(transfer_id: str, error: BulkError) -> TransferAnswer:
+    return _refuse(transfer_id, verdict_reason(error))
