@@ -144,7 +144,7 @@ SOCKET_FACING = {
     ),
 }
 #: Listener-looking calls that are not: NNG's topic filter on a socket already counted.
-NOT_LISTENERS = {"hypha_sm.net.transport:Endpoint.subscribe"}
+NOT_LISTENERS = {"hypha_sm.net.transport.nng:Endpoint.subscribe"}
 
 
 def _listens(node: ast.AST) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from hypha_sm.net.transport import (
+from hypha_sm.net.transport.base import (
     HARD_LIMIT_FACTOR,
     Handler,
     NetConfig,
