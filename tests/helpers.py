@@ -154,7 +154,7 @@ def process_alive(pid: int) -> bool:
 def remove_leftover_cgroups(work_dir: Path) -> None:
     """What a restart of a node on ``work_dir`` would do: a test that killed its node cleans up
     the job cgroups that node left (empty after the parent-death signal)."""
-    from hypha_sm.roles.worker.process import find_cgroup_parent
+    from hypha_sm.roles.worker.limits import find_cgroup_parent
     from hypha_sm.roles.worker.sweep import cgroup_scope, kill_cgroup, leftover_cgroups
 
     for cgroup in leftover_cgroups(find_cgroup_parent(), cgroup_scope(work_dir)):

@@ -28,8 +28,8 @@ from hypha_sm.log.replay import replay_series
 from hypha_sm.log.store import newest_run, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.roles.worker.process import FAILED_MARK
 from hypha_sm.roles.worker.storage import dir_usage
+from hypha_sm.roles.worker.workdirs import FAILED_MARK
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import running_gateway, wait_connected, wait_healthy

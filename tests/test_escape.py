@@ -27,12 +27,8 @@ import pytest
 import trio
 
 from hypha_sm.net.transport import Endpoint
-from hypha_sm.roles.worker.process import (
-    ProcessJob,
-    ProcessSettings,
-    ProcessSpec,
-    find_cgroup_parent,
-)
+from hypha_sm.roles.worker.limits import find_cgroup_parent
+from hypha_sm.roles.worker.process import ProcessJob, ProcessSettings, ProcessSpec
 from hypha_sm.roles.worker.sweep import (
     MARKER,
     become_subreaper,

@@ -18,20 +18,19 @@ import pytest
 import trio
 
 from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.limits import find_cgroup_parent
 from hypha_sm.roles.worker.process import (
-    FAILED_MARK,
     STDERR_NAME,
     STDOUT_NAME,
     ProcessJob,
     ProcessSettings,
     ProcessSpec,
     StartError,
-    clean_orphans,
-    find_cgroup_parent,
     job_env,
     render_args,
 )
 from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper, marker_of
+from hypha_sm.roles.worker.workdirs import FAILED_MARK, clean_orphans
 from tests.helpers import remove_leftover_cgroups
 
 JOB = str(Path(__file__).parent / "fixtures" / "job.py")

@@ -40,41 +40,52 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
-import re
-import resource
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev dependency yet
 import trio
 
 from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker.limits import (
+    PRLIMIT,
+    SETPRIV,
+    SH,
+    Limits,
+    apply_limits,
+    cores_in_use,
+    drop,
+    find_cgroup_parent,
+    nvidia_devices,
+    pick_cores,
+)
+from hypha_sm.roles.worker.output import CappedLog, pump
 from hypha_sm.roles.worker.sweep import (
     MARKER,
     adopted_children,
+    alive,
     cgroup_scope,
+    cwd_inside,
     is_subreaper,
     job_marker,
-    kill_cgroup,
-    leftover_cgroups,
+    killpg,
     marker_of,
     reap_adopted,
+    signal_all,
 )
 from hypha_sm.roles.worker.users import Credentials
+from hypha_sm.roles.worker.workdirs import DIR_PREFIX, FAILED_MARK, prune_failed
 
 log = logging.getLogger("hypha_sm.roles.worker.process")
 #: Job output is forwarded here, one record per line.
 job_log = logging.getLogger("hypha_sm.job")
 
-DIR_PREFIX: Final = "hypha-"
 SOCKET_NAME: Final = "bridge.sock"
 #: The job's spec, always written here; ``$JOB_JSON_FILE`` names it.
 SPEC_NAME: Final = "job.json"
@@ -83,18 +94,20 @@ SPEC_NAME: Final = "job.json"
 MAX_INLINE_SPEC: Final = 64 * 1024
 STDOUT_NAME: Final = "stdout.log"
 STDERR_NAME: Final = "stderr.log"
-#: Present in a work dir kept after a failure; holds the exit code. Retention prunes by it.
-FAILED_MARK: Final = ".hypha-failed"
 DEFAULT_LOG_CAP: Final = 10 * 1024 * 1024
 DEFAULT_GRACE: Final = 5.0
 DEFAULT_KEEP_FAILED: Final = 20
-#: Longest line forwarded to the logger; longer lines are cut.
-MAX_LOG_LINE: Final = 16 * 1024
-_POLL: Final = 0.05
+POLL: Final = 0.05
 _SNAPSHOT_EVERY: Final = 0.5
 #: How long the output pipes may stay open after the job's last visible process ended.
 _PIPE_GRACE: Final = 2.0
 _GB: Final = 1_000_000_000
+
+
+#: Main processes of live jobs: the node's children that are not escaped processes.
+_job_mains: set[int] = set()
+#: Markers of jobs whose processes may live (processes carrying them are not escapees).
+_live_ids: set[str] = set()
 
 
 class StartError(Exception):
@@ -164,224 +177,6 @@ def job_env(base: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str
     """The job's environment: ``base`` without the node's own variables, plus ``values``."""
     kept = {k: v for k, v in base.items() if not k.startswith(NODE_ONLY_PREFIXES)}
     return {**kept, **values}
-
-
-# --------------------------------------------------------------------------- enforcement
-
-
-def find_cgroup_parent() -> Path | None:
-    """The node's own cgroup v2 directory when cgroup2 is mounted and it is writable, else None."""
-    try:
-        mounts = Path("/proc/self/mounts").read_text()
-        own = Path("/proc/self/cgroup").read_text()
-    except OSError:
-        return None
-    mount = next(
-        (line.split()[1] for line in mounts.splitlines() if line.split()[2:3] == ["cgroup2"]),
-        None,
-    )
-    rel = next((line[3:] for line in own.splitlines() if line.startswith("0::")), None)
-    if mount is None or rel is None:
-        return None
-    parent = Path(mount) / rel.lstrip("/")
-    if not (parent / "cgroup.procs").exists() or not os.access(parent, os.W_OK):
-        return None
-    return parent
-
-
-def _nvidia_devices() -> list[int]:
-    return sorted(
-        int(m.group(1))
-        for p in Path("/dev").glob("nvidia*")
-        if (m := re.fullmatch(r"nvidia(\d+)", p.name))
-    )
-
-
-#: Cores handed to live jobs, so that concurrent jobs prefer different cores.
-_cores_in_use: dict[str, frozenset[int]] = {}
-#: Main processes of live jobs: the node's children that are not escaped processes.
-_job_mains: set[int] = set()
-#: Markers of jobs whose processes may live (processes carrying them are not escapees).
-_live_ids: set[str] = set()
-
-
-def _pick_cores(job_id: str, cpu: float) -> frozenset[int] | None:
-    available = sorted(os.sched_getaffinity(0))
-    want = math.ceil(cpu)
-    if cpu <= 0 or want >= len(available):
-        return None
-    busy = set().union(*_cores_in_use.values()) if _cores_in_use else set()
-    ordered = [c for c in available if c not in busy] + [c for c in available if c in busy]
-    cores = frozenset(ordered[:want])
-    _cores_in_use[job_id] = cores
-    return cores
-
-
-@dataclass
-class _Limits:
-    cores: frozenset[int] | None = None
-    rlimit_as: int | None = None
-    cgroup: Path | None = None
-    cuda_visible: str = ""
-    unenforced: list[str] = field(default_factory=list)
-
-
-#: util-linux's ``setpriv`` sets the parent-death signal and then execs the job; it keeps
-#: Python out of the child between fork and exec (a ``preexec_fn`` runs every at-fork handler
-#: registered in the node, e.g. exporter threads, in the child, and can deadlock there).
-_SETPRIV = shutil.which("setpriv")
-#: util-linux's ``prlimit`` sets a job's memory limit before ``setpriv`` drops to its user.
-_PRLIMIT = shutil.which("prlimit")
-#: The shell that holds a job until it is in its cgroup (``read`` from a pipe, then ``exec``).
-_SH = shutil.which("sh") or "/bin/sh"
-
-
-def _drop(user: Credentials) -> list[str]:
-    """``setpriv`` options that run the job as ``user``.
-
-    Its uid and gid, no supplementary groups, no way back to privileges, death with the node.
-    """
-    return [
-        f"--reuid={user.uid}",
-        f"--regid={user.gid}",
-        "--clear-groups",
-        "--no-new-privs",
-        "--pdeathsig",
-        "KILL",
-    ]
-
-
-def _apply_limits(pid: int, limits: _Limits) -> list[str]:
-    """Put a just-started child in its cgroup, apply its affinity and memory limit.
-
-    Returns what could not be applied (the job runs on; the list goes in its "not enforced"
-    line). Done from the node right after the spawn returns, while the child is normally still
-    exec'ing ``setpriv`` and then the job. That is a window of microseconds, not a guarantee: a
-    native program could fork in it, and such a child would be outside the cgroup (the stop's
-    tree sweep still finds it). Raises ProcessLookupError if the child is already gone.
-    """
-    problems = []
-    if limits.cgroup is not None:
-        try:
-            (limits.cgroup / "cgroup.procs").write_text(str(pid))
-        except ProcessLookupError:
-            raise
-        except OSError as exc:
-            problems.append(f"cgroup: could not move the job into it ({exc.strerror})")
-    if limits.cores is not None:
-        try:
-            os.sched_setaffinity(pid, limits.cores)
-        except ProcessLookupError:
-            raise
-        except OSError as exc:
-            problems.append(f"cpu: affinity not set ({exc.strerror})")
-    if limits.rlimit_as is not None:
-        try:
-            resource.prlimit(pid, resource.RLIMIT_AS, (limits.rlimit_as, limits.rlimit_as))
-        except ProcessLookupError:
-            raise
-        except OSError as exc:
-            problems.append(f"memory: RLIMIT_AS not set ({exc.strerror})")
-    return problems
-
-
-# --------------------------------------------------------------------------- process sets
-
-
-def _alive(p: psutil.Process) -> bool:
-    """Running and not a zombie (an orphaned zombie may never be reaped in a container)."""
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _cwd_inside(p: psutil.Process, root: Path) -> bool:
-    try:
-        cwd = Path(p.cwd())
-    except (psutil.Error, OSError):
-        return False
-    return cwd == root or root in cwd.parents
-
-
-def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
-    for p in procs:
-        with contextlib.suppress(psutil.Error, OSError):
-            p.send_signal(sig)
-
-
-def _killpg(pgid: int | None, sig: int) -> None:
-    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-# --------------------------------------------------------------------------- output
-
-
-class _CappedLog:
-    """Write up to ``cap`` bytes to a file, then one truncation note; forward lines to a logger."""
-
-    def __init__(self, path: Path, cap: int, job_id: str, stream: str) -> None:
-        self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115 (closed in close())
-        self._cap = cap
-        self._written = 0
-        self._truncated = False
-        self._partial = b""
-        self._job_id = job_id
-        self._stream = stream
-
-    @property
-    def truncated(self) -> bool:
-        return self._truncated
-
-    def feed(self, data: bytes) -> None:
-        if not self._truncated:
-            room = self._cap - self._written
-            self._file.write(data[:room])
-            self._written += min(room, len(data))
-            if len(data) > room:
-                self._truncated = True
-                self._file.write(f"\n[hypha: output truncated at {self._cap} bytes]\n".encode())
-                job_log.warning(
-                    "job %s %s: output over %d bytes; the rest is dropped",
-                    self._job_id,
-                    self._stream,
-                    self._cap,
-                    extra={"job_id": self._job_id},
-                )
-                self._forward(data[:room])
-                return
-            self._file.flush()
-            self._forward(data)
-
-    def _forward(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_LOG_LINE:
-            lines.append(self._partial)
-            self._partial = b""
-        for line in lines:
-            self._emit(line)
-
-    def _emit(self, line: bytes) -> None:
-        text = line[:MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
-        job_log.info(
-            "job %s %s: %s", self._job_id, self._stream, text, extra={"job_id": self._job_id}
-        )
-
-    def close(self) -> None:
-        if self._partial and not self._truncated:
-            self._emit(self._partial)
-        self._partial = b""
-        self._file.close()
-
-
-async def _pump(stream: trio.lowlevel.FdStream, sink: _CappedLog) -> None:
-    async with stream:
-        while data := await stream.receive_some(65536):
-            sink.feed(data)
 
 
 # --------------------------------------------------------------------------- the job
@@ -460,7 +255,7 @@ class ProcessJob:
         try:
             await self._run(task_status)
         finally:
-            _cores_in_use.pop(self.spec.job_id, None)
+            cores_in_use.pop(self.spec.job_id, None)
             _live_ids.discard(self._marker)
             self._done.set()
         assert self.exit_code is not None
@@ -493,14 +288,14 @@ class ProcessJob:
 
     # ------------------------------------------------------------------ start
 
-    def _limits(self) -> _Limits:
+    def _limits(self) -> Limits:
         res = self.spec.resources
-        limits = _Limits()
+        limits = Limits()
         if self.settings.use_cgroup:
             limits.cgroup = self._make_cgroup()
         else:
             limits.unenforced.append("cgroup: disabled by settings")
-        limits.cores = _pick_cores(self.spec.job_id, res.cpu)
+        limits.cores = pick_cores(self.spec.job_id, res.cpu)
         if res.cpu > 0 and limits.cores is None:
             limits.unenforced.append(
                 f"cpu: {res.cpu} cores asked, {len(os.sched_getaffinity(0))} available: "
@@ -521,7 +316,7 @@ class ProcessJob:
                 )
                 limits.rlimit_as = limit
         if res.gpu > 0:
-            devices = _nvidia_devices()
+            devices = nvidia_devices()
             if devices:
                 limits.cuda_visible = ",".join(map(str, devices))
                 limits.unenforced.append(
@@ -529,7 +324,7 @@ class ProcessJob:
                 )
             else:
                 limits.unenforced.append("gpu: no NVIDIA devices")
-        if _SETPRIV is None:
+        if SETPRIV is None:
             limits.unenforced.append("parent-death signal: setpriv (util-linux) not found")
         return limits
 
@@ -573,7 +368,7 @@ class ProcessJob:
             os.chown(path, user.uid, user.gid)
         return path
 
-    def _spawn(self, limits: _Limits) -> tuple[int, int]:
+    def _spawn(self, limits: Limits) -> tuple[int, int]:
         """Fork and exec in this thread (see the module doc); return the parent's pipe ends."""
         spec_file = self._write_spec()
         # The kernel takes at most 128 KiB per argument or variable: a larger spec goes by file
@@ -613,21 +408,21 @@ class ProcessJob:
             # The pipe is its stdin until then (POSIX shells only name fds 0-9).
             go_r, go_w = os.pipe()
             script = 'read -r _ || exit 111; exec "$@" </dev/null'
-            argv = [_SH, "-c", script, "hypha-job", *argv]
+            argv = [SH, "-c", script, "hypha-job", *argv]
         user = self.spec.user
         if user is not None:
-            if _SETPRIV is None:
+            if SETPRIV is None:
                 raise StartError("running a job as its own user needs setpriv (util-linux)")
             env["HOME"] = str(self.work_dir)
-            if limits.rlimit_as is not None and _PRLIMIT is not None:
+            if limits.rlimit_as is not None and PRLIMIT is not None:
                 # Set before the uid changes: afterwards only CAP_SYS_RESOURCE may set it.
                 rlimit = f"--as={limits.rlimit_as}:{limits.rlimit_as}"
-                argv = [_PRLIMIT, rlimit, "--", _SETPRIV, *_drop(user), "--", *argv]
+                argv = [PRLIMIT, rlimit, "--", SETPRIV, *drop(user), "--", *argv]
                 limits.rlimit_as = None
             else:
-                argv = [_SETPRIV, *_drop(user), "--", *argv]
-        elif _SETPRIV is not None:
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+                argv = [SETPRIV, *drop(user), "--", *argv]
+        elif SETPRIV is not None:
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -644,7 +439,7 @@ class ProcessJob:
             _job_mains.add(self._popen.pid)
             _live_ids.add(self._marker)
             try:
-                self.unenforced.extend(_apply_limits(self._popen.pid, limits))
+                self.unenforced.extend(apply_limits(self._popen.pid, limits))
             except ProcessLookupError:
                 pass  # it already exited; wait() reports its code
             except BaseException:
@@ -692,10 +487,10 @@ class ProcessJob:
             self.work_dir,
             f"; not enforced: {'; '.join(self.unenforced)}" if self.unenforced else "",
         )
-        out = _CappedLog(
+        out = CappedLog(
             self.work_dir / STDOUT_NAME, self.settings.log_cap, self.spec.job_id, "stdout"
         )
-        err = _CappedLog(
+        err = CappedLog(
             self.work_dir / STDERR_NAME, self.settings.log_cap, self.spec.job_id, "stderr"
         )
         task_status.started()
@@ -706,8 +501,8 @@ class ProcessJob:
                 async def pump_both() -> None:
                     with pumps:
                         async with trio.open_nursery() as inner:
-                            inner.start_soon(_pump, trio.lowlevel.FdStream(out_r), out)
-                            inner.start_soon(_pump, trio.lowlevel.FdStream(err_r), err)
+                            inner.start_soon(pump, trio.lowlevel.FdStream(out_r), out)
+                            inner.start_soon(pump, trio.lowlevel.FdStream(err_r), err)
                     if pumps.cancelled_caught:
                         self._log.warning(
                             "job %s: its output pipes were still open %g s after its last "
@@ -798,7 +593,7 @@ class ProcessJob:
                 for pid in (self._cgroup / "cgroup.procs").read_text().split():
                     with contextlib.suppress(psutil.Error):
                         found[int(pid)] = psutil.Process(int(pid))
-        roots = [p for p in self._known.values() if _alive(p)]
+        roots = [p for p in self._known.values() if alive(p)]
         if self.pid is not None and self._popen is not None and self._popen.returncode is None:
             with contextlib.suppress(psutil.Error):
                 roots.append(psutil.Process(self.pid))
@@ -821,12 +616,12 @@ class ProcessJob:
                 in_group = pgid is not None and os.getpgid(p.pid) == pgid
             except OSError:
                 continue
-            if in_group or _cwd_inside(p, self.work_dir) or marker_of(p.pid) == mine:
+            if in_group or cwd_inside(p, self.work_dir) or marker_of(p.pid) == mine:
                 found[p.pid] = p
-        alive = {pid: p for pid, p in found.items() if _alive(p)}
-        self._known.update(alive)
-        self._known = {pid: p for pid, p in self._known.items() if _alive(p)}
-        return list(alive.values())
+        living = {pid: p for pid, p in found.items() if alive(p)}
+        self._known.update(living)
+        self._known = {pid: p for pid, p in self._known.items() if alive(p)}
+        return list(living.values())
 
     @property
     def _checked(self) -> str:
@@ -847,13 +642,13 @@ class ProcessJob:
             len(members),
             ", ".join(str(p.pid) for p in members),
         )
-        _killpg(self.pid, signal.SIGTERM)
-        _signal_all(members, signal.SIGTERM)
+        killpg(self.pid, signal.SIGTERM)
+        signal_all(members, signal.SIGTERM)
         while self._members():
             assert self._kill_at is not None
             if trio.current_time() >= self._kill_at:
                 break
-            await trio.sleep(_POLL)
+            await trio.sleep(POLL)
         while members := self._members():
             self._log.info(
                 "job %s: SIGKILL to %s",
@@ -863,9 +658,9 @@ class ProcessJob:
             if self._cgroup is not None:
                 with contextlib.suppress(OSError):
                     (self._cgroup / "cgroup.kill").write_text("1")
-            _killpg(self.pid, signal.SIGKILL)
-            _signal_all(members, signal.SIGKILL)
-            await trio.sleep(_POLL)
+            killpg(self.pid, signal.SIGKILL)
+            signal_all(members, signal.SIGKILL)
+            await trio.sleep(POLL)
 
     # ------------------------------------------------------------------ after the exit
 
@@ -904,10 +699,10 @@ async def _wait_exit(popen: subprocess.Popen[bytes], stop: trio.Event | None) ->
             if stop is not None and stop.is_set():
                 return
             if pidfd is not None:
-                with trio.move_on_after(_POLL if stop is not None else 1.0):
+                with trio.move_on_after(POLL if stop is not None else 1.0):
                     await trio.lowlevel.wait_readable(pidfd)
             else:
-                await trio.sleep(_POLL)
+                await trio.sleep(POLL)
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -923,135 +718,10 @@ async def sweep_forever(interval: float = 1.0) -> None:
         reap_adopted(_job_mains)
         for child in adopted_children(_job_mains):
             marker = marker_of(child.pid)
-            if marker is not None and marker not in _live_ids and _alive(child):
+            if marker is not None and marker not in _live_ids and alive(child):
                 log.warning(
                     "pid %d escaped job %s, which has ended: killing it", child.pid, marker
                 )
                 with contextlib.suppress(psutil.Error):
                     child.kill()
         await trio.sleep(interval)
-
-
-# --------------------------------------------------------------------------- retention
-
-
-def prune_failed(work_dir: Path, keep: int) -> list[Path]:
-    """Remove all but the newest ``keep`` failed work dirs (those marked ``.hypha-failed``)."""
-    failed = []
-    for d in work_dir.glob(f"{DIR_PREFIX}*"):
-        with contextlib.suppress(OSError):
-            failed.append(((d / FAILED_MARK).stat().st_mtime, d))
-    failed.sort(reverse=True)
-    removed = []
-    for _, d in failed[max(keep, 0) :]:
-        shutil.rmtree(d, ignore_errors=True)
-        log.info("removed old failed work dir %s (keeping the newest %d)", d, keep)
-        removed.append(d)
-    return removed
-
-
-# --------------------------------------------------------------------------- orphans
-
-
-def _job_dirs(work_dir: Path) -> list[Path]:
-    base = work_dir.absolute()
-    if not base.is_dir():
-        log.info("orphans: no work dir %s; nothing to clean", base)
-        return []
-    return sorted(d for d in base.glob(f"{DIR_PREFIX}*") if d.is_dir())
-
-
-@dataclass
-class OrphanReport:
-    """What :func:`clean_orphans` found and did."""
-
-    dirs_found: list[Path] = field(default_factory=list)
-    killed: list[int] = field(default_factory=list)
-    dirs_removed: list[Path] = field(default_factory=list)
-    dirs_kept: list[Path] = field(default_factory=list)
-    cgroups_removed: list[Path] = field(default_factory=list)
-    survivors: list[int] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return (
-            f"{len(self.dirs_found)} job dirs found, {len(self.cgroups_removed)} leftover "
-            f"cgroups emptied and removed, {len(self.killed)} processes killed"
-            + (f" ({len(self.survivors)} survived SIGKILL)" if self.survivors else "")
-            + f", {len(self.dirs_removed)} dirs removed, {len(self.dirs_kept)} failed dirs kept"
-        )
-
-
-async def clean_orphans(
-    work_dir: Path,
-    *,
-    grace: float = 2.0,
-    keep_failed: bool = True,
-    cgroup_parent: Path | None = None,
-) -> OrphanReport:
-    """Kill what a previous run of the node left in ``<work_dir>`` and remove its job dirs.
-
-    First every leftover job cgroup of this node (``hypha-<scope>-*`` under ``cgroup_parent``,
-    by default the node's own cgroup) is emptied with SIGKILL and removed: nothing inside can
-    have escaped it. Then a process is an orphan when it carries the marker of a job dir found
-    in ``<work_dir>/hypha-*`` or its cwd is inside one; it and its process group get SIGTERM,
-    then after ``grace`` seconds SIGKILL. Dirs kept after a failure (``.hypha-failed``) stay
-    when ``keep_failed``; every other ``hypha-*`` dir is removed. Call it before any job
-    starts: it cannot tell a live job's dir from an orphaned one.
-    """
-    report = OrphanReport()
-    parent = cgroup_parent if cgroup_parent is not None else find_cgroup_parent()
-    for cgroup in leftover_cgroups(parent, cgroup_scope(work_dir)):
-        try:
-            pids = await trio.to_thread.run_sync(kill_cgroup, cgroup)
-        except OSError as exc:
-            log.warning("orphans: leftover cgroup %s: %s", cgroup, exc)
-            continue
-        log.info("orphans: leftover cgroup %s: killed %s and removed it", cgroup, pids or "none")
-        report.killed.extend(pids)
-        report.cgroups_removed.append(cgroup)
-    report.dirs_found = _job_dirs(work_dir)
-    by_marker = {job_marker(work_dir, d.name[len(DIR_PREFIX) :]): d for d in report.dirs_found}
-    me, my_group = os.getpid(), os.getpgrp()
-    procs: dict[int, psutil.Process] = {}
-    groups: set[int] = set()
-    for p in psutil.process_iter():
-        if p.pid == me:
-            continue
-        marker = marker_of(p.pid)
-        where = next((d for d in report.dirs_found if _cwd_inside(p, d)), None)
-        if where is None and marker is not None:
-            where = by_marker.get(marker)
-        if where is None:
-            continue
-        log.info("orphans: pid %d belongs to %s: killing it", p.pid, where)
-        procs[p.pid] = p
-        with contextlib.suppress(psutil.Error):
-            procs.update((c.pid, c) for c in p.children(recursive=True))
-        with contextlib.suppress(OSError):
-            groups.add(os.getpgid(p.pid))
-    groups.discard(my_group)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for g in groups:
-            _killpg(g, sig)
-        _signal_all(procs.values(), sig)
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
-        # Polling: there is no event for the exit of a process that is not our child.
-        while any(_alive(p) for p in procs.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await trio.sleep(_POLL)
-        if not any(_alive(p) for p in procs.values()):
-            break
-        log.info("orphans: still alive after SIGTERM: SIGKILL")
-    report.killed.extend(sorted(procs))
-    for pid, p in procs.items():
-        if _alive(p):
-            log.warning("orphans: pid %d survived SIGKILL", pid)
-            report.survivors.append(pid)
-    for d in report.dirs_found:
-        if keep_failed and (d / FAILED_MARK).exists():
-            log.info("orphans: keeping failed work dir %s", d)
-            report.dirs_kept.append(d)
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        log.info("orphans: removed work dir %s", d)
-        report.dirs_removed.append(d)
-    return report

@@ -30,16 +30,12 @@ from hypha_sm.roles.worker.jobs import LocalExecutor
 from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.roles.worker.otel import telemetry_from_settings
 from hypha_sm.roles.worker.peers import PeerFiles, bulk_address_for
-from hypha_sm.roles.worker.process import (
-    ProcessSettings,
-    clean_orphans,
-    prune_failed,
-    sweep_forever,
-)
+from hypha_sm.roles.worker.process import ProcessSettings, sweep_forever
 from hypha_sm.roles.worker.storage import StorageMonitor, free_bytes
 from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper
 from hypha_sm.roles.worker.telemetry import Telemetry, install_trace_ids
 from hypha_sm.roles.worker.users import JobUsers, check_reachable
+from hypha_sm.roles.worker.workdirs import clean_orphans, prune_failed
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 

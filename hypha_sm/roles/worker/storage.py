@@ -31,7 +31,7 @@ import trio
 
 from hypha_sm.log.store import Recorder
 from hypha_sm.roles.worker.core.events import Event, JobOverLimit, StorageLow, StorageRecovered
-from hypha_sm.roles.worker.process import prune_failed
+from hypha_sm.roles.worker.workdirs import prune_failed
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -150,3 +151,35 @@ def leftover_cgroups(parent: Path | None, scope: str) -> list[Path]:
     if parent is None or not parent.is_dir():
         return []
     return sorted(p for p in parent.glob(f"hypha-{scope}-*") if p.is_dir())
+
+
+# -- process sets: what a stop signals ---------------------------------------------------
+
+
+def alive(p: psutil.Process) -> bool:
+    """Running and not a zombie (an orphaned zombie may never be reaped in a container)."""
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def cwd_inside(p: psutil.Process, root: Path) -> bool:
+    try:
+        cwd = Path(p.cwd())
+    except (psutil.Error, OSError):
+        return False
+    return cwd == root or root in cwd.parents
+
+
+def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            p.send_signal(sig)
+
+
+def killpg(pgid: int | None, sig: int) -> None:
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
