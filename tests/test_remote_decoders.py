@@ -67,7 +67,7 @@ FUZZED = {
     "hypha_sm.log.codec:decode_header": "event_log",
     "hypha_sm.log.codec:decode_entry": "event_log",
     "hypha_sm.config.layers:load_settings": "config",
-    "hypha_sm.roles.worker.bridge:JobBridge._read_json": "bridge",
+    "hypha_sm.roles.worker.bridge.app:JobBridge._read_json": "bridge",
 }
 #: Decoders whose input is our own, and why.
 OWN_INPUT = {
@@ -138,7 +138,7 @@ SOCKET_FACING = {
     "hypha_sm.net.bulk.receive:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.gateway.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.scheduler.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
-    "hypha_sm.roles.worker.bridge:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
+    "hypha_sm.roles.worker.bridge.app:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
     "hypha_sm.roles.worker.jobs:LocalExecutor._start.serve_bridge": (
         "small_defects:the_bridge_refuses_deep_json"
     ),

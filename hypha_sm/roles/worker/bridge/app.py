@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -35,235 +35,33 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from hypha_sm.roles.worker.bridge.interfaces import (
+    BridgeError,
+    BridgeLimits,
+    FetchedFile,
+    FetchPeers,
+    FetchSlice,
+    ReceivedFile,
+    ReceiveFiles,
+    SendFile,
+    SendProgress,
+    error_response,
+)
+from hypha_sm.roles.worker.bridge.openapi import openapi_schema
+from hypha_sm.roles.worker.bridge.progress import parse_progress, reply_json
+from hypha_sm.roles.worker.bridge.sse import EventStream
 from hypha_sm.roles.worker.users import Credentials, give
 from hypha_sm.wire.bounds import MAX_JSON_DEPTH, json_problem
 from hypha_sm.wire.messages import (
-    BatchStatus,
     Progress,
-    ProgressKind,
     ProgressReply,
-    RoundMetrics,
-    UpdateApplied,
-    UpdateReceived,
-    UpdateStarted,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hypha_sm.roles.worker.bridge")
 
-MiB = 1024 * 1024
 _CHUNK = 256 * 1024
-_U32 = 2**32 - 1
 _BASE58 = set("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
-
-
-# -- injected interfaces ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchedFile:
-    """A file the node wrote into the work dir for a fetch (``path`` absolute or relative)."""
-
-    path: Path
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class ReceivedFile:
-    """A file a peer pushed, already written inside the receive dir."""
-
-    path: Path
-    size: int
-    from_peer: str
-    sha256: str
-
-
-FetchPeers = Callable[[Mapping[str, Any], Path], Awaitable[Sequence[FetchedFile]]]
-"""``fetch_peers(request_body, artifacts_dir)``: fetch from peers into the dir."""
-FetchSlice = Callable[[str, Path], Awaitable[Sequence[FetchedFile]]]
-"""``fetch_slice(dataset, artifacts_dir)``: fetch the next data slice into the dir."""
-
-
-class SendFile(Protocol):
-    """``send(path, peers, purpose, name=...)`` -> outcome per peer, once the transfer ended.
-
-    ``path`` is what to read (the bridge gives ``/proc/self/fd/N`` of the file it checked);
-    ``name`` is the file's name as the job knows it.
-    """
-
-    def __call__(
-        self, path: Path, peers: Sequence[str], purpose: str, *, name: str
-    ) -> Awaitable[Mapping[str, str]]: ...
-
-
-ReceiveFiles = Callable[[Path, frozenset[str]], AsyncIterator[ReceivedFile]]
-"""``receive(dir, peers)``: the files these peers (any if empty) push into ``dir``, as they arrive."""
-SendProgress = Callable[[Progress], Awaitable[ProgressReply]]
-"""``send_progress(progress)``: one round trip to the scheduler that dispatched the job."""
-
-
-@dataclass(frozen=True)
-class BridgeLimits:
-    """Bounds on what one request may cost the node."""
-
-    max_body: int = 1 * MiB  # request bodies, enforced while reading
-    max_fetch_bytes: int = 16 * 1024 * MiB  # one fetched artifact
-    fetch_timeout: float = 300.0  # http(s) fetches: connect/read timeout, seconds
-    keepalive: float = 5.0  # SSE keep-alive comment interval, seconds
-    max_redirects: int = 5
-
-
-class BridgeError(Exception):
-    """A request the bridge answers with an error status and JSON body."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    """The JSON error body every route uses."""
-    return JSONResponse({"code": code, "detail": detail}, status_code=status)
-
-
-# -- progress: the original's JSON forms -----------------------------------------------------
-
-
-def _u32(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
-        raise BridgeError(400, "invalid_request", f"{what} must be an integer in 0..2^32-1")
-    return value
-
-
-def parse_progress(body: object) -> ProgressKind:
-    """The executor's progress JSON (hypha-execution.md §4) as our progress kind."""
-    if body == "update":
-        return UpdateStarted()
-    if body == "update-received":
-        return UpdateReceived()
-    if body == "updated":
-        return UpdateApplied()
-    if isinstance(body, dict) and len(body) == 1:
-        ((key, value),) = body.items()
-        if key == "status" and isinstance(value, dict):
-            return BatchStatus(batch_size=_u32(value.get("batch_size"), "status.batch_size"))
-        if key == "metrics" and isinstance(value, dict):
-            rnd = _u32(value.get("round"), "metrics.round")
-            raw = value.get("metrics")
-            if not isinstance(raw, dict):
-                raise BridgeError(400, "invalid_request", "metrics.metrics must be an object")
-            metrics: dict[str, float] = {}
-            for name, val in raw.items():
-                if isinstance(val, bool) or not isinstance(val, int | float):
-                    raise BridgeError(400, "invalid_request", f"metric {name!r} is not a number")
-                metrics[name] = float(val)
-            return RoundMetrics(round=rnd, metrics=metrics)
-    raise BridgeError(
-        400,
-        "invalid_request",
-        'progress must be {"status":{...}}, {"metrics":{...}}, "update" or "update-received"',
-    )
-
-
-_REPLY_TYPES = {
-    "ok": "Ok",
-    "continue": "Continue",
-    "schedule_update": "ScheduleUpdate",
-    "done": "Done",
-    "error": "Error",
-}
-
-
-def reply_json(reply: ProgressReply) -> dict[str, Any]:
-    """The scheduler's reply in the original's JSON shape (``{"type": ...}``)."""
-    out: dict[str, Any] = {"type": _REPLY_TYPES[reply.reply]}
-    if reply.reply == "schedule_update":
-        out["counter"] = reply.counter if reply.counter is not None else 0
-    return out
-
-
-# -- SSE -------------------------------------------------------------------------------------
-
-
-def sse_event(data: Mapping[str, Any], event: str | None = None) -> bytes:
-    """One server-sent event (JSON data on a single line)."""
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-SSE_KEEPALIVE = b": keepalive\n\n"
-
-
-class _EventStream(Response):
-    """``text/event-stream`` of received files, with keep-alive comments, until disconnect."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self,
-        events: AsyncIterator[ReceivedFile],
-        describe: Callable[[ReceivedFile], dict[str, Any]],
-        keepalive: float,
-    ) -> None:
-        super().__init__(status_code=200, media_type=self.media_type)
-        self.events = events
-        self.describe = describe
-        self.keepalive = keepalive
-
-    async def _pump(self, out: trio.MemorySendChannel[bytes]) -> None:
-        async with out:
-            try:
-                async for item in self.events:
-                    await out.send(sse_event(self.describe(item)))
-            except Exception as exc:
-                log.warning("bridge receive failed: %r", exc)
-                await out.send(
-                    sse_event({"code": "receive_failed", "detail": str(exc)}, event="error")
-                )
-            finally:
-                aclose = getattr(self.events, "aclose", None)
-                if aclose is not None:
-                    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                        await aclose()
-
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                scope.cancel()
-                return
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        send_ch, recv_ch = trio.open_memory_channel[bytes](64)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, send_ch)
-            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-            async with recv_ch:
-                while True:
-                    chunk = SSE_KEEPALIVE
-                    with trio.move_on_after(self.keepalive):
-                        try:
-                            chunk = await recv_ch.receive()
-                        except trio.EndOfChannel:
-                            break
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            nursery.cancel_scope.cancel()
 
 
 # -- the bridge ------------------------------------------------------------------------------
@@ -628,7 +426,7 @@ class JobBridge:
                 "sha256": item.sha256,
             }
 
-        return _EventStream(events, describe, self.limits.keepalive)
+        return EventStream(events, describe, self.limits.keepalive)
 
     async def _status(self, request: Request) -> Response:
         kind = parse_progress(await self._read_json(request))
@@ -704,153 +502,3 @@ def open_inside(path: Path, roots: Sequence[Path], what: str) -> int:
         os.close(fd)
         raise
     return fd
-
-
-# -- OpenAPI ---------------------------------------------------------------------------------
-
-
-def _obj(props: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": list(required)}
-
-
-_STR = {"type": "string"}
-_INT = {"type": "integer", "minimum": 0}
-_ERR = {"$ref": "#/components/schemas/Error"}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(c): {"description": "error", "content": {"application/json": {"schema": _ERR}}}
-        for c in codes
-    }
-
-
-def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def openapi_schema() -> dict[str, Any]:
-    """The bridge's OpenAPI 3.1 document: every route, its request and reply shapes."""
-    fetched = _obj({"path": _STR, "size": _INT, "sha256": _STR}, ["path", "size", "sha256"])
-    fetch_req = {
-        "oneOf": [
-            _obj(
-                {"type": {"const": "uri"}, "value": {"type": "string", "format": "uri"}},
-                ["type", "value"],
-            ),
-            _obj(
-                {"type": {"const": "peers"}, "peers": {"type": "array", "items": _STR}}, ["type"]
-            ),
-            _obj({"type": {"const": "slice"}, "dataset": _STR}, ["type", "dataset"]),
-        ]
-    }
-    progress = {
-        "oneOf": [
-            _obj({"status": _obj({"batch_size": _INT}, ["batch_size"])}, ["status"]),
-            _obj(
-                {
-                    "metrics": _obj(
-                        {
-                            "round": _INT,
-                            "metrics": {
-                                "type": "object",
-                                "additionalProperties": {"type": "number"},
-                            },
-                        },
-                        ["round", "metrics"],
-                    )
-                },
-                ["metrics"],
-            ),
-            {"type": "string", "enum": ["update", "update-received", "updated"]},
-        ]
-    }
-    reply = _obj(
-        {
-            "type": {"enum": ["Ok", "Continue", "ScheduleUpdate", "Done", "Error"]},
-            "counter": _INT,
-        },
-        ["type"],
-    )
-    received = _obj(
-        {"path": _STR, "size": _INT, "from_peer": _STR, "sha256": _STR},
-        ["path", "size", "from_peer", "sha256"],
-    )
-
-    def body(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "hypha-sm job bridge", "version": "1"},
-        "paths": {
-            "/openapi.json": {"get": {"responses": {"200": _json({"type": "object"})}}},
-            "/resources/fetch": {
-                "post": {
-                    "summary": "Fetch artifacts into artifacts/ (blocking)",
-                    "requestBody": body(fetch_req),
-                    "responses": {
-                        "200": _json({"type": "array", "items": fetched}),
-                        **_errors(400, 403, 404, 413, 500, 501, 502),
-                    },
-                }
-            },
-            "/resources/send": {
-                "post": {
-                    "summary": "Send a work-dir file to peers; replies when the transfer ended",
-                    "requestBody": body(
-                        _obj(
-                            {
-                                "path": _STR,
-                                "peers": {"type": "array", "items": _STR, "minItems": 1},
-                                "purpose": _STR,
-                            },
-                            ["path", "peers"],
-                        )
-                    ),
-                    "responses": {
-                        "200": _json(
-                            _obj(
-                                {
-                                    "path": _STR,
-                                    "results": {
-                                        "type": "object",
-                                        "additionalProperties": _STR,
-                                    },
-                                },
-                                ["path", "results"],
-                            )
-                        ),
-                        **_errors(400, 404, 413, 500, 501, 502),
-                    },
-                }
-            },
-            "/resources/receive": {
-                "post": {
-                    "summary": "Stream files peers push (server-sent events)",
-                    "requestBody": {
-                        "required": False,
-                        "content": {"application/json": {"schema": _obj({"path": _STR})}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "one `data:` event per received file; "
-                            "`: keepalive` comments; `event: error` on failure",
-                            "content": {"text/event-stream": {"schema": received}},
-                        },
-                        **_errors(400, 413, 500, 501, 502),
-                    },
-                }
-            },
-            "/status/send": {
-                "post": {
-                    "summary": "Forward training progress to the scheduler (blocking)",
-                    "requestBody": body(progress),
-                    "responses": {"200": _json(reply), **_errors(400, 413, 500, 501, 502)},
-                }
-            },
-        },
-        "components": {
-            "schemas": {"Error": _obj({"code": _STR, "detail": _STR}, ["code", "detail"])}
-        },
-    }
