@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 import trio
 
 from hypha_sm.config.gateway import GatewaySettings
 from hypha_sm.net.keys import load_key_file
-from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.roles.gateway.gateway import Gateway
+from hypha_sm.runtime.bootstrap import on_stop_signals, tls_files
 from hypha_sm.textlog import configure
 
 
@@ -20,10 +19,7 @@ def run_gateway(settings: GatewaySettings) -> int:
     """Run until a signal; exit code 0 on a clean stop."""
     configure(settings.log_level)
     identity = load_key_file(settings.node_key)
-    tls = None
-    if settings.cert_pem and settings.key_pem and settings.trust_pem:
-        tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
-    config = NetConfig(max_skew=settings.max_skew, tls=tls)
+    config = NetConfig(max_skew=settings.max_skew, tls=tls_files(settings))
 
     async def main() -> None:
         with Endpoint(identity, config) as transport:
@@ -36,20 +32,20 @@ def run_gateway(settings: GatewaySettings) -> int:
                 max_directory_bytes=settings.max_directory_mb << 20,
                 relay_queue=settings.relay_queue,
             )
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(gateway.run)
-                    print(
-                        f"gateway {identity.peer_id} ready: listen {bound.listen} "
-                        f"ingest {bound.ingest} publish {bound.publish}",
-                        flush=True,
-                    )
-                    async for signum in signals:
-                        logging.getLogger(__name__).info(
-                            "%s: stopping", signal.Signals(signum).name
-                        )
-                        nursery.cancel_scope.cancel()
-                        break
+            async with trio.open_nursery() as nursery:
+
+                async def stop(name: str) -> None:
+                    logging.getLogger(__name__).info("%s: stopping", name)
+                    nursery.cancel_scope.cancel()
+
+                # Signals are caught before the gateway says it is ready.
+                await nursery.start(on_stop_signals, stop)
+                bound = await nursery.start(gateway.run)
+                print(
+                    f"gateway {identity.peer_id} ready: listen {bound.listen} "
+                    f"ingest {bound.ingest} publish {bound.publish}",
+                    flush=True,
+                )
             stats = gateway.stats
             net = transport.stats()
             print(

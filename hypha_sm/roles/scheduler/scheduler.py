@@ -38,8 +38,8 @@ import trio
 from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import load_key_file
-from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Publisher, Transport
+from hypha_sm.runtime.bootstrap import tls_files
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
@@ -451,10 +451,7 @@ async def run_scheduler(
 ) -> Outcome:
     """Run the job described by ``settings`` on the real network; its outcome."""
     identity = load_key_file(settings.node_key)
-    tls = None
-    if settings.cert_pem and settings.key_pem and settings.trust_pem:
-        tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
-    with Endpoint(identity, NetConfig(tls=tls)) as transport:
+    with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
         scheduler = Scheduler(
             transport,
             settings.job,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
-import signal
 from pathlib import Path
 
 import trio
@@ -36,6 +35,7 @@ from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper
 from hypha_sm.roles.worker.telemetry import Telemetry, install_trace_ids
 from hypha_sm.roles.worker.users import JobUsers, check_reachable
 from hypha_sm.roles.worker.workdirs import clean_orphans, prune_failed
+from hypha_sm.runtime.bootstrap import on_stop_signals, tls_files
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 
@@ -126,9 +126,7 @@ async def _run(
     telemetry: Telemetry,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    tls = None
-    if settings.cert_pem and settings.key_pem and settings.trust_pem:
-        tls = TlsFiles(settings.cert_pem, settings.key_pem, settings.trust_pem)
+    tls = tls_files(settings)
     if not settings.external_addresses and has_wildcard_host(settings.listen_addresses[0]):
         log.warning(
             "listening on %s with no external_addresses: offers and the peer record carry a "
@@ -247,23 +245,17 @@ async def _serve(
                 "worker %s serving on %s; event log %s", identity.peer_id, bound, recorder.path
             )
             task_status.started(bound)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as watchers:
 
-                    async def on_signals() -> None:
-                        count = 0
-                        async for signum in signals:
-                            count += 1
-                            name = signal.Signals(signum).name
-                            if count == 1:
-                                log.info("%s: stopping (again to force)", name)
-                                await node.shutdown()
-                            else:
-                                log.warning("%s again: forcing the exit", name)
-                                nursery.cancel_scope.cancel()
-                                return
+            async def drain(name: str) -> None:
+                log.info("%s: stopping (again to force)", name)
+                await node.shutdown()
 
-                    watchers.start_soon(on_signals)
-                    await done.wait()
-                    watchers.cancel_scope.cancel()
+            def force(name: str) -> None:
+                log.warning("%s again: forcing the exit", name)
+                nursery.cancel_scope.cancel()
+
+            async with trio.open_nursery() as watchers:
+                await watchers.start(on_stop_signals, drain, force)
+                await done.wait()
+                watchers.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
