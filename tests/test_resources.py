@@ -1,21 +1,29 @@
-"""Exact resource amounts: conversion to micro-units, arithmetic, and the evaluator's score."""
+"""Resource amounts: one set of dimensions in every layer's type, converted in one place; exact
+micro-units, arithmetic, and the evaluator's score."""
 
 from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 
+from hypha_sm.config.scheduler import JobResources
+from hypha_sm.config.worker import ResourceSettings
 from hypha_sm.core.resources import (
     MAX_AMOUNT,
     MICRO,
+    NAMES,
     ZERO,
     Amounts,
     Resources,
     Weights,
+    convert,
+    covers,
     score,
     to_resources,
 )
+from hypha_sm.wire import messages
 
 DEFAULT = Weights()
 ODD = Weights(gpu=2.0, cpu=3.0, memory=5.0, storage=7.0)
@@ -124,3 +132,40 @@ def test_any_single_nonzero_dimension_makes_a_vector_nonzero(dimension: int) -> 
     one = [0, 0, 0, 0]
     one[dimension] = 1
     assert not Resources(*one).is_zero()
+
+
+RESOURCE_TYPES = [
+    ("core Amounts", Amounts),
+    ("core Resources (micro-units)", Resources),
+    ("wire messages.Resources", messages.Resources),
+    ("worker config ResourceSettings", ResourceSettings),
+    ("scheduler config JobResources", JobResources),
+]
+
+
+def _fields(cls: type) -> set[str]:
+    if hasattr(cls, "model_fields"):
+        return set(cls.model_fields)
+    if hasattr(cls, "__struct_fields__"):
+        return set(cls.__struct_fields__)
+    return set(cls._fields)
+
+
+@pytest.mark.parametrize(("what", "cls"), RESOURCE_TYPES, ids=[w for w, _ in RESOURCE_TYPES])
+def test_every_resource_type_has_the_same_dimensions(what: str, cls: type) -> None:
+    """A dimension added to one type and not the others fails here, not in a market."""
+    assert _fields(cls) == set(NAMES), what
+
+
+def test_convert_carries_every_dimension_between_types_and_covers_compares_them() -> None:
+    wire = messages.Resources(gpu=1.0, cpu=2.0, memory=3.0, storage=4.0)
+    amounts = convert(wire, Amounts)
+    assert amounts == Amounts(gpu=1.0, cpu=2.0, memory=3.0, storage=4.0)
+    assert convert(amounts, messages.Resources) == wire
+    assert convert(JobResources(cpu=2.0, memory=3.0, storage=4.0, gpu=1.0), Amounts) == amounts
+    assert covers(wire, amounts)
+    for name in NAMES:
+        short = convert(wire, Amounts)
+        lacking = msgspec.structs.replace(short, **{name: getattr(short, name) - 0.5})
+        assert not covers(lacking, wire), name
+        assert not covers(msgspec.structs.replace(short, **{name: math.nan}), wire), name

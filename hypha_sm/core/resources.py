@@ -9,7 +9,8 @@ micro-unit (never under-reserving), and does exact integer arithmetic from then 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -25,6 +26,45 @@ class Amounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cpu: float = 0.0
     memory: float = 0.0
     storage: float = 0.0
+
+
+#: The dimensions, in the order every resource type declares them.
+NAMES = ("gpu", "cpu", "memory", "storage")
+
+T = TypeVar("T")
+
+
+class HasAmounts(Protocol):
+    """Any of the resource types: the config's, the wire's, the core's ``Amounts``."""
+
+    @property
+    def gpu(self) -> float: ...
+
+    @property
+    def cpu(self) -> float: ...
+
+    @property
+    def memory(self) -> float: ...
+
+    @property
+    def storage(self) -> float: ...
+
+
+def convert(source: HasAmounts, to: Callable[..., T]) -> T:
+    """The same amounts as another resource type (``Amounts``, ``messages.Resources``, ...).
+
+    The one place amounts cross from one layer's type to another's, so a dimension added to
+    the types is carried everywhere or fails loudly here (a missing keyword or attribute).
+    """
+    return to(**{name: getattr(source, name) for name in NAMES})
+
+
+def covers(got: HasAmounts, asked: HasAmounts) -> bool:
+    """Every dimension of ``got`` is finite and at least ``asked``'s."""
+    return all(
+        math.isfinite(getattr(got, name)) and getattr(got, name) >= getattr(asked, name)
+        for name in NAMES
+    )
 
 
 class Resources(NamedTuple):

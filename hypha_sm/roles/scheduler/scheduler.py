@@ -36,6 +36,7 @@ from typing import Literal
 import trio
 
 from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
+from hypha_sm.core.resources import convert, covers
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Publisher, Transport
@@ -256,13 +257,12 @@ class Scheduler:
             self._requests.discard(request_id)
 
     def _advertisement(self, request_id: str) -> m.Advertisement:
-        r = self.job.resources
         executor = self.job.executor
         return m.Advertisement(
             request_id,
             str(self.transport.peer_id),
             self.public_address or self.address,
-            m.Resources(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+            convert(self.job.resources, m.Resources),
             (m.Executor(cls=executor.cls, name=executor.name),),
             self.job.bid,
             self._wall() + AD_LIFETIME,
@@ -305,15 +305,7 @@ class Scheduler:
         why = ""
         if not (math.isfinite(price) and 0.0 <= price <= limit):
             why = f"price {price!r} outside 0..{limit:g}"
-        elif not all(
-            math.isfinite(g) and g >= a
-            for g, a in (
-                (got.gpu, asked.gpu),
-                (got.cpu, asked.cpu),
-                (got.memory, asked.memory),
-                (got.storage, asked.storage),
-            )
-        ):
+        elif not covers(got, asked):
             why = f"offers {got} for {asked}"
         if why:
             log.info("%s: offer %s refused: %s", _short(sender), offer.lease_id, why)

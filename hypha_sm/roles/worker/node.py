@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from hypha_sm.core.resources import Amounts
+from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Subscription, Transport
@@ -261,13 +261,12 @@ class WorkerNode:
             if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
                 self.stats.refused_ads += 1
                 continue
-            r = ad.resources
             await self._send.send(
                 AdvertisementReceived(
                     ad.request_id,
                     ad.scheduler,
                     ad.reply_address,
-                    Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+                    convert(ad.resources, Amounts),
                     tuple(ExecutorRef(cls=e.cls, name=e.name) for e in ad.executors),
                     ad.bid,
                     ad.expires,
@@ -424,12 +423,11 @@ class WorkerNode:
         done.set()
 
     async def _send_offer(self, offer: SendOffer) -> None:
-        r = offer.resources
         message = m.WorkerOffer(
             offer.lease_id,
             offer.request_id,
             offer.price,
-            m.Resources(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+            convert(offer.resources, m.Resources),
             offer.expires_wall,
             self.public_address or self.address,
         )

@@ -17,7 +17,7 @@ import trio
 
 from hypha_sm.config.worker import WorkerSettings, executor_warnings
 from hypha_sm.core.errors import HyphaSMError
-from hypha_sm.core.resources import Amounts
+from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.discovery import Gateways, has_wildcard_host
@@ -44,9 +44,8 @@ log = logging.getLogger(__name__)
 
 def policy_from_settings(settings: WorkerSettings) -> Policy:
     """What the core decides with, from the worker's settings."""
-    r = settings.resources
     return Policy(
-        capacity=Amounts(gpu=r.gpu, cpu=r.cpu, memory=r.memory, storage=r.storage),
+        capacity=convert(settings.resources, Amounts),
         executors=tuple(
             ExecutorSpec(cls=e.cls, name=e.name, runtime=e.runtime) for e in settings.executors
         ),
