@@ -236,7 +236,7 @@ def _check_telemetry(settings: Any) -> None:
 
 
 def _log_to_stderr() -> None:
-    from hypha_sm.textlog import configure
+    from hypha_sm.runtime.textlog import configure
 
     configure("INFO")
 

@@ -32,7 +32,7 @@ from hypha_sm.net.transport import Endpoint
 from hypha_sm.roles.scheduler.scheduler import Scheduler
 from hypha_sm.roles.worker.bridge import BridgeError, JobBridge, open_inside
 from hypha_sm.roles.worker.process import MAX_INLINE_SPEC
-from hypha_sm.textlog import SafeFormatter, escape_controls
+from hypha_sm.runtime.textlog import SafeFormatter, escape_controls
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 from tests.netkit import wait_connected, wait_healthy

@@ -12,7 +12,7 @@ from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.roles.gateway.gateway import Gateway
 from hypha_sm.runtime.bootstrap import on_stop_signals, tls_files
-from hypha_sm.textlog import configure
+from hypha_sm.runtime.textlog import configure
 
 
 def run_gateway(settings: GatewaySettings) -> int:
