@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import types
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
 
-from hypha_sm.config.layers import ConfigError, LayeredSettings, load_settings
+from hypha_sm.config.layers import ConfigError, LayeredSettings, check_tls_files, load_settings
+from hypha_sm.config.scheduler import SchedulerSettings
 
 
 class Inner(BaseModel):
@@ -78,3 +81,47 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     """The path of a missing config file is in the error."""
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(Example, tmp_path / "nope.toml", {})
+
+
+@pytest.mark.parametrize(
+    ("addresses", "given", "problem"),
+    [
+        (["tcp://a:1"], {}, None),
+        (["tls+tcp://a:1"], {"cert_pem": "c", "key_pem": "k", "trust_pem": "t"}, None),
+        (
+            ["tcp://a:1", "tls+tcp://a:2"],
+            {},
+            "tls+tcp:// addresses need cert_pem, key_pem, trust_pem",
+        ),
+        (
+            ["tls+tcp://a:1"],
+            {"cert_pem": "c", "key_pem": "k"},
+            "tls+tcp:// addresses need trust_pem",
+        ),
+        ([], {}, None),
+    ],
+)
+def test_tls_addresses_need_all_three_files(
+    addresses: list[str], given: dict[str, str], problem: str | None
+) -> None:
+    """The one check every role's settings use (worker, gateway, scheduler)."""
+    settings = types.SimpleNamespace(
+        **{"cert_pem": None, "key_pem": None, "trust_pem": None, **given}
+    )
+    if problem is None:
+        check_tls_files(settings, addresses)
+    else:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            check_tls_files(settings, addresses)
+
+
+def test_a_scheduler_with_a_tls_gateway_and_no_files_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(
+        'node_key = "k"\ngateway_addresses = ["tls+tcp://127.0.0.1:7000"]\n'
+        '[job]\nworkers = 1\nexecutor = { class = "train", name = "demo" }\n'
+    )
+    with pytest.raises(
+        ConfigError, match="tls\\+tcp:// addresses need cert_pem, key_pem, trust_pem"
+    ):
+        load_settings(SchedulerSettings, config, {})

@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from hypha_sm.config.layers import LayeredSettings
+from hypha_sm.config.layers import LayeredSettings, check_tls_files
 
 
 class GatewaySettings(LayeredSettings):
@@ -30,12 +30,5 @@ class GatewaySettings(LayeredSettings):
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> Self:
-        uses_tls = any(
-            a.startswith("tls+tcp://") for a in (self.listen, self.ingest, self.publish)
-        )
-        missing = [
-            name for name in ("cert_pem", "key_pem", "trust_pem") if getattr(self, name) is None
-        ]
-        if uses_tls and missing:
-            raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        check_tls_files(self, (self.listen, self.ingest, self.publish))
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,3 +104,15 @@ def describe(exc: ValidationError, path: Path | None) -> str:
         else:
             lines.append(f"{where}{key} = {error.get('input')!r}: {error['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def check_tls_files(settings: object, addresses: Iterable[str]) -> None:
+    """Refuse ``tls+tcp://`` addresses without all of ``cert_pem``, ``key_pem`` and ``trust_pem``.
+
+    Raises:
+        ValueError: naming the missing settings (pydantic reports it against the file).
+    """
+    if any(address.startswith("tls+tcp://") for address in addresses):
+        missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(settings, n) is None]
+        if missing:
+            raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")

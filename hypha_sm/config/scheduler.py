@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hypha_sm.config.layers import LayeredSettings
+from hypha_sm.config.layers import LayeredSettings, check_tls_files
 
 _ADDRESS = r"^(tcp|tls\+tcp)://[^\s]+:\d+$|^ipc:///[^\s]+$"
 
@@ -89,7 +89,5 @@ class SchedulerSettings(LayeredSettings):
     @model_validator(mode="after")
     def _tls_needs_files(self) -> Self:
         addresses = [*self.gateway_addresses, self.listen_address, self.external_address or ""]
-        missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(self, n) is None]
-        if any(a.startswith("tls+tcp://") for a in addresses) and missing:
-            raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        check_tls_files(self, addresses)
         return self

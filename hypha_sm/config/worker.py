@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from hypha_sm.config.layers import LayeredSettings
+from hypha_sm.config.layers import LayeredSettings, check_tls_files
 from hypha_sm.roles.worker.core.policy import RUNTIME_FOR_CLASS, parse_strategy
 
 
@@ -137,10 +137,7 @@ class WorkerSettings(LayeredSettings):
             *self.external_addresses,
             self.bulk_listen_address or "",
         ]
-        if any(a.startswith("tls+tcp://") for a in addresses):
-            missing = [n for n in ("cert_pem", "key_pem", "trust_pem") if getattr(self, n) is None]
-            if missing:
-                raise ValueError(f"tls+tcp:// addresses need {', '.join(missing)}")
+        check_tls_files(self, addresses)
         low, high = self.job_uid_range
         if not 1000 <= low <= high < 2**31:
             raise ValueError(
