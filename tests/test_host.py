@@ -6,6 +6,8 @@ the same engine and host the worker runs on: this is what a new role brings and 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from hypha_sm.core.engine import Ctx, Engine, Registry
@@ -171,3 +173,14 @@ def test_an_undeclared_event_and_a_dead_record_raise() -> None:
         host.fire("door", "back", "push")
     with pytest.raises(InvariantViolation, match="already exists"):
         host.create(DoorRec("front"))
+
+
+def test_a_record_lists_its_phase_and_every_slot_once() -> None:
+    """``fields()``: the phase under its public name, then the slots of every class."""
+    host = doors()
+    host.create(DoorRec("front"))
+    assert host.get("door", "front").fields() == {
+        "phase": "closed",
+        "deadline": math.inf,
+        "key": "front",
+    }

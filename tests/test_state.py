@@ -113,3 +113,21 @@ def test_the_snapshot_names_everything_that_determines_future_behaviour() -> Non
     assert isinstance(records, dict)
     assert records["node"]["n1"]["deadline"] == 7.0
     assert set(records) == {"node", "batch", "request", "lease", "job"}
+
+
+def test_a_fresh_worker_holds_only_its_node_and_window_with_their_initial_fields() -> None:
+    """Every field a record starts with is what replay prints and snapshots carry."""
+    engine, _ = load_engine()
+    state = WorkerState(engine, Policy(capacity=Amounts(cpu=1.0)), bytes(16))
+    assert state.snapshot()["records"] == {
+        "node": {
+            "node": {"phase": "running", "deadline": math.inf, "key": "node", "stop_reason": ""}
+        },
+        "batch": {"batch": state.records["batch"]["batch"].fields()},
+        "request": {},
+        "lease": {},
+        "job": {},
+    }
+    batch = state.records["batch"]["batch"].fields()
+    assert (batch["phase"], batch["deadline"], batch["key"]) == ("idle", math.inf, "batch")
+    assert "_phase" not in batch

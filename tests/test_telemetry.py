@@ -930,6 +930,15 @@ async def test_a_slow_export_never_blocks_the_trio_loop(
             pending = not done.is_set()
             nursery.cancel_scope.cancel()
     finally:
-        otel_log.setLevel(level)
         settings.socket.close()
+        # The cancelled export's threads would go on retrying (with random jitter) into later
+        # tests; stop them (an abandoned aclose is already stopping them in its thread), each
+        # wait bounded by the export timeout now that nothing listens.
+        telemetry.shutdown()
+        for thread in threading.enumerate():
+            if thread.name.startswith(("Otel", "_shutdown_providers")):
+                thread.join(timeout=60)
+        otel_log.setLevel(level)
     assert pending, f"{call} finished before the loop ran again: it blocked trio"
+    leftover = [t.name for t in threading.enumerate() if t.name.startswith("Otel")]
+    assert not leftover, f"exporter threads still running after shutdown: {leftover}"
