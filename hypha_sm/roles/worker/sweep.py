@@ -165,6 +165,7 @@ def alive(p: psutil.Process) -> bool:
 
 
 def cwd_inside(p: psutil.Process, root: Path) -> bool:
+    """Whether the process works in ``root`` or below (False once it is gone)."""
     try:
         cwd = Path(p.cwd())
     except (psutil.Error, OSError):
@@ -173,12 +174,14 @@ def cwd_inside(p: psutil.Process, root: Path) -> bool:
 
 
 def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    """Send ``sig`` to each; one that is gone or not ours is skipped (psutil says which)."""
     for p in procs:
-        with contextlib.suppress(psutil.Error, OSError):
+        with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
 
 
 def killpg(pgid: int | None, sig: int) -> None:
+    """Signal a job's process group; never the node's own, init's (1) or everyone's (<= 0)."""
     if pgid is None or pgid <= 1 or pgid == os.getpgrp():
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
