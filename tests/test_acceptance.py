@@ -15,6 +15,7 @@ import msgspec.structs
 import pytest
 
 from hypha_sm.core.resources import ZERO, Amounts, Resources
+from hypha_sm.core.trace import REJECTED
 from hypha_sm.roles.worker.core.effects import (
     NodeStopped,
     ReplyDispatched,
@@ -368,7 +369,8 @@ def test_request_received_advertisement_received_duplicate_is_rejected() -> None
     w.feed(ad("dup", expires_in=5.0))
     w.feed(ad("dup", expires_in=5.0, t=0.1), 0.1)
     assert len(effects_of(w.tick(0.2), SendOffer)) == 1
-    w.feed(ad("dup", expires_in=5.0), 1.0)
+    late = w.feed(ad("dup", expires_in=5.0), 1.0)
+    assert late.trace[-1] == ("request", "dup", "", "advertisement_received", None, REJECTED)
     assert effects_of(w.tick(1.2), SendOffer) == []
     assert w.state.counters["rejected.request.duplicate"] == 2
 
@@ -463,6 +465,12 @@ def test_lease_renew_requested_unknown_id_fails() -> None:
     assert out.effects == (
         ReplyRenewFailed(4, "00000000-0000-4000-8000-000000000000", "unknown_lease"),
     )
+    # The trace names the refused lease and event (replay timelines and telemetry read it),
+    # and the step hands back the state it changed.
+    assert out.trace == (
+        ("lease", "00000000-0000-4000-8000-000000000000", "", "renew_requested", None, REJECTED),
+    )
+    assert out.state is w.state
 
 
 def test_lease_offered_offer_failed_releases_at_once_and_only_once() -> None:
