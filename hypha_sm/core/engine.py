@@ -104,7 +104,6 @@ class KindRuntime:
     def __init__(
         self, spec: MachineSpec, registry: Registry, *, via_library: bool = False
     ) -> None:
-        self.spec = spec
         self.via_library = via_library
         self.kind = spec.name
         self.terminal = spec.terminal
