@@ -378,6 +378,29 @@ async def test_stop_graceful_process_exits_on_term(tmp_path: Path) -> None:
     assert code == -signal.SIGTERM
 
 
+async def test_a_job_gets_its_whole_grace_to_tidy_up_before_the_kill(tmp_path: Path) -> None:
+    """SIGTERM first; a job that needs a moment to tidy up gets it and exits with its own code.
+
+    Whether the stop's grace is honoured, as a delay before SIGKILL, and a cancelled
+    supervision's grace too: a job that exits on its own within it is not killed.
+    """
+    for how in ("stop", "cancel"):
+        job = ProcessJob(_spec("tidy", "0.5", wid=how), _settings(tmp_path, grace=5.0))
+        async with trio.open_nursery() as nursery:
+            await job.start(nursery)
+            with trio.fail_after(10):
+                while not (job.work_dir / "ready.txt").exists():  # noqa: ASYNC110 (a file)
+                    await trio.sleep(0.02)
+            with trio.fail_after(5 + 3):
+                if how == "stop":
+                    code = await job.stop(5)
+                else:
+                    nursery.cancel_scope.cancel()
+        if how == "cancel":
+            code = await job.wait()
+        assert code == 0, how  # its own exit, after the tidy-up: not -SIGKILL
+
+
 async def test_forced_stop_brings_kill_forward(tmp_path: Path) -> None:
     """A second stop with grace 0 (StopJob.force) kills at once despite a long first grace."""
     pids_file = tmp_path / "pids.json"
