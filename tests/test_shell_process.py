@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from hypha_sm.core.resources import Amounts
+from hypha_sm.roles.worker import process
 from hypha_sm.roles.worker.limits import find_cgroup_parent
 from hypha_sm.roles.worker.process import (
     STDERR_NAME,
@@ -366,6 +367,8 @@ async def test_cancelled_supervision_still_kills_the_tree(tmp_path: Path) -> Non
         _kill_leftovers(pids)
     assert code == -signal.SIGKILL
     assert left == []
+    # The node forgets the job's main process: a reused pid must not be taken for one.
+    assert job.pid not in process._job_mains
 
 
 async def test_stop_graceful_process_exits_on_term(tmp_path: Path) -> None:
