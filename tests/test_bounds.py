@@ -180,3 +180,19 @@ def test_toml_nesting_is_measured_past_strings_comments_and_headers(
     """Inline arrays and tables count toward the depth; table headers, strings and comments do
     not; the limit given is the one applied; undecodable text is measured, never raised on."""
     assert toml_problem(text, max_depth=max_depth) == expected, case
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('["\ud800"]', None),  # a lone surrogate, as json.loads may produce and a str may hold
+        ("[" * 65 + "\udfff" + "]" * 65, "too_deep"),
+        ('{"k": "\udbff\udfff"}', None),
+    ],
+)
+def test_a_text_with_lone_surrogates_is_measured_not_refused_by_the_encoder(
+    text: str, expected: str | None
+) -> None:
+    """Remote JSON decoded to ``str`` can hold lone surrogates; measuring it never raises."""
+    assert json_problem(text) == expected
+    assert toml_problem(text) == expected

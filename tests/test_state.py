@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hypha_sm.core.resources import Amounts
+from hypha_sm.core.trace import Now
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.policy import Policy
 from hypha_sm.roles.worker.core.records import NodeRec
@@ -131,3 +132,55 @@ def test_a_fresh_worker_holds_only_its_node_and_window_with_their_initial_fields
     batch = state.records["batch"]["batch"].fields()
     assert (batch["phase"], batch["deadline"], batch["key"]) == ("idle", math.inf, "batch")
     assert "_phase" not in batch
+
+
+def _with(**policy: object) -> WorkerState:
+    return WorkerState(ENGINE, Policy(capacity=Amounts(cpu=1.0), **policy), bytes(16))
+
+
+def test_deadlines_due_at_the_same_time_fire_in_the_order_they_were_armed() -> None:
+    state = _state()
+    for key in ("n3", "n0", "n2"):
+        state.arm(state.records["node"][key], 5.0)
+    assert [key for _, key in _firing_order(state)] == ["n3", "n0", "n2"]
+
+
+def test_advertisement_ids_are_forgotten_at_their_time_and_beyond_capacity_oldest_first() -> None:
+    """``forget_seen`` at exactly the forget time; ``bound_seen`` evicts the soonest to expire
+    down to the capacity, counting each eviction."""
+    state = _with()
+    for request_id, forget_at in (("a", 10.0), ("b", 20.0), ("c", 30.0)):
+        state.seen_ads[request_id] = forget_at
+        heapq.heappush(state.seen_heap, (forget_at, request_id))
+    state.bound_seen(3)
+    assert set(state.seen_ads) == {"a", "b", "c"}
+    state.bound_seen(2)
+    assert set(state.seen_ads) == {"b", "c"}
+    assert state.counters["dedupe.evicted"] == 1
+    state.now = Now(20.0, 0.0)
+    state.forget_seen()
+    assert set(state.seen_ads) == {"c"}
+
+
+def test_lapse_memory_is_bounded_and_a_long_quiet_scheduler_starts_afresh() -> None:
+    """At most ``scheduler_memory`` schedulers are remembered (the least recently changed go);
+    one quiet for longer than ``backoff_max`` counts its next lapse as its first."""
+    state = _with(scheduler_memory=2, lapses_before_backoff=2)
+    for scheduler in ("s1", "s2", "s3"):
+        state.note_lapse(scheduler)
+    assert list(state.lapses) == ["s2", "s3"]
+    quiet = state.policy.timings.backoff_max
+    state.now = Now(quiet, 0.0)
+    state.note_lapse("s3")  # quiet exactly backoff_max: not yet a fresh start
+    assert state.lapses["s3"][0] == 2
+    state.now = Now(state.lapses["s3"][1] + quiet + 1e-3, 0.0)  # quiet for longer than that
+    state.note_lapse("s3")
+    assert state.lapses["s3"][0] == 1
+
+
+def test_ended_records_are_counted_by_kind_and_final_phase() -> None:
+    state = _state()
+    for key in ("n0", "n1"):
+        state.records["node"][key]._phase = "stopped"
+        state.drop(state.records["node"][key])
+    assert state.counters["node.stopped"] == 2
