@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -94,3 +95,62 @@ def test_killpg_of_a_group_that_is_gone_or_not_ours_is_quiet(
 
     monkeypatch.setattr(os, "killpg", refuse)
     sweep.killpg(4242, signal.SIGKILL)  # no exception
+
+
+def _started(env: dict[bytes, bytes], cwd: Path) -> subprocess.Popen[bytes]:
+    """A sleeping child with this environment, once it runs (it says so through a file)."""
+    ready = cwd / "ready"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(30)",
+        ],
+        cwd=cwd,
+        env=env,
+    )
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return child
+
+
+def test_a_marker_a_job_set_to_non_ascii_bytes_is_read_not_raised_on(tmp_path: Path) -> None:
+    """A hostile job may rewrite its marker to any bytes; the stop still reads (and compares) it."""
+    child = _started({**os.environb, sweep.MARKER.encode(): b"job-\xff\xfe"}, tmp_path)
+    try:
+        assert sweep.marker_of(child.pid) == "job-\ufffd\ufffd"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_marker_past_the_read_cap_is_not_found(tmp_path: Path) -> None:
+    """At most 1 MiB of a process's environment is read: a job cannot make the stop read more.
+
+    The environment is laid out in the order given: 9 x 120 KiB of padding, then the marker.
+    """
+    env = {f"PAD{i}".encode(): b"x" * (120 << 10) for i in range(9)}
+    env[sweep.MARKER.encode()] = b"late"
+    child = _started(env, tmp_path)
+    try:
+        assert sweep.marker_of(child.pid) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cgroup_pids_reads_a_group_and_its_descendants_and_skips_what_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    """Every ``cgroup.procs`` below the path, its own included; one that vanished, cannot be
+    read or holds no pid list is skipped."""
+    (tmp_path / "cgroup.procs").write_text("12\n7\n")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "cgroup.procs").write_text("7\n30\n")
+    (tmp_path / "a" / "b" / "cgroup.procs").write_text("41\n")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cgroup.procs").write_text("not pids\n")
+    (tmp_path / "odd" / "cgroup.procs").mkdir(parents=True)  # reading it: IsADirectoryError
+    assert sweep.cgroup_pids(tmp_path) == [7, 12, 30, 41]
+    assert sweep.cgroup_pids(tmp_path / "gone") == []

@@ -81,17 +81,14 @@ def adopted_children(known_mains: set[int]) -> list[psutil.Process]:
     return []
 
 
-def reap_adopted(known_mains: set[int]) -> int:
-    """Collect adopted children that have exited (zombies); how many.
+def reap_adopted(known_mains: set[int]) -> None:
+    """Collect adopted children that have exited (zombies).
 
     Never a job's main process: its ``Popen`` collects its own exit code.
     """
-    reaped = 0
     for child in adopted_children(known_mains):
-        with contextlib.suppress(ChildProcessError, OSError):
-            pid, _ = os.waitpid(child.pid, os.WNOHANG)
-            reaped += pid != 0
-    return reaped
+        with contextlib.suppress(OSError):  # not ours any more, or already collected
+            os.waitpid(child.pid, os.WNOHANG)
 
 
 # -- cgroups ------------------------------------------------------------------------------------
@@ -110,7 +107,8 @@ def job_marker(work_dir: Path, work_dir_id: str) -> str:
 def cgroup_pids(path: Path) -> list[int]:
     """The processes in a cgroup (and its descendants)."""
     pids: list[int] = []
-    for procs in [path / "cgroup.procs", *path.glob("**/cgroup.procs")]:
+    for procs in path.glob("**/cgroup.procs"):  # ** matches no directory too: path's own
+        # A child cgroup may go away while we read; a file that is not a pid list is skipped.
         with contextlib.suppress(OSError, ValueError):
             pids.extend(int(p) for p in procs.read_text().split())
     return sorted(set(pids))
