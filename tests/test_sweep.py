@@ -154,3 +154,12 @@ def test_cgroup_pids_reads_a_group_and_its_descendants_and_skips_what_it_cannot_
     (tmp_path / "odd" / "cgroup.procs").mkdir(parents=True)  # reading it: IsADirectoryError
     assert sweep.cgroup_pids(tmp_path) == [7, 12, 30, 41]
     assert sweep.cgroup_pids(tmp_path / "gone") == []
+
+
+def test_kill_cgroup_removes_nested_groups_deepest_first(tmp_path: Path) -> None:
+    """A job may have made child cgroups in its own: each is removed before its parent."""
+    group = tmp_path / "job"
+    for sub in ("a/b/c", "a/d", "e"):
+        (group / sub).mkdir(parents=True)
+    assert sweep.kill_cgroup(group) == []  # no process in any of them
+    assert not group.exists()
