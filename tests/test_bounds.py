@@ -111,6 +111,11 @@ HAND_MADE = {
     "false": b"\xc2",
     "true": b"\xc3",
     "negative fixint": b"\xff",
+    # The edges of each first-byte range of the format:
+    "negative fixint -32": b"\xe0",
+    "positive fixint 127": b"\x7f",
+    "fixstr of 31": b"\xbf" + b"x" * 31,
+    "empty fixstr": b"\xa0",
 }
 
 
@@ -133,6 +138,25 @@ def test_every_scalar_form_is_read_whole_and_refused_when_cut(name: str) -> None
         assert msgpack_problem(data[:-1]) == "truncated", name
     assert msgpack_problem(scalar) is None
     assert msgpack_problem(b"\xc1") == "invalid"
+
+
+@pytest.mark.parametrize(
+    ("data", "items"),
+    [
+        (b"\x8f" + b"\x00\x00" * 15, 31),  # fixmap of 15 entries, the largest
+        (b"\x9f" + b"\x00" * 15, 16),  # fixarray of 15
+        (b"\x80", 1),
+        (b"\x90", 1),
+    ],
+)
+def test_the_largest_and_smallest_fix_containers_are_counted_whole(
+    data: bytes, items: int
+) -> None:
+    assert msgpack_problem(data) is None
+    assert msgpack_problem(data, max_items=items - 1) == "too_many_items"
+    assert msgpack_problem(data + b"\x00") is None  # trailing bytes are the decoder's
+    if len(data) > 1:
+        assert msgpack_problem(data[:-1]) == "truncated"
 
 
 json_values = st.recursive(
