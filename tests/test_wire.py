@@ -272,3 +272,53 @@ def test_fuzz_signed_mutations_of_valid_payloads_never_raise(
     assert isinstance(result, Opened | Rejection)
     if isinstance(result, Rejection):
         assert result.reason in {"malformed_payload", "unknown_message"}
+
+
+def test_the_replay_guard_keys_ids_by_sender_and_counts_what_it_opens() -> None:
+    """One message id from two senders is two messages; from one sender twice, a replay.
+    ``accepted`` and ``rejected`` count every envelope."""
+    opener = Opener()
+    same_id = bytes([5]) * 16
+    assert isinstance(opener.open(seal(ALICE, m.Health(), NOW, same_id), NOW), Opened)
+    assert isinstance(opener.open(seal(MALLORY, m.Health(), NOW, same_id), NOW), Opened)
+    again = opener.open(seal(ALICE, m.Health(), NOW, same_id), NOW)
+    assert isinstance(again, Rejection)
+    assert again.reason == "replayed"
+    assert opener.open(b"\xc1", NOW) == Rejection("malformed", "invalid")
+    assert (opener.accepted, opener.rejected) == (2, {"replayed": 1, "malformed": 1})
+    opener.open(seal(ALICE, m.Health(), NOW, same_id), NOW)
+    assert opener.rejected["replayed"] == 2
+
+
+@pytest.mark.parametrize(("skew_ms", "opened"), [(30_000, True), (30_001, False), (-30_000, True)])
+def test_the_clock_skew_limit_is_inclusive_to_the_millisecond(skew_ms: int, opened: bool) -> None:
+    data = seal(ALICE, m.Health(), NOW, bytes([6]) * 16)
+    result = Opener(max_skew=30.0).open(data, NOW + skew_ms / 1000)
+    assert isinstance(result, Opened) is opened
+    if not opened:
+        assert isinstance(result, Rejection)
+        assert result.reason == "stale"
+
+
+def test_an_envelope_of_exactly_the_size_limit_is_read() -> None:
+    data = seal(ALICE, m.Health(), NOW, bytes([8]) * 16)
+    assert isinstance(Opener(max_size=len(data)).open(data, NOW), Opened)
+    refused = Opener(max_size=len(data) - 1).open(data, NOW)
+    assert isinstance(refused, Rejection)
+    assert refused.reason == "oversized"
+
+
+def test_the_replay_guard_edges_window_and_floor() -> None:
+    """Forgetting: an id at exactly the window's edge is still remembered. The floor left by an
+    eviction refuses ids at exactly the floor, whether or not the guard is full again."""
+    guard = ReplayGuard(window_ms=1000, capacity=2)
+    assert guard.check(b"s", b"a", 0, 0) is None
+    assert guard.check(b"s", b"a", 0, 1000) == "replayed"  # ts 0 == horizon 0: kept
+    guard = ReplayGuard(window_ms=1000, capacity=2)
+    for msg_id, ts in ((b"a", 100), (b"b", 200), (b"c", 300)):  # c evicts a: floor 100
+        assert guard.check(b"s", msg_id, ts, ts) is None
+    assert guard.check(b"s", b"d", 100, 1250) == "stale"  # b forgotten: not full, at the floor
+    full = ReplayGuard(window_ms=1000, capacity=1)
+    assert full.check(b"s", b"a", 100, 100) is None
+    assert full.check(b"s", b"b", 100, 100) == "stale"  # evicting a sets the floor to 100
+    assert full.check(b"s", b"c", 101, 101) is None
