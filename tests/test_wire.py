@@ -322,3 +322,42 @@ def test_the_replay_guard_edges_window_and_floor() -> None:
     assert full.check(b"s", b"a", 100, 100) is None
     assert full.check(b"s", b"b", 100, 100) == "stale"  # evicting a sets the floor to 100
     assert full.check(b"s", b"c", 101, 101) is None
+
+
+def _framed(msg_id: bytes, ts: int) -> bytes:
+    """Alice's Health envelope with this id and timestamp, signed when the signature can be."""
+    payload = encode_payload(m.Health())
+    sender = ALICE.peer_id.raw
+    try:
+        sig = ALICE.sign(signing_bytes(sender, ts, msg_id, payload))
+    except OverflowError:  # a negative timestamp has no 8-byte form to sign
+        sig = bytes(64)
+    return msgspec.msgpack.encode(Envelope(VERSION, sender, ts, msg_id, payload, sig))
+
+
+BAD_ID_OR_TS = Rejection("malformed", "bad message id or timestamp")
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "ts", "now", "expected"),
+    [
+        (bytes(16), 0, 0.0, "opened"),  # the first millisecond is a timestamp like any other
+        (bytes(15), 0, 0.0, BAD_ID_OR_TS),
+        (bytes(17), 0, 0.0, BAD_ID_OR_TS),
+        (bytes(16), -1, 0.0, BAD_ID_OR_TS),
+        (bytes(16), (1 << 63) - 1, NOW, "stale"),  # in range: refused for its skew only
+        (bytes(16), 1 << 63, NOW, BAD_ID_OR_TS),
+        (bytes(16), (1 << 64) - 1, NOW, BAD_ID_OR_TS),
+    ],
+)
+def test_a_signed_envelope_needs_a_16_byte_id_and_a_timestamp_below_2_to_the_63(
+    msg_id: bytes, ts: int, now: float, expected: object
+) -> None:
+    result = Opener().open(_framed(msg_id, ts), now)
+    if expected == "opened":
+        assert isinstance(result, Opened)
+    elif expected == "stale":
+        assert isinstance(result, Rejection)
+        assert result.reason == "stale"
+    else:
+        assert result == expected
