@@ -220,3 +220,20 @@ def test_a_text_with_lone_surrogates_is_measured_not_refused_by_the_encoder(
     """Remote JSON decoded to ``str`` can hold lone surrogates; measuring it never raises."""
     assert json_problem(text) == expected
     assert toml_problem(text) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xdc\x00",
+        b"\xdd\x00\x00\x00",
+        b"\xde\x00",
+        b"\xdf\x00",
+        b"\xd9",
+        b"\xc5\x00",
+        b"\xc9\x00",
+    ],
+)
+def test_a_length_field_cut_short_is_truncated(data: bytes) -> None:
+    """The bytes that say how long a container or string is, themselves cut."""
+    assert msgpack_problem(data) == "truncated"

@@ -324,9 +324,10 @@ def test_the_replay_guard_edges_window_and_floor() -> None:
     assert full.check(b"s", b"c", 101, 101) is None
 
 
-def _framed(msg_id: bytes, ts: int) -> bytes:
-    """Alice's Health envelope with this id and timestamp, signed when the signature can be."""
-    payload = encode_payload(m.Health())
+def _framed(msg_id: bytes, ts: int, payload: bytes | None = None) -> bytes:
+    """Alice's envelope (Health unless given) with this id and timestamp, signed when the
+    signature can be."""
+    payload = encode_payload(m.Health()) if payload is None else payload
     sender = ALICE.peer_id.raw
     try:
         sig = ALICE.sign(signing_bytes(sender, ts, msg_id, payload))
@@ -356,8 +357,24 @@ def test_a_signed_envelope_needs_a_16_byte_id_and_a_timestamp_below_2_to_the_63(
     result = Opener().open(_framed(msg_id, ts), now)
     if expected == "opened":
         assert isinstance(result, Opened)
+        assert (result.msg_id, result.ts_ms) == (msg_id, ts)
     elif expected == "stale":
         assert isinstance(result, Rejection)
         assert result.reason == "stale"
     else:
         assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"t": "no_such_message"}, "unknown_message"),
+        ({"t": 5}, "malformed_payload"),  # an error at the tag that is not an unknown tag
+    ],
+)
+def test_a_payload_is_unknown_only_when_its_tag_names_no_message(
+    payload: dict[str, object], reason: str
+) -> None:
+    result = Opener().open(_framed(bytes(16), 0, msgspec.msgpack.encode(payload)), 0.0)
+    assert isinstance(result, Rejection)
+    assert result.reason == reason
