@@ -114,7 +114,25 @@ BAD_CASES = [
         "typo key",
         ("deadlines_required = true", 'deadlines_required = true\ninital = "a"'),
         None,
-        "unknown key(s) ['inital']",
+        "unknown key(s) ['inital'] in [machine]",
+    ),
+    (
+        "typo table",
+        ("[events]", "[extras]\nx = 1\n\n[events]"),
+        None,
+        "unknown key(s) ['extras'] in the file",
+    ),
+    (
+        "typo in an event",
+        ('poke = { kind = "remote" }', 'poke = { kind = "remote", size = 1 }'),
+        None,
+        "unknown key(s) ['size'] in event 'poke'",
+    ),
+    (
+        "terminal as a table",
+        ('terminal = ["z"]', "terminal = { z = true }"),
+        None,
+        "[machine] terminal must be a list of state names",
     ),
     (
         "bad effect",
@@ -405,4 +423,14 @@ def test_machines_lists_every_role_and_refuses_a_role_without_code(
     assert cli.main(["machines"]) == 2
     assert capsys.readouterr().err == (
         "hypha-sm: error: machines/stray/: machine 'stray': no code runs this role's machines\n"
+    )
+
+
+@pytest.mark.parametrize("text", ['machine = "toy"\n', "[events]\n", "[machine]\nname = 3\n"])
+def test_a_file_without_a_named_machine_table_is_refused_by_name(text: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_machine("machines/x.toml", text)
+    assert (
+        str(err.value)
+        == "machines/x.toml: machine '?': missing [machine] table with a string 'name'"
     )
