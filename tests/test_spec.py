@@ -96,7 +96,12 @@ BAD_CASES = [
         "a",
         "remote event 'nudge' is neither handled",
     ),
-    ("no deadline edge", ('on = ["done", "late"]', 'on = ["done"]'), "a", "deadline"),
+    (
+        "deadline not handled",
+        ('on = ["done", "late"]', 'on = ["done"]'),
+        "a",
+        "no transition handles its deadline event 'late'",
+    ),
     (
         "deadline not a timer",
         ('deadline = "late"', 'deadline = "done"'),
@@ -434,3 +439,47 @@ def test_a_file_without_a_named_machine_table_is_refused_by_name(text: str) -> N
         str(err.value)
         == "machines/x.toml: machine '?': missing [machine] table with a string 'name'"
     )
+
+
+def test_terminal_and_deadlines_required_may_be_left_out() -> None:
+    """No ``terminal`` is none (a machine that runs for ever); no ``deadlines_required`` is false."""
+    text = """
+[machine]
+name = "loop"
+initial = "a"
+
+[events]
+poke = { kind = "remote" }
+
+[states.a]
+[states.b]
+
+[[transitions]]
+from = "a"
+on = "poke"
+to = "b"
+
+[[transitions]]
+from = "b"
+on = "poke"
+to = "a"
+"""
+    spec = parse_machine("machines/loop.toml", text)
+    assert spec.terminal == frozenset()
+    assert not spec.deadlines_required
+
+
+def test_with_deadlines_required_a_live_state_without_a_timer_edge_is_refused() -> None:
+    """State a neither declares a deadline nor handles a timer: refused only when required."""
+    text = GOOD.replace('deadline = "late"\n', "", 1).replace(
+        'on = ["done", "late"]', 'on = ["done"]'
+    )
+    text = text.replace('late = { kind = "timer" }\n', "")
+    with pytest.raises(SpecError) as err:
+        parse_machine("machines/toy.toml", text)
+    assert str(err.value) == (
+        "machines/toy.toml: machine 'toy', state 'a': no deadline edge: every live state of "
+        "this machine needs a timer transition"
+    )
+    relaxed = text.replace("deadlines_required = true", "deadlines_required = false")
+    assert not parse_machine("machines/toy.toml", relaxed).deadlines_required
