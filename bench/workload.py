@@ -60,11 +60,18 @@ class Clock:
 
 
 def ad_policy() -> Policy:
-    """Benchmark 1: flexible pricing, floor 50 / ask 100, a mid-size node (offers run out)."""
+    """Benchmark 1: flexible pricing, floor 50 / ask 100, a mid-size node (offers run out).
+
+    The schedulers of the workload never accept: the backoff for lapsed offers and the cap on
+    pending offers are set out of reach, so every advertisement is evaluated (the plain
+    baseline models the evaluation, not the market's memory of lapses).
+    """
     return Policy(
         capacity=Amounts(gpu=8, cpu=64, memory=256, storage=2000),
         executors=EXECUTORS,
         offer=Offer(price=100.0, floor=50.0, strategy="flexible"),
+        lapses_before_backoff=1 << 30,
+        max_pending_offers=1 << 30,
     )
 
 
@@ -72,7 +79,8 @@ def big_policy(max_leases: int) -> Policy:
     """Benchmarks 2 and 3: capacity and max_leases large enough for ``max_leases`` leases.
 
     Timings are the defaults (offer_timeout 0.5 s, lease_timeout 10 s); the benchmark keeps the
-    simulated clock moving by 1 microsecond per input so nothing expires while it is timed.
+    simulated clock moving by 1 microsecond per input so nothing expires while it is timed. One
+    scheduler holds every lease, so its cap on pending offers is lifted to ``max_leases``.
     """
     return Policy(
         capacity=Amounts(gpu=0, cpu=1e9, memory=1e9, storage=1e9),
@@ -80,6 +88,7 @@ def big_policy(max_leases: int) -> Policy:
         offer=Offer(price=100.0, floor=50.0, strategy="flexible"),
         timings=Timings(),
         max_leases=max_leases,
+        max_pending_offers=max_leases,
     )
 
 
