@@ -444,7 +444,8 @@ def test_a_file_without_a_named_machine_table_is_refused_by_name(text: str) -> N
 def test_terminal_and_deadlines_required_may_be_left_out() -> None:
     """No ``terminal`` is none (a machine that runs for ever); no ``deadlines_required`` is false."""
     text = LOOP.replace("terminal = []\n", "", 1)
-    assert "terminal" not in text and "deadlines_required" not in text
+    assert "terminal" not in text
+    assert "deadlines_required" not in text
     spec = parse_machine("machines/loop.toml", text)
     assert spec.terminal == frozenset()
     assert not spec.deadlines_required
