@@ -9,6 +9,7 @@ does I/O.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
@@ -44,6 +45,10 @@ class WorkerState(Host[Effect]):
         #: one, of its last lapse), the least recently changed first; bounded.
         self.lapses: dict[str, tuple[int, float]] = {}
         self.arrivals = 0
+        #: While a flush reserves: each scheduler's pending offers, counted once per flush
+        #: rather than by a scan of every lease per advertisement. Derived from the records,
+        #: so not part of the state: None between flushes.
+        self.pending_index: Counter[str] | None = None
         self.create(NodeRec("node"))
         self.create(BatchRec("batch"))
 
@@ -76,11 +81,24 @@ class WorkerState(Host[Effect]):
 
     def pending_offers(self, scheduler: str) -> int:
         """How many offers the scheduler holds unaccepted now."""
+        if self.pending_index is not None:
+            return self.pending_index[scheduler]
         return sum(
             1
             for lease in self.records["lease"].values()
             if lease.owner == scheduler and lease._phase == "offered"
         )
+
+    def index_pending_offers(self) -> None:
+        """Count every scheduler's pending offers once, for the reservations of a flush."""
+        self.pending_index = Counter(
+            lease.owner for lease in self.records["lease"].values() if lease._phase == "offered"
+        )
+
+    def note_offer(self, scheduler: str) -> None:
+        """An offer was just made: the flush's count of the scheduler's pending offers grows."""
+        if self.pending_index is not None:
+            self.pending_index[scheduler] += 1
 
     def note_lapse(self, scheduler: str) -> float:
         """Count an offer the scheduler let lapse; the backoff it starts now (0 if none)."""

@@ -95,8 +95,12 @@ def flush(ctx: Ctx) -> None:
         if req is not None:
             ranked.append(req)
     ranked.sort(key=_rank_key)
-    for req in ranked:
-        state.fire("request", req.key, "reserve")
+    state.index_pending_offers()
+    try:
+        for req in ranked:
+            state.fire("request", req.key, "reserve")
+    finally:
+        state.pending_index = None
 
 
 def _rank_key(req: RequestRec) -> tuple[float, int]:

@@ -149,6 +149,7 @@ def offer(ctx: Ctx) -> None:
         price=rec.offer_price,
     )
     state.create(lease)
+    state.note_offer(rec.scheduler)
     state.arm_after(lease, timeout)
     state.count("offers")
     state.emit(
