@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.errors import InvariantViolation
@@ -89,11 +91,16 @@ class WorkerState(Host[Effect]):
             if lease.owner == scheduler and lease._phase == "offered"
         )
 
-    def index_pending_offers(self) -> None:
-        """Count every scheduler's pending offers once, for the reservations of a flush."""
+    @contextmanager
+    def pending_offers_indexed(self) -> Iterator[None]:
+        """Within: every scheduler's pending offers counted once (for a flush's reservations)."""
         self.pending_index = Counter(
             lease.owner for lease in self.records["lease"].values() if lease._phase == "offered"
         )
+        try:
+            yield
+        finally:
+            self.pending_index = None
 
     def note_offer(self, scheduler: str) -> None:
         """An offer was just made: the flush's count of the scheduler's pending offers grows."""

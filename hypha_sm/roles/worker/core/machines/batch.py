@@ -95,12 +95,9 @@ def flush(ctx: Ctx) -> None:
         if req is not None:
             ranked.append(req)
     ranked.sort(key=_rank_key)
-    state.index_pending_offers()
-    try:
+    with state.pending_offers_indexed():
         for req in ranked:
             state.fire("request", req.key, "reserve")
-    finally:
-        state.pending_index = None
 
 
 def _rank_key(req: RequestRec) -> tuple[float, int]:
