@@ -53,6 +53,7 @@ from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.events import AdvertisementReceived, Now, Tick
 from hypha_sm.roles.worker.core.policy import Policy
 from hypha_sm.roles.worker.core.reducer import initial_state, step
+from hypha_sm.roles.worker.core.role import WORKER
 
 perf = time.perf_counter
 
@@ -729,7 +730,9 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     started = perf()
     t0 = perf()
-    engine, _ = load_engine()  # reads machines/worker/*.toml: the only I/O, before any timing
+    engine, _ = load_engine(
+        WORKER
+    )  # reads machines/worker/*.toml: the only I/O, before any timing
     build_s = perf() - t0
     if args.profile:
         profile(engine, args.profile, sizes)

@@ -33,15 +33,20 @@ from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.events import Event, Now
 from hypha_sm.roles.worker.core.reducer import initial_state, step
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.runtime.loop import Stepper
 
 
 def inputs(count: int) -> list[tuple[Event, Now]]:
     lines = record(count).splitlines(keepends=True)[1:]
-    return [(e.event, e.now) for e in (decode_entry(line, i) for i, line in enumerate(lines, 2))]
+    return [
+        (e.event, e.now)
+        for e in (decode_entry(line, i, WORKER) for i, line in enumerate(lines, 2))
+    ]
 
 
 def run_step_only(events: list[tuple[Event, Now]], _: Path) -> float:
-    engine, _hash = load_engine()
+    engine, _hash = load_engine(WORKER)
     state = initial_state(engine, POLICY, bytes(16))
     start = time.perf_counter()
     for event, now in events:
@@ -51,20 +56,21 @@ def run_step_only(events: list[tuple[Event, Now]], _: Path) -> float:
 
 def run_logged(fsync: str, wake: int) -> Callable[[list[tuple[Event, Now]], Path], float]:
     def run(events: list[tuple[Event, Now]], directory: Path) -> float:
-        engine, machines_hash = load_engine()
+        engine, machines_hash = load_engine(WORKER)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             rec = Recorder.open_rotating(
                 Path(tmp),
-                engine,
+                WORKER,
                 machines_hash,
                 POLICY,
                 bytes(16),
                 fsync=fsync,  # type: ignore[arg-type]
             )
+            stepper = Stepper(WORKER, engine, POLICY, bytes(16), rec)
             start = time.perf_counter()
             effects = False
             for n, (event, now) in enumerate(events, start=1):
-                effects |= bool(rec.feed(event, now).effects)
+                effects |= bool(stepper.feed(event, now).effects)
                 if n % wake == 0 and effects:  # the node's loop: one sync per wake-up
                     rec.sync()
                     effects = False

@@ -85,6 +85,7 @@ from gateway_process import start_gateway
 from hypha_sm.log.codec import decode_entry
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
@@ -198,7 +199,7 @@ def _install_trace(path: str, long_steps: list[tuple[float, float, str]]) -> Cal
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         self._tokens = Tokens()
-        feed = self.recorder.feed
+        feed = self.stepper.feed
 
         def timed_feed(event: Any, now: Any) -> Any:
             wall, t0 = time.time(), perf()
@@ -208,7 +209,7 @@ def _install_trace(path: str, long_steps: list[tuple[float, float, str]]) -> Cal
                 waited[event.reply_to] = t0 - arrived[event.reply_to]
             return result
 
-        self.recorder.feed = timed_feed
+        self.stepper.feed = timed_feed
 
     async def answer(self: Any, opened: Any) -> Any:
         if not isinstance(opened.message, m.RenewLease):
@@ -486,7 +487,7 @@ def read_log(work: Path, rep: Rep) -> None:
     with log_file.open("rb") as f:
         next(f)
         for lineno, line in enumerate(f, start=2):
-            entry = decode_entry(line, lineno)
+            entry = decode_entry(line, lineno, WORKER)
             kind = type(entry.event).__name__
             rep.log[kind] += 1
             if kind == "AdvertisementReceived" and lo <= entry.wall <= hi:

@@ -36,6 +36,8 @@ from hypha_sm.roles.worker.core.events import (
     Tick,
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.runtime.loop import Stepper
 
 TRAIN = ExecutorRef(cls="train", name="diloco-transformer")
 POLICY = Policy(
@@ -48,9 +50,10 @@ POLICY = Policy(
 
 def record(target_events: int) -> bytes:
     """A log of about ``target_events`` inputs from a busy, realistic worker."""
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     sink = io.BytesIO()
-    rec = Recorder(sink, engine, machines_hash, POLICY, bytes(16))
+    recorder = Recorder(sink, WORKER, machines_hash, POLICY, bytes(16))
+    rec = Stepper(WORKER, engine, POLICY, bytes(16), recorder)
     t = 0.0
     wall0 = 1_764_000_000.0
     reply = 0
@@ -61,7 +64,7 @@ def record(target_events: int) -> bytes:
     def feed(event: object) -> list[object]:
         return list(rec.feed(event, Now(t, wall0 + t)).effects)  # type: ignore[arg-type]
 
-    while rec.seq < target_events:
+    while recorder.seq < target_events:
         round_no += 1
         offers = []
         for i in range(20):  # a burst: some declined (bid, executor, size), most offered
@@ -110,7 +113,7 @@ def record(target_events: int) -> bytes:
 
 def measure(events: int, repeat: int) -> tuple[int, float, float]:
     """(events in the log, replay events/s, decode-only events/s), medians of ``repeat`` runs."""
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     lines = record(events).splitlines(keepends=True)
     count = len(lines) - 1
     decoder = msgspec.json.Decoder(Entry)
@@ -121,7 +124,7 @@ def measure(events: int, repeat: int) -> tuple[int, float, float]:
             decoder.decode(line)
         decode_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        report = replay(lines, engine, machines_hash)
+        report = replay(lines, engine, machines_hash, role=WORKER)
         replay_times.append(time.perf_counter() - start)
         if not report.ok or report.events != count:
             raise RuntimeError(f"replay failed: {report.divergence or report.error}")

@@ -16,14 +16,15 @@ from hypha_sm import __version__
 from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError, SpecError
+from hypha_sm.core.role import StepResult
 from hypha_sm.init import InitError, write_example
-from hypha_sm.log.codec import Entry, LogFormatError
+from hypha_sm.log.codec import Entry, LogFormatError, role_of
 from hypha_sm.log.replay import replay, replay_series
-from hypha_sm.log.store import newest_run, read_lines, read_series
-from hypha_sm.machines_io import WORKER, default_machines_dir, load_engine, load_specs, roles
+from hypha_sm.log.store import newest_run_of, read_lines, read_series
+from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs, roles
 from hypha_sm.net.keys import KeyFileError, create_key_file
 from hypha_sm.net.tls import TlsError
-from hypha_sm.roles.worker.core.reducer import Step
+from hypha_sm.runtime.roles import ROLES, role_named
 from hypha_sm.wire.identity import IdentityError
 
 
@@ -115,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p_machines = sub.add_parser("machines", help="validate machines/ and list what they declare")
     p_machines.add_argument(
-        "--dir", type=Path, default=None, help="check the worker's machines in this directory"
+        "--dir", type=Path, default=None, help="check one role's machines in this directory"
+    )
+    p_machines.add_argument(
+        "--role", default="worker", help="the role whose code runs --dir's machines (worker)"
     )
 
     args = parser.parse_args(argv)
@@ -308,10 +312,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _machines(args: argparse.Namespace) -> int:
-    for role in [WORKER] if args.dir else roles():
-        if role != WORKER:
+    names = roles() if args.dir is None else [args.role]
+    for role in names:
+        if role not in ROLES:
             raise SpecError(f"machines/{role}/", role, None, "no code runs this role's machines")
-        engine, machines_hash = load_engine(args.dir)
+        engine, machines_hash = load_engine(ROLES[role], args.dir)
         for name, spec in sorted(engine.specs.items()):
             print(
                 f"{spec.file}: {name}: {len(spec.states)} states, {len(spec.events)} events, "
@@ -330,7 +335,7 @@ class _Timeline:
         self.t0: float | None = None
         self.lines: list[str] = []
 
-    def __call__(self, entry: Entry, result: Step) -> None:
+    def __call__(self, entry: Entry[Any, Any], result: StepResult) -> None:
         if self.t0 is None:
             self.t0 = entry.mono
         moves = []
@@ -368,7 +373,12 @@ def _effect_text(effect: object) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    engine, machines_hash = load_engine()
+    paths = newest_run_of(args.log, ROLES) if args.log.is_dir() else [args.log]
+    if not paths:
+        raise LogFormatError(f"{args.log}: no event-log segments in this directory")
+    with paths[0].open("rb") as first:
+        role = role_named(role_of(first.readline()))
+    engine, machines_hash = load_engine(role)
     timeline = None
     if args.lease:
         timeline = _Timeline("lease", args.lease)
@@ -379,9 +389,10 @@ def _replay(args: argparse.Namespace) -> int:
         "until": args.until,
         "check_effects": not args.no_check,
         "observe": timeline,
+        "role": role,
     }
     if args.log.is_dir():
-        report = replay_series(read_series(newest_run(args.log)), engine, machines_hash, **options)
+        report = replay_series(read_series(paths), engine, machines_hash, **options)
     else:
         report = replay(read_lines(args.log), engine, machines_hash, **options)
     elapsed = time.perf_counter() - started
@@ -389,6 +400,7 @@ def _replay(args: argparse.Namespace) -> int:
     header = report.header
     summary: dict[str, Any] = {
         "log": str(args.log),
+        "role": role.name,
         "engine_version": header.engine_version,
         "machines_match": report.machines_match,
         "events": report.events,
@@ -406,7 +418,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"log: {args.log} (v{header.version}, engine {header.engine_version}, seed {header.seed})"
+            f"log: {args.log} ({role.name}, v{header.version}, engine {header.engine_version}, "
+            f"seed {header.seed})"
         )
         if not report.machines_match:
             print(
@@ -436,7 +449,8 @@ def _replay(args: argparse.Namespace) -> int:
         else:
             print("effects match the recording" if not args.no_check else "effects not checked")
     if args.until is not None:
-        print(json.dumps(msgspec.to_builtins(report.state.snapshot()), indent=2, default=str))
+        state = (role.describe or role.capture)(report.state)
+        print(json.dumps(msgspec.to_builtins(state), indent=2, default=str))
     if report.divergence is not None:
         return 1
     return 3 if report.error is not None else 0

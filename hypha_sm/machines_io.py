@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from hypha_sm.core.engine import Engine
+from hypha_sm.core.role import Role
 from hypha_sm.core.spec import MachineSpec, machines_hash, parse_machines
-from hypha_sm.roles.worker.core.reducer import build_engine
 
 #: The role whose machines a command loads when it names none.
 WORKER = "worker"
@@ -59,7 +60,7 @@ def load_specs(directory: Path | None = None, *, role: str = WORKER) -> dict[str
     return parse_machines(read_sources(directory, role=role))
 
 
-def load_engine(directory: Path | None = None) -> tuple[Engine, str]:
-    """The worker's engine built from its machine files, and the files' hash for the event log."""
-    sources = read_sources(directory)
-    return build_engine(parse_machines(sources)), sources_hash(sources)
+def load_engine(role: Role[Any, Any, Any], directory: Path | None = None) -> tuple[Engine, str]:
+    """A role's engine built from its machine files, and the files' hash for the event log."""
+    sources = read_sources(directory, role=role.name)
+    return role.build_engine(parse_machines(sources)), sources_hash(sources)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.resources import Amounts
+from hypha_sm.log.store import Recorder, RotatingLog
 from hypha_sm.machines_io import load_engine, load_specs
 from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
@@ -19,7 +21,9 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy, Timings
 from hypha_sm.roles.worker.core.reducer import Step, build_engine, initial_state, step
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.core.state import WorkerState
+from hypha_sm.runtime.loop import Stepper
 
 SEED = bytes(range(16))
 WALL0 = 1_700_000_000.0
@@ -32,7 +36,7 @@ CAPACITY = Amounts(gpu=24, cpu=16, memory=64, storage=500)
 
 @cache
 def engine() -> Engine:
-    return load_engine()[0]
+    return load_engine(WORKER)[0]
 
 
 @cache
@@ -159,3 +163,29 @@ def remove_leftover_cgroups(work_dir: Path) -> None:
 
     for cgroup in leftover_cgroups(find_cgroup_parent(), cgroup_scope(work_dir)):
         kill_cgroup(cgroup)
+
+
+def recording(
+    sink: BinaryIO | RotatingLog,
+    engine: Engine,
+    machines_hash: str,
+    policy: Policy,
+    seed: bytes,
+    **options: Any,
+) -> Stepper[WorkerState]:
+    """A worker core stepped by the runtime's ``Stepper`` and recorded to ``sink``."""
+    recorder = Recorder(sink, WORKER, machines_hash, policy, seed, **options)
+    return Stepper(WORKER, engine, policy, seed, recorder)
+
+
+def recording_rotating(
+    directory: Path,
+    engine: Engine,
+    machines_hash: str,
+    policy: Policy,
+    seed: bytes,
+    **options: Any,
+) -> Stepper[WorkerState]:
+    """A worker core recorded to a size-rotated log in ``directory``."""
+    recorder = Recorder.open_rotating(directory, WORKER, machines_hash, policy, seed, **options)
+    return Stepper(WORKER, engine, policy, seed, recorder)

@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from hypha_sm.log.replay import replay
-from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
 from hypha_sm.roles.scheduler.scheduler import (
@@ -31,10 +30,11 @@ from hypha_sm.roles.scheduler.scheduler import (
 )
 from hypha_sm.roles.worker.core.effects import SendOffer, StartJob
 from hypha_sm.roles.worker.core.events import DispatchRequested, Tick
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, Opener, Rejection, encode_payload, signing_bytes
 from hypha_sm.wire.identity import Identity
-from tests.helpers import SCHED, SEED, TRAIN, Worker, ad, at, policy, renew
+from tests.helpers import SCHED, SEED, TRAIN, Worker, ad, at, policy, recording, renew
 from tests.netkit import running_gateway, wait_connected, wait_healthy
 from tests.test_shell_node import GATEWAY, GW, FakeExecutor, memory_node
 
@@ -100,9 +100,9 @@ def test_a_refused_dispatch_is_logged_as_a_digest_and_still_replays() -> None:
     """50 dispatches for a lease that does not exist, each with a 500 KB spec: each is logged
     with the spec's size and SHA-256 (about 22 KB in all, not 25 MB), and the log replays to
     the same refusals."""
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     sink = io.BytesIO()
-    rec = Recorder(sink, engine, machines_hash, policy("flexible"), SEED)
+    rec = recording(sink, engine, machines_hash, policy("flexible"), SEED)
     spec = '{"blob": "' + "x" * 500_000 + '"}'
     for n in range(50):
         refused = rec.feed(
@@ -111,16 +111,16 @@ def test_a_refused_dispatch_is_logged_as_a_digest_and_still_replays() -> None:
         assert [type(e).__name__ for e in refused.effects] == ["ReplyDispatchFailed"]
     assert len(sink.getvalue()) < 50 * 500  # under 500 bytes per refusal
     assert b"<refused spec: 500012 bytes, sha256 " in sink.getvalue()
-    report = replay(sink.getvalue().splitlines(keepends=True), engine, machines_hash)
+    report = replay(sink.getvalue().splitlines(keepends=True), engine, machines_hash, role=WORKER)
     assert report.ok, report.divergence
     assert report.events == 50
 
 
 def test_an_accepted_dispatch_keeps_its_spec_in_the_log() -> None:
     """Only refusals are digested: a job that starts has its whole spec in its entry."""
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     sink = io.BytesIO()
-    rec = Recorder(sink, engine, machines_hash, policy("flexible"), SEED)
+    rec = recording(sink, engine, machines_hash, policy("flexible"), SEED)
     rec.feed(ad("req-1"), at(0.0))
     (offer,) = rec.feed(Tick(), at(0.2)).effects
     assert isinstance(offer, SendOffer)
@@ -168,7 +168,7 @@ async def test_declined_advertisements_leave_no_per_scheduler_state_in_the_node(
                     )
                 )
         with trio.fail_after(5):
-            while node.recorder.state.counters["declined.below_floor"] < 20:  # noqa: ASYNC110
+            while node.stepper.state.counters["declined.below_floor"] < 20:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         remembered = dict(node._schedulers)
         nursery.cancel_scope.cancel()

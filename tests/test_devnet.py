@@ -13,6 +13,7 @@ from hypha_sm.log.codec import decode_entry
 from hypha_sm.log.replay import replay
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.events import RenewRequested
+from hypha_sm.roles.worker.core.role import WORKER
 from tests.helpers import process_alive
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
@@ -37,16 +38,16 @@ def test_devnet_runs_the_demo_job_on_two_workers_end_to_end(tmp_path: Path) -> N
     assert merged[0] == pytest.approx(merged[1])  # both merged the same counts
     assert len(re.findall(r": finished exit 0", out)) == 2, out
 
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     for i in (1, 2):
         work = tmp_path / f"work-{i}"
         assert not list(work.glob("hypha-*")), "a successful job's work dir is removed"
         (log_file,) = (work / "events").glob("*.jsonl")
         lines = log_file.read_bytes().splitlines(keepends=True)
-        report = replay(lines, engine, machines_hash)
+        report = replay(lines, engine, machines_hash, role=WORKER)
         assert report.ok, (report.divergence, report.error)
         assert report.state.reserved == (0, 0, 0, 0), "the lease was released with its job"
-        entries = [decode_entry(line, n) for n, line in enumerate(lines[1:], start=2)]
+        entries = [decode_entry(line, n, WORKER) for n, line in enumerate(lines[1:], start=2)]
         renewals = [e for e in entries if isinstance(e.event, RenewRequested)]
         assert len(renewals) >= 2, "accepted, then renewed while the job ran"
         log_text = (tmp_path / f"worker-{i}.log").read_text()

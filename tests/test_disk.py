@@ -28,6 +28,7 @@ from hypha_sm.log.replay import replay_series
 from hypha_sm.log.store import newest_run, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.transport import Endpoint
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.storage import dir_usage
 from hypha_sm.roles.worker.workdirs import FAILED_MARK
 from hypha_sm.wire import messages as m
@@ -113,8 +114,8 @@ async def test_a_job_that_fills_the_disk_is_stopped_and_the_node_lives_on(tmp_pa
                 nursery.cancel_scope.cancel()
         log = (tmp_path / "node.log").read_text()
         segments = newest_run(work / "events")
-        engine, machines_hash = load_engine()
-        report = replay_series(read_series(segments), engine, machines_hash)
+        engine, machines_hash = load_engine(WORKER)
+        report = replay_series(read_series(segments), engine, machines_hash, role=WORKER)
         leftovers = list(work.glob("hypha-*"))
     failed = next(s for s in ear.statuses if s.status == "failed")
     assert failed.reason.startswith("disk_full"), failed

@@ -19,7 +19,7 @@ import trio
 
 from hypha_sm.cli import main
 from hypha_sm.log.replay import replay, replay_series
-from hypha_sm.log.store import Recorder, newest_run, read_lines, read_series
+from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.transport import Endpoint, NetError
 from hypha_sm.roles.worker.core.effects import (
@@ -30,9 +30,12 @@ from hypha_sm.roles.worker.core.effects import (
     SendJobStatus,
     SendOffer,
 )
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.roles.worker.core.state import WorkerState
+from hypha_sm.runtime.loop import Stepper
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
-from tests.helpers import SEED, Worker, ad, at, remove_leftover_cgroups, renew
+from tests.helpers import SEED, Worker, ad, at, recording_rotating, remove_leftover_cgroups, renew
 from tests.netkit import running_gateway, wait_connected, wait_healthy
 from tests.nodeproc import ECHO, Ear, advertise, start_node, worker_config
 
@@ -42,9 +45,9 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "job.py"
 TRAIN = m.Executor(cls="train", name="echo")
 
 
-def _recorder(tmp_path: Path, fsync: str) -> Recorder:
-    engine, machines_hash = load_engine()
-    return Recorder.open_rotating(
+def _recorder(tmp_path: Path, fsync: str) -> Stepper[WorkerState]:
+    engine, machines_hash = load_engine(WORKER)
+    return recording_rotating(
         tmp_path / "events",
         engine,
         machines_hash,
@@ -54,10 +57,10 @@ def _recorder(tmp_path: Path, fsync: str) -> Recorder:
     )
 
 
-def _lines_on_disk(rec: Recorder) -> list[bytes]:
+def _lines_on_disk(rec: Stepper[WorkerState]) -> list[bytes]:
     """What another process reading the file sees now."""
-    assert rec.path is not None
-    return rec.path.read_bytes().splitlines(keepends=True)
+    assert rec.recorder.path is not None
+    return rec.recorder.path.read_bytes().splitlines(keepends=True)
 
 
 @pytest.mark.parametrize(
@@ -75,11 +78,15 @@ def test_each_entry_reaches_the_os_inside_feed_and_the_disk_per_policy(
     for n, t in enumerate((0.0, 0.05, 0.1), start=1):
         rec.feed(ad(f"req-{n}", t=t), at(t))
         assert len(_lines_on_disk(rec)) == 1 + n
-        assert rec.syncs == n * syncs_per_entry
-    rec.sync()
-    assert rec.syncs == 3 * syncs_per_entry + (syncs_after_batch_call if fsync == "batch" else 0)
-    rec.sync()  # nothing new to push
-    assert rec.syncs == 3 * syncs_per_entry + (syncs_after_batch_call if fsync == "batch" else 0)
+        assert rec.recorder.syncs == n * syncs_per_entry
+    rec.recorder.sync()
+    assert rec.recorder.syncs == 3 * syncs_per_entry + (
+        syncs_after_batch_call if fsync == "batch" else 0
+    )
+    rec.recorder.sync()  # nothing new to push
+    assert rec.recorder.syncs == 3 * syncs_per_entry + (
+        syncs_after_batch_call if fsync == "batch" else 0
+    )
     rec.close()
     _ = worker
 
@@ -91,7 +98,7 @@ def test_log_files_are_private_to_the_node(tmp_path: Path) -> None:
     os.chmod(tmp_path / "events", 0o755)
     with _recorder(tmp_path, "batch") as rec:
         rec.feed(ad("req-1"), at(0.0))
-        rec.rotate()
+        rec.recorder.rotate()
         segments = list((tmp_path / "events").iterdir())
     assert len(segments) == 2
     assert (tmp_path / "events").stat().st_mode & 0o777 == 0o700
@@ -107,14 +114,14 @@ def test_a_log_cut_mid_line_replays_its_complete_entries_and_says_so(
         rec.feed(ad("req-1"), at(0.0))
         offer = rec.feed(renew("nope"), at(0.1))
         rec.feed(ad("req-2", t=0.2), at(0.2))
-        path = rec.path
+        path = rec.recorder.path
     assert path is not None
     assert offer.effects
     data = path.read_bytes()
     cut = path.with_name("cut.jsonl")
     cut.write_bytes(data[: len(data) - 7])  # the last entry loses its tail and its newline
-    engine, machines_hash = load_engine()
-    report = replay(read_lines(cut), engine, machines_hash)
+    engine, machines_hash = load_engine(WORKER)
+    report = replay(read_lines(cut), engine, machines_hash, role=WORKER)
     assert report.ok
     assert report.events == 2
     assert report.partial_line == 4
@@ -129,9 +136,9 @@ def test_a_header_cut_short_is_named_as_such(tmp_path: Path) -> None:
     """A crash while writing the very first line is a clear error, not a JSON message."""
     from hypha_sm.log.codec import LogFormatError
 
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     with pytest.raises(LogFormatError, match="header is partial"):
-        replay([b'{"format":"hypha-sm/event-'], engine, machines_hash)
+        replay([b'{"format":"hypha-sm/event-'], engine, machines_hash, role=WORKER)
 
 
 def test_a_failed_write_leaves_no_half_line(tmp_path: Path) -> None:
@@ -139,9 +146,9 @@ def test_a_failed_write_leaves_no_half_line(tmp_path: Path) -> None:
     so the next entry does not continue a broken one."""
     rec = _recorder(tmp_path, "never")
     rec.feed(ad("req-1"), at(0.0))
-    assert rec.rotating is not None
-    assert rec.path is not None
-    good = rec.path.read_bytes()
+    assert rec.recorder.rotating is not None
+    assert rec.recorder.path is not None
+    good = rec.recorder.path.read_bytes()
     real_write = os.write
     calls = 0
 
@@ -155,10 +162,10 @@ def test_a_failed_write_leaves_no_half_line(tmp_path: Path) -> None:
     os.write = short_then_enospc  # type: ignore[assignment]
     try:
         with pytest.raises(OSError, match="No space"):
-            rec.rotating.write(b'{"seq":2,"x":"' + b"y" * 100 + b'"}\n')
+            rec.recorder.rotating.write(b'{"seq":2,"x":"' + b"y" * 100 + b'"}\n')
     finally:
         os.write = real_write
-    assert rec.path.read_bytes() == good
+    assert rec.recorder.path.read_bytes() == good
     rec.close()
 
 
@@ -242,7 +249,7 @@ async def test_kill_9_of_a_busy_worker_loses_no_entry_of_anything_the_outside_sa
             assert logged(ReplyDispatchFailed, job_id=answer.job_id, reason=answer.reason)
     for status in seen_statuses:
         assert logged(SendJobStatus, job_id=status.job_id, status=status.status), status
-    engine, machines_hash = load_engine()
-    report = replay_series(read_series(segments), engine, machines_hash)
+    engine, machines_hash = load_engine(WORKER)
+    report = replay_series(read_series(segments), engine, machines_hash, role=WORKER)
     assert report.ok, (report.divergence, report.error)
     assert not report.node_stopped

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.worker.core.role import WORKER
 from tests.explorer import walk
 from tests.helpers import engine, library_engine
 
@@ -29,6 +30,6 @@ def test_table_path_and_library_trigger_agree_on_every_step(n: int) -> None:
 def test_the_engines_really_take_different_paths() -> None:
     """Guard against a vacuous comparison: one engine triggers through the library. What the
     node and replay load runs the table path (the fast one)."""
-    assert not any(r.via_library for r in load_engine()[0].runtimes.values())
+    assert not any(r.via_library for r in load_engine(WORKER)[0].runtimes.values())
     assert not any(r.via_library for r in engine().runtimes.values())
     assert all(r.via_library for r in library_engine().runtimes.values())

@@ -27,17 +27,13 @@ from hypha_sm.log.codec import (
     VERSION,
     VERSION_SEGMENT,
     LogFormatError,
-    RequestSnapshot,
-    Snapshot,
     decode_entry,
     decode_header,
     encode_header,
     encode_snapshot,
 )
 from hypha_sm.log.replay import ReplayReport, replay, replay_series
-from hypha_sm.log.snapshot import capture, effective, restore
 from hypha_sm.log.store import (
-    Recorder,
     RotatingLog,
     list_segments,
     make_header,
@@ -58,9 +54,28 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import Policy
 from hypha_sm.roles.worker.core.reducer import step
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.roles.worker.core.snapshot import (
+    RequestSnapshot,
+    Snapshot,
+    capture,
+    effective,
+    restore,
+)
 from hypha_sm.roles.worker.core.state import WorkerState
+from hypha_sm.runtime.loop import Stepper
 from tests.explorer import Walk, policies
-from tests.helpers import SEED, TRAIN, Worker, ad, at, dispatch, renew
+from tests.helpers import (
+    SEED,
+    TRAIN,
+    Worker,
+    ad,
+    at,
+    dispatch,
+    recording,
+    recording_rotating,
+    renew,
+)
 from tests.test_stateful import AMOUNTS, BIDS, EXECUTOR_LISTS, EXPIRES_IN, HOSTILE_AMOUNTS
 
 LOGS = Path(__file__).resolve().parent.parent / "specs" / "logs"
@@ -109,11 +124,11 @@ def record(
     max_bytes: int,
     keep: int = 1_000_000,
     between: Callable[[WorkerState], object] | None = None,
-) -> Recorder:
+) -> Stepper[WorkerState]:
     """Feed the run's inputs through a rotating recorder; check it returns the same effects."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     seed = worker.state.ids.seed
-    with Recorder.open_rotating(
+    with recording_rotating(
         directory, eng, machines_hash, worker.policy, seed, max_bytes=max_bytes, keep=keep
     ) as rec:
         for (now, event), live in zip(worker.inputs, worker.outputs, strict=True):
@@ -128,31 +143,31 @@ def read_back(state: WorkerState) -> Snapshot:
     header = segment_header(
         "h", PLAIN, SEED, run="r", segment=2, previous="p", after_seq=1, snapshot=capture(state)
     )
-    snapshot = decode_header(encode_header(header)).snapshot
+    snapshot = decode_header(encode_header(header, WORKER), WORKER).snapshot
     assert snapshot is not None
     return snapshot
 
 
 def canonical(state: WorkerState) -> bytes:
     """The state as bytes that compare equal exactly when the states are the same (NaN too)."""
-    return encode_snapshot(read_back(state))
+    return encode_snapshot(read_back(state), WORKER)
 
 
 def effective_bytes(state: WorkerState) -> bytes:
     """The same, with the deadline heap reduced to the entries that can still fire."""
-    return encode_snapshot(effective(read_back(state)))
+    return encode_snapshot(effective(read_back(state)), WORKER)
 
 
 def check_segments(paths: list[Path], expected_entries: int) -> list[ReplayReport]:
     """Each segment replays alone with no divergence; its end state is the next one's snapshot;
     the whole series replays as one log."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     reports: list[ReplayReport] = []
     entries = 0
     for k, path in enumerate(paths):
         lines = list(read_lines(path))
-        header = decode_header(lines[0])
-        report = replay(lines, eng, machines_hash)
+        header = decode_header(lines[0], WORKER)
+        report = replay(lines, eng, machines_hash, role=WORKER)
         assert report.ok, (path.name, report.divergence, report.error)
         assert report.events == len(lines) - 1
         assert report.last_seq == header.after_seq + report.events
@@ -162,10 +177,10 @@ def check_segments(paths: list[Path], expected_entries: int) -> list[ReplayRepor
             assert header.snapshot is not None
             assert header.previous == paths[k - 1].name
             assert header.after_seq == previous.last_seq
-            assert canonical(previous.state) == encode_snapshot(header.snapshot), path.name
+            assert canonical(previous.state) == encode_snapshot(header.snapshot, WORKER), path.name
         reports.append(report)
     assert entries == expected_entries
-    series = replay_series(read_series(paths), eng, machines_hash)
+    series = replay_series(read_series(paths), eng, machines_hash, role=WORKER)
     assert series.ok, (series.divergence, series.error)
     assert (series.segments, series.events, series.last_seq) == (len(paths), entries, entries)
     assert canonical(series.state) == canonical(reports[-1].state)
@@ -184,12 +199,12 @@ def test_a_long_random_run_in_tiny_segments_replays_segment_by_segment(
     worker = random_run(n, 2_500, n=n)
     rec = record(worker, tmp_path, max_bytes=3_000)
     paths = list_segments(tmp_path)
-    assert len(paths) == rec.rotating.index >= 20  # type: ignore[union-attr]
+    assert len(paths) == rec.recorder.rotating.index >= 20  # type: ignore[union-attr]
     check_segments(paths, len(worker.inputs))
     # The recorder's state at the end is exactly what the last segment replays to; the
     # explorer's own state too, but for stale deadline entries it popped with next_deadline.
-    eng, machines_hash = load_engine()
-    last = replay(list(read_lines(paths[-1])), eng, machines_hash)
+    eng, machines_hash = load_engine(WORKER)
+    last = replay(list(read_lines(paths[-1])), eng, machines_hash, role=WORKER)
     assert canonical(last.state) == canonical(rec.state)
     assert effective_bytes(last.state) == effective_bytes(worker.state)
 
@@ -238,7 +253,7 @@ def test_any_random_run_with_hostile_ads_replays_segment_by_segment(
 def test_a_snapshot_restores_a_state_that_continues_exactly_at_every_step() -> None:
     """After every step of a random run, a state restored from the encoded snapshot steps the
     next input to the same effects and trace, and ends in the same state as the live one."""
-    eng, _ = load_engine()
+    eng, _ = load_engine(WORKER)
     hostile = [(i, ad(f"bad-{i}", bid=math.nan, gpu=math.inf)) for i in range(0, 600, 37)]
     worker = random_run(11, 600, n=2, hostile=hostile)
     inputs = worker.inputs
@@ -255,9 +270,10 @@ def test_a_snapshot_restores_a_state_that_continues_exactly_at_every_step() -> N
                 previous="p",
                 after_seq=1,
                 snapshot=capture(live.state),
-            )
+            ),
+            WORKER,
         )
-        header = decode_header(line)
+        header = decode_header(line, WORKER)
         checked_nonfinite |= b'"nan"' in line
         assert header.snapshot is not None
         shadow = restore(header.snapshot, eng, live.policy, live.state.ids.seed)
@@ -287,10 +303,14 @@ def test_a_segment_is_closed_once_it_holds_max_bytes(tmp_path: Path) -> None:
     seq = 0
     for k, path in enumerate(paths, start=1):
         lines = _segment_lines(path)
-        header = decode_header(lines[0])
+        header = decode_header(lines[0], WORKER)
         assert header.version == VERSION_SEGMENT
-        assert rec.rotating is not None
-        assert (header.run, header.segment, header.after_seq) == (rec.rotating.run, k, seq)
+        assert rec.recorder.rotating is not None
+        assert (header.run, header.segment, header.after_seq) == (
+            rec.recorder.rotating.run,
+            k,
+            seq,
+        )
         assert header.previous == (paths[k - 2].name if k > 1 else None)
         assert (header.snapshot is None) == (k == 1)
         size = sum(map(len, lines))
@@ -332,7 +352,7 @@ def test_only_the_newest_keep_segments_stay_and_each_deletion_is_logged(
     worker = random_run(4, 400, n=1)
     with caplog.at_level(logging.INFO, logger="hypha_sm.log.store"):
         rec = record(worker, tmp_path, max_bytes=3_000, keep=3)
-    rotating = rec.rotating
+    rotating = rec.recorder.rotating
     assert rotating is not None
     kept = list_segments(tmp_path)
     assert [p.name for p in kept] == [
@@ -351,8 +371,8 @@ def test_only_the_newest_keep_segments_stay_and_each_deletion_is_logged(
 
 
 def check_segments_from_middle(paths: list[Path]) -> None:
-    eng, machines_hash = load_engine()
-    report = replay_series(read_series(paths), eng, machines_hash)
+    eng, machines_hash = load_engine(WORKER)
+    report = replay_series(read_series(paths), eng, machines_hash, role=WORKER)
     assert report.ok
     assert report.segments == len(paths)
 
@@ -382,11 +402,13 @@ def test_the_newest_run_in_a_directory_replays_as_one_series(tmp_path: Path) -> 
     worker = random_run(13, 300, n=1)
     rec = record(worker, tmp_path, max_bytes=2_000)
     latest = newest_run(tmp_path)
-    assert rec.rotating is not None
-    assert latest == [tmp_path / rec.rotating.segment_name(i + 1) for i in range(len(latest))]
+    assert rec.recorder.rotating is not None
+    assert latest == [
+        tmp_path / rec.recorder.rotating.segment_name(i + 1) for i in range(len(latest))
+    ]
     assert not earlier & set(latest)
-    eng, machines_hash = load_engine()
-    report = replay_series(read_series(latest), eng, machines_hash)
+    eng, machines_hash = load_engine(WORKER)
+    report = replay_series(read_series(latest), eng, machines_hash, role=WORKER)
     assert report.ok
     assert report.last_seq == len(worker.inputs)
 
@@ -397,19 +419,19 @@ def test_the_newest_run_in_a_directory_replays_as_one_series(tmp_path: Path) -> 
 def test_every_entry_is_in_the_file_before_feed_returns_its_effects(tmp_path: Path) -> None:
     """The crash-safety property survives rotation: after feed returns (and a flush), the
     current segment's last line is that input with the effects about to be performed."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     worker = random_run(6, 150, n=1)
-    with Recorder.open_rotating(
+    with recording_rotating(
         tmp_path, eng, machines_hash, worker.policy, worker.state.ids.seed, max_bytes=2_000
     ) as rec:
         for seq, (now, event) in enumerate(worker.inputs, start=1):
             result = rec.feed(event, now)
-            rec.flush()
-            assert rec.path is not None
-            entry = decode_entry(_segment_lines(rec.path)[-1], 0)
+            rec.recorder.flush()
+            assert rec.recorder.path is not None
+            entry = decode_entry(_segment_lines(rec.recorder.path)[-1], 0, WORKER)
             assert (entry.seq, entry.effects) == (seq, list(result.effects))
-        assert rec.rotating is not None
-        assert rec.rotating.index > 3
+        assert rec.recorder.rotating is not None
+        assert rec.recorder.rotating.index > 3
 
 
 def test_a_rotation_that_fails_leaves_the_log_in_its_current_segment(
@@ -418,9 +440,9 @@ def test_a_rotation_that_fails_leaves_the_log_in_its_current_segment(
     """If the next segment cannot be created, feed still steps and writes the entry to the
     current segment (the node never stops for its log); the rotation is tried again on the
     next input, and the series replays."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     worker = random_run(7, 200, n=1)
-    rec = Recorder.open_rotating(
+    rec = recording_rotating(
         tmp_path,
         eng,
         machines_hash,
@@ -429,7 +451,7 @@ def test_a_rotation_that_fails_leaves_the_log_in_its_current_segment(
         max_bytes=2_000,
         keep=1_000,
     )
-    rotating = rec.rotating
+    rotating = rec.recorder.rotating
     assert rotating is not None
     blocked = False
     with rec:
@@ -437,11 +459,14 @@ def test_a_rotation_that_fails_leaves_the_log_in_its_current_segment(
             if rotating.full and not blocked:
                 blocker = tmp_path / rotating.segment_name(rotating.index + 1)
                 blocker.write_bytes(b"")
-                index, seq = rotating.index, rec.seq
+                index, seq = rotating.index, rec.recorder.seq
                 rec.feed(event, now)
-                assert (rotating.index, rec.seq) == (index, seq + 1)  # stepped, same segment
+                assert (rotating.index, rec.recorder.seq) == (
+                    index,
+                    seq + 1,
+                )  # stepped, same segment
                 assert "event log: [Errno 17] File exists" in caplog.text
-                assert not rec.failing  # the entry itself was written
+                assert not rec.recorder.failing  # the entry itself was written
                 blocker.unlink()
                 blocked = True
                 continue
@@ -455,11 +480,11 @@ def test_stale_timers_popped_by_the_shell_do_not_break_the_series(tmp_path: Path
     keeps; segments still replay and the series sees no difference at the boundaries."""
     worker = random_run(8, 1_000, n=1)
     record(worker, tmp_path, max_bytes=2_000, between=lambda state: state.next_deadline())
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     paths = list_segments(tmp_path)
     for path in paths:
-        assert replay(list(read_lines(path)), eng, machines_hash).ok
-    series = replay_series(read_series(paths), eng, machines_hash)
+        assert replay(list(read_lines(path)), eng, machines_hash, role=WORKER).ok
+    series = replay_series(read_series(paths), eng, machines_hash, role=WORKER)
     assert series.ok, series.divergence
     assert series.segments == len(paths) > 5
 
@@ -477,9 +502,11 @@ def series(tmp_path: Path) -> list[Path]:
 
 def test_a_missing_segment_in_a_series_is_a_format_error(series: list[Path]) -> None:
     """Replaying segments 1, 2, 4 stops at 4: it does not continue 2."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     with pytest.raises(LogFormatError, match=r"does not continue.*segment 4 follows 2"):
-        replay_series(read_series([series[0], series[1], series[3]]), eng, machines_hash)
+        replay_series(
+            read_series([series[0], series[1], series[3]]), eng, machines_hash, role=WORKER
+        )
 
 
 def test_a_tampered_snapshot_is_a_divergence_at_the_segment_boundary(series: list[Path]) -> None:
@@ -489,18 +516,19 @@ def test_a_tampered_snapshot_is_a_divergence_at_the_segment_boundary(series: lis
     raw = json.loads(lines[0])
     raw["snapshot"]["arrivals"] += 1
     lines[0] = json.dumps(raw).encode() + b"\n"
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     report = replay_series(
         [(p.name, _segment_lines(p) if i != 2 else lines) for i, p in enumerate(series)],
         eng,
         machines_hash,
+        role=WORKER,
     )
     assert report.divergence is not None
     d = report.divergence.to_builtins()
     assert d["seq"] == raw["after_seq"]
     assert d["event"] == {"segment": series[2].name, "check": "snapshot", "fields": ["arrivals"]}
     assert d["expected"]["arrivals"] == d["actual"]["arrivals"] + 1
-    assert replay(lines, eng, machines_hash).ok
+    assert replay(lines, eng, machines_hash, role=WORKER).ok
 
 
 # -- the format: v1 stays valid, v2 is checked ---------------------------------------------
@@ -510,7 +538,7 @@ def test_v1_logs_still_read_and_plain_recorders_still_write_v1(tmp_path: Path) -
     """The golden v1 logs decode with no segment fields; a Recorder on a plain file writes the
     same v1 header as before (no new keys)."""
     for path in sorted(LOGS.glob("*.jsonl")):
-        header = decode_header(_segment_lines(path)[0])
+        header = decode_header(_segment_lines(path)[0], WORKER)
         assert header.version == VERSION
         assert (header.run, header.segment, header.snapshot, header.after_seq) == (
             None,
@@ -518,9 +546,9 @@ def test_v1_logs_still_read_and_plain_recorders_still_write_v1(tmp_path: Path) -
             None,
             0,
         )
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     with (tmp_path / "plain.jsonl").open("wb") as sink:
-        Recorder(sink, eng, machines_hash, Worker().policy, SEED).feed(Tick(), at(0.0))
+        recording(sink, eng, machines_hash, Worker().policy, SEED).feed(Tick(), at(0.0))
     first = json.loads(_segment_lines(tmp_path / "plain.jsonl")[0])
     assert sorted(first) == [
         "engine_version",
@@ -553,7 +581,7 @@ def test_inconsistent_headers_are_refused(fields: dict[str, object], message: st
     """Segment fields in a v1 header, unknown versions, and v2 headers that cannot start a
     replay are LogFormatErrors."""
     with pytest.raises(LogFormatError, match=message):
-        decode_header(_header_json(**fields))
+        decode_header(_header_json(**fields), WORKER)
 
 
 def test_a_snapshot_whose_phase_is_unknown_is_refused() -> None:
@@ -571,24 +599,24 @@ def test_a_snapshot_whose_phase_is_unknown_is_refused() -> None:
     header = _header_json(
         version=2, run="r", segment=2, after_seq=4, snapshot=snap, nonfinite=True
     )
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     with pytest.raises(LogFormatError, match="job 'job-1' in unknown or final phase"):
-        replay([header.replace(b"Infinity", b'"inf"')], eng, machines_hash)
+        replay([header.replace(b"Infinity", b'"inf"')], eng, machines_hash, role=WORKER)
 
 
 def test_nonfinite_values_held_in_the_window_survive_a_snapshot(tmp_path: Path) -> None:
     """A hostile ad (NaN bid, infinite gpu, NaN expiry) waiting in the window when a segment
     starts comes back bit for bit, and its decline replays identically."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     hostile = msgspec.structs.replace(
         ad("evil", bid=math.nan, gpu=math.inf), expires_wall=math.nan
     )
-    with Recorder.open_rotating(tmp_path, eng, machines_hash, Worker().policy, SEED) as rec:
+    with recording_rotating(tmp_path, eng, machines_hash, Worker().policy, SEED) as rec:
         rec.feed(ad("good", cpu=2.0), at(0.0))
         rec.feed(hostile, at(0.05))
-        second = rec.rotate()
+        second = rec.recorder.rotate()
         rec.feed(Tick(), at(0.2))
-    header = decode_header(_segment_lines(second)[0])
+    header = decode_header(_segment_lines(second)[0], WORKER)
     assert header.nonfinite
     assert header.snapshot is not None
     evil = next(r for r in header.snapshot.records if r.key == "evil")
@@ -596,7 +624,7 @@ def test_nonfinite_values_held_in_the_window_survive_a_snapshot(tmp_path: Path) 
     assert math.isnan(evil.bid)
     assert math.isnan(evil.expires_mono)
     assert evil.amounts.gpu == math.inf
-    report = replay(_segment_lines(second), eng, machines_hash)
+    report = replay(_segment_lines(second), eng, machines_hash, role=WORKER)
     assert report.ok
     assert report.state.counters["declined.invalid_bid"] == 1
 
@@ -609,7 +637,7 @@ def test_cli_replays_a_snapshot_segment_and_refuses_until_before_it(
     record(random_run(10, 300, n=1), tmp_path, max_bytes=2_000)
     paths = list_segments(tmp_path)
     middle = paths[len(paths) // 2]
-    after = decode_header(_segment_lines(middle)[0]).after_seq
+    after = decode_header(_segment_lines(middle)[0], WORKER).after_seq
     assert main(["replay", str(middle), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] is True
@@ -625,17 +653,17 @@ def test_a_rotating_log_cannot_be_shared_and_a_plain_recorder_cannot_rotate(
     tmp_path: Path,
 ) -> None:
     """One RotatingLog per recorder; rotate() on a plain file is a ValueError."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     log = RotatingLog(tmp_path, "w", max_bytes=100, keep=2)
-    with Recorder(log, eng, machines_hash, Worker().policy, SEED) as first:
-        assert first.path == tmp_path / log.segment_name(1)
+    with recording(log, eng, machines_hash, Worker().policy, SEED) as first:
+        assert first.recorder.path == tmp_path / log.segment_name(1)
         with pytest.raises(ValueError, match="already has segments"):
-            Recorder(log, eng, machines_hash, Worker().policy, SEED)
+            recording(log, eng, machines_hash, Worker().policy, SEED)
     with (tmp_path / "plain.jsonl").open("wb") as sink:
-        plain = Recorder(sink, eng, machines_hash, Worker().policy, SEED)
-        assert plain.path is None
+        plain = recording(sink, eng, machines_hash, Worker().policy, SEED)
+        assert plain.recorder.path is None
         with pytest.raises(ValueError, match="cannot rotate"):
-            plain.rotate()
+            plain.recorder.rotate()
     with pytest.raises(ValueError, match="prefix"):
         RotatingLog(tmp_path, prefix="a/b")
     for max_bytes, keep in ((0, 1), (1, 0)):
@@ -646,17 +674,17 @@ def test_a_rotating_log_cannot_be_shared_and_a_plain_recorder_cannot_rotate(
 def test_a_segment_that_starts_with_a_job_in_flight_replays_its_end(tmp_path: Path) -> None:
     """A segment that starts while a job runs under an accepted lease replays, from the
     snapshot alone, the lease's expiry, the stop, the exit, the report and the release."""
-    eng, machines_hash = load_engine()
+    eng, machines_hash = load_engine(WORKER)
     worker = Worker()
     worker.feed(ad("a", cpu=2.0), 0.0)
     lease = worker.tick(0.2).effects[0].lease_id  # type: ignore[union-attr]
     worker.feed(renew(lease), 0.3)
     worker.feed(dispatch(lease, executor=TRAIN), 0.4)
     worker.feed(JobStarted("job-1"), 0.5)
-    with Recorder.open_rotating(tmp_path, eng, machines_hash, worker.policy, SEED) as rec:
+    with recording_rotating(tmp_path, eng, machines_hash, worker.policy, SEED) as rec:
         for now, event in worker.inputs:
             rec.feed(event, now)
-        second = rec.rotate()
+        second = rec.recorder.rotate()
         effects = [rec.feed(Tick(), at(12.0)).effects]  # no renewal: the lease expires
         effects.append(rec.feed(JobExited("job-1", -15), at(13.0)).effects)
         effects.append(rec.feed(StatusDelivered("job-1", "cancelled"), at(13.5)).effects)
@@ -664,7 +692,7 @@ def test_a_segment_that_starts_with_a_job_in_flight_replays_its_end(tmp_path: Pa
     assert [type(e).__name__ for e in effects[1]] == ["SendJobStatus"]
     assert isinstance(effects[1][0], SendJobStatus)
     assert effects[1][0].status == "cancelled"
-    report = replay(_segment_lines(second), eng, machines_hash)
+    report = replay(_segment_lines(second), eng, machines_hash, role=WORKER)
     assert report.ok
     assert report.events == 3
     assert report.state.counters["lease.released.expired"] == 1

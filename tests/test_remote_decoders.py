@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from hypha_sm.config.layers import ConfigError
 from hypha_sm.config.worker import load_worker_settings
-from hypha_sm.log.codec import LogFormatError, decode_entry, decode_header
+from hypha_sm.log.codec import LogFormatError, decode_entry, decode_header, role_of
 from hypha_sm.log.replay import split_log
 from hypha_sm.roles.worker.bridge import JobBridge
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.bounds import MAX_DEPTH, json_problem, msgpack_problem, toml_problem
 from hypha_sm.wire.envelope import (
@@ -66,6 +67,7 @@ FUZZED = {
     "hypha_sm.wire.envelope:_decoded": "envelope",
     "hypha_sm.log.codec:decode_header": "event_log",
     "hypha_sm.log.codec:decode_entry": "event_log",
+    "hypha_sm.log.codec:role_of": "event_log",
     "hypha_sm.config.layers:load_settings": "config",
     "hypha_sm.roles.worker.bridge.app:JobBridge._read_json": "bridge",
 }
@@ -290,10 +292,12 @@ HEADER = (
 def fuzz_event_log(text: bytes) -> None:
     for line in (text, b'{"seq":1,"mono":0,"wall":0,"event":' + text + b"}"):
         with pytest.raises(LogFormatError):
-            decode_entry(line, 2)
+            decode_entry(line, 2, WORKER)
         with pytest.raises(LogFormatError):
-            decode_header(line)
-        _, entries = split_log([HEADER, line + b"\n"])
+            decode_header(line, WORKER)
+        with pytest.raises(LogFormatError):
+            role_of(line)
+        _, entries = split_log([HEADER, line + b"\n"], WORKER)
         with pytest.raises(LogFormatError):
             list(entries)
 

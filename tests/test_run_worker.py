@@ -21,6 +21,7 @@ from hypha_sm.log.store import newest_run, read_lines, read_series
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, Publisher
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
@@ -64,8 +65,10 @@ async def test_a_worker_runs_a_real_job_from_a_real_advertisement(tmp_path: Path
     # A successful job's work dir is removed; the event log replays.
     assert not list((tmp_path / "work").glob("hypha-*"))
     (log_file,) = (tmp_path / "work" / "events").glob("*.jsonl")
-    engine, machines_hash = load_engine()
-    report = replay(log_file.read_bytes().splitlines(keepends=True), engine, machines_hash)
+    engine, machines_hash = load_engine(WORKER)
+    report = replay(
+        log_file.read_bytes().splitlines(keepends=True), engine, machines_hash, role=WORKER
+    )
     assert report.ok, (report.divergence, report.error)
     assert report.events >= 8
 
@@ -213,9 +216,9 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
     cancelled = next(s for s in sched.statuses if s.status == "cancelled")
     assert cancelled.reason == "lease_expired"
     assert late.message == m.RenewFailed(lease, "unknown_lease")
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     report = replay_series(
-        read_series(newest_run(tmp_path / "work" / "events")), engine, machines_hash
+        read_series(newest_run(tmp_path / "work" / "events")), engine, machines_hash, role=WORKER
     )
     assert report.ok, (report.divergence, report.error)
     assert report.state.reserved == (0, 0, 0, 0)
@@ -310,10 +313,10 @@ async def test_a_busy_worker_rotates_its_event_log_and_every_segment_replays(
     segments = newest_run(events)
     assert len(segments) == 3  # segments 1 and 2 were deleted (keep = 3)
     assert not any(p.name.endswith(("-000001.jsonl", "-000002.jsonl")) for p in segments)
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     for segment in segments:
-        report = replay(read_lines(segment), engine, machines_hash)
+        report = replay(read_lines(segment), engine, machines_hash, role=WORKER)
         assert report.ok, (segment.name, report.divergence, report.error)
-    series = replay_series(read_series(segments), engine, machines_hash)
+    series = replay_series(read_series(segments), engine, machines_hash, role=WORKER)
     assert series.ok, (series.divergence, series.error)
     assert series.segments == 3

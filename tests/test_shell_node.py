@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 
 import trio
 import trio.testing
 
 from hypha_sm.log.replay import replay
-from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
 from hypha_sm.roles.worker.core.effects import StartJob
-from hypha_sm.roles.worker.core.events import RenewRequested, ShutdownRequested, Tick
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.executor import StartFailed
 from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import Identity
-from tests.helpers import policy
+from tests.helpers import policy, recording
 from tests.netkit import running_gateway, wait_connected, wait_healthy
 
 SCHED = Identity.from_seed(bytes([21]) * 32)
 GATEWAY = Identity.from_seed(bytes([24]) * 32)
-WORKER = Identity.from_seed(bytes([22]) * 32)
+WORKER_ID = Identity.from_seed(bytes([22]) * 32)
 TRAIN = m.Executor(cls="train", name="diloco-transformer")
 GW = ("gw:7000", "gw:7001", "gw:7002")
 
@@ -100,11 +98,13 @@ def memory_node(
     network: MemoryNetwork, executor: FakeExecutor | None = None, sink: io.BytesIO | None = None
 ) -> WorkerNode:
     """A worker on the in-memory network at ``worker:7200``, recording to ``sink``."""
-    engine, machines_hash = load_engine()
-    recorder = Recorder(sink or io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16))
+    engine, machines_hash = load_engine(WORKER)
+    recorder = recording(
+        sink or io.BytesIO(), engine, machines_hash, policy("flexible"), bytes(16)
+    )
     return WorkerNode(
         recorder,
-        MemoryEndpoint(network, WORKER),
+        MemoryEndpoint(network, WORKER_ID),
         executor or FakeExecutor(),
         address="worker:7200",
     )
@@ -152,12 +152,12 @@ async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> No
                     await node.shutdown()
                 nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
     assert [s.status for s in sched.statuses] == ["running", "finished"]
-    assert node.recorder.state.reserved == (0, 0, 0, 0)
+    assert node.stepper.state.reserved == (0, 0, 0, 0)
     # fsync = batch: one sync per loop wake-up that produced effects, none for the others.
-    assert node.recorder.syncs == node.stats.wakeups_with_effects > 0
-    assert node.recorder.syncs < node.stats.steps
+    assert node.stepper.recorder.syncs == node.stats.wakeups_with_effects > 0
+    assert node.stepper.recorder.syncs < node.stats.steps
     # The event log the node wrote replays to the same effects.
-    report = replay(sink.getvalue().splitlines(keepends=True), *load_engine())
+    report = replay(sink.getvalue().splitlines(keepends=True), *load_engine(WORKER), role=WORKER)
     assert report.ok, report.divergence
 
 
@@ -191,39 +191,6 @@ async def test_a_stranger_cannot_renew_and_a_failed_start_is_answered() -> None:
                     assert health.message == m.HealthReply(True)
                     await node.shutdown()
                 nursery.cancel_scope.cancel()
-
-
-async def test_a_waiting_request_is_stepped_before_queued_inputs_which_keep_their_order() -> None:
-    """Queued advertisements do not delay a renewal; the queued inputs still go in order."""
-    network = MemoryNetwork()
-    node = memory_node(network)
-    queued = [Tick(), ShutdownRequested(), Tick()]
-    for event in queued:
-        node._send.send_nowait(event)
-    renewal = RenewRequested("lease-1", "peer", 1)
-    node._urgent.append(renewal)
-    taken = [await node._next_input(math.inf) for _ in range(4)]
-    assert taken[0] is renewal
-    assert taken[1:] == queued
-    with trio.fail_after(5):  # nothing left: waits until the deadline, then ticks
-        assert await node._next_input(trio.current_time() + 0.01) == Tick()
-
-
-async def test_a_request_wakes_a_loop_that_waits_for_input() -> None:
-    """While the loop waits on an empty inbox, an arriving request is taken at once."""
-    network = MemoryNetwork()
-    node = memory_node(network)
-    renewal = RenewRequested("lease-1", "peer", 1)
-    taken: list[object] = []
-    async with trio.open_nursery() as nursery:
-
-        async def wait() -> None:
-            taken.append(await node._next_input(math.inf))
-
-        nursery.start_soon(wait)
-        await trio.testing.wait_all_tasks_blocked()
-        node._push_request(renewal)
-    assert taken == [renewal]
 
 
 async def test_a_refused_dispatch_leaves_no_scheduler_behind_for_its_job() -> None:

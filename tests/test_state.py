@@ -13,9 +13,10 @@ from hypha_sm.core.trace import Now
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.policy import Policy
 from hypha_sm.roles.worker.core.records import NodeRec
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.core.state import WorkerState
 
-ENGINE, _ = load_engine()
+ENGINE, _ = load_engine(WORKER)
 KEYS = ("n0", "n1", "n2", "n3")
 
 
@@ -118,7 +119,7 @@ def test_the_snapshot_names_everything_that_determines_future_behaviour() -> Non
 
 def test_a_fresh_worker_holds_only_its_node_and_window_with_their_initial_fields() -> None:
     """Every field a record starts with is what replay prints and snapshots carry."""
-    engine, _ = load_engine()
+    engine, _ = load_engine(WORKER)
     state = WorkerState(engine, Policy(capacity=Amounts(cpu=1.0)), bytes(16))
     assert state.snapshot()["records"] == {
         "node": {

@@ -63,6 +63,7 @@ from hypha_sm.roles.worker.core.policy import (
     Timings,
 )
 from hypha_sm.roles.worker.core.reducer import initial_state, next_deadline, step
+from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.core.state import WorkerState
 from tests.helpers import AGGREGATE, CAPACITY, OTHER, SCHED, TRAIN, at, engine, library_engine
 
@@ -1264,7 +1265,13 @@ def save_last_example(path: Path) -> Path | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     write_inputs(
-        path, machine.engines[0], load_engine()[1], machine.policy, machine.seed, machine.inputs
+        path,
+        WORKER,
+        machine.engines[0],
+        load_engine(WORKER)[1],
+        machine.policy,
+        machine.seed,
+        machine.inputs,
     )
     return path
 
@@ -1283,8 +1290,8 @@ def test_a_failing_example_is_saved_as_a_log_that_replays_to_the_failure(tmp_pat
     machine.inputs.append((at(1.0), JobExited("never-started", 0)))  # a shell bug: core raises
     path = save_last_example(tmp_path / "example.jsonl")
     assert path is not None
-    eng, machines_hash = load_engine()
-    report = replay(path.read_bytes().splitlines(keepends=True), eng, machines_hash)
+    eng, machines_hash = load_engine(WORKER)
+    report = replay(path.read_bytes().splitlines(keepends=True), eng, machines_hash, role=WORKER)
     assert report.error is not None
     assert report.error[0] == 2
     assert "never-started" in repr(report.error[1])

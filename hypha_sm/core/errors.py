@@ -42,3 +42,7 @@ class InvalidTransition(HyphaSMError):
 
 class InvariantViolation(HyphaSMError):
     """An internal invariant broke (for example a reservation released twice). A bug: never caught."""
+
+
+class SnapshotError(HyphaSMError, ValueError):
+    """A snapshot read from outside (a log segment's header) is inconsistent; the text says how."""

@@ -6,7 +6,9 @@ replays on its own. ``replay_series`` replays a run's segments in order as one l
 each boundary that the next segment continues this one and that its snapshot is the state the
 replay reached.
 
-Pure: it takes the log's lines and an engine, and never reads a clock or a file.
+Role-generic: the ``Role`` given (the log's header names it; ``codec.role_of``) supplies the
+types, ``step`` and the snapshot functions. Pure: it takes the log's lines and an engine, and
+never reads a clock or a file.
 """
 
 from __future__ import annotations
@@ -18,20 +20,16 @@ from typing import Any
 import msgspec
 
 from hypha_sm.core.engine import Engine
-from hypha_sm.core.errors import HyphaSMError
+from hypha_sm.core.errors import HyphaSMError, SnapshotError
+from hypha_sm.core.role import Role, StepResult
 from hypha_sm.log.codec import (
     Entry,
     Header,
     LogFormatError,
-    Snapshot,
     decode_entry,
     decode_header,
     encode_snapshot,
 )
-from hypha_sm.log.snapshot import capture, effective, restore
-from hypha_sm.roles.worker.core.effects import NodeStopped
-from hypha_sm.roles.worker.core.reducer import Step, initial_state, step
-from hypha_sm.roles.worker.core.state import WorkerState
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,9 @@ class ReplayDivergence(HyphaSMError):
 class ReplayReport:
     """How a replay went."""
 
-    header: Header
-    state: WorkerState
+    header: Header[Any, Any]
+    #: The role's state as the replay left it.
+    state: Any
     machines_match: bool
     events: int = 0
     last_seq: int = 0
@@ -89,27 +88,28 @@ class ReplayReport:
         return self.divergence is None and self.error is None
 
 
-class LogEntries(Iterator[Entry]):
+class LogEntries(Iterator[Entry[Any, Any]]):
     """A log's entries, decoded lazily (LogFormatError on a bad line).
 
     Every entry is written as one line ending in a newline, so a last line without one was cut
     short by a crash: it is not decoded, and ``partial_line`` says where it was.
     """
 
-    def __init__(self, lines: Iterator[bytes], after_seq: int) -> None:
+    def __init__(self, lines: Iterator[bytes], after_seq: int, role: Role[Any, Any, Any]) -> None:
         self._lines = enumerate(lines, start=2)
+        self._role = role
         self._previous = after_seq
         #: The line number of a partial last line, once iteration reached it.
         self.partial_line: int | None = None
 
-    def __next__(self) -> Entry:
+    def __next__(self) -> Entry[Any, Any]:
         for lineno, line in self._lines:
             if not line.endswith(b"\n"):
                 self.partial_line = lineno
                 raise StopIteration
             if not line.strip():
                 continue
-            entry = decode_entry(line, lineno)
+            entry = decode_entry(line, lineno, self._role)
             if entry.seq != self._previous + 1:
                 raise LogFormatError(
                     f"line {lineno}: seq {entry.seq} follows {self._previous}; entries are missing"
@@ -119,7 +119,9 @@ class LogEntries(Iterator[Entry]):
         raise StopIteration
 
 
-def split_log(lines: Iterable[bytes]) -> tuple[Header, LogEntries]:
+def split_log(
+    lines: Iterable[bytes], role: Role[Any, Any, Any]
+) -> tuple[Header[Any, Any], LogEntries]:
     """The header, and a lazy iterator over the entries (raising LogFormatError on bad lines)."""
     it = iter(lines)
     try:
@@ -127,22 +129,25 @@ def split_log(lines: Iterable[bytes]) -> tuple[Header, LogEntries]:
     except StopIteration:
         raise LogFormatError("the log is empty: no header line") from None
     try:
-        header = decode_header(first)
+        header = decode_header(first, role)
     except LogFormatError:
         if not first.endswith(b"\n"):
             raise LogFormatError(
                 "line 1: the header is partial (the node stopped while writing it)"
             ) from None
         raise
-    return header, LogEntries(it, header.after_seq)
+    return header, LogEntries(it, header.after_seq, role)
 
 
-def start_state(header: Header, engine: Engine) -> WorkerState:
+def start_state(header: Header[Any, Any], role: Role[Any, Any, Any], engine: Engine) -> Any:
     """The state a log starts from: its snapshot if it has one, else the initial state."""
     seed = bytes.fromhex(header.seed)
     if header.snapshot is None:
-        return initial_state(engine, header.policy, seed)
-    return restore(header.snapshot, engine, header.policy, seed)
+        return role.initial(engine, header.policy, seed)
+    try:
+        return role.restore(header.snapshot, engine, header.policy, seed)
+    except SnapshotError as exc:
+        raise LogFormatError(str(exc)) from None
 
 
 def replay(
@@ -150,9 +155,10 @@ def replay(
     engine: Engine,
     machines_hash: str,
     *,
+    role: Role[Any, Any, Any],
     until: int | None = None,
     check_effects: bool = True,
-    observe: Callable[[Entry, Step], None] | None = None,
+    observe: Callable[[Entry[Any, Any], StepResult], None] | None = None,
 ) -> ReplayReport:
     """Re-run a log from its header; stop at the first divergence or error.
 
@@ -160,17 +166,17 @@ def replay(
     snapshot to start from. ``until`` stops after the entry with that sequence number (it may
     not be before the segment's ``after_seq``). ``observe`` sees every step.
     """
-    header, entries = split_log(lines)
+    header, entries = split_log(lines, role)
     if until is not None and until < header.after_seq:
         raise LogFormatError(
             f"until {until}: this segment starts after seq {header.after_seq}; "
             "replay an earlier segment"
         )
     report = ReplayReport(
-        header, start_state(header, engine), header.machines_hash == machines_hash
+        header, start_state(header, role, engine), header.machines_hash == machines_hash
     )
     report.last_seq = header.after_seq
-    _fold(report, entries, until, check_effects, observe)
+    _fold(report, role, entries, until, check_effects, observe)
     report.partial_line = entries.partial_line
     return report
 
@@ -180,9 +186,10 @@ def replay_series(
     engine: Engine,
     machines_hash: str,
     *,
+    role: Role[Any, Any, Any],
     until: int | None = None,
     check_effects: bool = True,
-    observe: Callable[[Entry, Step], None] | None = None,
+    observe: Callable[[Entry[Any, Any], StepResult], None] | None = None,
 ) -> ReplayReport:
     """Replay a run's segments, given as (file name, lines) oldest first, as one log.
 
@@ -196,25 +203,25 @@ def replay_series(
     report: ReplayReport | None = None
     previous = ""
     for name, lines in segments:
-        header, entries = split_log(lines)
+        header, entries = split_log(lines, role)
         if report is None:
             if until is not None and until < header.after_seq:
                 raise LogFormatError(
                     f"until {until}: the series starts after seq {header.after_seq}"
                 )
             report = ReplayReport(
-                header, start_state(header, engine), header.machines_hash == machines_hash
+                header, start_state(header, role, engine), header.machines_hash == machines_hash
             )
             report.last_seq = header.after_seq
         else:
             _check_link(report, previous, header, name)
             report.segments += 1
             assert header.snapshot is not None  # _check_link
-            divergence = _boundary(report.state, header.snapshot, header.after_seq, name)
+            divergence = _boundary(role, report.state, header.snapshot, header.after_seq, name)
             if divergence is not None:
                 report.divergence = divergence
                 break
-        _fold(report, entries, until, check_effects, observe)
+        _fold(report, role, entries, until, check_effects, observe)
         report.partial_line = entries.partial_line
         if not report.ok or report.stopped_at is not None:
             break
@@ -224,7 +231,7 @@ def replay_series(
     return report
 
 
-def _check_link(report: ReplayReport, previous: str, header: Header, name: str) -> None:
+def _check_link(report: ReplayReport, previous: str, header: Header[Any, Any], name: str) -> None:
     first = report.header
     problems = []
     if header.run is None or header.run != first.run:
@@ -247,16 +254,18 @@ def _check_link(report: ReplayReport, previous: str, header: Header, name: str) 
         )
 
 
-def _boundary(state: WorkerState, expected: Snapshot, seq: int, name: str) -> Divergence | None:
+def _boundary(
+    role: Role[Any, Any, Any], state: Any, expected: Any, seq: int, name: str
+) -> Divergence | None:
     """None if the state is the snapshot (but for stale deadline entries); else what differs."""
-    actual = capture(state)
-    if encode_snapshot(actual) == encode_snapshot(expected):
+    actual = role.capture(state)
+    if encode_snapshot(actual, role) == encode_snapshot(expected, role):
         return None
-    actual, expected = effective(actual), effective(expected)
-    if encode_snapshot(actual) == encode_snapshot(expected):
+    actual, expected = role.effective(actual), role.effective(expected)
+    if encode_snapshot(actual, role) == encode_snapshot(expected, role):
         return None
-    want = msgspec.json.decode(encode_snapshot(expected))
-    got = msgspec.json.decode(encode_snapshot(actual))
+    want = msgspec.json.decode(encode_snapshot(expected, role))
+    got = msgspec.json.decode(encode_snapshot(actual, role))
     differs = sorted(k for k in want if want[k] != got.get(k))
     return Divergence(
         seq,
@@ -268,10 +277,11 @@ def _boundary(state: WorkerState, expected: Snapshot, seq: int, name: str) -> Di
 
 def _fold(
     report: ReplayReport,
-    entries: Iterator[Entry],
+    role: Role[Any, Any, Any],
+    entries: Iterator[Entry[Any, Any]],
     until: int | None,
     check_effects: bool,
-    observe: Callable[[Entry, Step], None] | None,
+    observe: Callable[[Entry[Any, Any], StepResult], None] | None,
 ) -> None:
     state = report.state
     for entry in entries:
@@ -279,13 +289,13 @@ def _fold(
             report.stopped_at = until
             break
         try:
-            result = step(state, entry.event, entry.now)
+            result = role.step(state, entry.event, entry.now)
         except Exception as exc:  # a saved failing example ends in the exception it reproduces
             report.error = (entry.seq, exc)
             break
         report.events += 1
         report.last_seq = entry.seq
-        if any(isinstance(e, NodeStopped) for e in result.effects):
+        if role.stopped(result.effects):
             report.node_stopped = True
         if observe is not None:
             observe(entry, result)

@@ -1,4 +1,8 @@
-"""Writing event logs to files: the recorder the node runs with, and saving test inputs as logs.
+"""Writing event logs to files: the recorder every role's loop appends to, and saving test inputs.
+
+The recorder only appends: the runtime loop (``hypha_sm.runtime.loop``) owns the state, steps it
+and hands the recorder each input with the effects it produced. The recorder knows no role; the
+``Role`` it is given supplies the header's configuration type and the snapshot encoding.
 
 Durability. Each entry reaches the operating system (one ``write`` of the whole line, no
 user-space buffer) before the step's effects are performed, so a ``kill -9`` of the node never
@@ -8,7 +12,7 @@ power cut or a kernel crash) is the ``fsync`` policy: ``never``; ``batch`` (the 
 default); ``always`` (after every entry). Segment files are created mode 0600 in a 0700
 directory: they hold the id seed and job specs.
 
-The node's log rotates by size (``Recorder.open_rotating`` or ``Recorder(RotatingLog(...), ...)``):
+A node's log rotates by size (``Recorder.open_rotating`` or ``Recorder(RotatingLog(...), ...)``):
 it is a series of segment files ``<prefix>-<run>-<NNNNNN>.jsonl`` in one directory, where
 ``<run>`` is ``<UTC start, YYYYmmddTHHMMSS.ffffffZ>-<8 hex digits>`` drawn when the log opens
 (names sort in time order). Every later segment
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import logging
 import math
@@ -31,27 +34,22 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, get_args
-
-import msgspec
+from typing import Any, BinaryIO, Literal, get_args
 
 from hypha_sm import __version__
-from hypha_sm.core.engine import CREATED, Engine
+from hypha_sm.core.engine import Engine
+from hypha_sm.core.role import Role, StepResult
+from hypha_sm.core.trace import Now
 from hypha_sm.log.codec import (
+    DEFAULT_ROLE,
     FORMAT,
     VERSION,
     VERSION_SEGMENT,
     Entry,
     Header,
-    Snapshot,
     encode_entry,
     encode_header,
 )
-from hypha_sm.log.snapshot import capture
-from hypha_sm.roles.worker.core.events import DispatchRequested, Event, Now
-from hypha_sm.roles.worker.core.policy import Policy
-from hypha_sm.roles.worker.core.reducer import Step, initial_state, step
-from hypha_sm.roles.worker.core.state import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +72,14 @@ _SEGMENT_NAME = re.compile(
 )
 
 
-def make_header(machines_hash: str, policy: Policy, seed: bytes) -> Header:
-    """The header for a log of a worker started with this policy and seed."""
+def make_header(
+    machines_hash: str, policy: Any, seed: bytes, role: str = DEFAULT_ROLE
+) -> Header[Any, Any]:
+    """The header for a log of a role started with this configuration and seed."""
     return Header(
         format=FORMAT,
         version=VERSION,
+        role=role,
         machines_hash=machines_hash,
         engine_version=__version__,
         seed=seed.hex(),
@@ -88,19 +89,21 @@ def make_header(machines_hash: str, policy: Policy, seed: bytes) -> Header:
 
 def segment_header(
     machines_hash: str,
-    policy: Policy,
+    policy: Any,
     seed: bytes,
     *,
     run: str,
     segment: int,
     previous: str | None,
     after_seq: int,
-    snapshot: Snapshot | None,
-) -> Header:
+    snapshot: Any | None,
+    role: str = DEFAULT_ROLE,
+) -> Header[Any, Any]:
     """The header of one segment of a rotated log (version 2)."""
     return Header(
         format=FORMAT,
         version=VERSION_SEGMENT,
+        role=role,
         machines_hash=machines_hash,
         engine_version=__version__,
         seed=seed.hex(),
@@ -156,6 +159,18 @@ def newest_run(directory: Path, prefix: str = "worker") -> list[Path]:
     key = _segment_key(segments[-1], prefix)
     assert key is not None
     return list_segments(directory, prefix, run=key[0])
+
+
+def newest_run_of(directory: Path, prefixes: Iterable[str]) -> list[Path]:
+    """The segments of the most recent run in ``directory`` among several prefixes (roles).
+
+    A directory may hold a worker's and a scheduler's logs side by side; runs are compared by
+    their ids, which start with their UTC start time.
+    """
+    runs = [segments for prefix in prefixes if (segments := newest_run(directory, prefix))]
+    if not runs:
+        return []
+    return max(runs, key=lambda segments: _SEGMENT_NAME.search(segments[-1].name)["run"])  # type: ignore[index]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -327,26 +342,26 @@ class RotatingLog:
 
 
 class Recorder:
-    """Runs the core and appends every input, its time and its effects to a log.
+    """Appends every input, its time and its effects to a role's log; it holds no state.
 
-    The entry is written after ``step`` computes the effects and before anyone performs them,
-    so a crash never leaves an effect performed but unlogged: it reaches the OS inside
-    ``feed`` (a killed process loses nothing), and the disk per ``fsync`` (module docstring).
+    The loop calls ``append`` after ``step`` computed the effects and before anyone performs
+    them, so a crash never leaves an effect performed but unlogged: the entry reaches the OS
+    inside ``append`` (a killed process loses nothing), and the disk per ``fsync`` (module
+    docstring).
 
     ``sink`` is a binary file (the caller owns it; the log is one version 1 file) or a
     ``RotatingLog`` (the recorder writes version 2 segments and closes it in ``close``). With a
-    rotating log, ``feed`` first starts a new segment if the current one is full: its header
-    carries a snapshot of the state before this input (rotation happens between steps, and the
-    entry then goes to the new segment, still before its effects are performed). The state
-    object is kept across segments (``self.state`` is never replaced).
+    rotating log the loop asks ``due`` before each step and, if a segment is full, calls
+    ``rotate`` with a snapshot of the state before the input: rotation happens between steps,
+    and the entry then goes to the new segment, still before its effects are performed.
     """
 
     def __init__(
         self,
         sink: BinaryIO | RotatingLog,
-        engine: Engine,
+        role: Role[Any, Any, Any],
         machines_hash: str,
-        policy: Policy,
+        policy: Any,
         seed: bytes,
         *,
         fsync: FsyncPolicy = "batch",
@@ -354,12 +369,13 @@ class Recorder:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync {fsync!r}: expected one of {', '.join(FSYNC_POLICIES)}")
         self.sink = sink
+        self.role = role
         self.fsync = fsync
         #: Entries written since the last ``sync`` (what a ``batch`` sync would push).
         self.unsynced = 0
         #: How many times the log was pushed to the disk.
         self.syncs = 0
-        #: Entries the disk refused, in order, waiting to be written (see ``feed``).
+        #: Entries the disk refused, in order, waiting to be written (see ``append``).
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         #: (first, last) seq of entries dropped because too many waited; None if none.
@@ -367,39 +383,44 @@ class Recorder:
         #: The last write error, until a write succeeds again.
         self.error: OSError | None = None
         self._next_retry = -math.inf
+        #: A snapshot of the state as of the last entry, for a rotation the recorder starts
+        #: itself (after lost entries); the loop sets it (``snapshot_source``).
+        self.snapshot_source: Callable[[], Any] | None = None
         self.machines_hash = machines_hash
         self.policy = policy
         self.seed = seed
-        self.state: WorkerState = initial_state(engine, policy, seed)
         self.seq = 0
         #: The rotating log, if the sink is one.
         self.rotating = sink if isinstance(sink, RotatingLog) else None
         if self.rotating is None:
-            sink.write(encode_header(make_header(machines_hash, policy, seed)))
+            sink.write(encode_header(make_header(machines_hash, policy, seed, role.name), role))
             sink.flush()
         elif self.rotating.index:
             raise ValueError("this RotatingLog already has segments: give each recorder its own")
         else:
-            self.rotating.begin(encode_header(self._header(None)))
+            self.rotating.begin(encode_header(self._header(None), role))
 
     @classmethod
     def open_rotating(
         cls,
         directory: Path,
-        engine: Engine,
+        role: Role[Any, Any, Any],
         machines_hash: str,
-        policy: Policy,
+        policy: Any,
         seed: bytes,
         *,
-        prefix: str = "worker",
+        prefix: str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
         fsync: FsyncPolicy = "batch",
     ) -> Recorder:
-        """A recorder writing a size-rotated log into ``directory`` (created if missing)."""
+        """A recorder writing a size-rotated log into ``directory`` (created if missing).
+
+        Segment names start with ``prefix``, by default the role's name.
+        """
         return cls(
-            RotatingLog(directory, prefix, max_bytes, keep),
-            engine,
+            RotatingLog(directory, prefix or role.name, max_bytes, keep),
+            role,
             machines_hash,
             policy,
             seed,
@@ -411,8 +432,13 @@ class Recorder:
         """The file being written: the current segment of a rotating log (None otherwise)."""
         return None if self.rotating is None else self.rotating.path
 
-    def feed(self, event: Event, now: Now) -> Step:
-        """Step the core with one input and record it.
+    def due(self) -> bool:
+        """The current segment is full: the loop should ``rotate`` before the next step."""
+        rotating = self.rotating
+        return rotating is not None and rotating.size >= rotating.limit and not self.pending
+
+    def append(self, event: Any, now: Now, result: StepResult) -> None:
+        """Record one input the loop has just stepped, with its effects.
 
         Never raises for a failed write (a full disk, an I/O error): the step has happened,
         so its entry waits in memory (``pending``, up to ``MAX_PENDING_BYTES``) and is
@@ -420,19 +446,16 @@ class Recorder:
         Past the bound the waiting entries are dropped, and the log goes on in a new segment
         that starts from a snapshot, so what is on disk still replays.
         """
-        rotating = self.rotating
-        if rotating is not None and rotating.size >= rotating.limit and not self.pending:
-            self._try(self.rotate)
-        result = step(self.state, event, now)
         self.seq += 1
-        entry = Entry(self.seq, now.mono, now.wall, logged(event, result), list(result.effects))
-        line = encode_entry(entry)
+        entry = Entry(
+            self.seq, now.mono, now.wall, self.role.logged(event, result), list(result.effects)
+        )
+        line = encode_entry(entry, self.role)
         if self.pending or self.lost_seqs is not None or not self._try(self._write, line):
             self._hold(line, now.mono)
         self.unsynced += 1
         if self.fsync == "always":
             self.sync()
-        return result
 
     @property
     def failing(self) -> bool:
@@ -526,13 +549,21 @@ class Recorder:
         self.unsynced = 0
         self.syncs += 1
 
-    def rotate(self) -> Path:
-        """Start the next segment now, with a snapshot of the current state; its path."""
+    def rotate(self, snapshot: Any | None = None) -> Path:
+        """Start the next segment now, with ``snapshot`` (by default from ``snapshot_source``)."""
         if self.rotating is None:
             raise ValueError("this recorder writes to a plain file; it cannot rotate")
-        return self.rotating.begin(encode_header(self._header(capture(self.state))))
+        if snapshot is None:
+            if self.snapshot_source is None:
+                raise ValueError("rotate needs the state's snapshot")
+            snapshot = self.snapshot_source()
+        return self.rotating.begin(encode_header(self._header(snapshot), self.role))
 
-    def _header(self, snapshot: Snapshot | None) -> Header:
+    def rotate_quietly(self) -> bool:
+        """``rotate``, a failure remembered like a failed write (the entry then waits); True if done."""
+        return self._try(self.rotate)
+
+    def _header(self, snapshot: Any | None) -> Header[Any, Any]:
         rotating = self.rotating
         assert rotating is not None
         return segment_header(
@@ -544,6 +575,7 @@ class Recorder:
             previous=None if rotating.path is None else rotating.path.name,
             after_seq=self.seq,
             snapshot=snapshot,
+            role=self.role.name,
         )
 
     def flush(self) -> None:
@@ -570,34 +602,14 @@ class Recorder:
         self.close()
 
 
-def spec_digest(spec: str) -> str:
-    """What a refused dispatch's spec is logged as: its size and SHA-256, not its text."""
-    data = spec.encode("utf-8", "surrogatepass")
-    return f"<refused spec: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}>"
-
-
-def logged(event: Event, result: Step) -> Event:
-    """The event as it is written to the log.
-
-    A dispatch that created no job was refused (unknown lease, not the owner, ...): a stranger
-    can send those by the thousand, so its spec (up to 512 KiB) is logged as a digest. Replay
-    is unchanged: no refusal depends on the spec's text, and a refused spec goes nowhere.
-    """
-    if isinstance(event, DispatchRequested) and not any(
-        kind == "job" and key == event.job_id and index == CREATED
-        for kind, key, _, _, _, index in result.trace
-    ):
-        return msgspec.structs.replace(event, spec=spec_digest(event.spec))
-    return event
-
-
 def write_inputs(
     path: Path,
+    role: Role[Any, Any, Any],
     engine: Engine,
     machines_hash: str,
-    policy: Policy,
+    policy: Any,
     seed: bytes,
-    inputs: Iterable[tuple[Now, Event]],
+    inputs: Iterable[tuple[Now, Any]],
 ) -> None:
     """Save a sequence of inputs as a log (used to keep failing property-test examples).
 
@@ -605,17 +617,17 @@ def write_inputs(
     written without effects, so replaying the log reproduces the failure at that entry.
     """
     with path.open("wb") as sink:
-        sink.write(encode_header(make_header(machines_hash, policy, seed)))
-        state = initial_state(engine, policy, seed)
+        sink.write(encode_header(make_header(machines_hash, policy, seed, role.name), role))
+        state = role.initial(engine, policy, seed)
         failed = False
         for seq, (now, event) in enumerate(inputs, start=1):
             effects = None
             if not failed:
                 try:
-                    effects = list(step(state, event, now).effects)
+                    effects = list(role.step(state, event, now).effects)
                 except Exception:
                     failed = True
-            sink.write(encode_entry(Entry(seq, now.mono, now.wall, event, effects)))
+            sink.write(encode_entry(Entry(seq, now.mono, now.wall, event, effects), role))
 
 
 def read_lines(path: Path) -> Iterator[bytes]:

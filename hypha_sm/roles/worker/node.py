@@ -1,13 +1,9 @@
-"""The worker node's central loop: the pure core joined to the network and the executors.
+"""The worker node: the pure core, run by the shared runtime loop, joined to the network and the executors.
 
-Theory of operation. One task owns the core's state. It waits for the next input (a verified
-request, an advertisement, or the report of an effect) or for the next deadline, whichever comes
-first, then steps the core with that input and every other input already waiting (up to
-``WAKE_BATCH``, requests first); the recorder writes each step's entry to the event log as it
-steps. Once per such wake-up, if the steps produced effects, the log is synced (``batch``
-policy) and only then are the effects carried out, in order. Every effect that finishes later
-reports back as an input. The loop never looks at a machine's phase; requests wait for the
-reply effect that carries their token.
+The loop (``hypha_sm.runtime.loop``) owns the core's state and steps it; this module turns what
+arrives (verified requests, advertisements, the reports of effects) into the core's events and
+carries out its effects. Requests wait for the reply effect that carries their token. Nothing
+here looks at a machine's phase.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from dataclasses import dataclass, field
 import trio
 
 from hypha_sm.core.resources import Amounts, convert
-from hypha_sm.log.store import Recorder
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Subscription, Transport
 from hypha_sm.roles.worker.core.effects import (
@@ -45,7 +40,6 @@ from hypha_sm.roles.worker.core.events import (
     JobExited,
     JobStarted,
     JobStartFailed,
-    Now,
     OfferDelivered,
     OfferFailed,
     RenewRequested,
@@ -55,9 +49,10 @@ from hypha_sm.roles.worker.core.events import (
     Tick,
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef
-from hypha_sm.roles.worker.core.reducer import next_deadline
+from hypha_sm.roles.worker.core.state import WorkerState
 from hypha_sm.roles.worker.executor import Executor, StartFailed
 from hypha_sm.roles.worker.telemetry import Telemetry
+from hypha_sm.runtime.loop import Inbox, LoopStats, Stepper, run_loop
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
@@ -74,27 +69,23 @@ RECORD_LIFETIME = 300.0
 RECONNECT_POLL = 0.25
 #: Most schedulers whose reply address the node remembers (the least recently offered to go).
 MAX_SCHEDULERS = 4096
+
+
 #: Most inputs stepped per loop wake-up (one log sync covers them all).
-WAKE_BATCH = 64
-
-
 @dataclass
-class NodeStats:
-    """What the loop counted: inputs stepped, advertisements refused before the core."""
+class NodeStats(LoopStats):
+    """What the loop counted, and advertisements refused before the core."""
 
-    steps: int = 0
-    #: Loop wake-ups whose steps produced effects (each one log sync with ``fsync = batch``).
-    wakeups_with_effects: int = 0
     refused_ads: int = 0
     effects: dict[str, int] = field(default_factory=dict)
 
 
 class WorkerNode:
-    """One worker: the core (through a recorder), a transport, and an executor."""
+    """One worker: the core (stepped and recorded by ``stepper``), a transport, and an executor."""
 
     def __init__(
         self,
-        recorder: Recorder,
+        stepper: Stepper[WorkerState],
         transport: Transport,
         executor: Executor,
         *,
@@ -107,7 +98,7 @@ class WorkerNode:
         telemetry: Telemetry | None = None,
         on_log_trouble: Callable[[], None] | None = None,
     ) -> None:
-        self.recorder = recorder
+        self.stepper = stepper
         #: Called after a loop wake-up in which the event log failed to write.
         self.on_log_trouble = on_log_trouble
         self.transport = transport
@@ -117,12 +108,8 @@ class WorkerNode:
         self.public_address = public_address
         self.stats = NodeStats()
         self._wall = wall
-        self._send, self._inbox = trio.open_memory_channel[Event](inbox_size)
-        # Requests a peer waits on (renew, dispatch) go first: a flood of advertisements must
-        # not delay a renewal behind thousands of queued inputs. At most one per request in
-        # flight, which the transport bounds.
-        self._urgent: collections.deque[Event] = collections.deque()
-        self._idle: trio.CancelScope | None = None  # the loop's wait for input, if waiting
+        # Requests a peer waits on (renew, dispatch) go first (``Inbox``).
+        self._inbox = Inbox(inbox_size, Tick)
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[m.Message]]] = {}
         # Scheduler peer id -> its reply address, learnt when we offer it a lease (never from
@@ -168,7 +155,7 @@ class WorkerNode:
         slot: list[m.Message] = []
         self._waiting[token] = (done, slot)
         try:
-            self._push_request(event)
+            self._inbox.push_request(event)
             await done.wait()
         finally:
             self._waiting.pop(token, None)
@@ -261,7 +248,7 @@ class WorkerNode:
             if not isinstance(ad, m.Advertisement) or ad.scheduler != str(opened.sender):
                 self.stats.refused_ads += 1
                 continue
-            await self._send.send(
+            await self._inbox.send(
                 AdvertisementReceived(
                     ad.request_id,
                     ad.scheduler,
@@ -299,67 +286,19 @@ class WorkerNode:
 
     async def submit(self, event: Event) -> None:
         """Queue an input from the node's own side (a signal, the disk monitor)."""
-        await self._send.send(event)
+        await self._inbox.send(event)
 
     async def _loop(self) -> None:
-        state = self.recorder.state
-        while not self._stopped.is_set():
-            deadline = next_deadline(state)
-            effects: list[Effect] = []
-            event: Event | None = await self._next_input(deadline)
-            for _ in range(WAKE_BATCH):
-                if event is None:
-                    break
-                now = Now(trio.current_time(), self._wall())
-                result = self.recorder.feed(event, now)
-                self.telemetry.on_step(event, result, now)
-                self.stats.steps += 1
-                effects.extend(result.effects)
-                if any(isinstance(e, NodeStopped) for e in result.effects):
-                    break
-                event = self._ready_input()
-            if self.recorder.error is not None and self.on_log_trouble is not None:
-                self.on_log_trouble()  # the disk monitor frees space and tells the core
-            if effects:
-                # The entries reach the disk before anyone sees an effect. In a thread: a
-                # disk busy with a job's checkpoints must not stall the sockets meanwhile.
-                if self.recorder.fsync == "batch" and self.recorder.unsynced:
-                    await trio.to_thread.run_sync(self.recorder.sync)
-                self.stats.wakeups_with_effects += 1
-            for effect in effects:
-                self._perform(effect)
-        self.recorder.flush()
-
-    def _push_request(self, event: Event) -> None:
-        """Queue a request ahead of every other input, waking the loop if it waits."""
-        self._urgent.append(event)
-        if self._idle is not None:
-            self._idle.cancel()
-
-    def _ready_input(self) -> Event | None:
-        """An input that is already waiting (a request first), or None."""
-        if self._urgent:
-            return self._urgent.popleft()
-        try:
-            return self._inbox.receive_nowait()
-        except trio.WouldBlock:
-            return None
-
-    async def _next_input(self, deadline: float) -> Event:
-        """A waiting request first, then the inbox in order; ``Tick`` at the deadline."""
-        # Let other tasks run between wake-ups (request handlers, bridges, the bulk server): a
-        # backlog of inputs must not hold the loop for its whole length.
-        await trio.lowlevel.checkpoint()
-        ready = self._ready_input()
-        if ready is not None:
-            return ready
-        with trio.move_on_at(deadline) as idle:
-            self._idle = idle  # a request that arrives cancels the wait
-            try:
-                return await self._inbox.receive()
-            finally:
-                self._idle = None
-        return self._urgent.popleft() if self._urgent else Tick()
+        await run_loop(
+            self.stepper,
+            self._inbox,
+            self._perform,
+            stopped=self._stopped,
+            stats=self.stats,
+            on_step=self.telemetry.on_step,
+            on_log_trouble=self.on_log_trouble,
+            wall=self._wall,
+        )
 
     # -- effects -----------------------------------------------------------------------------
 
@@ -434,25 +373,25 @@ class WorkerNode:
         try:
             await self.transport.request(offer.reply_address, message, timeout=2.0)
         except NetError as exc:
-            await self._send.send(OfferFailed(offer.lease_id, exc.reason))
+            await self._inbox.send(OfferFailed(offer.lease_id, exc.reason))
         else:
-            await self._send.send(OfferDelivered(offer.lease_id))
+            await self._inbox.send(OfferDelivered(offer.lease_id))
 
     async def _run_job(self, job: StartJob) -> None:
         try:
             await self.executor.start(job)
         except StartFailed as exc:
-            await self._send.send(JobStartFailed(job.job_id, str(exc)))
+            await self._inbox.send(JobStartFailed(job.job_id, str(exc)))
             return
         except Exception as exc:  # an effect that fails reports back; it never kills the loop
             self.telemetry.job_logger(log, job.job_id).exception(
                 "job %s: executor failed to start it", job.job_id
             )
-            await self._send.send(JobStartFailed(job.job_id, f"executor error: {exc!r}"))
+            await self._inbox.send(JobStartFailed(job.job_id, f"executor error: {exc!r}"))
             return
-        await self._send.send(JobStarted(job.job_id))
+        await self._inbox.send(JobStarted(job.job_id))
         code = await self.executor.wait(job.job_id)
-        await self._send.send(JobExited(job.job_id, code))
+        await self._inbox.send(JobExited(job.job_id, code))
 
     def _queue_status(self, status: SendJobStatus) -> None:
         queue = self._status_queues.get(status.job_id)
@@ -476,7 +415,7 @@ class WorkerNode:
         if address is not None:
             self._schedulers.move_to_end(status.scheduler)
         if address is None:
-            await self._send.send(StatusFailed(status.job_id, status.status, "unknown_scheduler"))
+            await self._inbox.send(StatusFailed(status.job_id, status.status, "unknown_scheduler"))
             return
         message = m.JobStatus(
             status.job_id, status.status, status.exit_code, m.clip(status.reason, m.MAX_DETAIL)
@@ -486,8 +425,8 @@ class WorkerNode:
                 address, message, expect=PeerId.parse(status.scheduler), timeout=5.0
             )
         except NetError as exc:
-            await self._send.send(StatusFailed(status.job_id, status.status, exc.reason))
+            await self._inbox.send(StatusFailed(status.job_id, status.status, exc.reason))
         else:
-            await self._send.send(StatusDelivered(status.job_id, status.status))
+            await self._inbox.send(StatusDelivered(status.job_id, status.status))
         if status.status != "running":
             self._job_schedulers.pop(status.job_id, None)

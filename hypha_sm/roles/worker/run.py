@@ -25,6 +25,8 @@ from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
 from hypha_sm.roles.worker.core.policy import ExecutorSpec, Offer, Policy
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.roles.worker.core.state import WorkerState
 from hypha_sm.roles.worker.jobs import LocalExecutor
 from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.roles.worker.otel import telemetry_from_settings
@@ -36,6 +38,7 @@ from hypha_sm.roles.worker.telemetry import Telemetry, install_trace_ids
 from hypha_sm.roles.worker.users import JobUsers, check_reachable
 from hypha_sm.roles.worker.workdirs import clean_orphans, prune_failed
 from hypha_sm.runtime.bootstrap import on_stop_signals, tls_files
+from hypha_sm.runtime.loop import Stepper
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.identity import Identity
 
@@ -61,26 +64,29 @@ class StartupError(HyphaSMError):
     """The node cannot start; the message says why and what to do."""
 
 
-def _open_event_log(settings: WorkerSettings, work_dir: Path) -> Recorder:
-    """The rotating event log in ``<work_dir>/events``.
+def _open_event_log(settings: WorkerSettings, work_dir: Path) -> Stepper[WorkerState]:
+    """The worker's core, recorded to the rotating event log in ``<work_dir>/events``.
 
     On a full disk, the kept dirs of failed jobs are removed and it is tried once more; then a
     one-line error.
     """
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
 
-    def attempt() -> Recorder:
-        return Recorder.open_rotating(
+    policy = policy_from_settings(settings)
+
+    def attempt() -> Stepper[WorkerState]:
+        seed = secrets.token_bytes(16)
+        recorder = Recorder.open_rotating(
             work_dir / "events",
-            engine,
+            WORKER,
             machines_hash,
-            policy_from_settings(settings),
-            secrets.token_bytes(16),
-            prefix="worker",
+            policy,
+            seed,
             max_bytes=settings.event_log_max_bytes,
             keep=settings.event_log_keep,
             fsync=settings.event_log_fsync,
         )
+        return Stepper(WORKER, engine, policy, seed, recorder)
 
     try:
         return attempt()
@@ -175,8 +181,10 @@ async def _serve(
 ) -> None:
     report = await clean_orphans(work_dir)
     log.info("start-up cleanup: %s", report)
-    recorder = _open_event_log(settings, work_dir)
-    with Endpoint(identity, NetConfig(tls=tls)) as transport, recorder:
+    stepper = _open_event_log(settings, work_dir)
+    recorder = stepper.recorder
+    assert recorder is not None
+    with Endpoint(identity, NetConfig(tls=tls)) as transport, stepper:
         gateways = Gateways(transport, settings.gateway_addresses)
         telemetry.watch_transport(transport)
         peer_files = PeerFiles(
@@ -211,7 +219,7 @@ async def _serve(
                 users=users,
             )
             node = WorkerNode(
-                recorder,
+                stepper,
                 transport,
                 executor,
                 address=settings.listen_addresses[0],

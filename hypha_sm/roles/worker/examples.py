@@ -1,7 +1,7 @@
 """Scripted scenarios recorded as the example logs in ``specs/logs/``.
 
 They are the logs the README's main command replays and the tests replay. Regenerate them with
-``python -m hypha_sm.log.examples`` after a deliberate behaviour change; a test fails while the
+``python -m hypha_sm.roles.worker.examples`` after a deliberate behaviour change; a test fails while the
 committed logs differ from what the scenarios produce now.
 """
 
@@ -30,6 +30,8 @@ from hypha_sm.roles.worker.core.events import (
     Tick,
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy
+from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.runtime.loop import Stepper
 
 SEED = bytes.fromhex("00112233445566778899aabbccddeeff")
 WALL0 = 1_764_000_000.0
@@ -51,10 +53,11 @@ class Script:
 
     def __init__(self, engine: Engine, machines_hash: str, policy: Policy = POLICY) -> None:
         self.sink = io.BytesIO()
-        self.rec = Recorder(self.sink, engine, machines_hash, policy, SEED)
+        recorder = Recorder(self.sink, WORKER, machines_hash, policy, SEED)
+        self.stepper = Stepper(WORKER, engine, policy, SEED, recorder)
 
     def at(self, t: float, event: Event) -> list[object]:
-        return list(self.rec.feed(event, Now(t, WALL0 + t)).effects)
+        return list(self.stepper.feed(event, Now(t, WALL0 + t)).effects)
 
     def lease_of(self, effects: list[object]) -> str:
         for effect in effects:
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "specs" / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine, machines_hash = load_engine()
+    engine, machines_hash = load_engine(WORKER)
     for name, data in render(engine, machines_hash).items():
         (out_dir / name).write_bytes(data)
         print(f"wrote {out_dir / name}")
