@@ -449,7 +449,9 @@ def _replay(args: argparse.Namespace) -> int:
         else:
             print("effects match the recording" if not args.no_check else "effects not checked")
     if args.until is not None:
-        state = (role.describe or role.capture)(report.state)
+        describe = role.describe or role.capture
+        assert describe is not None  # every role has one or the other
+        state = describe(report.state)
         print(json.dumps(msgspec.to_builtins(state), indent=2, default=str))
     if report.divergence is not None:
         return 1

@@ -22,12 +22,6 @@ import trio
 from hypha_sm.log.replay import replay
 from hypha_sm.machines_io import load_engine
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
-from hypha_sm.roles.scheduler.scheduler import (
-    KEEP_PROGRESS,
-    Placement,
-    Scheduler,
-    describe_progress,
-)
 from hypha_sm.roles.worker.core.effects import SendOffer, StartJob
 from hypha_sm.roles.worker.core.events import DispatchRequested, Tick
 from hypha_sm.roles.worker.core.role import WORKER
@@ -173,18 +167,3 @@ async def test_declined_advertisements_leave_no_per_scheduler_state_in_the_node(
         remembered = dict(node._schedulers)
         nursery.cancel_scope.cancel()
     assert remembered == {}
-
-
-def test_the_scheduler_keeps_the_latest_progress_reports_only() -> None:
-    """200 rounds of 256 metrics each: the placement keeps the latest KEEP_PROGRESS, and each
-    log line shows a dozen metrics and how many more there were."""
-    placement = Placement("w", "addr", "lease", 1.0)
-    metrics = {f"metric-{i:03d}": float(i) for i in range(m.MAX_METRICS)}
-    for n in range(200):
-        placement.progress.append(m.RoundMetrics(n, metrics))
-    assert len(placement.progress) == KEEP_PROGRESS
-    assert placement.progress[-1].round == 199  # type: ignore[union-attr]
-    line = describe_progress(m.RoundMetrics(1, metrics))
-    assert line.endswith("(+244 more)")
-    assert len(line) < 400
-    _ = Scheduler

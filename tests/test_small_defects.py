@@ -28,13 +28,17 @@ import trio
 
 from hypha_sm.cli import main
 from hypha_sm.config.scheduler import JobSettings
-from hypha_sm.net.transport import Endpoint
-from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.core.resources import Amounts, convert
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.scheduler.core.events import OfferReceived
+from hypha_sm.roles.scheduler.core.machines import unwanted
+from hypha_sm.roles.scheduler.core.reducer import initial_state
+from hypha_sm.roles.scheduler.core.role import SCHEDULER
+from hypha_sm.roles.scheduler.scheduler import plan_of
 from hypha_sm.roles.worker.bridge import BridgeError, JobBridge, open_inside
 from hypha_sm.roles.worker.process import MAX_INLINE_SPEC
 from hypha_sm.runtime.textlog import SafeFormatter, escape_controls
 from hypha_sm.wire import messages as m
-from hypha_sm.wire.identity import Identity
 from tests.netkit import wait_connected, wait_healthy
 from tests.nodeproc import advertise
 from tests.test_run_worker import (
@@ -251,9 +255,12 @@ def test_the_scheduler_takes_only_offers_it_can_pay_for_what_it_asked(
     job = JobSettings(
         executor={"class": "train", "name": "x"}, resources={"cpu": 2, "memory": 2}, bid=100
     )
-    scheduler = Scheduler(Endpoint(Identity.from_seed(bytes(32))), job, gateways=[], address="")
-    offer = m.WorkerOffer("lease", "req", price, resources, 0.0, "tcp://127.0.0.1:1")
-    assert scheduler._acceptable(offer, "12D3KooWWorker") is ok
+    engine, _ = load_engine(SCHEDULER)
+    state = initial_state(engine, plan_of(job), bytes(16))
+    offer = OfferReceived(
+        1, "12D3KooWWorker", "", "lease", "tcp://127.0.0.1:1", price, convert(resources, Amounts)
+    )
+    assert (unwanted(state, state.records["allocation"]["job"], offer) == "") is ok
 
 
 def test_check_config_warns_when_a_spec_would_become_shell_code(

@@ -84,6 +84,10 @@ class SchedulerSettings(LayeredSettings):
     trust_pem: Path | None = Field(
         default=None, description="CA bundle peers' certificates must chain to"
     )
+    event_log_dir: Path | None = Field(
+        default=None,
+        description="where each run's event log is written (hypha-sm replay DIR); none if unset",
+    )
     job: JobSettings
 
     @model_validator(mode="after")

@@ -74,9 +74,10 @@ class Role(Generic[S, C, Snap]):
     step: Callable[[S, Any, Now], StepResult]
     #: The monotonic time of the state's next deadline (``inf`` if none).
     next_deadline: Callable[[S], float]
-    #: The state as a snapshot, and back (same behaviour from there on).
-    capture: Callable[[S], Snap]
-    restore: Callable[[Snap, Engine, C, bytes], S]
+    #: The state as a snapshot, and back (same behaviour from there on). None for a role whose
+    #: logs never rotate (a scheduler's run is one file); its logs have no snapshots.
+    capture: Callable[[S], Snap] | None
+    restore: Callable[[Snap, Engine, C, bytes], S] | None
     #: True when a step's effects say the role has stopped (the loop ends, replay notes it).
     stopped: Callable[[Sequence[Any]], bool]
     #: The snapshot with what does not change behaviour normalised (stale timer entries).

@@ -144,6 +144,8 @@ def start_state(header: Header[Any, Any], role: Role[Any, Any, Any], engine: Eng
     seed = bytes.fromhex(header.seed)
     if header.snapshot is None:
         return role.initial(engine, header.policy, seed)
+    if role.restore is None:
+        raise LogFormatError(f"line 1: a {role.name}'s log has no snapshots")
     try:
         return role.restore(header.snapshot, engine, header.policy, seed)
     except SnapshotError as exc:
@@ -258,6 +260,8 @@ def _boundary(
     role: Role[Any, Any, Any], state: Any, expected: Any, seq: int, name: str
 ) -> Divergence | None:
     """None if the state is the snapshot (but for stale deadline entries); else what differs."""
+    if role.capture is None:
+        raise LogFormatError(f"{name}: a {role.name}'s log has no snapshots")
     actual = role.capture(state)
     if encode_snapshot(actual, role) == encode_snapshot(expected, role):
         return None

@@ -416,8 +416,11 @@ class Recorder:
     ) -> Recorder:
         """A recorder writing a size-rotated log into ``directory`` (created if missing).
 
-        Segment names start with ``prefix``, by default the role's name.
+        Segment names start with ``prefix``, by default the role's name. Only roles with
+        snapshots rotate (a later segment starts from one).
         """
+        if role.capture is None:
+            raise ValueError(f"a {role.name}'s log does not rotate: it has no snapshots")
         return cls(
             RotatingLog(directory, prefix or role.name, max_bytes, keep),
             role,

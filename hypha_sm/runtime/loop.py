@@ -50,11 +50,13 @@ class Stepper(Generic[S]):
         self.engine = engine
         self.state: S = role.initial(engine, policy, seed)
         self.recorder = recorder
-        if recorder is not None:
+        if recorder is not None and role.capture is not None:
             recorder.snapshot_source = self.snapshot
 
     def snapshot(self) -> Any:
         """The state as its role's snapshot (between steps only)."""
+        if self.role.capture is None:
+            raise ValueError(f"a {self.role.name}'s state has no snapshot")
         return self.role.capture(self.state)
 
     def feed(self, event: Any, now: Now) -> StepResult:

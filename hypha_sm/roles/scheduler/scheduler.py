@@ -1,87 +1,79 @@
-"""The minimal scheduler role: run one job on N workers (``hypha-sm scheduler run job.toml``).
+"""The scheduler role's shell: run one job on N workers (``hypha-sm scheduler run job.toml``).
 
-Enough to drive real workers end to end and to be their counterpart in tests; the DiLoCo work
-extends it. One run:
+What the scheduler decides lives in its declared machines (``machines/scheduler/``) and pure
+core (``roles/scheduler/core``): the allocation advertises, collects offers, accepts the
+cheapest until enough workers hold leases (re-advertising until ``advertise_timeout``, then
+giving up with a reason), dispatches and follows the job; a placement per lease renews it on a
+deadline before the worker's expiry. This module runs that core on the shared runtime loop
+(``hypha_sm.runtime.loop``), which records every input in the scheduler's event log, and turns
+its effects into network requests and their answers back into events:
 
-1. **Advertise.** Ask each gateway where to publish, then publish a signed advertisement (the
-   job's executor, resources and bid). Offers arrive at our request address; each is a
-   temporary lease that lapses 500 ms after it was made, so we collect for ``offer_wait``
-   (< 0.5 s) after the first one and choose.
-2. **Choose and accept.** Offers are ranked by price (lowest first; at most ``max_price``,
-   by default the bid), then by arrival; one lease per worker. The first renewal accepts a lease. If too few were accepted,
-   advertise again (a new request id) until ``advertise_timeout``.
-3. **Renew** every accepted lease every ``renew_interval`` while its job runs.
-4. **Dispatch** the job to every worker with a JSON spec naming all the workers, so jobs can
-   send files to each other through their bridges.
-5. **Follow.** Job statuses and progress come to our request address; progress is logged and
-   answered. When every job has ended (or ``timeout`` passed) renewals stop: a worker releases
-   a lease when its job ends, and a lease nobody renews expires and stops its job.
+- requests to us (offers, job statuses, progress) become events; the reply effect answers them;
+- ``LocateGateways``, ``Publish``, ``AcceptLease``, ``RenewLease`` and ``DispatchJob`` run as
+  tasks that report back (``GatewaysLocated``, ``Published``, ``LeaseAccepted``, ``Renewed``,
+  ``Dispatched`` or their failures);
+- ``Notice`` is a log line; ``Finished`` ends the loop.
 
-Every request is checked against who sent it: offers must answer one of our advertisements,
-and statuses and progress must come from the worker the job was dispatched to.
+Every request is checked against who sent it by the core: offers must answer our current
+advertisement, and statuses and progress must come from the worker the job was dispatched to.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import itertools
 import json
 import logging
-import math
+import secrets
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
 from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
-from hypha_sm.core.resources import convert, covers
+from hypha_sm.core.resources import Amounts, convert
+from hypha_sm.log.store import Recorder, new_run_id
+from hypha_sm.machines_io import load_engine
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Publisher, Transport
+from hypha_sm.roles.scheduler.core import effects as fx
+from hypha_sm.roles.scheduler.core import events as ev
+from hypha_sm.roles.scheduler.core.plan import Plan
+from hypha_sm.roles.scheduler.core.role import SCHEDULER
+from hypha_sm.roles.scheduler.core.state import SchedulerState
 from hypha_sm.runtime.bootstrap import tls_files
+from hypha_sm.runtime.loop import Inbox, Stepper, run_loop
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
 
 log = logging.getLogger(__name__)
 
-#: How long an advertisement is valid for the workers that receive it.
-AD_LIFETIME = 5.0
-#: Offers kept per advertisement round (anyone who saw the advertisement can offer).
-MAX_OFFERS = 256
-#: How long accepting one offer may take: a temporary lease lapses 0.5 s after it was made.
-ACCEPT_TIMEOUT = 0.4
-#: How long the cheapest untried offer waits for the ones before it to answer.
-HEDGE = 0.05
-FINAL = frozenset({"finished", "failed", "cancelled", "lost"})
-#: Progress reports kept per placement, and metrics shown per log line.
-KEEP_PROGRESS = 64
+#: How long a renewal or a dispatch may take before it counts as failed.
+RENEW_TIMEOUT = 2.0
+DISPATCH_TIMEOUT = 30.0
+#: How long a publish waits for a gateway connection (NNG has no connect event).
+CONNECT_WAIT = 1.0
 SHOWN_METRICS = 12
-
-Phase = Literal["accepted", "dispatched", "running", "finished", "failed", "cancelled", "lost"]
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 @dataclass
 class Placement:
-    """One worker's part of the job: its lease, its job id and how it stands."""
+    """One worker's part of the job as it stands (or ended): its lease, job id and phase."""
 
     worker: str
     address: str
     lease_id: str
     price: float
     job_id: str = ""
-    phase: Phase = "accepted"
+    phase: str = "accepting"
     exit_code: int | None = None
     reason: str = ""
-    expires: float = 0.0
-    #: The latest progress reports (older ones are dropped: a worker may report for days).
-    progress: collections.deque[m.ProgressKind] = field(
-        default_factory=lambda: collections.deque(maxlen=KEEP_PROGRESS)
-    )
-    reports: int = 0
-    ended: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
@@ -98,12 +90,35 @@ class Outcome:
         )
 
 
-class SchedulerError(Exception):
-    """The job could not be placed (not enough offers in time, no gateway reachable)."""
+def plan_of(job: JobSettings) -> Plan:
+    """The core's plan for a job from ``job.toml``."""
+    return Plan(
+        workers=job.workers,
+        resources=convert(job.resources, Amounts),
+        bid=job.bid,
+        max_price=job.max_price,
+        offer_wait=job.offer_wait,
+        advertise_timeout=job.advertise_timeout,
+        renew_interval=job.renew_interval,
+        timeout=job.timeout,
+    )
+
+
+@dataclass
+class _Waiting:
+    """A request a peer waits on: set when the core's reply effect arrives."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: m.Message | None = None
+    progress: m.ProgressKind | None = None
 
 
 class Scheduler:
-    """Runs one job on ``job.workers`` workers found through ``gateways``."""
+    """Runs one job on ``job.workers`` workers found through ``gateways``.
+
+    ``event_log`` is a binary file the run's event log is written to (``hypha-sm replay``
+    reads it); None records nothing.
+    """
 
     def __init__(
         self,
@@ -115,6 +130,8 @@ class Scheduler:
         public_address: str | None = None,
         wall: Callable[[], float] = time.time,
         on_progress: Callable[[Placement, m.ProgressKind], None] | None = None,
+        event_log: BinaryIO | None = None,
+        seed: bytes | None = None,
     ) -> None:
         self.transport = transport
         self.job = job
@@ -123,64 +140,27 @@ class Scheduler:
         self.public_address = public_address
         self._wall = wall
         self._on_progress = on_progress
-        self._requests: set[str] = set()  # our advertisements' request ids
-        self._offers: list[tuple[m.WorkerOffer, str]] = []  # offer, sender
-        self._offer_arrived = trio.Event()
-        self._by_job: dict[str, Placement] = {}
-        self.placements: list[Placement] = []
-
-    # -- requests to us ------------------------------------------------------------------------
-
-    async def _answer(self, opened: Opened) -> m.Message:
-        message = opened.message
-        sender = str(opened.sender)
-        if isinstance(message, m.WorkerOffer):
-            if message.request_id not in self._requests:
-                return m.Refused("unknown_request")
-            if len(self._offers) >= MAX_OFFERS or any(s == sender for _, s in self._offers):
-                return m.Refused("offer_not_taken")  # one per worker; bounded memory
-            self._offers.append((message, sender))
-            self._offer_arrived.set()
-            return m.OfferAck(message.lease_id)
-        if isinstance(message, m.JobStatus):
-            placement = self._placement_of(message.job_id, sender)
-            if placement is None:
-                return m.Refused("unknown_job")
-            self._take_status(placement, message)
-            return m.StatusAck(message.job_id)
-        if isinstance(message, m.Progress):
-            placement = self._placement_of(message.job_id, sender)
-            if placement is None:
-                return m.Refused("unknown_job")
-            placement.progress.append(message.progress)
-            placement.reports += 1
-            log.info("%s %s", _short(placement.worker), describe_progress(message.progress))
-            if self._on_progress is not None:
-                self._on_progress(placement, message.progress)
-            if isinstance(message.progress, m.UpdateReceived):
-                return m.ProgressReply("continue")
-            return m.ProgressReply("ok")
-        if isinstance(message, m.Health):
-            return m.HealthReply(True)
-        return m.Refused("unsupported")
-
-    def _placement_of(self, job_id: str, sender: str) -> Placement | None:
-        placement = self._by_job.get(job_id)
-        return placement if placement is not None and placement.worker == sender else None
-
-    def _take_status(self, placement: Placement, status: m.JobStatus) -> None:
-        if placement.phase in FINAL:
-            return
-        placement.phase = status.status
-        placement.exit_code = status.exit_code
-        placement.reason = status.reason
-        code = "" if status.exit_code is None else f" (exit {status.exit_code})"
-        why = f": {status.reason}" if status.reason else ""
-        log.info(
-            "%s job %s %s%s%s", _short(placement.worker), status.job_id, status.status, code, why
+        plan = plan_of(job)
+        seed = seed if seed is not None else secrets.token_bytes(16)
+        engine, machines_hash = load_engine(SCHEDULER)
+        recorder = (
+            None
+            if event_log is None
+            else Recorder(event_log, SCHEDULER, machines_hash, plan, seed, fsync="never")
         )
-        if status.status in FINAL:
-            placement.ended.set()
+        self.stepper: Stepper[SchedulerState] = Stepper(SCHEDULER, engine, plan, seed, recorder)
+        self._inbox = Inbox(4096, ev.Tick)
+        self._stopped = trio.Event()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, _Waiting] = {}
+        self._exits = contextlib.ExitStack()
+        self._publisher: Publisher | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def state(self) -> SchedulerState:
+        """The core's state (owned by the loop; read it between steps only)."""
+        return self.stepper.state
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -191,229 +171,252 @@ class Scheduler:
 
         If the job cannot be placed (no gateway, too few offers in time) the outcome says why.
         """
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(self.transport.serve, self.address, self._answer)
-            self.public_address = self.public_address or bound
-            task_status.started(bound)
-            try:
-                ingests = await self._locate_gateways()
-                with self.transport.publisher(dial=ingests) as publisher:
-                    await self._acquire(publisher)
-            except SchedulerError as exc:
-                # Leases already accepted are not renewed again: they lapse on the workers.
-                log.error("%s", exc)
-                nursery.cancel_scope.cancel()
-                return Outcome(self.placements, str(exc))
-            for placement in self.placements:
-                nursery.start_soon(self._keep_renewed, placement)
-            await self._dispatch_all()
-            with trio.move_on_after(self.job.timeout) as waited:
-                for placement in self.placements:
-                    await placement.ended.wait()
-            nursery.cancel_scope.cancel()
-        reason = "" if not waited.cancelled_caught else f"timed out after {self.job.timeout} s"
-        if reason:
-            log.warning("job %s; its leases are no longer renewed", reason)
-        return Outcome(self.placements, reason)
+        with self._exits:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                bound = await nursery.start(self.transport.serve, self.address, self._answer)
+                self.public_address = self.public_address or bound
+                task_status.started(bound)
+                await self._inbox.send(ev.Begin())
+                try:
+                    await run_loop(
+                        self.stepper,
+                        self._inbox,
+                        self._perform,
+                        stopped=self._stopped,
+                        wall=self._wall,
+                    )
+                finally:
+                    nursery.cancel_scope.cancel()
+        return self.outcome()
 
-    async def _locate_gateways(self) -> list[str]:
-        with trio.move_on_after(self.job.advertise_timeout):
-            while True:
-                ingests = []
-                for address in self.gateways.addresses:
-                    try:
-                        ingests.append((await self.gateways.locate(address)).ingest)
-                    except NetError as exc:
-                        log.warning("gateway %s: %s", address, exc)
-                if ingests:
-                    return ingests
-                await trio.sleep(0.5)
-        raise SchedulerError("no gateway answered")
+    async def stop(self) -> None:
+        """Let every lease go and end the run (as SIGINT does)."""
+        await self._inbox.send(ev.StopRequested())
 
-    async def _acquire(self, publisher: Publisher) -> None:
-        """Advertise until ``job.workers`` leases are accepted, or fail after the timeout."""
-        deadline = trio.current_time() + self.job.advertise_timeout
-        while len(self.placements) < self.job.workers:
-            if trio.current_time() >= deadline:
-                raise SchedulerError(
-                    f"only {len(self.placements)} of {self.job.workers} workers accepted "
-                    f"within {self.job.advertise_timeout} s"
+    def outcome(self) -> Outcome:
+        """Each placement of the job as it stands or ended, and why the run ended if not ok."""
+        state = self.state
+        placements = []
+        for key in state.placed:
+            rec = state.records["placement"].get(key)
+            if rec is not None:
+                placements.append(
+                    Placement(rec.worker, rec.address, key, rec.price, rec.job_id, rec.phase)
                 )
-            while not publisher.connections and trio.current_time() < deadline:  # noqa: ASYNC110
-                await trio.sleep(0.02)  # NNG has no connect event
-            if not publisher.connections:
-                continue  # the deadline check above reports it
-            request_id = str(uuid.uuid4())
-            self._requests.add(request_id)
-            self._offers.clear()
-            self._offer_arrived = trio.Event()
-            await publisher.publish(self._advertisement(request_id))
-            with trio.move_on_after(min(1.0, max(0.0, deadline - trio.current_time()))):
-                await self._offer_arrived.wait()
-            if not self._offers:
-                continue
-            await trio.sleep(self.job.offer_wait)
-            await self._accept_best(list(self._offers))
-            self._requests.discard(request_id)
+            elif (ended := state.ended.get(key)) is not None:
+                placements.append(
+                    Placement(
+                        ended.worker,
+                        ended.address,
+                        key,
+                        ended.price,
+                        ended.job_id,
+                        ended.phase,
+                        ended.exit_code,
+                        ended.reason,
+                    )
+                )
+        return Outcome(placements, "" if state.finished is None else state.finished[1])
 
-    def _advertisement(self, request_id: str) -> m.Advertisement:
+    # -- requests to us ------------------------------------------------------------------------
+
+    async def _answer(self, opened: Opened) -> m.Message:
+        """Turn a verified request into an event; answer with the core's reply effect."""
+        message = opened.message
+        if isinstance(message, m.Health):
+            return m.HealthReply(not self._stopped.is_set())
+        token = next(self._tokens)
+        peer = str(opened.sender)
+        waiting = _Waiting()
+        event: ev.Event
+        if isinstance(message, m.WorkerOffer):
+            event = ev.OfferReceived(
+                token,
+                peer,
+                message.request_id,
+                message.lease_id,
+                message.worker_address,
+                message.price,
+                convert(message.resources, Amounts),
+            )
+        elif isinstance(message, m.JobStatus):
+            event = ev.StatusReceived(
+                token, peer, message.job_id, message.status, message.exit_code, message.reason
+            )
+        elif isinstance(message, m.Progress):
+            kind = type(message.progress).__struct_config__.tag
+            event = ev.ProgressReceived(
+                token, peer, message.job_id, str(kind), describe_progress(message.progress)
+            )
+            waiting.progress = message.progress
+        else:
+            return m.Refused("unsupported")
+        self._waiting[token] = waiting
+        try:
+            self._inbox.push_request(event)
+            await waiting.done.wait()
+        finally:
+            self._waiting.pop(token, None)
+        assert waiting.answer is not None
+        return waiting.answer
+
+    def _reply(self, token: int, answer: m.Message) -> _Waiting | None:
+        waiting = self._waiting.get(token)
+        if waiting is not None:  # the peer may have given up waiting
+            waiting.answer = answer
+            waiting.done.set()
+        return waiting
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def _later(self, work: Awaitable[None]) -> None:
+        assert self._nursery is not None
+
+        async def run() -> None:
+            await work
+
+        self._nursery.start_soon(run)
+
+    def _perform(self, effect: fx.Effect) -> None:
+        match effect:
+            case fx.LocateGateways():
+                self._later(self._locate())
+            case fx.Publish():
+                self._later(self._publish(effect))
+            case fx.ReplyOffer(reply_to=token, lease_id=lease_id, reason=reason):
+                self._reply(token, m.Refused(reason) if reason else m.OfferAck(lease_id))
+            case fx.AcceptLease():
+                self._later(self._accept(effect))
+            case fx.RenewLease():
+                self._later(self._renew(effect))
+            case fx.DispatchJob():
+                self._later(self._dispatch(effect))
+            case fx.ReplyStatus(reply_to=token, job_id=job_id, reason=reason):
+                self._reply(token, m.Refused(reason) if reason else m.StatusAck(job_id))
+            case fx.ReplyProgress(reply_to=token, job_id=job_id, reply=reply, reason=reason):
+                answer = m.ProgressReply(reply) if reply else m.Refused(reason)
+                waiting = self._reply(token, answer)
+                if reply and waiting is not None and waiting.progress is not None:
+                    self._tell_progress(job_id, waiting.progress)
+            case fx.Notice(level=level, text=text):
+                log.log(_LEVELS[level], "%s", text)
+            case fx.Finished():
+                self._stopped.set()
+
+    def _tell_progress(self, job_id: str, progress: m.ProgressKind) -> None:
+        lease_id = self.state.jobs.get(job_id)
+        rec = None if lease_id is None else self.state.records["placement"].get(lease_id)
+        if self._on_progress is not None and rec is not None:
+            view = Placement(rec.worker, rec.address, rec.key, rec.price, rec.job_id, rec.phase)
+            self._on_progress(view, progress)
+
+    async def _locate(self) -> None:
+        ingests, problems = [], []
+        for address in self.gateways.addresses:
+            try:
+                ingests.append((await self.gateways.locate(address)).ingest)
+            except NetError as exc:
+                log.warning("gateway %s: %s", address, exc)
+                problems.append(f"{address}: {exc.reason}")
+        if not ingests:
+            await self._inbox.send(ev.GatewaysUnreachable("; ".join(problems) or "no gateways"))
+            return
+        if self._publisher is None:
+            self._publisher = self._exits.enter_context(self.transport.publisher(dial=ingests))
+        await self._inbox.send(ev.GatewaysLocated(tuple(ingests)))
+
+    async def _publish(self, effect: fx.Publish) -> None:
+        publisher = self._publisher
+        assert publisher is not None  # the core publishes only after the gateways answered
+        with trio.move_on_after(CONNECT_WAIT):
+            while not publisher.connections:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # NNG has no connect event
+        if not publisher.connections:
+            await self._inbox.send(ev.PublishFailed(effect.request_id, "no gateway connection"))
+            return
+        await publisher.publish(self._advertisement(effect))
+        await self._inbox.send(ev.Published(effect.request_id))
+
+    def _advertisement(self, effect: fx.Publish) -> m.Advertisement:
         executor = self.job.executor
         return m.Advertisement(
-            request_id,
+            effect.request_id,
             str(self.transport.peer_id),
             self.public_address or self.address,
             convert(self.job.resources, m.Resources),
             (m.Executor(cls=executor.cls, name=executor.name),),
             self.job.bid,
-            self._wall() + AD_LIFETIME,
+            effect.expires_wall,
         )
 
-    async def _accept_best(self, offers: list[tuple[m.WorkerOffer, str]]) -> None:
-        """Accept the cheapest offers until enough workers are placed.
-
-        Offers are tried cheapest first; when one has not answered within ``HEDGE`` the next
-        is tried as well, so an offer naming an address that never answers cannot make the
-        real offers lapse behind it (a temporary lease lasts 0.5 s). If that leaves more
-        leases than needed, the dearest are not renewed and lapse on their workers.
-        """
-        taken = {p.worker for p in self.placements}
-        # Cheapest first; equal prices in arrival order (sorted is stable).
-        ranked = sorted(
-            (o for o in offers if o[1] not in taken and self._acceptable(o[0], o[1])),
-            key=lambda o: o[0].price,
-        )
-        needed = self.job.workers - len(self.placements)
-        accepted: list[Placement] = []
-        async with trio.open_nursery() as nursery:
-            for offer, sender in ranked:
-                if len(accepted) >= needed:
-                    break
-                answered = trio.Event()
-                nursery.start_soon(self._accept, offer, sender, accepted, answered)
-                with trio.move_on_after(HEDGE):
-                    await answered.wait()
-        accepted.sort(key=lambda p: p.price)
-        for extra in accepted[needed:]:
-            log.info("%s: lease %s not needed; it lapses", _short(extra.worker), extra.lease_id)
-        self.placements.extend(accepted[:needed])
-
-    def _acceptable(self, offer: m.WorkerOffer, sender: str) -> bool:
-        """A price we can pay (finite, not negative, at most ours) for at least what we asked."""
-        limit = self.job.max_price or self.job.bid
-        price = offer.price
-        asked, got = self.job.resources, offer.resources
-        why = ""
-        if not (math.isfinite(price) and 0.0 <= price <= limit):
-            why = f"price {price!r} outside 0..{limit:g}"
-        elif not covers(got, asked):
-            why = f"offers {got} for {asked}"
-        if why:
-            log.info("%s: offer %s refused: %s", _short(sender), offer.lease_id, why)
-            return False
-        return True
-
-    async def _accept(
-        self, offer: m.WorkerOffer, sender: str, accepted: list[Placement], answered: trio.Event
-    ) -> None:
+    async def _accept(self, effect: fx.AcceptLease) -> None:
         try:
             answer = await self.transport.request(
-                offer.worker_address,
-                m.RenewLease(offer.lease_id),
-                expect=PeerId.parse(sender),
-                timeout=ACCEPT_TIMEOUT,
+                effect.address,
+                m.RenewLease(effect.lease_id),
+                expect=PeerId.parse(effect.worker),
+                timeout=self.stepper.state.plan.accept_timeout,
             )
         except NetError as exc:
-            log.info("%s: could not accept lease %s: %s", _short(sender), offer.lease_id, exc)
+            await self._inbox.send(ev.AcceptFailed(effect.lease_id, exc.reason))
             return
-        finally:
-            answered.set()
-        if not isinstance(answer.message, m.LeaseRenewed):
-            log.info("%s: lease %s refused: %s", _short(sender), offer.lease_id, answer.message)
-            return
-        accepted.append(
-            Placement(
-                sender,
-                offer.worker_address,
-                offer.lease_id,
-                offer.price,
-                expires=answer.message.expires,
+        if isinstance(answer.message, m.LeaseRenewed):
+            await self._inbox.send(ev.LeaseAccepted(effect.lease_id, answer.message.expires))
+        else:
+            await self._inbox.send(ev.AcceptFailed(effect.lease_id, _why(answer.message)))
+
+    async def _renew(self, effect: fx.RenewLease) -> None:
+        try:
+            answer = await self.transport.request(
+                effect.address,
+                m.RenewLease(effect.lease_id),
+                expect=PeerId.parse(effect.worker),
+                timeout=RENEW_TIMEOUT,
             )
-        )
-        log.info("%s: lease %s accepted at price %s", _short(sender), offer.lease_id, offer.price)
-
-    async def _keep_renewed(self, placement: Placement) -> None:
-        while placement.phase not in FINAL:
-            await trio.sleep(self.job.renew_interval)
-            if placement.phase in FINAL:
-                return
-            try:
-                answer = await self.transport.request(
-                    placement.address,
-                    m.RenewLease(placement.lease_id),
-                    expect=PeerId.parse(placement.worker),
-                    timeout=2.0,
-                )
-            except NetError as exc:
-                log.warning("%s: renewal failed: %s", _short(placement.worker), exc)
-                if self._wall() > placement.expires:
-                    self._end(placement, "lost", f"lease expired unrenewed ({exc.reason})")
-                continue
-            if isinstance(answer.message, m.LeaseRenewed):
-                placement.expires = answer.message.expires
-            elif placement.phase not in FINAL:
-                reason = getattr(answer.message, "reason", type(answer.message).__name__)
-                self._end(placement, "lost", f"renewal refused: {reason}")
-
-    def _end(self, placement: Placement, phase: Literal["failed", "lost"], reason: str) -> None:
-        """The part ends on our side (a failed dispatch, a lost lease) unless it already ended."""
-        if placement.phase in FINAL:
+        except NetError as exc:
+            await self._inbox.send(ev.RenewFailed(effect.lease_id, exc.reason))
             return
-        placement.phase = phase
-        placement.reason = reason
-        log.warning(
-            "%s: lease %s %s: %s", _short(placement.worker), placement.lease_id, phase, reason
-        )
-        placement.ended.set()
+        if isinstance(answer.message, m.LeaseRenewed):
+            await self._inbox.send(ev.Renewed(effect.lease_id, answer.message.expires))
+        else:
+            reason = f"renewal refused: {_why(answer.message)}"
+            await self._inbox.send(ev.RenewRefused(effect.lease_id, reason))
 
-    async def _dispatch_all(self) -> None:
-        workers = [p.worker for p in self.placements]
-        for index, placement in enumerate(self.placements):
-            placement.job_id = str(uuid.uuid4())
-            self._by_job[placement.job_id] = placement
-            spec = {
-                "job_id": placement.job_id,
-                "index": index,
-                "workers": workers,
-                "peers": [w for w in workers if w != placement.worker],
-                "scheduler": str(self.transport.peer_id),
-                "config": self.job.spec,
-            }
-            executor = m.Executor(cls=self.job.executor.cls, name=self.job.executor.name)
-            try:
-                answer = await self.transport.request(
-                    placement.address,
-                    m.DispatchJob(
-                        placement.job_id, placement.lease_id, executor, json.dumps(spec)
-                    ),
-                    expect=PeerId.parse(placement.worker),
-                    timeout=30.0,
-                )
-            except NetError as exc:
-                self._end(placement, "failed", f"dispatch failed: {exc}")
-                continue
-            if isinstance(answer.message, m.JobDispatched):
-                if placement.phase == "accepted":
-                    placement.phase = "dispatched"
-                log.info("%s: job %s dispatched", _short(placement.worker), placement.job_id)
-            elif isinstance(answer.message, m.DispatchFailed):
-                detail = f" ({answer.message.detail})" if answer.message.detail else ""
-                self._end(
-                    placement, "failed", f"dispatch refused: {answer.message.reason}{detail}"
-                )
-            else:
-                self._end(
-                    placement, "failed", f"dispatch answered {type(answer.message).__name__}"
-                )
+    async def _dispatch(self, effect: fx.DispatchJob) -> None:
+        spec = {
+            "job_id": effect.job_id,
+            "index": effect.index,
+            "workers": list(effect.workers),
+            "peers": [w for w in effect.workers if w != effect.worker],
+            "scheduler": str(self.transport.peer_id),
+            "config": self.job.spec,
+        }
+        executor = m.Executor(cls=self.job.executor.cls, name=self.job.executor.name)
+        try:
+            answer = await self.transport.request(
+                effect.address,
+                m.DispatchJob(effect.job_id, effect.lease_id, executor, json.dumps(spec)),
+                expect=PeerId.parse(effect.worker),
+                timeout=DISPATCH_TIMEOUT,
+            )
+        except NetError as exc:
+            await self._inbox.send(ev.DispatchFailed(effect.lease_id, f"dispatch failed: {exc}"))
+            return
+        message = answer.message
+        if isinstance(message, m.JobDispatched):
+            await self._inbox.send(ev.Dispatched(effect.lease_id))
+        elif isinstance(message, m.DispatchFailed):
+            detail = f" ({message.detail})" if message.detail else ""
+            reason = f"dispatch refused: {message.reason}{detail}"
+            await self._inbox.send(ev.DispatchFailed(effect.lease_id, reason))
+        else:
+            reason = f"dispatch answered {type(message).__name__}"
+            await self._inbox.send(ev.DispatchFailed(effect.lease_id, reason))
+
+
+def _why(message: m.Message) -> str:
+    return str(getattr(message, "reason", type(message).__name__))
 
 
 def describe_progress(progress: m.ProgressKind) -> str:
@@ -434,22 +437,34 @@ def describe_progress(progress: m.ProgressKind) -> str:
             return "update received"
 
 
-def _short(peer: str) -> str:
-    return f"worker …{peer[-6:]}"
-
-
 async def run_scheduler(
     settings: SchedulerSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> Outcome:
-    """Run the job described by ``settings`` on the real network; its outcome."""
+    """Run the job described by ``settings`` on the real network; its outcome.
+
+    With ``event_log_dir`` set, the run's event log is ``<dir>/scheduler-<run>-000001.jsonl``
+    (``hypha-sm replay <dir>`` replays the newest run).
+    """
     identity = load_key_file(settings.node_key)
-    with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
-        scheduler = Scheduler(
-            transport,
-            settings.job,
-            gateways=settings.gateway_addresses,
-            address=settings.listen_address,
-            public_address=settings.external_address,
-        )
-        log.info("scheduler %s: %d worker(s) wanted", identity.peer_id, settings.job.workers)
-        return await scheduler.run(task_status=task_status)
+    with contextlib.ExitStack() as files:
+        sink: BinaryIO | None = None
+        if settings.event_log_dir is not None:
+            path = _log_path(settings.event_log_dir)
+            sink = files.enter_context(path.open("xb"))
+            log.info("event log %s", path)
+        with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
+            scheduler = Scheduler(
+                transport,
+                settings.job,
+                gateways=settings.gateway_addresses,
+                address=settings.listen_address,
+                public_address=settings.external_address,
+                event_log=sink,
+            )
+            log.info("scheduler %s: %d worker(s) wanted", identity.peer_id, settings.job.workers)
+            return await scheduler.run(task_status=task_status)
+
+
+def _log_path(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory / f"scheduler-{new_run_id()}-000001.jsonl"

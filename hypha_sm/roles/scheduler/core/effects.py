@@ -1,0 +1,105 @@
+"""What the scheduler core asks its shell to do (msgspec structs, recorded in the event log)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Effect(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class LocateGateways(_Effect, tag="locate_gateways", frozen=True):
+    """Ask every gateway where to publish; report ``GatewaysLocated`` or ``GatewaysUnreachable``."""
+
+
+class Publish(_Effect, tag="publish", frozen=True):
+    """Publish the job's advertisement under ``request_id``, valid until ``expires_wall``."""
+
+    request_id: str
+    expires_wall: float
+
+
+class ReplyOffer(_Effect, tag="reply_offer", frozen=True):
+    """Answer an offer: acknowledged if ``reason`` is empty, else refused with it."""
+
+    reply_to: int
+    lease_id: str
+    reason: str = ""
+
+
+class AcceptLease(_Effect, tag="accept_lease", frozen=True):
+    """Accept an offered lease by renewing it; report ``LeaseAccepted`` or ``AcceptFailed``."""
+
+    lease_id: str
+    worker: str
+    address: str
+
+
+class RenewLease(_Effect, tag="renew_lease", frozen=True):
+    """Renew a held lease; report ``Renewed``, ``RenewFailed`` or ``RenewRefused``."""
+
+    lease_id: str
+    worker: str
+    address: str
+
+
+class DispatchJob(_Effect, tag="dispatch_job", frozen=True):
+    """Send the job to a worker under its lease; report ``Dispatched`` or ``DispatchFailed``.
+
+    ``index`` is the worker's place in ``workers`` (every worker of the job, in order).
+    """
+
+    lease_id: str
+    job_id: str
+    worker: str
+    address: str
+    index: int
+    workers: tuple[str, ...]
+
+
+class ReplyStatus(_Effect, tag="reply_status", frozen=True):
+    """Answer a job status: acknowledged if ``reason`` is empty, else refused with it."""
+
+    reply_to: int
+    job_id: str
+    reason: str = ""
+
+
+class ReplyProgress(_Effect, tag="reply_progress", frozen=True):
+    """Answer a progress report with ``reply``, or refuse it with ``reason``."""
+
+    reply_to: int
+    job_id: str
+    reply: Literal["ok", "continue", ""] = ""
+    reason: str = ""
+
+
+class Notice(_Effect, tag="notice", frozen=True):
+    """One line for the operator's log."""
+
+    level: Literal["info", "warning", "error"]
+    text: str
+
+
+class Finished(_Effect, tag="finished", frozen=True):
+    """The run is over: ``ok`` if every placement finished with exit 0; else why not."""
+
+    ok: bool
+    reason: str = ""
+
+
+Effect = (
+    LocateGateways
+    | Publish
+    | ReplyOffer
+    | AcceptLease
+    | RenewLease
+    | DispatchJob
+    | ReplyStatus
+    | ReplyProgress
+    | Notice
+    | Finished
+)

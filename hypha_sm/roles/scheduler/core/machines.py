@@ -1,0 +1,514 @@
+"""The guards and actions of the scheduler's machines (``machines/scheduler/*.toml``).
+
+The allocation advertises, collects and accepts offers and dispatches the job; each placement
+holds one lease: accepted by our first renewal, renewed on a deadline before the worker's
+expiry, dispatched, followed to its end. They talk through internal events only (``post``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypha_sm.core.engine import Ctx as _Ctx
+from hypha_sm.core.engine import Registry
+from hypha_sm.core.resources import covers
+from hypha_sm.roles.scheduler.core.effects import (
+    AcceptLease,
+    DispatchJob,
+    Finished,
+    LocateGateways,
+    Notice,
+    Publish,
+    RenewLease,
+    ReplyOffer,
+    ReplyProgress,
+    ReplyStatus,
+)
+from hypha_sm.roles.scheduler.core.events import (
+    LeaseAccepted,
+    OfferReceived,
+    ProgressReceived,
+    Renewed,
+    StatusReceived,
+)
+from hypha_sm.roles.scheduler.core.state import (
+    JOB,
+    AllocationRec,
+    Ended,
+    PlacementRec,
+    SchedulerState,
+)
+
+Ctx = _Ctx[SchedulerState]
+
+ALLOCATION = Registry.new("allocation")
+PLACEMENT = Registry.new("placement")
+REGISTRIES = {"allocation": ALLOCATION, "placement": PLACEMENT}
+#: The shortest renewal period, however near a worker says its lease expires.
+MIN_RENEW = 0.05
+
+
+def _short(peer: str) -> str:
+    return f"worker …{peer[-6:]}"
+
+
+def _notice(state: SchedulerState, level: Any, text: str) -> None:
+    state.emit(Notice(level, text))
+
+
+# -- the allocation ------------------------------------------------------------------------
+
+
+def _arm_retry(ctx: Ctx, delay: float) -> None:
+    rec: AllocationRec = ctx.rec
+    ctx.state.arm(rec, min(ctx.state.now.mono + delay, rec.give_up_at))
+
+
+@ALLOCATION.action
+def start_clock(ctx: Ctx) -> None:
+    """The allocation gives up advertise_timeout from now."""
+    rec: AllocationRec = ctx.rec
+    rec.give_up_at = ctx.state.now.mono + ctx.state.plan.advertise_timeout
+
+
+@ALLOCATION.action
+def locate(ctx: Ctx) -> None:
+    """Ask the gateways where to publish; ask again after ``retry``."""
+    ctx.state.emit(LocateGateways())
+    _arm_retry(ctx, ctx.state.plan.retry)
+
+
+@ALLOCATION.action
+def publish(ctx: Ctx) -> None:
+    """Publish a new advertisement (a new request id); offers for older ones are refused."""
+    state, rec = ctx.state, ctx.rec
+    rec.request_id = state.ids.next_id()
+    rec.offers = []
+    rec.next_offer = 0
+    rec.first_offer = False
+    state.emit(Publish(rec.request_id, state.now.wall + state.plan.ad_lifetime))
+    _arm_retry(ctx, state.plan.first_offer_wait)
+
+
+@ALLOCATION.action
+def retry_later(ctx: Ctx) -> None:
+    """Publishing failed (no gateway connection yet): publish again after ``retry``."""
+    _arm_retry(ctx, ctx.state.plan.retry)
+
+
+@ALLOCATION.action
+def wait_for_offers(ctx: Ctx) -> None:
+    """Collect offer_wait after the first offer (or first_offer_wait if none came yet)."""
+    rec: AllocationRec = ctx.rec
+    plan = ctx.state.plan
+    rec.first_offer = bool(rec.offers)
+    _arm_retry(ctx, plan.offer_wait if rec.offers else plan.first_offer_wait)
+
+
+@ALLOCATION.guard
+def past_give_up(ctx: Ctx) -> bool:
+    """advertise_timeout has passed."""
+    rec: AllocationRec = ctx.rec
+    return ctx.state.now.mono >= rec.give_up_at
+
+
+@ALLOCATION.guard
+def unknown_request(ctx: Ctx) -> bool:
+    """The offer answers an advertisement that is not the current one."""
+    offer: OfferReceived = ctx.event
+    rec: AllocationRec = ctx.rec
+    return offer.request_id != rec.request_id
+
+
+def unwanted(state: SchedulerState, rec: AllocationRec, offer: OfferReceived) -> str:
+    """Why an offer for the current advertisement is not taken ("" if it is)."""
+    plan = state.plan
+    if len(rec.offers) >= plan.max_offers:
+        return "the round has enough offers"
+    if offer.lease_id in state.records["placement"] or any(
+        o.peer == offer.peer or o.lease_id == offer.lease_id for o in rec.offers
+    ):
+        return "one offer per worker and lease"
+    if any(p.worker == offer.peer for p in state.held()):
+        return "the worker already holds a lease of this job"
+    price = offer.price
+    if not (math.isfinite(price) and 0.0 <= price <= plan.price_limit):
+        return f"price {price!r} outside 0..{plan.price_limit:g}"
+    if not covers(offer.resources, plan.resources):
+        return f"offers {offer.resources} for {plan.resources}"
+    return ""
+
+
+@ALLOCATION.guard
+def offer_not_wanted(ctx: Ctx) -> bool:
+    """A second offer from a worker or for a lease, too many, too dear, or too small."""
+    return bool(unwanted(ctx.state, ctx.rec, ctx.event))
+
+
+@ALLOCATION.action_with_arg
+def refuse_offer(ctx: Ctx, reason: str) -> None:
+    """Refuse the offer with ``reason``; say why in the log if it was the price or size."""
+    state = ctx.state
+    offer: OfferReceived = ctx.event
+    state.emit(ReplyOffer(offer.reply_to, offer.lease_id, reason))
+    state.count(f"offers.refused.{reason}")
+    if reason == "offer_not_taken":
+        why = unwanted(state, ctx.rec, offer)
+        _notice(state, "info", f"{_short(offer.peer)}: offer {offer.lease_id} refused: {why}")
+
+
+@ALLOCATION.action
+def take_offer(ctx: Ctx) -> None:
+    """Keep the offer for ranking and acknowledge it."""
+    offer: OfferReceived = ctx.event
+    rec: AllocationRec = ctx.rec
+    rec.offers.append(offer)
+    ctx.state.emit(ReplyOffer(offer.reply_to, offer.lease_id))
+    ctx.state.count("offers.taken")
+
+
+@ALLOCATION.action
+def collect_briefly(ctx: Ctx) -> None:
+    """The first offer of a round: collect for offer_wait more, then choose."""
+    rec: AllocationRec = ctx.rec
+    if not rec.first_offer:
+        rec.first_offer = True
+        _arm_retry(ctx, ctx.state.plan.offer_wait)
+
+
+@ALLOCATION.guard
+def no_offers(ctx: Ctx) -> bool:
+    """Nobody offered within first_offer_wait."""
+    rec: AllocationRec = ctx.rec
+    return not rec.offers
+
+
+@ALLOCATION.guard
+def no_offers_past_give_up(ctx: Ctx) -> bool:
+    """Nobody offered, and advertise_timeout has passed."""
+    return no_offers(ctx) and past_give_up(ctx)
+
+
+@ALLOCATION.action
+def rank_offers(ctx: Ctx) -> None:
+    """Cheapest first; equal prices in arrival order (the sort is stable)."""
+    rec: AllocationRec = ctx.rec
+    rec.offers.sort(key=lambda o: o.price)
+    rec.next_offer = 0
+
+
+@ALLOCATION.guard
+def can_try_more(ctx: Ctx) -> bool:
+    """Fewer leases held than wanted, and an untried offer is left."""
+    rec: AllocationRec = ctx.rec
+    state = ctx.state
+    return len(state.held()) < state.plan.workers and rec.next_offer < len(rec.offers)
+
+
+@ALLOCATION.action
+def try_next(ctx: Ctx) -> None:
+    """Accept the cheapest untried offer; try the next too if it has not answered in ``hedge``.
+
+    An offer naming an address that never answers thus cannot make the real offers lapse
+    behind it (a temporary lease lasts 0.5 s on the worker).
+    """
+    state, rec = ctx.state, ctx.rec
+    offer: OfferReceived = rec.offers[rec.next_offer]
+    rec.next_offer += 1
+    placement = PlacementRec(offer.lease_id, offer.peer, offer.worker_address, offer.price)
+    state.create(placement)
+    state.arm_after(placement, 2 * state.plan.accept_timeout)
+    state.emit(AcceptLease(offer.lease_id, offer.peer, offer.worker_address))
+    state.arm_after(rec, state.plan.hedge)
+
+
+@ALLOCATION.action
+def wait_for_answers(ctx: Ctx) -> None:
+    """Nothing more to try now: wait for the acceptances in flight."""
+    ctx.state.arm_after(ctx.rec, ctx.state.plan.accept_timeout)
+
+
+@ALLOCATION.guard
+def answers_pending(ctx: Ctx) -> bool:
+    """Acceptances are still in flight."""
+    return ctx.state.pending() > 0
+
+
+@ALLOCATION.guard
+def enough_held(ctx: Ctx) -> bool:
+    """As many leases are held as the job wants (or more)."""
+    return len(ctx.state.held()) >= ctx.state.plan.workers
+
+
+@ALLOCATION.action
+def let_go_surplus(ctx: Ctx) -> None:
+    """Keep the cheapest leases the job wants (acceptance order breaks ties); let the rest go."""
+    state = ctx.state
+    held = sorted(state.held(), key=lambda p: p.price)  # stable: acceptance order
+    wanted = state.plan.workers
+    for extra in held[wanted:]:
+        _notice(state, "info", f"{_short(extra.worker)}: lease {extra.key} not needed; it lapses")
+        state.post("placement", extra.key, "let_go", "not needed")
+    state.placed = [p.key for p in held[:wanted]]
+
+
+@ALLOCATION.action
+def dispatch_all(ctx: Ctx) -> None:
+    """Give every placement a job id and send the job; the job may run for ``timeout``."""
+    state = ctx.state
+    workers = tuple(state.records["placement"][key].worker for key in state.placed)
+    for index, key in enumerate(state.placed):
+        job_id = state.ids.next_id()
+        state.jobs[job_id] = key
+        state.post("placement", key, "dispatch", (job_id, index, workers))
+    state.arm_after(ctx.rec, state.plan.timeout)
+
+
+@ALLOCATION.action
+def let_go_all(ctx: Ctx) -> None:
+    """Every lease held or being accepted is let go (never renewed again)."""
+    state = ctx.state
+    for placement in state.records["placement"].values():
+        state.post("placement", placement.key, "let_go", "the job ended")
+
+
+def _finish(state: SchedulerState, ok: bool, reason: str) -> None:
+    state.finished = (ok, reason)
+    state.emit(Finished(ok, reason))
+
+
+@ALLOCATION.action
+def give_up(ctx: Ctx) -> None:
+    """Too few leases (or no gateway) within advertise_timeout: say why and end."""
+    state, rec = ctx.state, ctx.rec
+    plan = state.plan
+    if not rec.request_id:
+        reason = f"no gateway answered within {plan.advertise_timeout:g} s"
+    else:
+        reason = (
+            f"only {len(state.held())} of {plan.workers} workers accepted "
+            f"within {plan.advertise_timeout:g} s"
+        )
+    rec.reason = reason
+    _notice(state, "error", reason)
+    _finish(state, False, reason)
+
+
+@ALLOCATION.guard
+def all_ended(ctx: Ctx) -> bool:
+    """No placement is live any more."""
+    return not ctx.state.records["placement"]
+
+
+@ALLOCATION.action
+def finish(ctx: Ctx) -> None:
+    """Every placement ended: ok if each finished with exit 0 (each placement says how)."""
+    state = ctx.state
+    ended = [state.ended.get(key) for key in state.placed]
+    ok = bool(ended) and all(
+        e is not None and e.phase == "finished" and e.exit_code == 0 for e in ended
+    )
+    _finish(state, ok, "")  # each placement says how it ended
+
+
+@ALLOCATION.action
+def time_out(ctx: Ctx) -> None:
+    """The job ran past its timeout: its leases are let go."""
+    state = ctx.state
+    reason = f"timed out after {state.plan.timeout:g} s"
+    _notice(state, "warning", f"job {reason}; its leases are no longer renewed")
+    _finish(state, False, reason)
+
+
+@ALLOCATION.action
+def stop(ctx: Ctx) -> None:
+    """The operator stopped the scheduler."""
+    _finish(ctx.state, False, "stopped")
+
+
+# -- a placement ---------------------------------------------------------------------------
+
+
+def _renew_every(state: SchedulerState, rec: PlacementRec) -> float:
+    """renew_interval, or half the time to the worker's expiry if that is sooner."""
+    half = (rec.expires_mono - state.now.mono) / 2
+    if not half > MIN_RENEW:  # also NaN: a worker's odd expiry costs renewals, not the lease
+        half = MIN_RENEW
+    return min(state.plan.renew_interval, half)
+
+
+def _arm_renewal(state: SchedulerState, rec: PlacementRec, at: float) -> None:
+    rec.renew_at = at
+    state.arm(rec, at)
+
+
+@PLACEMENT.action
+def hold(ctx: Ctx) -> None:
+    """The lease is ours: renew it before the worker's expiry; it joins the job."""
+    state, rec = ctx.state, ctx.rec
+    answer: LeaseAccepted = ctx.event
+    rec.expires_mono = state.wall_to_mono(answer.expires_wall)
+    rec.renew_every = _renew_every(state, rec)
+    _arm_renewal(state, rec, state.now.mono + rec.renew_every)
+    state.placed.append(rec.key)
+    _notice(
+        state, "info", f"{_short(rec.worker)}: lease {rec.key} accepted at price {rec.price:g}"
+    )
+
+
+@PLACEMENT.action
+def settle(ctx: Ctx) -> None:
+    """Tell the allocation this acceptance has its answer."""
+    ctx.state.post("allocation", JOB, "acceptance_settled")
+
+
+@PLACEMENT.action_with_arg
+def end(ctx: Ctx, phase: str) -> None:
+    """Keep how the placement ended (its record is dropped) and say so."""
+    state, rec = ctx.state, ctx.rec
+    event = ctx.event
+    exit_code = event.exit_code if isinstance(event, StatusReceived) else None
+    if isinstance(event, str):
+        reason = event  # let go: the allocation says why
+    else:
+        reason = getattr(event, "reason", "") or (
+            "lease expired unrenewed" if phase == "lost" else ""
+        )
+    state.ended[rec.key] = Ended(
+        rec.worker, rec.address, rec.key, rec.price, rec.job_id, phase, exit_code, reason
+    )
+    if rec.job_id:
+        state.jobs.pop(rec.job_id, None)
+    if phase == "refused":
+        why = reason or "no answer in time"
+        _notice(state, "info", f"{_short(rec.worker)}: lease {rec.key} refused: {why}")
+    elif phase in ("lost", "failed"):
+        _notice(state, "warning", f"{_short(rec.worker)}: lease {rec.key} {phase}: {reason}")
+    if phase == "refused" or (phase == "released" and rec.key not in state.placed):
+        del state.ended[rec.key]  # never part of the job
+
+
+@PLACEMENT.action
+def ended(ctx: Ctx) -> None:
+    """Tell the allocation this placement ended (unless the allocation itself already ended)."""
+    if JOB in ctx.state.records["allocation"]:
+        ctx.state.post("allocation", JOB, "placement_ended")
+
+
+@PLACEMENT.action
+def renew(ctx: Ctx) -> None:
+    """Renew the lease, and again after renew_every."""
+    state, rec = ctx.state, ctx.rec
+    state.emit(RenewLease(rec.key, rec.worker, rec.address))
+    _arm_renewal(state, rec, state.now.mono + rec.renew_every)
+
+
+@PLACEMENT.action
+def extend(ctx: Ctx) -> None:
+    """The worker renewed: note its new expiry; renew sooner if it is nearer than we planned."""
+    state, rec = ctx.state, ctx.rec
+    answer: Renewed = ctx.event
+    rec.expires_mono = state.wall_to_mono(answer.expires_wall)
+    rec.renew_every = _renew_every(state, rec)
+    if state.now.mono + rec.renew_every < rec.renew_at:
+        _arm_renewal(state, rec, state.now.mono + rec.renew_every)
+
+
+@PLACEMENT.guard
+def past_expiry(ctx: Ctx) -> bool:
+    """The lease's expiry has passed without a renewal getting through."""
+    rec: PlacementRec = ctx.rec
+    return ctx.state.now.mono >= rec.expires_mono
+
+
+@PLACEMENT.action
+def warn_renewal(ctx: Ctx) -> None:
+    """A renewal did not get through; the next one may."""
+    rec: PlacementRec = ctx.rec
+    reason = ctx.event.reason
+    _notice(ctx.state, "warning", f"{_short(rec.worker)}: renewal failed: {reason}")
+
+
+@PLACEMENT.action
+def send_job(ctx: Ctx) -> None:
+    """Send the job under this lease; renewals go on as planned."""
+    state, rec = ctx.state, ctx.rec
+    job_id, index, workers = ctx.event
+    rec.job_id = job_id
+    state.emit(DispatchJob(rec.key, job_id, rec.worker, rec.address, index, workers))
+    _arm_renewal(state, rec, rec.renew_at)
+
+
+@PLACEMENT.action
+def keep_renewing(ctx: Ctx) -> None:
+    """A new phase: the renewal deadline stays where it was."""
+    rec: PlacementRec = ctx.rec
+    _arm_renewal(ctx.state, rec, rec.renew_at)
+
+
+@PLACEMENT.action
+def note_dispatched(ctx: Ctx) -> None:
+    """The worker took the job."""
+    rec: PlacementRec = ctx.rec
+    _notice(ctx.state, "info", f"{_short(rec.worker)}: job {rec.job_id} dispatched")
+
+
+@PLACEMENT.guard
+def not_from_worker(ctx: Ctx) -> bool:
+    """The report comes from a peer other than the worker the job was sent to."""
+    report: StatusReceived | ProgressReceived = ctx.event
+    rec: PlacementRec = ctx.rec
+    return report.peer != rec.worker
+
+
+@PLACEMENT.action_with_arg
+def refuse_report(ctx: Ctx, reason: str) -> None:
+    """Refuse a status or progress report with ``reason``."""
+    ctx.state.count(f"reports.refused.{reason}")
+    ctx.state.refuse(ctx.event, reason)
+
+
+@PLACEMENT.guard
+def reports_running(ctx: Ctx) -> bool:
+    """The job runs."""
+    status: StatusReceived = ctx.event
+    return status.status == "running"
+
+
+@PLACEMENT.guard
+def reports_finished(ctx: Ctx) -> bool:
+    """The job finished (its exit code says how)."""
+    status: StatusReceived = ctx.event
+    return status.status == "finished"
+
+
+@PLACEMENT.guard
+def reports_cancelled(ctx: Ctx) -> bool:
+    """The worker cancelled the job."""
+    status: StatusReceived = ctx.event
+    return status.status == "cancelled"
+
+
+@PLACEMENT.action
+def ack_status(ctx: Ctx) -> None:
+    """Acknowledge the status and log it."""
+    state, rec = ctx.state, ctx.rec
+    status: StatusReceived = ctx.event
+    state.emit(ReplyStatus(status.reply_to, status.job_id))
+    code = "" if status.exit_code is None else f" (exit {status.exit_code})"
+    why = f": {status.reason}" if status.reason else ""
+    _notice(state, "info", f"{_short(rec.worker)} job {status.job_id} {status.status}{code}{why}")
+
+
+@PLACEMENT.action
+def answer_progress(ctx: Ctx) -> None:
+    """Answer progress: ``continue`` once the worker received an update, else ``ok``."""
+    state, rec = ctx.state, ctx.rec
+    report: ProgressReceived = ctx.event
+    update_received = report.kind == "update-received"
+    state.emit(
+        ReplyProgress(report.reply_to, report.job_id, "continue" if update_received else "ok")
+    )
+    state.count("progress")
+    _notice(state, "info", f"{_short(rec.worker)} {report.text}")

@@ -1,0 +1,57 @@
+"""The scheduler as a ``Role``: what the event log, replay and the runtime loop need of it.
+
+A scheduler's log is one file per run (a run places one job); it does not rotate, so the role
+has no snapshot functions and ``Recorder.open_rotating`` refuses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypha_sm.core.role import Role
+from hypha_sm.roles.scheduler.core.effects import Effect
+from hypha_sm.roles.scheduler.core.events import Event
+from hypha_sm.roles.scheduler.core.plan import Plan, plan_problem
+from hypha_sm.roles.scheduler.core.reducer import (
+    build_engine,
+    initial_state,
+    next_deadline,
+    step,
+    stopped,
+)
+from hypha_sm.roles.scheduler.core.state import SchedulerState
+
+
+def describe(state: SchedulerState) -> dict[str, Any]:
+    """The state as plain data for people (``replay --until``)."""
+    return {
+        "now": {"mono": state.now.mono, "wall": state.now.wall},
+        "ids_issued": state.ids.counter,
+        "records": {
+            kind: {key: table[key].fields() for key in table}
+            for kind, table in state.records.items()
+        },
+        "placed": list(state.placed),
+        "jobs": dict(state.jobs),
+        "ended": dict(state.ended),
+        "finished": state.finished,
+        "counters": dict(sorted(state.counters.items())),
+    }
+
+
+SCHEDULER: Role[SchedulerState, Plan, None] = Role(
+    name="scheduler",
+    config_type=Plan,
+    snapshot_type=type(None),
+    event_type=Event,
+    effect_type=Effect,
+    build_engine=build_engine,
+    initial=initial_state,
+    step=step,
+    next_deadline=next_deadline,
+    capture=None,
+    restore=None,
+    stopped=stopped,
+    config_problem=plan_problem,
+    describe=describe,
+)

@@ -1,0 +1,121 @@
+"""The scheduler's state: its records (one allocation, a placement per lease) and what it keeps.
+
+``SchedulerState`` is a ``Host`` (records, timers, ids, counters, trace) plus the plan, the
+order in which placements joined the job, where each job id belongs, and how every ended
+placement ended (records are dropped when they end; the outcome is kept here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from hypha_sm.core.engine import Engine
+from hypha_sm.core.host import Host
+from hypha_sm.core.record import Record
+from hypha_sm.roles.scheduler.core.effects import Effect, ReplyOffer, ReplyProgress, ReplyStatus
+from hypha_sm.roles.scheduler.core.events import OfferReceived, ProgressReceived, StatusReceived
+from hypha_sm.roles.scheduler.core.plan import Plan
+
+KINDS = ("allocation", "placement")
+#: The one allocation record's key.
+JOB = "job"
+#: Placement phases in which the lease is ours (renewed on a deadline).
+HELD = frozenset({"accepted", "dispatched", "running"})
+
+
+class AllocationRec(Record):
+    """The job's allocation: the current advertisement, its offers and the give-up time."""
+
+    __slots__ = ("first_offer", "give_up_at", "next_offer", "offers", "reason", "request_id")
+    kind = "allocation"
+
+    def __init__(self, key: str = JOB) -> None:
+        super().__init__(key)
+        self.request_id = ""
+        #: Offers for the current advertisement, in arrival order; ranked when collecting ends.
+        self.offers: list[OfferReceived] = []
+        #: The index in ``offers`` of the next offer to try.
+        self.next_offer = 0
+        self.first_offer = False
+        self.give_up_at = math.inf
+        self.reason = ""
+
+
+class PlacementRec(Record):
+    """One worker's part of the job, keyed by its lease id."""
+
+    __slots__ = (
+        "address",
+        "expires_mono",
+        "job_id",
+        "price",
+        "renew_at",
+        "renew_every",
+        "worker",
+    )
+    kind = "placement"
+
+    def __init__(self, key: str, worker: str, address: str, price: float) -> None:
+        super().__init__(key)
+        self.worker = worker
+        self.address = address
+        self.price = price
+        self.job_id = ""
+        #: When the worker said the lease expires, on our monotonic clock (inf until accepted).
+        self.expires_mono = math.inf
+        #: How often to renew: renew_interval, or half the time the worker last gave us.
+        self.renew_every = math.inf
+        #: When the next renewal is due (kept across phase changes, which clear the deadline).
+        self.renew_at = math.inf
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """How a placement that left its machine ended."""
+
+    worker: str
+    address: str
+    lease_id: str
+    price: float
+    job_id: str
+    phase: str
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class SchedulerState(Host[Effect]):
+    """Every live record of the scheduler, and what it remembers of the ended ones."""
+
+    def __init__(self, engine: Engine, plan: Plan, seed: bytes) -> None:
+        super().__init__(engine, KINDS, seed)
+        self.plan = plan
+        #: Lease ids of the placements that are part of the job, in the job's worker order.
+        self.placed: list[str] = []
+        #: Job id -> lease id, for statuses and progress.
+        self.jobs: dict[str, str] = {}
+        #: Ended placements by lease id (only those that were part of the job, or refused).
+        self.ended: dict[str, Ended] = {}
+        #: Set when the run is over.
+        self.finished: tuple[bool, str] | None = None
+
+    def held(self) -> list[PlacementRec]:
+        """The placements whose lease is ours, in acceptance order."""
+        return [p for p in self.records["placement"].values() if p._phase in HELD]
+
+    def pending(self) -> int:
+        """Acceptances in flight."""
+        return sum(1 for p in self.records["placement"].values() if p._phase == "accepting")
+
+    def wall_to_mono(self, wall: float) -> float:
+        """A wall-clock time from a peer as a time on our monotonic clock."""
+        return self.now.mono + (wall - self.now.wall)
+
+    def refuse(self, payload: object, reason: str) -> None:
+        """Answer a refused offer, status or progress report with the reason."""
+        if isinstance(payload, OfferReceived):
+            self.emit(ReplyOffer(payload.reply_to, payload.lease_id, reason))
+        elif isinstance(payload, StatusReceived):
+            self.emit(ReplyStatus(payload.reply_to, payload.job_id, reason))
+        elif isinstance(payload, ProgressReceived):
+            self.emit(ReplyProgress(payload.reply_to, payload.job_id, reason=reason))
