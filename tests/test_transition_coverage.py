@@ -1,7 +1,9 @@
 """Tests generated from the machine definitions: every declared transition is exercised.
 
-One test per transition in machines/*.toml, so adding a transition the walks never reach fails
-the suite with that transition's name. The coverage table is printed at the end of the run.
+One test per transition in machines/<role>/*.toml (every role: the worker's walks in
+``tests/explorer.py``, the scheduler's in ``tests/scheduler_world.py``), so adding a transition
+the walks never reach fails the suite with that transition's name. The coverage table is
+printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from functools import cache
 import pytest
 
 from hypha_sm.core.spec import TransitionSpec
-from hypha_sm.machines_io import load_specs
+from hypha_sm.machines_io import load_specs, roles
 from tests.explorer import explore
+from tests.scheduler_world import explore_scheduler
 
-SPECS = load_specs()
+SPECS = {name: spec for role in roles() for name, spec in load_specs(role=role).items()}
 ALL = [(name, t) for name, spec in sorted(SPECS.items()) for t in spec.transitions]
 
 
 @cache
 def coverage() -> Counter[tuple[str, int]]:
-    return explore()
+    return explore() + explore_scheduler()
 
 
 @pytest.mark.parametrize(

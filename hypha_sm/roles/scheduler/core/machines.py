@@ -339,8 +339,10 @@ def _renew_every(state: SchedulerState, rec: PlacementRec) -> float:
 
 
 def _arm_renewal(state: SchedulerState, rec: PlacementRec, at: float) -> None:
-    rec.renew_at = at
-    state.arm(rec, at)
+    # Never after the expiry: a lease whose renewals fail is found lost at its expiry (the
+    # renew_due there sees past_expiry), not held on in the belief that it lives.
+    rec.renew_at = min(at, rec.expires_mono)
+    state.arm(rec, rec.renew_at)
 
 
 @PLACEMENT.action
@@ -417,7 +419,7 @@ def extend(ctx: Ctx) -> None:
 
 @PLACEMENT.guard
 def past_expiry(ctx: Ctx) -> bool:
-    """The lease's expiry has passed without a renewal getting through."""
+    """The lease's expiry passed without a renewal getting through (the renew_due at it)."""
     rec: PlacementRec = ctx.rec
     return ctx.state.now.mono >= rec.expires_mono
 

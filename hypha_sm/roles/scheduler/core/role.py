@@ -6,8 +6,12 @@ has no snapshot functions and ``Recorder.open_rotating`` refuses it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import msgspec
+
+from hypha_sm.core.resources import Amounts
 from hypha_sm.core.role import Role
 from hypha_sm.roles.scheduler.core.effects import Effect
 from hypha_sm.roles.scheduler.core.events import Event
@@ -39,6 +43,18 @@ def describe(state: SchedulerState) -> dict[str, Any]:
     }
 
 
+def nonfinite(event: Event) -> bool:
+    """A peer's NaN or infinite price, resources or expiry (the log spells them as words)."""
+    for value in msgspec.structs.astuple(event):
+        if isinstance(value, float) and not math.isfinite(value):
+            return True
+        if isinstance(value, Amounts) and not all(
+            math.isfinite(v) for v in msgspec.structs.astuple(value)
+        ):
+            return True
+    return False
+
+
 SCHEDULER: Role[SchedulerState, Plan, None] = Role(
     name="scheduler",
     config_type=Plan,
@@ -54,4 +70,5 @@ SCHEDULER: Role[SchedulerState, Plan, None] = Role(
     stopped=stopped,
     config_problem=plan_problem,
     describe=describe,
+    nonfinite_event=nonfinite,
 )

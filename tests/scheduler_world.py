@@ -1,0 +1,221 @@
+"""A world for the scheduler's pure core: workers, gateways and a clock that answer its effects.
+
+Tests drive it by rules (Hypothesis) or by random walks (the transition-coverage explorer). It
+answers every effect the way a real network can: in any order, late, refused, or never; offers
+come from honest and hostile workers (dear, too small, NaN, duplicated, for stale requests);
+statuses and progress come from the right worker, from strangers, or for unknown jobs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from hypha_sm.core.resources import Amounts
+from hypha_sm.core.trace import Now
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.scheduler.core import effects as fx
+from hypha_sm.roles.scheduler.core import events as ev
+from hypha_sm.roles.scheduler.core.plan import Plan
+from hypha_sm.roles.scheduler.core.role import SCHEDULER
+from hypha_sm.roles.scheduler.core.state import HELD, SchedulerState
+
+WALL0 = 1_764_000_000.0
+ASK = Amounts(gpu=0.0, cpu=1.0, memory=1.0, storage=0.0)
+ENOUGH = Amounts(gpu=0.0, cpu=2.0, memory=2.0, storage=1.0)
+TOO_SMALL = Amounts(gpu=0.0, cpu=0.5, memory=1.0, storage=0.0)
+PEERS = tuple(f"12D3KooWorker{i}" for i in range(6))
+STATUSES = ("running", "finished", "failed", "cancelled")
+
+
+def plan(workers: int = 2, **timings: float) -> Plan:
+    """A small job: ``workers`` workers, bid 100, short timings."""
+    defaults: dict[str, Any] = {
+        "offer_wait": 0.1,
+        "advertise_timeout": 10.0,
+        "renew_interval": 1.0,
+        "timeout": 30.0,
+    }
+    defaults.update(timings)
+    return Plan(workers=workers, resources=ASK, bid=100.0, **defaults)
+
+
+class World:
+    """The scheduler's core, its clock, and the effects waiting for an answer."""
+
+    def __init__(self, the_plan: Plan | None = None, seed: bytes = bytes(16)) -> None:
+        engine, self.machines_hash = load_engine(SCHEDULER)
+        self.plan = the_plan or plan()
+        self.seed = seed
+        self.state: SchedulerState = SCHEDULER.initial(engine, self.plan, seed)
+        self.mono = 0.0
+        self.inputs: list[tuple[Now, ev.Event]] = []
+        self.effects: list[fx.Effect] = []
+        #: Effects that report back, waiting for an answer (in the order they were asked).
+        self.open: list[fx.Effect] = []
+        self.replies = 0
+        self.coverage: Counter[tuple[str, int]] = Counter()
+        self.dispatched_leases: set[str] = set()
+
+    # -- stepping ------------------------------------------------------------------------------
+
+    def feed(self, event: ev.Event) -> list[fx.Effect]:
+        now = Now(self.mono, WALL0 + self.mono)
+        self.inputs.append((now, event))
+        result = SCHEDULER.step(self.state, event, now)
+        for kind, _key, _src, _event, _dst, index in result.trace:
+            if index >= 0:
+                self.coverage[(kind, index)] += 1
+        effects = list(result.effects)
+        for effect in effects:
+            if isinstance(effect, fx.DispatchJob):
+                self.dispatched_leases.add(effect.lease_id)
+            if isinstance(
+                effect,
+                (fx.LocateGateways, fx.Publish, fx.AcceptLease, fx.RenewLease, fx.DispatchJob),
+            ):
+                self.open.append(effect)
+        self.effects.extend(effects)
+        self.check()
+        return effects
+
+    def advance(self, seconds: float) -> list[fx.Effect]:
+        self.mono += seconds
+        return self.feed(ev.Tick())
+
+    def token(self) -> int:
+        self.replies += 1
+        return self.replies
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def take(self, kind: type[Any]) -> Any:
+        for i, effect in enumerate(self.open):
+            if isinstance(effect, kind):
+                return self.open.pop(i)
+        return None
+
+    def answer(self, effect: fx.Effect, ok: bool = True, refused: bool = False) -> None:
+        """Report ``effect``'s result: success, a network failure, or a refusal."""
+        wall = WALL0 + self.mono
+        match effect:
+            case fx.LocateGateways():
+                self.feed(ev.GatewaysLocated(("tcp://gw",)) if ok else ev.GatewaysUnreachable("x"))
+            case fx.Publish(request_id=rid):
+                self.feed(ev.Published(rid) if ok else ev.PublishFailed(rid, "no connection"))
+            case fx.AcceptLease(lease_id=lid):
+                self.feed(ev.LeaseAccepted(lid, wall + 5.0) if ok else ev.AcceptFailed(lid, "x"))
+            case fx.RenewLease(lease_id=lid):
+                if ok:
+                    self.feed(ev.Renewed(lid, wall + 5.0))
+                elif refused:
+                    self.feed(ev.RenewRefused(lid, "unknown_lease"))
+                else:
+                    self.feed(ev.RenewFailed(lid, "timeout"))
+            case fx.DispatchJob(lease_id=lid):
+                self.feed(ev.Dispatched(lid) if ok else ev.DispatchFailed(lid, "refused"))
+
+    def offer(
+        self,
+        peer: str,
+        lease_id: str,
+        price: float = 90.0,
+        resources: Amounts = ENOUGH,
+        request_id: str | None = None,
+    ) -> list[fx.Effect]:
+        alloc = self.state.records["allocation"].get("job")
+        rid = request_id if request_id is not None else (alloc.request_id if alloc else "none")
+        return self.feed(
+            ev.OfferReceived(self.token(), peer, rid, lease_id, f"tcp://{peer}", price, resources)
+        )
+
+    def job_of(self, lease_id: str) -> str | None:
+        return next((j for j, lid in self.state.jobs.items() if lid == lease_id), None)
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """The scheduler's invariants, after every step."""
+        state = self.state
+        placements = state.records["placement"]
+        held = [p for p in placements.values() if p.phase in HELD]
+        alloc = state.records["allocation"].get("job")
+        # Never more leases kept than wanted: hedged acceptances may overshoot only while the
+        # allocation is still accepting; the surplus is let go as it moves on.
+        if alloc is None or alloc.phase != "accepting":
+            assert len(held) <= self.plan.workers, (alloc and alloc.phase, len(held))
+        if self.dispatched_leases:  # the job's workers, once chosen, are as many as wanted
+            assert len(state.placed) <= self.plan.workers
+        # Never a dispatch on a lease it does not hold.
+        for p in placements.values():
+            if p.phase in ("dispatched", "running"):
+                assert p.key in self.dispatched_leases
+                assert p.job_id
+                assert state.jobs.get(p.job_id) == p.key
+        # Every held lease is renewed before its expiry (or found lost at it).
+        for p in held:
+            assert p.deadline <= p.expires_mono, (p.key, p.deadline, p.expires_mono)
+        # Nothing is decided after the run is over; a finished run holds nothing.
+        if state.finished is not None:
+            assert alloc is None
+            assert not held or all(p.phase not in HELD for p in placements.values())
+
+
+def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None) -> World:
+    """A run driven by random inputs and answers; the world checks the invariants each step."""
+    world = World(
+        plan(
+            workers or rng.choice((1, 2, 3)),
+            advertise_timeout=rng.choice((3.0, 20.0)),
+            timeout=rng.choice((2.0, 30.0)),
+        )
+    )
+    if rng.random() < 0.02:
+        world.feed(ev.StopRequested())  # stopped before it began
+    world.feed(ev.Begin())
+    leases = 0
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.45 and world.open:
+            effect = world.open.pop(rng.randrange(len(world.open)))
+            world.answer(effect, ok=rng.random() < 0.85, refused=rng.random() < 0.5)
+        elif roll < 0.6:
+            leases += 1
+            price = rng.choice((90.0, 50.0, 99.0, 90.0, 150.0, -1.0, float("nan")))
+            resources = rng.choice((ENOUGH, ENOUGH, ENOUGH, TOO_SMALL))
+            lease = f"L{leases}" if rng.random() < 0.95 else "L1"
+            stale = "stale" if rng.random() < 0.05 else None
+            world.offer(rng.choice(PEERS), lease, price, resources, stale)
+        elif roll < 0.75 and world.state.jobs:
+            job_id, lease_id = rng.choice(sorted(world.state.jobs.items()))
+            rec = world.state.records["placement"].get(lease_id)
+            peer = rec.worker if rec is not None and rng.random() < 0.9 else "12D3KooWStranger"
+            if rng.random() < 0.5:
+                status = rng.choice(STATUSES) if rng.random() < 0.5 else "running"
+                code = 0 if status == "finished" and rng.random() < 0.8 else 1
+                world.feed(ev.StatusReceived(world.token(), peer, job_id, status, code, ""))
+            else:
+                kind = rng.choice(("update-received", "round-metrics"))
+                world.feed(ev.ProgressReceived(world.token(), peer, job_id, kind, "progress"))
+        elif roll < 0.76:
+            world.feed(ev.StatusReceived(world.token(), PEERS[0], "no-such-job", "running"))
+            world.feed(ev.ProgressReceived(world.token(), PEERS[0], "no-such-job", "x", "y"))
+        elif roll < 0.763:
+            world.feed(ev.StopRequested())
+        elif roll < 0.766:
+            world.feed(ev.Begin())
+        else:
+            pace = (0.01, 0.05, 0.05, 0.2, 0.2, 0.6, 1.5)
+            world.advance(rng.choice((6.0, 40.0)) if rng.random() < 0.03 else rng.choice(pace))
+        if world.state.finished is not None and rng.random() < 0.05:
+            break
+    return world
+
+
+def explore_scheduler(walks: int = 300) -> Counter[tuple[str, int]]:
+    """Transition coverage of the scheduler's machines over seeded random walks."""
+    total: Counter[tuple[str, int]] = Counter()
+    for seed in range(walks):
+        total += random_walk(random.Random(seed)).coverage
+    return total

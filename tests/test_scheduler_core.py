@@ -1,0 +1,347 @@
+"""The scheduler's pure core: its machines run by scripted inputs, its invariants by Hypothesis.
+
+Invariants (``World.check``, after every step): never more leases kept than wanted (hedged
+acceptances overshoot only while still accepting), never a dispatch on a lease it does not
+hold, every held lease renewed before its expiry (or found lost at it), nothing decided after
+the run ended.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from hypha_sm.log.codec import Entry, encode_entry, encode_header
+from hypha_sm.log.replay import replay
+from hypha_sm.log.store import make_header
+from hypha_sm.machines_io import load_engine
+from hypha_sm.roles.scheduler.core import effects as fx
+from hypha_sm.roles.scheduler.core import events as ev
+from hypha_sm.roles.scheduler.core.role import SCHEDULER
+from hypha_sm.roles.scheduler.core.state import HELD
+from tests.scheduler_world import ENOUGH, PEERS, TOO_SMALL, World, plan, random_walk
+
+
+def started(workers: int = 2, **timings: float) -> World:
+    """A world whose scheduler has located its gateway and published its advertisement."""
+    world = World(plan(workers, **timings))
+    world.feed(ev.Begin())
+    world.answer(world.take(fx.LocateGateways))
+    world.answer(world.take(fx.Publish))
+    return world
+
+
+def placed(workers: int = 2) -> World:
+    """A world whose job is dispatched to ``workers`` workers that took it."""
+    world = started(workers)
+    for i in range(workers):
+        world.offer(PEERS[i], f"L{i}", price=50.0 + i)
+    world.advance(0.2)  # offer_wait passed: accept the cheapest
+    while (accept := world.take(fx.AcceptLease)) is not None:
+        world.answer(accept)
+        world.advance(0.06)  # the hedge: the next offer is tried
+    while (dispatch := world.take(fx.DispatchJob)) is not None:
+        world.answer(dispatch)
+    assert world.state.records["allocation"]["job"].phase == "held"
+    return world
+
+
+def of(kind: type, effects: list[fx.Effect]) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def test_the_cheapest_offers_are_accepted_and_the_job_dispatched_to_them_in_that_order() -> None:
+    """Three offers for two workers: 50 and 60 win over 80, in price order; the job's workers
+    are listed in that order with each one's index."""
+    world = started(2)
+    world.offer(PEERS[0], "dear", price=80.0)
+    world.offer(PEERS[1], "cheap", price=50.0)
+    world.offer(PEERS[2], "middle", price=60.0)
+    effects = world.advance(0.2)
+    assert [e.lease_id for e in of(fx.AcceptLease, effects)] == ["cheap"]
+    world.answer(world.take(fx.AcceptLease))
+    effects = world.effects[-3:]
+    assert [e.lease_id for e in of(fx.AcceptLease, world.effects)] == ["cheap", "middle"]
+    world.answer(world.take(fx.AcceptLease))
+    dispatches = of(fx.DispatchJob, world.effects)
+    assert [(d.lease_id, d.index) for d in dispatches] == [("cheap", 0), ("middle", 1)]
+    assert dispatches[0].workers == (PEERS[1], PEERS[2])
+    assert world.state.placed == ["cheap", "middle"]
+    assert effects
+
+
+@pytest.mark.parametrize(
+    ("price", "resources", "request_id", "reason"),
+    [
+        (90.0, ENOUGH, None, ""),
+        (150.0, ENOUGH, None, "offer_not_taken"),  # dearer than the bid
+        (-1.0, ENOUGH, None, "offer_not_taken"),
+        (math.nan, ENOUGH, None, "offer_not_taken"),
+        (math.inf, ENOUGH, None, "offer_not_taken"),
+        (90.0, TOO_SMALL, None, "offer_not_taken"),
+        (90.0, ENOUGH, "an-old-request", "unknown_request"),
+    ],
+)
+def test_an_offer_is_taken_or_refused_at_once_with_a_reason(
+    price: float, resources: object, request_id: str | None, reason: str
+) -> None:
+    """The worker hears straight away whether its offer is in the running."""
+    world = started(1)
+    effects = world.offer(PEERS[0], "L0", price, resources, request_id)  # type: ignore[arg-type]
+    assert of(fx.ReplyOffer, effects) == [fx.ReplyOffer(world.replies, "L0", reason)]
+
+
+def test_a_second_offer_from_a_worker_or_for_a_lease_is_refused() -> None:
+    """One offer per worker and per lease id: a lease id that collides cannot reach the core's
+    records (it would be an invariant break), and one worker cannot take two places."""
+    world = started(2)
+    assert of(fx.ReplyOffer, world.offer(PEERS[0], "L0"))[0].reason == ""
+    assert of(fx.ReplyOffer, world.offer(PEERS[0], "L1"))[0].reason == "offer_not_taken"
+    assert of(fx.ReplyOffer, world.offer(PEERS[1], "L0"))[0].reason == "offer_not_taken"
+
+
+def test_without_offers_it_advertises_again_with_a_new_request_id_then_gives_up() -> None:
+    """No offer within a second: a new advertisement; at advertise_timeout: the reason."""
+    world = started(2, advertise_timeout=3.0)
+    first = of(fx.Publish, world.effects)[0].request_id
+    world.advance(1.0)
+    again = world.take(fx.Publish)
+    assert again.request_id != first
+    world.answer(again)
+    world.offer(PEERS[0], "L0")
+    world.advance(0.2)
+    world.answer(world.take(fx.AcceptLease))  # one of two
+    for _ in range(12):
+        if (publish := world.take(fx.Publish)) is not None:
+            world.answer(publish)
+        if (renew := world.take(fx.RenewLease)) is not None:
+            world.answer(renew)
+        world.advance(0.3)
+    assert world.state.finished == (False, "only 1 of 2 workers accepted within 3 s")
+    assert of(fx.Finished, world.effects) == [
+        fx.Finished(False, "only 1 of 2 workers accepted within 3 s")
+    ]
+    assert world.state.ended["L0"].phase == "released"  # let go on purpose, never renewed again
+
+
+def test_no_gateway_gives_up_with_that_reason() -> None:
+    world = World(plan(1, advertise_timeout=2.0))
+    world.feed(ev.Begin())
+    for _ in range(6):
+        if (locate := world.take(fx.LocateGateways)) is not None:
+            world.answer(locate, ok=False)
+        world.advance(0.5)
+    assert world.state.finished == (False, "no gateway answered within 2 s")
+
+
+def test_a_held_lease_is_renewed_before_the_expiry_the_worker_gave() -> None:
+    """renew_interval 1 s, but the worker says its lease lasts 0.4 s: renewals come every 0.2 s
+    (half the time left), each before the expiry."""
+    world = started(1)
+    world.offer(PEERS[0], "L0")
+    world.advance(0.2)
+    accept = world.take(fx.AcceptLease)
+    world.feed(ev.LeaseAccepted(accept.lease_id, 1_764_000_000.0 + world.mono + 0.4))
+    rec = world.state.records["placement"]["L0"]
+    assert rec.deadline == pytest.approx(world.mono + 0.2)
+    world.advance(0.19)
+    assert world.take(fx.RenewLease) is None
+    world.advance(0.02)
+    assert world.take(fx.RenewLease) is not None
+
+
+def test_renewals_that_fail_until_the_expiry_lose_the_lease_at_the_expiry() -> None:
+    """The last renewal deadline is the expiry itself: there the lease is lost, not believed."""
+    world = placed(1)
+    rec = world.state.records["placement"]["L0"]
+    expiry = rec.expires_mono
+    while world.mono < expiry:
+        world.advance(0.5)
+        if (renew := world.take(fx.RenewLease)) is not None:
+            world.answer(renew, ok=False)
+    assert "L0" not in world.state.records["placement"]
+    assert world.state.ended["L0"].phase == "lost"
+    assert world.state.finished == (False, "")
+
+
+def test_a_refused_renewal_loses_the_lease_and_the_run_ends_when_every_part_ended() -> None:
+    world = placed(2)
+    world.advance(1.0)
+    world.answer(world.take(fx.RenewLease), ok=False, refused=True)
+    assert world.state.ended["L0"].phase == "lost"
+    job = world.job_of("L1")
+    assert job is not None
+    world.feed(ev.StatusReceived(world.token(), PEERS[1], job, "finished", 0))
+    assert world.state.finished == (False, "")
+    assert of(fx.Finished, world.effects) == [fx.Finished(False, "")]
+
+
+def test_statuses_and_progress_count_only_from_the_worker_the_job_was_sent_to() -> None:
+    """A stranger's status is refused; progress is answered ``continue`` after an update was
+    received, else ``ok``; an unknown job is refused."""
+    world = placed(1)
+    job = world.job_of("L0")
+    assert job is not None
+    effects = world.feed(ev.StatusReceived(world.token(), "12D3KooWStranger", job, "finished", 0))
+    assert of(fx.ReplyStatus, effects)[0].reason == "unknown_job"
+    effects = world.feed(ev.ProgressReceived(world.token(), PEERS[0], job, "update-received", "x"))
+    assert of(fx.ReplyProgress, effects)[0].reply == "continue"
+    effects = world.feed(ev.ProgressReceived(world.token(), PEERS[0], job, "round-metrics", "x"))
+    assert of(fx.ReplyProgress, effects)[0].reply == "ok"
+    effects = world.feed(ev.ProgressReceived(world.token(), PEERS[0], "other", "x", "y"))
+    assert of(fx.ReplyProgress, effects)[0].reason == "unknown_job"
+    effects = world.feed(ev.StatusReceived(world.token(), PEERS[0], job, "finished", 0))
+    assert world.state.finished == (True, "")
+
+
+def test_progress_costs_a_counter_not_memory() -> None:
+    """10,000 progress reports leave the state as large as one does: counted and logged."""
+    world = placed(1)
+    job = world.job_of("L0")
+    assert job is not None
+    for _ in range(10_000):
+        world.feed(ev.ProgressReceived(world.token(), PEERS[0], job, "round-metrics", "x"))
+    assert world.state.counters["progress"] == 10_000
+    rec = world.state.records["placement"]["L0"]
+    assert set(rec.fields()) == {
+        "key",
+        "phase",
+        "deadline",
+        "address",
+        "expires_mono",
+        "job_id",
+        "price",
+        "renew_at",
+        "renew_every",
+        "worker",
+    }
+
+
+def test_the_job_timeout_lets_every_lease_go() -> None:
+    world = placed(2)
+    for _ in range(40):
+        for renew in of(fx.RenewLease, world.open):
+            world.open.remove(renew)
+            world.answer(renew)
+        world.advance(1.0)
+    assert world.state.finished is not None
+    assert world.state.finished[1].startswith("timed out")
+    assert {e.phase for e in world.state.ended.values()} == {"released"}
+
+
+def test_a_stop_lets_every_lease_go_and_ends_the_run() -> None:
+    world = placed(2)
+    effects = world.feed(ev.StopRequested())
+    assert of(fx.Finished, effects) == [fx.Finished(False, "stopped")]
+    assert not world.state.records["placement"]
+
+
+def test_results_and_reports_after_the_end_are_counted_not_crashes() -> None:
+    world = placed(1)
+    job = world.job_of("L0")
+    world.feed(ev.StopRequested())
+    world.feed(ev.Renewed("L0", 0.0))
+    world.feed(ev.Published("old"))
+    world.feed(ev.GatewaysLocated(("x",)))
+    effects = world.offer(PEERS[3], "late")
+    assert of(fx.ReplyOffer, effects)[0].reason == "unknown_request"
+    assert job is not None
+    effects = world.feed(ev.StatusReceived(world.token(), PEERS[0], job, "finished", 0))
+    assert of(fx.ReplyStatus, effects)[0].reason == "unknown_job"
+    assert world.state.counters["late.renewed"] == 1
+
+
+def test_a_scheduler_run_replays_from_its_log_to_the_same_effects() -> None:
+    """The scheduler's inputs, written as an event log, replay to the recorded effects."""
+    world = random_walk(random.Random(7), steps=300)
+    sink = io.BytesIO()
+    sink.write(
+        encode_header(
+            make_header(world.machines_hash, world.plan, world.seed, "scheduler"), SCHEDULER
+        )
+    )
+    fresh = World(world.plan, world.seed)
+    for seq, (now, event) in enumerate(world.inputs, start=1):
+        fresh.mono = now.mono
+        effects = fresh.feed(event)
+        sink.write(encode_entry(Entry(seq, now.mono, now.wall, event, effects), SCHEDULER))
+    engine, machines_hash = load_engine(SCHEDULER)
+    report = replay(
+        sink.getvalue().splitlines(keepends=True), engine, machines_hash, role=SCHEDULER
+    )
+    assert report.ok, report.divergence
+    assert report.events == len(world.inputs)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_runs_keep_the_invariants(seed: int) -> None:
+    """Random offers (hostile ones too), answers in any order or never, time jumps."""
+    world = random_walk(random.Random(seed), steps=400)
+    assert world.inputs
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Hypothesis drives the world; ``World.check`` asserts the invariants after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World(plan(2, advertise_timeout=20.0, timeout=30.0))
+        self.world.feed(ev.Begin())
+        self.leases = 0
+
+    @precondition(lambda self: bool(self.world.open))
+    @rule(pick=st.integers(0, 50), ok=st.booleans(), refused=st.booleans())
+    def answer(self, pick: int, ok: bool, refused: bool) -> None:
+        effect = self.world.open.pop(pick % len(self.world.open))
+        self.world.answer(effect, ok=ok, refused=refused)
+
+    @rule(
+        peer=st.sampled_from(PEERS),
+        price=st.sampled_from([50.0, 90.0, 99.0, 100.0, 150.0, -1.0, math.nan, math.inf]),
+        small=st.booleans(),
+        reuse=st.booleans(),
+    )
+    def offer(self, peer: str, price: float, small: bool, reuse: bool) -> None:
+        self.leases += 1
+        lease = "L1" if reuse else f"L{self.leases}"
+        self.world.offer(peer, lease, price, TOO_SMALL if small else ENOUGH)
+
+    @precondition(lambda self: bool(self.world.state.jobs))
+    @rule(
+        pick=st.integers(0, 10),
+        status=st.sampled_from(["running", "finished", "failed", "cancelled"]),
+        stranger=st.booleans(),
+        progress=st.booleans(),
+    )
+    def report(self, pick: int, status: str, stranger: bool, progress: bool) -> None:
+        jobs = sorted(self.world.state.jobs.items())
+        job_id, lease_id = jobs[pick % len(jobs)]
+        rec = self.world.state.records["placement"].get(lease_id)
+        peer = "12D3KooWStranger" if stranger or rec is None else rec.worker
+        token = self.world.token()
+        if progress:
+            self.world.feed(ev.ProgressReceived(token, peer, job_id, "update-received", "x"))
+        else:
+            self.world.feed(ev.StatusReceived(token, peer, job_id, status, 0, ""))  # type: ignore[arg-type]
+
+    @rule(seconds=st.sampled_from([0.01, 0.05, 0.2, 0.5, 1.0, 3.0, 40.0]))
+    def wait(self, seconds: float) -> None:
+        self.world.advance(seconds)
+
+    @rule()
+    def stop(self) -> None:
+        self.world.feed(ev.StopRequested())
+
+    @invariant()
+    def held_leases_have_renewals_before_expiry(self) -> None:
+        for rec in self.world.state.records["placement"].values():
+            if rec.phase in HELD:
+                assert rec.deadline <= rec.expires_mono
+
+
+TestSchedulerMachine = SchedulerMachine.TestCase
