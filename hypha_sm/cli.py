@@ -340,8 +340,8 @@ class _Timeline:
             self.t0 = entry.mono
         moves = []
         for machine, key, src, event, dst, index in result.trace:
-            if key in self.keys and machine in (self.kind, "job", "lease"):
-                if machine == self.kind and event == "created":
+            if key in self.keys:  # any role's machine keyed by the lease or its job
+                if event == "created":
                     moves.append(f"{machine} created ({dst})")
                 elif dst is None:
                     verdict = "rejected" if index == REJECTED else "ignored"

@@ -13,7 +13,8 @@ a corpus (the Python documentation's topic texts, which ship with Python). Then 
 The job is ``hypha_sm.demo_job``: each worker trains a bigram model on its shard, reports the
 held-out loss each round, then the two send each other their counts through the bulk channel
 and report the merged model's loss. At the end the workers and the gateway get SIGTERM; their
-logs and event logs stay in the directory.
+logs and event logs (each worker's in ``work-N/events``, the scheduler's in ``scheduler-events``)
+stay in the directory.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class Devnet:
         job.write_text(
             f'node_key = "{d / "scheduler-key.pem"}"\n'
             f'gateway_addresses = ["{self.gateway}"]\n'
-            'listen_address = "tcp://127.0.0.1:0"\n\n'
+            'listen_address = "tcp://127.0.0.1:0"\n'
+            f'event_log_dir = "{d / "scheduler-events"}"\n\n'
             "[job]\n"
             "workers = 2\n"
             'executor = { class = "train", name = "bigram-demo" }\n'

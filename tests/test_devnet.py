@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.net, pytest.mark.slow]
 def test_devnet_runs_the_demo_job_on_two_workers_end_to_end(tmp_path: Path) -> None:
     """ad → offer → accept → renewals → dispatch → each job fetches a file:// corpus, reports
     every round, sends its counts to the other worker and merges theirs → exit 0 → finished →
-    leases released; every process stops and each worker's event log replays."""
+    leases released; every process stops; each worker's event log and the scheduler's replay
+    (the scheduler's through the CLI, as a user would)."""
     result = subprocess.run(
         [sys.executable, "-m", "hypha_sm.cli", "devnet", "--dir", str(tmp_path), "--rounds", "4"],
         capture_output=True,
@@ -52,6 +53,16 @@ def test_devnet_runs_the_demo_job_on_two_workers_end_to_end(tmp_path: Path) -> N
         assert len(renewals) >= 2, "accepted, then renewed while the job ran"
         log_text = (tmp_path / f"worker-{i}.log").read_text()
         assert "sent counts-" in log_text
+    replayed = subprocess.run(
+        [sys.executable, "-m", "hypha_sm.cli", "replay", str(tmp_path / "scheduler-events")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "(scheduler, v1," in replayed.stdout
+    assert "effects match the recording" in replayed.stdout
     # Nothing keeps running: the gateway and workers were stopped.
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", out)]
     assert len(pids) == 3

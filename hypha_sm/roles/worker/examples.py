@@ -167,7 +167,7 @@ def render(engine: Engine, machines_hash: str) -> dict[str, bytes]:
 def main(argv: list[str] | None = None) -> int:
     """Write the example logs to specs/logs/ (or the directory given)."""
     args = sys.argv[1:] if argv is None else argv
-    out_dir = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "specs" / "logs"
+    out_dir = Path(args[0]) if args else Path(__file__).resolve().parents[3] / "specs" / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
     engine, machines_hash = load_engine(WORKER)
     for name, data in render(engine, machines_hash).items():
