@@ -75,6 +75,18 @@ HOME = {
         "tests/test_acceptance.py",
         "tests/test_library_equivalence.py",
     ],
+    "hypha_sm.roles.worker.core.snapshot": ["tests/test_log_rotation.py"],
+    "hypha_sm.roles.worker.core.role": ["tests/test_log.py", "tests/test_log_rotation.py"],
+    "hypha_sm.core.role": ["tests/test_log.py", "tests/test_scheduler_core.py"],
+    # The scheduler's core (since it became machines).
+    "hypha_sm.roles.scheduler.core.machines": [
+        "tests/test_scheduler_core.py",
+        "tests/test_small_defects.py",
+    ],
+    "hypha_sm.roles.scheduler.core.reducer": ["tests/test_scheduler_core.py"],
+    "hypha_sm.roles.scheduler.core.state": ["tests/test_scheduler_core.py"],
+    "hypha_sm.roles.scheduler.core.plan": ["tests/test_scheduler_core.py"],
+    "hypha_sm.roles.scheduler.core.role": ["tests/test_scheduler_core.py"],
 }
 
 #: The functions that find and kill a job's processes (module, function as mutmut names it).

@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 
 from hypha_sm.config.worker import ExecutorSettings
+from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.executor import StartFailed
@@ -43,7 +44,9 @@ class LocalExecutor:
     ) -> None:
         self._nursery = nursery
         self._settings = settings
-        self._executors = list(executors)
+        self._commands: dict[tuple[str, str], ExecutorSettings] = {
+            (e.cls, e.name): e for e in executors if e.runtime == "process"
+        }
         self._send_progress = send_progress
         self._send = send
         self._receive = receive
@@ -53,21 +56,19 @@ class LocalExecutor:
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
 
     async def start(self, job: StartJob) -> None:
-        """Create the work dir, bind the bridge, start the process; StartFailed with a reason."""
-        config = next(
-            (
-                e
-                for e in self._executors
-                if (e.cls, e.name) == (job.executor.cls, job.executor.name)
-            ),
-            None,
-        )
-        if config is None:
-            raise StartFailed("executor_not_configured")
-        if config.runtime != "process" or not config.cmd:
+        """Create the work dir, bind the bridge, start the process; StartFailed with a reason.
+
+        The core chose the executor and its runtime (``job.executor``); this only finds the
+        command configured for it. The core's policy and this list come from the same
+        settings, so a missing command is a bug, not a peer's doing.
+        """
+        if job.executor.runtime != "process":
             raise StartFailed(
                 "the parameter-server runtime is not available yet (it comes with DiLoCo)"
             )
+        config = self._commands.get((job.executor.cls, job.executor.name))
+        if config is None or not config.cmd:
+            raise InvariantViolation(f"no command configured for {job.executor}")
         user = self.users.allocate(job.job_id)
         try:
             await self._start(job, config, user)
