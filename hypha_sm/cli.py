@@ -17,15 +17,15 @@ from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError, SpecError
 from hypha_sm.core.role import StepResult
-from hypha_sm.init import InitError, write_example
+from hypha_sm.init import write_example
 from hypha_sm.log.codec import Entry, LogFormatError, role_of
 from hypha_sm.log.replay import replay, replay_series
 from hypha_sm.log.store import newest_run_of, read_lines, read_series
 from hypha_sm.machines_io import default_machines_dir, load_engine, load_specs, roles
-from hypha_sm.net.keys import KeyFileError, create_key_file
-from hypha_sm.net.tls import TlsError
+from hypha_sm.net.errors import NetworkError
+from hypha_sm.net.keys import create_key_file
 from hypha_sm.runtime.roles import ROLES, role_named
-from hypha_sm.wire.identity import IdentityError
+from hypha_sm.wire.errors import WireError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args)
         return _machines(args)
-    except (
-        HyphaSMError,
-        LogFormatError,
-        FileNotFoundError,
-        KeyFileError,
-        IdentityError,
-        ConfigError,
-        TlsError,
-        InitError,
-    ) as exc:
+    except (HyphaSMError, WireError, NetworkError, ConfigError, FileNotFoundError) as exc:
+        # One root per layer: core, log, roles and runtime (HyphaSMError), wire, net, config.
         print(f"hypha-sm: error: {exc}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,7 @@ from typing import IO
 
 import trio
 
+from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.init import write_example
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint, NetError
@@ -195,7 +196,7 @@ class Devnet:
                 child.log_file.close()
 
 
-class DevnetError(Exception):
+class DevnetError(HyphaSMError):
     """A part of the devnet did not come up; the message says which and where its log is."""
 
 

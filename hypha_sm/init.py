@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.net.keys import create_key_file
 
 EXAMPLE = """\
@@ -112,7 +113,7 @@ runtime = "parameter-server"
 _NO_TLS = '# cert_pem = "worker-cert.pem"\n# key_pem = "worker-key.pem"\n# trust_pem = "worker-trust.pem"'
 
 
-class InitError(Exception):
+class InitError(HyphaSMError):
     """``init`` would overwrite a file; the message names it."""
 
 

@@ -6,10 +6,11 @@ import os
 import stat
 from pathlib import Path
 
+from hypha_sm.net.errors import NetworkError
 from hypha_sm.wire.identity import Identity
 
 
-class KeyFileError(Exception):
+class KeyFileError(NetworkError):
     """A key file that cannot be created or used; the message says what to do."""
 
 

@@ -22,13 +22,14 @@ from typing import Literal
 
 import trio
 
+from hypha_sm.net.errors import NetworkError
 from hypha_sm.net.tls import TlsError, TlsFiles
 
 Scheme = Literal["tcp", "ipc", "tls+tcp"]
 SCHEMES: tuple[Scheme, ...] = ("tcp", "ipc", "tls+tcp")
 
 
-class AddressError(ValueError):
+class AddressError(NetworkError, ValueError):
     """An address this module cannot use; the message says which part is wrong."""
 
 

@@ -16,10 +16,12 @@ from urllib.parse import urlsplit
 
 import pynng
 
+from hypha_sm.net.errors import NetworkError
+
 TLS_SCHEME = "tls+tcp"
 
 
-class TlsError(ValueError):
+class TlsError(NetworkError, ValueError):
     """TLS material that cannot be used (a missing or unreadable PEM file)."""
 
 

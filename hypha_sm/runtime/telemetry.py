@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
+from hypha_sm.core.errors import HyphaSMError
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -32,7 +34,7 @@ PEER_ID_ATTRIBUTE: Final = "hypha.peer_id"
 OtlpProtocol = Literal["grpc", "http/protobuf"]
 
 
-class TelemetryConfigError(ValueError):
+class TelemetryConfigError(HyphaSMError, ValueError):
     """A telemetry setting that cannot be used; the message names it and the bad value."""
 
 

@@ -15,6 +15,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from hypha_sm.wire.errors import WireError
+
 # protobuf PublicKey { KeyType Type = 1 (Ed25519 = 1); bytes Data = 2 (32 bytes) }
 _PROTO_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 # multihash: identity (0x00), length 36
@@ -22,7 +24,7 @@ _MULTIHASH_PREFIX = bytes([0x00, 0x24])
 PEER_ID_BYTES = len(_MULTIHASH_PREFIX) + len(_PROTO_PREFIX) + 32  # 38
 
 
-class IdentityError(ValueError):
+class IdentityError(WireError):
     """A peer id or key that cannot be used; the message says why."""
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 import trio
 
+from hypha_sm.net.errors import NetworkError
 from hypha_sm.wire.envelope import MSG_ID_BYTES, seal
 from hypha_sm.wire.identity import Identity, PeerId
 from hypha_sm.wire.messages import TransferAnswer, TransferOffer
@@ -50,7 +51,7 @@ def wall_clock() -> float:
 # -- errors ------------------------------------------------------------------------------------
 
 
-class BulkError(Exception):
+class BulkError(NetworkError):
     """A bulk transfer failed; the subclass says how. ``transfer_id`` is set when known."""
 
     def __init__(self, message: str, *, transfer_id: str = "") -> None:

@@ -15,6 +15,7 @@ from typing import Self
 import trio
 
 from hypha_sm.net import relay
+from hypha_sm.net.errors import NetworkError
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import MSG_ID_BYTES, Opened, Opener, Rejection, seal
 from hypha_sm.wire.identity import Identity, PeerId
@@ -61,7 +62,7 @@ Handler = Callable[[Opened], Awaitable[Message]]
 """Answers one verified request; the transport seals and sends what it returns."""
 
 
-class NetError(Exception):
+class NetError(NetworkError):
     """A request (or a publication) that failed, with a reason from ``NET_ERRORS``.
 
     Attributes:

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.resources import Amounts, Weights
 
 Strategy = Literal["whole", "flexible"]
@@ -97,7 +98,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return None
 
 
-class PolicyError(ValueError):
+class PolicyError(HyphaSMError, ValueError):
     """A policy value is not acceptable; the message names the key, the value and what is allowed."""
 
 
