@@ -28,6 +28,8 @@ from hypha_sm.roles.scheduler.core import events as ev
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import HELD
 from hypha_sm.roles.scheduler.examples import render
+from hypha_sm.roles.scheduler.scheduler import describe_progress
+from hypha_sm.wire import messages as m
 from tests.scheduler_world import ENOUGH, PEERS, TOO_SMALL, World, plan, random_walk
 
 
@@ -382,3 +384,11 @@ def test_a_log_of_an_unknown_role_is_a_one_line_error(
     (tmp_path / "x.jsonl").write_text(json.dumps({**header, "role": "oracle"}) + "\n")
     assert main(["replay", str(tmp_path / "x.jsonl")]) == 2
     assert "a log of role 'oracle', which this version does not run" in capsys.readouterr().err
+
+
+def test_a_progress_line_shows_a_dozen_metrics_and_how_many_more_there_were() -> None:
+    """A report of 256 metrics is one bounded log line (the core logs it, keeps none)."""
+    metrics = {f"metric-{i:03d}": float(i) for i in range(m.MAX_METRICS)}
+    line = describe_progress(m.RoundMetrics(1, metrics))
+    assert line.endswith("(+244 more)")
+    assert len(line) < 400
