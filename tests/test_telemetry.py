@@ -942,3 +942,15 @@ async def test_a_slow_export_never_blocks_the_trio_loop(
     assert pending, f"{call} finished before the loop ran again: it blocked trio"
     leftover = [t.name for t in threading.enumerate() if t.name.startswith("Otel")]
     assert not leftover, f"exporter threads still running after shutdown: {leftover}"
+
+
+def test_the_phases_telemetry_reads_are_declared_by_the_machines() -> None:
+    """Spans mark entering declared phases; renaming one in machines/worker/ fails here, not
+    silently in production."""
+    from hypha_sm.machines_io import load_specs
+    from hypha_sm.roles.worker.otel import JOB_PHASES_READ, REQUEST_PHASES_READ
+
+    specs = load_specs(role="worker")
+    for kind, names in (("job", JOB_PHASES_READ), ("request", REQUEST_PHASES_READ)):
+        declared = {state.name for state in specs[kind].states}
+        assert set(names) <= declared, (kind, set(names) - declared)

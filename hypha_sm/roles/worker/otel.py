@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from hypha_sm import __version__
 from hypha_sm.core.engine import CREATED, REJECTED, Engine
+from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.trace import TraceEntry
 from hypha_sm.roles.worker.core.effects import (
     ReplyDispatched,
@@ -48,6 +49,11 @@ from hypha_sm.runtime.telemetry import (
     build_exporters,
     build_sampler,
 )
+
+#: The declared phases whose entry the spans mark (checked against machines/worker/ by a test
+#: and when telemetry binds to an engine: a renamed phase must not silently drop a span event).
+JOB_PHASES_READ = ("running", "cancelling", "reporting", "failed")
+REQUEST_PHASES_READ = ("declined",)
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +431,13 @@ class OtelTelemetry(Telemetry):
                 if ref.name == "release" and ref.arg:
                     reasons[("lease", t.index)] = ref.arg
         self._reasons = reasons
+        for kind, names in (("job", JOB_PHASES_READ), ("request", REQUEST_PHASES_READ)):
+            declared = {state.name for state in engine.specs[kind].states}
+            if not declared.issuperset(names):
+                raise InvariantViolation(
+                    f"telemetry reads {kind} phases {sorted(set(names) - declared)}, "
+                    "which the machines do not declare"
+                )
         self._lease_terminal = frozenset(engine.runtimes["lease"].terminal)
         self._job_terminal = frozenset(engine.runtimes["job"].terminal)
         self._engine = engine
