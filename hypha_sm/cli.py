@@ -72,6 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
     p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
 
+    p_data = sub.add_parser("data", help="datasets as slices: prepare them")
+    data_sub = p_data.add_subparsers(dest="data_command", required=True)
+    p_prepare = data_sub.add_parser(
+        "prepare", help="cut real data into safetensors slices and a dataset.json manifest"
+    )
+    source = p_prepare.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--text", metavar="FILE", help="a text file, or pydoc-topics (Python's bundled docs)"
+    )
+    source.add_argument(
+        "--digits", action="store_true", help="scikit-learn's bundled 8x8 digits"
+    )
+    p_prepare.add_argument("--out", type=Path, required=True, help="the dataset directory")
+    p_prepare.add_argument("--name", help="the dataset's name (default: the directory's)")
+    p_prepare.add_argument("--samples-per-slice", type=int, default=64)
+    p_prepare.add_argument("--seq-len", type=int, default=128, help="text: bytes per sample")
+    p_prepare.add_argument("--eval-fraction", type=float, default=0.1)
+    p_prepare.add_argument("--seed", type=int, default=0)
+    p_prepare.add_argument("--force", action="store_true", help="replace an existing dataset")
+
     p_sched = sub.add_parser("scheduler", help="the minimal scheduler role: one job on N workers")
     sched_sub = p_sched.add_subparsers(dest="scheduler_command", required=True)
     p_sched_run = sched_sub.add_parser("run", help="place and run the job in job.toml")
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_devnet(args.dir, keep=args.keep, rounds=args.rounds)
         if args.command == "run":
             return _run(args)
+        if args.command == "data":
+            return _data(args)
         if args.command == "probe":
             return _probe(args)
         if args.command == "check-config":
@@ -294,6 +316,39 @@ def _check_config(args: argparse.Namespace) -> int:
     print(settings.model_dump_json(indent=2, by_alias=True))
     for warning in executor_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from hypha_sm.datasets import prepare
+    from hypha_sm.datasets.manifest import DatasetError
+
+    if not 0.0 <= args.eval_fraction < 1.0:
+        raise DatasetError(f"eval-fraction {args.eval_fraction}: must be in [0, 1)")
+    if args.digits:
+        train, evaluation = prepare.digits_samples(args.eval_fraction, args.seed)
+        source = "digits (scikit-learn)"
+    else:
+        data, named = prepare.read_text(args.text)
+        train, evaluation = prepare.text_samples(data, args.seq_len, args.eval_fraction)
+        source = f"{named}, bytes, seq-len {args.seq_len}"
+    train = prepare.shuffled(train, args.seed)
+    manifest = prepare.write_dataset(
+        args.out,
+        name=args.name or args.out.name,
+        source=source,
+        seed=args.seed,
+        samples_per_slice=args.samples_per_slice,
+        train=train,
+        evaluation=evaluation if args.eval_fraction > 0 else {},
+        force=args.force,
+    )
+    keys = ", ".join(f"{k} {v.dtype}{v.shape}" for k, v in manifest.keys.items())
+    print(
+        f"wrote {args.out}: {len(manifest.slices)} training and {len(manifest.eval_slices)} eval "
+        f"slices of {manifest.samples_per_slice} samples ({keys}); "
+        f"{manifest.dropped_samples} samples did not fill a slice"
+    )
     return 0
 
 

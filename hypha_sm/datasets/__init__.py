@@ -1,0 +1,1 @@
+"""Datasets as slices: the manifest format, preparing slices from real data, and checking them."""
