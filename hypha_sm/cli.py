@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--text", metavar="FILE", help="a text file, or pydoc-topics (Python's bundled docs)"
     )
-    source.add_argument(
-        "--digits", action="store_true", help="scikit-learn's bundled 8x8 digits"
-    )
+    source.add_argument("--digits", action="store_true", help="scikit-learn's bundled 8x8 digits")
     p_prepare.add_argument("--out", type=Path, required=True, help="the dataset directory")
     p_prepare.add_argument("--name", help="the dataset's name (default: the directory's)")
     p_prepare.add_argument("--samples-per-slice", type=int, default=64)

@@ -29,7 +29,7 @@ PEERS = tuple(f"12D3KooWorker{i}" for i in range(6))
 STATUSES = ("running", "finished", "failed", "cancelled")
 
 
-def plan(workers: int = 2, **timings: float) -> Plan:
+def plan(workers: int = 2, **timings: Any) -> Plan:
     """A small job: ``workers`` workers, bid 100, short timings."""
     defaults: dict[str, Any] = {
         "offer_wait": 0.1,
@@ -57,6 +57,12 @@ class World:
         self.replies = 0
         self.coverage: Counter[tuple[str, int]] = Counter()
         self.dispatched_leases: set[str] = set()
+        self.slices = 5
+        #: The worker each slice was last handed to (as the workers see it).
+        self.holding: dict[int, str] = {}
+        #: How often each slice was reported done, per epoch.
+        self.done_in_epoch: Counter[tuple[int, int]] = Counter()
+        self.epochs_checked = 1
 
     # -- stepping ------------------------------------------------------------------------------
 
@@ -73,9 +79,20 @@ class World:
                 self.dispatched_leases.add(effect.lease_id)
             if isinstance(
                 effect,
-                (fx.LocateGateways, fx.Publish, fx.AcceptLease, fx.RenewLease, fx.DispatchJob),
+                (
+                    fx.LocateGateways,
+                    fx.Publish,
+                    fx.AcceptLease,
+                    fx.RenewLease,
+                    fx.DispatchJob,
+                    fx.LocateDataset,
+                ),
             ):
                 self.open.append(effect)
+            elif isinstance(effect, fx.ReplySlice):
+                self.holding[effect.index] = effect.peer
+            elif isinstance(effect, fx.ReplySliceDone) and not effect.reason:
+                self.done_in_epoch[(self.state.epoch, effect.index)] += 1
         self.effects.extend(effects)
         self.check()
         return effects
@@ -115,6 +132,11 @@ class World:
                     self.feed(ev.RenewFailed(lid, "timeout"))
             case fx.DispatchJob(lease_id=lid):
                 self.feed(ev.Dispatched(lid) if ok else ev.DispatchFailed(lid, "refused"))
+            case fx.LocateDataset(name=name):
+                if ok:
+                    self.feed(ev.DatasetFound(name, self.slices, "sha256:m", ("dn1", "dn2")))
+                else:
+                    self.feed(ev.DatasetMissing(name, "no record"))
 
     def offer(
         self,
@@ -156,6 +178,19 @@ class World:
         # Every held lease is renewed before its expiry (or found lost at it).
         for p in held:
             assert p.deadline <= p.expires_mono, (p.key, p.deadline, p.expires_mono)
+        # A slice is held by at most one worker, and only by a worker the job still runs on;
+        # a lost worker's slices are back in the pool.
+        running = {p.worker for p in placements.values() if p.phase in ("dispatched", "running")}
+        for piece in state.records["slice"].values():
+            if piece.phase == "assigned":
+                assert piece.assignee in running, (piece.index, piece.assignee)
+            else:
+                assert piece.assignee == ""
+        # Every slice is done exactly once in each finished epoch.
+        while self.epochs_checked < state.epoch:
+            epoch = self.epochs_checked
+            assert all(self.done_in_epoch[(epoch, i)] == 1 for i in range(self.slices)), epoch
+            self.epochs_checked += 1
         # Nothing is decided after the run is over; a finished run holds nothing.
         if state.finished is not None:
             assert alloc is None
@@ -169,8 +204,12 @@ def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None
             workers or rng.choice((1, 2, 3)),
             advertise_timeout=rng.choice((3.0, 20.0)),
             timeout=rng.choice((2.0, 30.0)),
+            dataset=rng.choice(("", "d", "d", "d")),
+            slice_timeout=rng.choice((1.0, 600.0)),
+            epochs=rng.choice((0, 0, 2)),
         )
     )
+    world.slices = rng.choice((1, 3, 7))
     if rng.random() < 0.02:
         world.feed(ev.StopRequested())  # stopped before it began
     world.feed(ev.Begin())
@@ -187,6 +226,8 @@ def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None
             lease = f"L{leases}" if rng.random() < 0.95 else "L1"
             stale = "stale" if rng.random() < 0.05 else None
             world.offer(rng.choice(PEERS), lease, price, resources, stale)
+        elif roll < 0.68 and world.state.jobs:
+            slice_input(world, rng)
         elif roll < 0.75 and world.state.jobs:
             job_id, lease_id = rng.choice(sorted(world.state.jobs.items()))
             rec = world.state.records["placement"].get(lease_id)
@@ -211,6 +252,23 @@ def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None
         if world.state.finished is not None and rng.random() < 0.05:
             break
     return world
+
+
+def slice_input(world: World, rng: random.Random) -> None:
+    """A slice request or a "slice done", mostly from the job's workers, sometimes not."""
+    job_id, lease_id = rng.choice(sorted(world.state.jobs.items()))
+    rec = world.state.records["placement"].get(lease_id)
+    peer = rec.worker if rec is not None and rng.random() < 0.9 else "12D3KooWStranger"
+    dataset = "d" if rng.random() < 0.95 else "other"
+    held = [i for i, who in world.holding.items() if who == peer]
+    if world.holding and rng.random() < 0.6:
+        if held and rng.random() < 0.8:
+            index = rng.choice(held)
+        else:  # another worker's slice, or one past the end
+            index = rng.choice([*world.holding, world.slices])
+        world.feed(ev.SliceDone(world.token(), peer, job_id, dataset, index))
+    else:
+        world.feed(ev.SliceRequested(world.token(), peer, job_id, dataset))
 
 
 def explore_scheduler(walks: int = 300) -> Counter[tuple[str, int]]:

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 from hypha_sm.config.layers import ConfigError
 from hypha_sm.config.worker import load_worker_settings
+from hypha_sm.datasets.manifest import DatasetError
+from hypha_sm.datasets.manifest import decode as decode_manifest
 from hypha_sm.log.codec import LogFormatError, decode_entry, decode_header, role_of
 from hypha_sm.log.replay import split_log
 from hypha_sm.roles.worker.bridge import JobBridge
@@ -70,6 +72,7 @@ FUZZED = {
     "hypha_sm.log.codec:role_of": "event_log",
     "hypha_sm.config.layers:load_settings": "config",
     "hypha_sm.roles.worker.bridge.app:JobBridge._read_json": "bridge",
+    "hypha_sm.datasets.manifest:decode": "manifest",
 }
 #: Decoders whose input is our own, and why.
 OWN_INPUT = {
@@ -332,7 +335,14 @@ def fuzz_bridge(body: bytes, tmp: Path) -> None:
         assert reply.json()["code"] in {"invalid_json", "invalid_request"}
 
 
-TARGETS = ("envelope", "event_log", "config", "bridge")
+def fuzz_manifest(text: bytes) -> None:
+    """A dataset.json (a data node reads one it may have been handed) is one error line."""
+    for data in (text, b'{"format":"hypha-sm/dataset","version":1,"keys":' + text + b"}"):
+        with pytest.raises(DatasetError):
+            decode_manifest(data)
+
+
+TARGETS = ("envelope", "event_log", "config", "bridge", "manifest")
 
 
 @given(st.one_of(hostile_msgpack(), nested_values().map(_enc)))
@@ -366,6 +376,14 @@ def test_the_crash_frame_of_the_report_is_refused_before_decoding() -> None:
 def test_fuzz_event_log_lines_nested_deep_are_a_format_error(text: bytes) -> None:
     """A damaged log line nested thousands deep ends replay with a line-numbered error."""
     fuzz_event_log(text)
+
+
+@given(deep_json())
+@settings(max_examples=60)
+@example(b"[" * DEEPEST + b"]" * DEEPEST)
+@example(b'{"a":' * DEEPEST + b"1" + b"}" * DEEPEST)
+def test_fuzz_dataset_manifests_nested_deep_are_a_dataset_error(text: bytes) -> None:
+    fuzz_manifest(text)
 
 
 @given(deep_toml())

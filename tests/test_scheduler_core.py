@@ -13,6 +13,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -30,10 +31,18 @@ from hypha_sm.roles.scheduler.core.state import HELD
 from hypha_sm.roles.scheduler.examples import render
 from hypha_sm.roles.scheduler.scheduler import describe_progress
 from hypha_sm.wire import messages as m
-from tests.scheduler_world import ENOUGH, PEERS, TOO_SMALL, World, plan, random_walk
+from tests.scheduler_world import (
+    ENOUGH,
+    PEERS,
+    TOO_SMALL,
+    World,
+    plan,
+    random_walk,
+    slice_input,
+)
 
 
-def started(workers: int = 2, **timings: float) -> World:
+def started(workers: int = 2, **timings: Any) -> World:
     """A world whose scheduler has located its gateway and published its advertisement."""
     world = World(plan(workers, **timings))
     world.feed(ev.Begin())
@@ -42,9 +51,9 @@ def started(workers: int = 2, **timings: float) -> World:
     return world
 
 
-def placed(workers: int = 2) -> World:
+def placed(workers: int = 2, **options: Any) -> World:
     """A world whose job is dispatched to ``workers`` workers that took it."""
-    world = started(workers)
+    world = started(workers, **options)
     for i in range(workers):
         world.offer(PEERS[i], f"L{i}", price=50.0 + i)
     world.advance(0.2)  # offer_wait passed: accept the cheapest
@@ -296,7 +305,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.world = World(plan(2, advertise_timeout=20.0, timeout=30.0))
+        self.world = World(
+            plan(2, advertise_timeout=20.0, timeout=30.0, dataset="d", slice_timeout=5.0)
+        )
+        self.world.slices = 4
         self.world.feed(ev.Begin())
         self.leases = 0
 
@@ -334,6 +346,13 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.world.feed(ev.ProgressReceived(token, peer, job_id, "update-received", "x"))
         else:
             self.world.feed(ev.StatusReceived(token, peer, job_id, status, 0, ""))  # type: ignore[arg-type]
+
+    @precondition(lambda self: bool(self.world.state.jobs))
+    @rule(seed=st.integers(0, 2**16))
+    def slice(self, seed: int) -> None:
+        """A slice request or "done", mostly from the job's workers (World.check: no slice held
+        by two workers or by a lost one, each done once per epoch)."""
+        slice_input(self.world, random.Random(seed))
 
     @rule(seconds=st.sampled_from([0.01, 0.05, 0.2, 0.5, 1.0, 3.0, 40.0]))
     def wait(self, seconds: float) -> None:
@@ -392,3 +411,173 @@ def test_a_progress_line_shows_a_dozen_metrics_and_how_many_more_there_were() ->
     line = describe_progress(m.RoundMetrics(1, metrics))
     assert line.endswith("(+244 more)")
     assert len(line) < 400
+
+
+# -- slices -------------------------------------------------------------------------------------
+
+
+def with_data(workers: int, slices: int, **options: Any) -> World:
+    """A job on ``workers`` workers (PEERS[0..]) with a dataset of ``slices`` slices."""
+    world = placed(workers, dataset="d", **options)
+    world.slices = slices
+    world.answer(world.take(fx.LocateDataset))
+    for i in range(workers):
+        world.feed(ev.StatusReceived(world.token(), PEERS[i], world.job_of(f"L{i}"), "running"))
+    return world
+
+
+def ask(world: World, worker: int) -> fx.ReplySlice | fx.ReplyNoSlice:
+    effects = world.feed(
+        ev.SliceRequested(world.token(), PEERS[worker], world.job_of(f"L{worker}"), "d")
+    )
+    (reply,) = [e for e in effects if isinstance(e, (fx.ReplySlice, fx.ReplyNoSlice))]
+    return reply
+
+
+def done(world: World, worker: int, index: int) -> fx.ReplySliceDone:
+    effects = world.feed(
+        ev.SliceDone(world.token(), PEERS[worker], world.job_of(f"L{worker}"), "d", index)
+    )
+    (reply,) = of(fx.ReplySliceDone, effects)
+    return reply
+
+
+def take(world: World, worker: int) -> int:
+    reply = ask(world, worker)
+    assert isinstance(reply, fx.ReplySlice), reply
+    return reply.index
+
+
+def test_golden_slice_tracker_alternating_workers_then_affinity_in_the_next_epoch() -> None:
+    """hypha-execution.md §16.4: 7 slices, p1 and p2 alternating: 0..6; in the next epoch p2
+    gets 1 and p1 gets 0 (each its own slices first)."""
+    world = with_data(2, 7)
+    handed = []
+    for n in range(7):
+        index = take(world, n % 2)
+        handed.append(index)
+        assert done(world, n % 2, index).reason == ""
+    assert handed == [0, 1, 2, 3, 4, 5, 6]
+    assert take(world, 1) == 1
+    assert take(world, 0) == 0
+    assert world.state.epoch == 2
+
+
+def test_a_worker_without_slices_of_its_own_takes_from_the_worker_with_the_fewest_left() -> None:
+    """Stealing: counted from one (the original counted from zero), ties to the worker whose
+    first such slice has the lowest index (the original used hash-map order)."""
+    world = with_data(3, 7)
+    for worker, count in ((0, 3), (1, 2), (2, 2)):
+        for _ in range(count):
+            done(world, worker, take(world, worker))
+    # Epoch 2: workers 0, 1, 2 own slices {0,1,2}, {3,4}, {5,6}.
+    assert [world.state.records["slice"][str(i)].owner for i in range(7)] == [PEERS[0]] * 3 + [
+        PEERS[1]
+    ] * 2 + [PEERS[2]] * 2
+    # Worker 2 first takes its own two, then steals: worker 1 has two left, worker 0 three.
+    assert [take(world, 2), take(world, 2), take(world, 2)] == [5, 6, 3]
+
+
+def test_a_steal_between_equal_shares_takes_from_the_lowest_first_slice() -> None:
+    world = with_data(3, 6)
+    for worker in (0, 1, 2):
+        for _ in range(2):
+            done(world, worker, take(world, worker))
+    # Epoch 2: after its own 4 and 5, worker 2 finds workers 0 and 1 with two slices each:
+    # worker 0's first slice (0) is lower than worker 1's (2).
+    assert [take(world, 2), take(world, 2), take(world, 2)] == [4, 5, 0]
+
+
+def test_every_slice_is_used_once_per_epoch_and_the_next_waits_for_the_last_done() -> None:
+    """No new epoch while a slice is still out: the others are told to ask again later."""
+    world = with_data(2, 2)
+    a, b = take(world, 0), take(world, 1)
+    done(world, 0, a)
+    reply = ask(world, 0)
+    assert reply == fx.ReplyNoSlice(world.replies, "no_slice_free", 1.0)
+    done(world, 1, b)
+    assert take(world, 0) == a  # epoch 2, its own slice first
+    assert world.state.epoch == 2
+
+
+def test_epochs_end_when_the_plan_says() -> None:
+    world = with_data(1, 1, epochs=2)
+    for _ in range(2):
+        done(world, 0, take(world, 0))
+    assert ask(world, 0) == fx.ReplyNoSlice(world.replies, "epochs_done", 0.0)
+
+
+def test_a_lost_workers_slice_goes_back_to_the_pool_for_another_worker() -> None:
+    world = with_data(2, 2)
+    index = take(world, 0)
+    take(world, 1)
+    world.feed(ev.StatusReceived(world.token(), PEERS[0], world.job_of("L0"), "failed", 1))
+    assert world.state.records["slice"][str(index)].phase == "available"
+    assert take(world, 1) == index  # worker 1 gets it (stolen from the lost worker's share)
+
+
+def test_a_slice_not_reported_done_in_time_goes_back_to_the_pool() -> None:
+    world = with_data(1, 1, slice_timeout=5.0, renew_interval=1.0)
+    index = take(world, 0)
+    for _ in range(6):  # keep the lease renewed meanwhile
+        if (renew := world.take(fx.RenewLease)) is not None:
+            world.answer(renew)
+        world.advance(1.0)
+    assert world.state.records["slice"][str(index)].phase == "available"
+    assert world.state.counters["slices.reclaimed.timeout"] == 1
+    assert done(world, 0, index).reason == "slice_not_assigned"
+
+
+@pytest.mark.parametrize(
+    ("who", "job", "dataset", "reason"),
+    [
+        ("12D3KooWStranger", "L0", "d", "unknown_job"),  # not a worker of the job
+        (PEERS[0], "L1", "d", "unknown_job"),  # another worker's job
+        (PEERS[0], "L0", "other", "unknown_dataset"),
+    ],
+)
+def test_slice_requests_from_outside_the_job_are_refused(
+    who: str, job: str, dataset: str, reason: str
+) -> None:
+    world = with_data(2, 3)
+    effects = world.feed(ev.SliceRequested(world.token(), who, world.job_of(job), dataset))
+    assert of(fx.ReplyNoSlice, effects) == [fx.ReplyNoSlice(world.replies, reason, 0.0)]
+
+
+def test_only_the_holder_can_report_a_slice_done() -> None:
+    world = with_data(2, 3)
+    index = take(world, 0)
+    assert done(world, 1, index).reason == "slice_not_yours"
+    assert done(world, 0, index).reason == ""
+    assert done(world, 0, index).reason == "slice_already_done"
+    assert done(world, 0, 99).reason == "unknown_slice"
+
+
+def test_an_unknown_dataset_is_looked_up_again_on_demand_once_at_a_time() -> None:
+    world = placed(1, dataset="d")
+    world.answer(world.take(fx.LocateDataset), ok=False)
+    world.feed(ev.StatusReceived(world.token(), PEERS[0], world.job_of("L0"), "running"))
+    assert ask(world, 0) == fx.ReplyNoSlice(world.replies, "dataset_unavailable", 1.0)
+    assert ask(world, 0).reason == "dataset_unavailable"  # type: ignore[union-attr]
+    assert len(of(fx.LocateDataset, world.open)) == 1  # one lookup in flight, not one per ask
+    world.answer(world.take(fx.LocateDataset))
+    assert take(world, 0) == 0
+
+
+@pytest.mark.parametrize("slices", [0, 100_001])
+def test_a_dataset_record_with_an_impossible_slice_count_is_refused(slices: int) -> None:
+    world = placed(1, dataset="d")
+    world.feed(ev.DatasetFound("d", slices, "sha256:m", ("dn1",)))
+    assert world.state.dataset is None
+    assert not world.state.records["slice"]
+    assert world.state.counters["dataset.refused"] == 1
+
+
+def test_grants_spread_over_the_data_nodes_by_slice_index() -> None:
+    world = with_data(1, 3)
+    replies = [ask(world, 0) for _ in range(3)]
+    assert [r.providers for r in replies] == [  # type: ignore[union-attr]
+        ("dn1", "dn2"),
+        ("dn2", "dn1"),
+        ("dn1", "dn2"),
+    ]

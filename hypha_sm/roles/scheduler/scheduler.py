@@ -34,6 +34,7 @@ from typing import BinaryIO
 import trio
 
 from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
+from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder, new_run_id
 from hypha_sm.machines_io import load_engine
@@ -303,6 +304,10 @@ class Scheduler:
                 log.log(_LEVELS[level], "%s", text)
             case fx.Finished():
                 self._stopped.set()
+            case _:
+                # The slice effects: job.toml names no dataset yet, so the core never emits
+                # them here; the data path's network side comes with the data node (issue 12).
+                raise InvariantViolation(f"the scheduler's shell cannot perform {effect!r}")
 
     def _tell_progress(self, job_id: str, progress: m.ProgressKind) -> None:
         lease_id = self.state.jobs.get(job_id)

@@ -91,6 +91,43 @@ class Finished(_Effect, tag="finished", frozen=True):
     reason: str = ""
 
 
+class LocateDataset(_Effect, tag="locate_dataset", frozen=True):
+    """Look the dataset up at the gateways; report ``DatasetFound`` or ``DatasetMissing``."""
+
+    name: str
+
+
+class ReplySlice(_Effect, tag="reply_slice", frozen=True):
+    """Hand slice ``index`` to the worker: its providers (try the first first), until when.
+
+    The shell adds a grant signed by the scheduler for that slice and peer.
+    """
+
+    reply_to: int
+    peer: str
+    dataset: str
+    index: int
+    manifest_hash: str
+    providers: tuple[str, ...]
+    expires_wall: float
+
+
+class ReplyNoSlice(_Effect, tag="reply_no_slice", frozen=True):
+    """No slice for this request: why, and how long to wait before asking again (0: do not)."""
+
+    reply_to: int
+    reason: str
+    retry_after: float = 0.0
+
+
+class ReplySliceDone(_Effect, tag="reply_slice_done", frozen=True):
+    """Answer a "slice done": acknowledged if ``reason`` is empty, else refused with it."""
+
+    reply_to: int
+    index: int
+    reason: str = ""
+
+
 Effect = (
     LocateGateways
     | Publish
@@ -102,4 +139,8 @@ Effect = (
     | ReplyProgress
     | Notice
     | Finished
+    | LocateDataset
+    | ReplySlice
+    | ReplyNoSlice
+    | ReplySliceDone
 )

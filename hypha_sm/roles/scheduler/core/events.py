@@ -138,6 +138,41 @@ class ProgressReceived(_Event, tag="progress_received", frozen=True):
     text: str
 
 
+class DatasetFound(_Event, tag="dataset_found", frozen=True):
+    """The plan's dataset: how many slices it has, its manifest hash, who serves it."""
+
+    name: str
+    slices: int
+    manifest_hash: str
+    providers: tuple[str, ...]
+
+
+class DatasetMissing(_Event, tag="dataset_missing", frozen=True):
+    """No gateway knows the plan's dataset (yet)."""
+
+    name: str
+    reason: str
+
+
+class SliceRequested(_Event, tag="slice_requested", frozen=True):
+    """A worker (``peer``, verified) of job ``job_id`` asks for a slice of ``dataset``."""
+
+    reply_to: int
+    peer: str
+    job_id: str
+    dataset: str
+
+
+class SliceDone(_Event, tag="slice_done", frozen=True):
+    """A worker says it used slice ``index`` of ``dataset``."""
+
+    reply_to: int
+    peer: str
+    job_id: str
+    dataset: str
+    index: int
+
+
 Event = (
     Begin
     | StopRequested
@@ -156,4 +191,8 @@ Event = (
     | DispatchFailed
     | StatusReceived
     | ProgressReceived
+    | DatasetFound
+    | DatasetMissing
+    | SliceRequested
+    | SliceDone
 )

@@ -17,6 +17,7 @@ from hypha_sm.roles.scheduler.core.effects import (
     AcceptLease,
     DispatchJob,
     Finished,
+    LocateDataset,
     LocateGateways,
     Notice,
     Publish,
@@ -32,6 +33,7 @@ from hypha_sm.roles.scheduler.core.events import (
     Renewed,
     StatusReceived,
 )
+from hypha_sm.roles.scheduler.core.slices import SLICE
 from hypha_sm.roles.scheduler.core.state import (
     JOB,
     AllocationRec,
@@ -44,7 +46,7 @@ Ctx = _Ctx[SchedulerState]
 
 ALLOCATION = Registry.new("allocation")
 PLACEMENT = Registry.new("placement")
-REGISTRIES = {"allocation": ALLOCATION, "placement": PLACEMENT}
+REGISTRIES = {"allocation": ALLOCATION, "placement": PLACEMENT, "slice": SLICE}
 #: The shortest renewal period, however near a worker says its lease expires.
 MIN_RENEW = 0.05
 
@@ -67,9 +69,13 @@ def _arm_retry(ctx: Ctx, delay: float) -> None:
 
 @ALLOCATION.action
 def start_clock(ctx: Ctx) -> None:
-    """The allocation gives up advertise_timeout from now."""
+    """The allocation gives up advertise_timeout from now; the job's dataset is looked up."""
     rec: AllocationRec = ctx.rec
-    rec.give_up_at = ctx.state.now.mono + ctx.state.plan.advertise_timeout
+    state = ctx.state
+    rec.give_up_at = state.now.mono + state.plan.advertise_timeout
+    if state.plan.dataset:
+        state.looking_up = True
+        state.emit(LocateDataset(state.plan.dataset))
 
 
 @ALLOCATION.action
@@ -274,6 +280,8 @@ def let_go_all(ctx: Ctx) -> None:
 
 
 def _finish(state: SchedulerState, ok: bool, reason: str) -> None:
+    for key in state.records["slice"]:
+        state.post("slice", key, "job_ended")
     state.finished = (ok, reason)
     state.emit(Finished(ok, reason))
 
@@ -393,9 +401,17 @@ def end(ctx: Ctx, phase: str) -> None:
 
 @PLACEMENT.action
 def ended(ctx: Ctx) -> None:
-    """Tell the allocation this placement ended (unless the allocation itself already ended)."""
-    if JOB in ctx.state.records["allocation"]:
-        ctx.state.post("allocation", JOB, "placement_ended")
+    """Tell the allocation this placement ended, and the slices its worker may hold.
+
+    Unless the allocation already ended (then the slices are retired with it): each slice
+    machine decides whether the worker held it.
+    """
+    state, rec = ctx.state, ctx.rec
+    if JOB not in state.records["allocation"]:
+        return
+    state.post("allocation", JOB, "placement_ended")
+    for key in state.records["slice"]:
+        state.post("slice", key, "worker_lost", rec.worker)
 
 
 @PLACEMENT.action

@@ -35,6 +35,12 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
     retry: float = 0.5
     #: How long an advertisement waits for a first offer before it is published again.
     first_offer_wait: float = 1.0
+    #: The dataset the job's workers take slices of ("" for none).
+    dataset: str = ""
+    #: How long a worker may hold a slice before it goes back to the pool.
+    slice_timeout: float = 600.0
+    #: Epochs to hand out (0: as many as the job asks for).
+    epochs: int = 0
 
     @property
     def price_limit(self) -> float:
@@ -56,9 +62,12 @@ def plan_problem(plan: Plan) -> str | None:
         plan.hedge,
         plan.retry,
         plan.first_offer_wait,
+        plan.slice_timeout,
     )
     if not all(t >= 0 and t == t and t != float("inf") for t in timings):
         return "timings must be finite and not negative"
     if plan.renew_interval <= 0 or plan.retry <= 0 or plan.hedge <= 0:
         return "renew_interval, retry and hedge must be positive"
+    if plan.slice_timeout <= 0 or plan.epochs < 0:
+        return "slice_timeout must be positive and epochs not negative"
     return None

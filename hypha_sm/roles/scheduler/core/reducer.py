@@ -16,10 +16,12 @@ from typing import Any, NamedTuple
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.spec import MachineSpec
 from hypha_sm.core.trace import Now, TraceEntry
-from hypha_sm.roles.scheduler.core.effects import Effect, Finished
+from hypha_sm.roles.scheduler.core.effects import Effect, Finished, LocateDataset
 from hypha_sm.roles.scheduler.core.events import (
     AcceptFailed,
     Begin,
+    DatasetFound,
+    DatasetMissing,
     Dispatched,
     DispatchFailed,
     Event,
@@ -33,13 +35,22 @@ from hypha_sm.roles.scheduler.core.events import (
     Renewed,
     RenewFailed,
     RenewRefused,
+    SliceDone,
+    SliceRequested,
     StatusReceived,
     StopRequested,
     Tick,
 )
 from hypha_sm.roles.scheduler.core.machines import REGISTRIES
 from hypha_sm.roles.scheduler.core.plan import Plan
-from hypha_sm.roles.scheduler.core.state import JOB, AllocationRec, SchedulerState
+from hypha_sm.roles.scheduler.core.slices import choose
+from hypha_sm.roles.scheduler.core.state import (
+    JOB,
+    AllocationRec,
+    Dataset,
+    SchedulerState,
+    SliceRec,
+)
 
 
 class Step(NamedTuple):
@@ -150,6 +161,76 @@ def _on_report(state: SchedulerState, event: StatusReceived | ProgressReceived) 
         state.reject("placement", event.job_id, "", name, event, "unknown_job")
 
 
+#: The most slices a dataset may have (a gateway's record is a stranger's word).
+MAX_SLICES = 100_000
+
+
+def _on_dataset(state: SchedulerState, event: DatasetFound | DatasetMissing) -> None:
+    state.looking_up = False
+    if isinstance(event, DatasetMissing) or event.name != state.plan.dataset:
+        state.count("dataset.missing")
+        return
+    known = state.dataset
+    if known is not None:
+        if (event.slices, event.manifest_hash) != (known.slices, known.manifest_hash):
+            state.count("dataset.changed")  # another dataset under that name: keep serving ours
+        else:
+            state.dataset = Dataset(known.name, known.slices, known.manifest_hash, event.providers)
+        return
+    if not 0 < event.slices <= MAX_SLICES or state.finished is not None:
+        state.count("dataset.refused")
+        return
+    state.dataset = Dataset(event.name, event.slices, event.manifest_hash, event.providers)
+    state.epoch = 1
+    for index in range(event.slices):
+        state.create(SliceRec(index))
+
+
+def _worker_of(state: SchedulerState, job_id: str, peer: str) -> bool:
+    """``peer`` runs job ``job_id`` for us now."""
+    lease_id = state.jobs.get(job_id)
+    rec = None if lease_id is None else state.records["placement"].get(lease_id)
+    return rec is not None and rec.worker == peer and rec._phase in ("dispatched", "running")
+
+
+def _on_slice_request(state: SchedulerState, event: SliceRequested) -> None:
+    def refuse(reason: str) -> None:
+        state.reject("slice", "", "", "slice_requested", event, reason)
+
+    if not _worker_of(state, event.job_id, event.peer):
+        return refuse("unknown_job")
+    if not state.plan.dataset or event.dataset != state.plan.dataset:
+        return refuse("unknown_dataset")
+    if state.dataset is None:
+        if not state.looking_up:
+            state.looking_up = True
+            state.emit(LocateDataset(state.plan.dataset))
+        return refuse("dataset_unavailable")
+    slices: list[SliceRec] = list(state.records["slice"].values())
+    chosen = choose(slices, event.peer)
+    if chosen is None and slices and all(s._phase == "done" for s in slices):
+        if state.plan.epochs and state.epoch >= state.plan.epochs:
+            return refuse("epochs_done")
+        state.epoch += 1
+        for rec in slices:
+            state.fire("slice", rec.key, "epoch_started")
+        chosen = choose(slices, event.peer)
+    if chosen is None:
+        return refuse("no_slice_free")
+    state.fire("slice", chosen.key, "slice_requested", event)
+    return None
+
+
+def _on_slice_done(state: SchedulerState, event: SliceDone) -> None:
+    key = str(event.index)
+    if not _worker_of(state, event.job_id, event.peer):
+        state.reject("slice", key, "", "slice_done", event, "unknown_job")
+    elif event.dataset != state.plan.dataset or key not in state.records["slice"]:
+        state.reject("slice", key, "", "slice_done", event, "unknown_slice")
+    else:
+        state.fire("slice", key, "slice_done", event)
+
+
 def _on_tick(state: SchedulerState, event: Tick) -> None:
     """Deadlines already fired at the start of the step."""
 
@@ -165,5 +246,9 @@ _ROUTES: dict[type, Callable[[SchedulerState, Any], None]] = {
     OfferReceived: _on_offer,
     StatusReceived: _on_report,
     ProgressReceived: _on_report,
+    DatasetFound: _on_dataset,
+    DatasetMissing: _on_dataset,
+    SliceRequested: _on_slice_request,
+    SliceDone: _on_slice_done,
     **dict.fromkeys(_RESULT_NAMES, _on_lease_result),
 }

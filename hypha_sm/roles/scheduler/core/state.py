@@ -14,13 +14,30 @@ import msgspec
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.host import Host
 from hypha_sm.core.record import Record
-from hypha_sm.roles.scheduler.core.effects import Effect, ReplyOffer, ReplyProgress, ReplyStatus
-from hypha_sm.roles.scheduler.core.events import OfferReceived, ProgressReceived, StatusReceived
+from hypha_sm.roles.scheduler.core.effects import (
+    Effect,
+    ReplyNoSlice,
+    ReplyOffer,
+    ReplyProgress,
+    ReplySliceDone,
+    ReplyStatus,
+)
+from hypha_sm.roles.scheduler.core.events import (
+    OfferReceived,
+    ProgressReceived,
+    SliceDone,
+    SliceRequested,
+    StatusReceived,
+)
 from hypha_sm.roles.scheduler.core.plan import Plan
 
-KINDS = ("allocation", "placement")
+KINDS = ("allocation", "placement", "slice")
 #: The one allocation record's key.
 JOB = "job"
+#: How long a worker waits before asking again when no slice is free yet.
+SLICE_RETRY = 1.0
+#: Refusals of a slice request that a later request may not get.
+RETRYABLE = frozenset({"no_slice_free", "dataset_unavailable"})
 #: Placement phases in which the lease is ours (renewed on a deadline).
 HELD = frozenset({"accepted", "dispatched", "running"})
 
@@ -71,6 +88,31 @@ class PlacementRec(Record):
         self.renew_at = math.inf
 
 
+class SliceRec(Record):
+    """One slice of the dataset, keyed by its index (as text)."""
+
+    __slots__ = ("assignee", "index", "job_id", "owner")
+    kind = "slice"
+
+    def __init__(self, index: int) -> None:
+        super().__init__(str(index))
+        self.index = index
+        #: The worker it was last handed to, kept across epochs (affinity).
+        self.owner = ""
+        #: The worker holding it now ("" unless assigned).
+        self.assignee = ""
+        self.job_id = ""
+
+
+class Dataset(msgspec.Struct, frozen=True):
+    """The plan's dataset as found at the gateways."""
+
+    name: str
+    slices: int
+    manifest_hash: str
+    providers: tuple[str, ...]
+
+
 class Ended(msgspec.Struct, frozen=True):
     """How a placement that left its machine ended."""
 
@@ -98,6 +140,11 @@ class SchedulerState(Host[Effect]):
         self.ended: dict[str, Ended] = {}
         #: Set when the run is over.
         self.finished: tuple[bool, str] | None = None
+        #: The dataset once found, the epoch being handed out (1 once slices exist), and
+        #: whether a lookup is in flight.
+        self.dataset: Dataset | None = None
+        self.epoch = 0
+        self.looking_up = False
 
     def held(self) -> list[PlacementRec]:
         """The placements whose lease is ours, in acceptance order."""
@@ -119,3 +166,8 @@ class SchedulerState(Host[Effect]):
             self.emit(ReplyStatus(payload.reply_to, payload.job_id, reason))
         elif isinstance(payload, ProgressReceived):
             self.emit(ReplyProgress(payload.reply_to, payload.job_id, reason=reason))
+        elif isinstance(payload, SliceRequested):
+            retry = SLICE_RETRY if reason in RETRYABLE else 0.0
+            self.emit(ReplyNoSlice(payload.reply_to, reason, retry))
+        elif isinstance(payload, SliceDone):
+            self.emit(ReplySliceDone(payload.reply_to, payload.index, reason))
