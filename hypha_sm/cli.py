@@ -84,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--digits", action="store_true", help="scikit-learn's bundled 8x8 digits")
     p_prepare.add_argument("--out", type=Path, required=True, help="the dataset directory")
     p_prepare.add_argument("--name", help="the dataset's name (default: the directory's)")
-    p_prepare.add_argument("--samples-per-slice", type=int, default=64)
-    p_prepare.add_argument("--seq-len", type=int, default=128, help="text: bytes per sample")
-    p_prepare.add_argument("--eval-fraction", type=float, default=0.1)
-    p_prepare.add_argument("--seed", type=int, default=0)
+    p_prepare.add_argument(
+        "--samples-per-slice", type=int, default=64, help="samples in each slice (64)"
+    )
+    p_prepare.add_argument("--seq-len", type=int, default=128, help="text: bytes per sample (128)")
+    p_prepare.add_argument(
+        "--eval-fraction", type=float, default=0.1, help="held out for evaluation (0.1)"
+    )
+    p_prepare.add_argument("--seed", type=int, default=0, help="orders the samples (0)")
     p_prepare.add_argument("--force", action="store_true", help="replace an existing dataset")
 
     p_sched = sub.add_parser("scheduler", help="the minimal scheduler role: one job on N workers")

@@ -141,8 +141,12 @@ def write_dataset(
     force: bool = False,
 ) -> Manifest:
     """Cut the samples into slices and write the dataset at ``out``; its manifest."""
-    from safetensors.numpy import save
-
+    try:
+        from safetensors.numpy import save
+    except ImportError:
+        raise DatasetError(
+            "preparing datasets needs numpy and safetensors: pip install 'hypha-sm[data]'"
+        ) from None
     if not NAME.match(name):
         raise DatasetError(f"name {name!r}: letters, digits, '.', '_' or '-', at most 64")
     if samples_per_slice < 1:
