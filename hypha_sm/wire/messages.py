@@ -29,6 +29,8 @@ MAX_ADDRESSES = 16
 MAX_METRICS = 256
 MAX_RECORDS = 64
 MAX_RECORD_BYTES = 8192  # a peer record with 16 addresses of 256 characters fits
+MAX_HASH = 80  # "sha256:" and 64 hex digits
+MAX_GRANT = 1024  # a sealed SliceGrant is about 300 bytes
 
 #: Request, lease and job ids: the node keeps them in memory, so their size is bounded.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
@@ -219,21 +221,55 @@ class ProgressReply(_Msg, tag="progress_reply", frozen=True):
 # -- data slices -----------------------------------------------------------------------------
 
 
-class DataSliceRequest(_Msg, tag="data_slice_request", frozen=True):
-    """Ask the scheduler which data node serves the next slice of a dataset."""
+class DataSliceRequest(_Msg, tag="data_slice_request", frozen=True, omit_defaults=True):
+    """Ask the scheduler which data node serves the next slice of a dataset.
+
+    ``job_id`` names the job the slice is for (the original's request has only the dataset;
+    this scheduler hands slices only to the workers of its running jobs).
+    """
 
     dataset: Name
+    job_id: Annotated[str, msgspec.Meta(max_length=MAX_ID)] = ""
 
 
-class DataSliceAnswer(_Msg, tag="data_slice_answer", frozen=True):
-    """Where to fetch the slice, or why not (``not_found``, ``error``)."""
+class DataSliceAnswer(_Msg, tag="data_slice_answer", frozen=True, omit_defaults=True):
+    """Where to fetch the slice, or why not.
+
+    ``not_found``: ask again after ``retry_after``; ``error``: do not. ``grant`` is a ``SliceGrant`` sealed by the scheduler: the data node serves the slice to
+    the worker it names. ``alternates`` are other data nodes serving the same dataset.
+    """
 
     dataset: Name
     outcome: Literal["found", "not_found", "error"]
     provider: PeerText = ""
     address: Address = ""
-    index: int = 0
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
     reason: Reason = ""
+    grant: Annotated[bytes, msgspec.Meta(max_length=MAX_GRANT)] = b""
+    manifest_hash: Annotated[str, msgspec.Meta(max_length=MAX_HASH)] = ""
+    alternates: Annotated[tuple[PeerText, ...], msgspec.Meta(max_length=MAX_ADDRESSES)] = ()
+    retry_after: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+
+
+class SliceGrant(_Msg, tag="slice_grant", frozen=True):
+    """The scheduler lets ``worker`` fetch slice ``index`` of ``dataset`` until ``expires``."""
+
+    dataset: Name
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    manifest_hash: Annotated[str, msgspec.Meta(max_length=MAX_HASH)]
+    worker: PeerText
+    expires: float
+
+
+class SliceDoneReport(_Msg, tag="slice_done", frozen=True):
+    """A worker used slice ``index`` of ``dataset`` for job ``job_id``.
+
+    The scheduler's "slice done", the RFC's promise the original never built.
+    """
+
+    job_id: Id
+    dataset: Name
+    index: Annotated[int, msgspec.Meta(ge=0)]
 
 
 # -- health ----------------------------------------------------------------------------------
@@ -260,12 +296,18 @@ class PeerRecord(_Msg, tag="peer_record", frozen=True):
     expires: float
 
 
-class DatasetRecord(_Msg, tag="dataset_record", frozen=True):
-    """A data node announces that it provides a dataset, until ``expires``."""
+class DatasetRecord(_Msg, tag="dataset_record", frozen=True, omit_defaults=True):
+    """A data node announces that it provides a dataset, until ``expires``.
+
+    ``slices`` and ``manifest_hash`` (specs/dataset.md) say which dataset exactly: schedulers
+    hand out indexes into that manifest's slices.
+    """
 
     dataset: Name
     provider: PeerText
     expires: float
+    slices: Annotated[int, msgspec.Meta(ge=0)] = 0
+    manifest_hash: Annotated[str, msgspec.Meta(max_length=MAX_HASH)] = ""
 
 
 class Lookup(_Msg, tag="lookup", frozen=True):
@@ -340,6 +382,8 @@ Message = (
     | ProgressReply
     | DataSliceRequest
     | DataSliceAnswer
+    | SliceGrant
+    | SliceDoneReport
     | Health
     | HealthReply
     | PeerRecord

@@ -64,6 +64,23 @@ EXAMPLES: dict[str, m.Message] = {
     "data_slice_answer": m.DataSliceAnswer(
         "tiny-shakespeare", "found", PEER, "tcp://10.0.0.7:7300", 4
     ),
+    "data_slice_answer_granted": m.DataSliceAnswer(
+        "tiny-shakespeare",
+        "found",
+        PEER,
+        "tcp://10.0.0.7:7300",
+        4,
+        grant=b"\x01\x02",
+        manifest_hash="sha256:" + "ab" * 32,
+        alternates=(PEER,),
+    ),
+    "slice_grant": m.SliceGrant(
+        "tiny-shakespeare", 4, "sha256:" + "ab" * 32, PEER, 1_764_000_600.0
+    ),
+    "slice_done": m.SliceDoneReport(JOB, "tiny-shakespeare", 4),
+    "dataset_record_v2": m.DatasetRecord(
+        "tiny-shakespeare", PEER, 1_764_000_600.0, 7, "sha256:" + "ab" * 32
+    ),
     "health": m.Health(),
     "health_reply": m.HealthReply(True),
     "peer_record": m.PeerRecord(PEER, ("tcp://10.0.0.9:7200",), 1_764_000_600.0),
