@@ -62,6 +62,15 @@ class JobSettings(_Strict):
     timeout: float = Field(
         default=3600.0, gt=0, description="cancel the job after this many seconds"
     )
+    dataset: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="the dataset whose slices the job's workers fetch (specs/dataset.md)",
+    )
+    slice_timeout: float = Field(
+        default=600.0, gt=0, le=86400, description="seconds a worker may hold a slice"
+    )
+    epochs: int = Field(default=0, ge=0, description="epochs of slices to hand out (0: no limit)")
 
 
 class SchedulerSettings(LayeredSettings):

@@ -19,6 +19,7 @@ from hypha_sm.net.transport import NetError, Transport
 from hypha_sm.wire.envelope import Opened, open_record
 from hypha_sm.wire.messages import (
     Ack,
+    DatasetRecord,
     GatewayInfo,
     GatewayInfoReply,
     Lookup,
@@ -119,6 +120,43 @@ class Gateways:
                 if found:
                     return found
         return ()
+
+    async def lookup_dataset(self, dataset: str) -> list[DatasetRecord]:
+        """Every valid record of ``dataset`` the gateways hold, one per provider.
+
+        Each record must be signed by the provider it names, be unexpired and say which
+        dataset exactly (slices and manifest hash); others are skipped and logged.
+        """
+        found: dict[str, DatasetRecord] = {}
+        for address in self.addresses:
+            try:
+                answer = await self.transport.request(
+                    address, Lookup(dataset=dataset), timeout=self.timeout
+                )
+            except NetError as exc:
+                log.debug("lookup of dataset %s at %s failed: %s", dataset, address, exc)
+                continue
+            if not isinstance(answer.message, LookupReply):
+                continue
+            for envelope in answer.message.records:
+                opened = open_record(envelope)
+                if not isinstance(opened, Opened):
+                    continue
+                record = opened.message
+                if (
+                    not isinstance(record, DatasetRecord)
+                    or record.dataset != dataset
+                    or str(opened.sender) != record.provider
+                    or record.expires <= self._wall()
+                    or record.slices < 1
+                    or not record.manifest_hash
+                ):
+                    log.warning(
+                        "gateway %s returned a record for %s that does not hold", address, dataset
+                    )
+                    continue
+                found.setdefault(record.provider, record)
+        return list(found.values())
 
     def _valid_record(self, envelope: bytes, peer: str, gateway: str) -> tuple[str, ...]:
         opened = open_record(envelope)

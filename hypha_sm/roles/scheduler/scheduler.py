@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import trio
 
@@ -102,6 +102,9 @@ def plan_of(job: JobSettings) -> Plan:
         advertise_timeout=job.advertise_timeout,
         renew_interval=job.renew_interval,
         timeout=job.timeout,
+        dataset=job.dataset or "",
+        slice_timeout=job.slice_timeout,
+        epochs=job.epochs,
     )
 
 
@@ -112,6 +115,7 @@ class _Waiting:
     done: trio.Event = field(default_factory=trio.Event)
     answer: m.Message | None = None
     progress: m.ProgressKind | None = None
+    dataset: str = ""
 
 
 class Scheduler:
@@ -156,6 +160,8 @@ class Scheduler:
         self._waiting: dict[int, _Waiting] = {}
         self._exits = contextlib.ExitStack()
         self._publisher: Publisher | None = None
+        #: Where each data node of the dataset listens (from its signed peer record).
+        self._provider_addresses: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -245,6 +251,11 @@ class Scheduler:
             event = ev.StatusReceived(
                 token, peer, message.job_id, message.status, message.exit_code, message.reason
             )
+        elif isinstance(message, m.DataSliceRequest):
+            event = ev.SliceRequested(token, peer, message.job_id, message.dataset)
+            waiting.dataset = message.dataset
+        elif isinstance(message, m.SliceDoneReport):
+            event = ev.SliceDone(token, peer, message.job_id, message.dataset, message.index)
         elif isinstance(message, m.Progress):
             kind = type(message.progress).__struct_config__.tag
             event = ev.ProgressReceived(
@@ -304,10 +315,65 @@ class Scheduler:
                 log.log(_LEVELS[level], "%s", text)
             case fx.Finished():
                 self._stopped.set()
+            case fx.LocateDataset(name=name):
+                self._later(self._locate_dataset(name))
+            case fx.ReplySlice():
+                self._reply(effect.reply_to, self._slice_answer(effect))
+            case fx.ReplyNoSlice(reply_to=token, reason=reason, retry_after=retry):
+                waiting = self._waiting.get(token)
+                outcome: Literal["not_found", "error"] = "not_found" if retry else "error"
+                dataset = waiting.dataset if waiting is not None else ""
+                self._reply(
+                    token, m.DataSliceAnswer(dataset, outcome, reason=reason, retry_after=retry)
+                )
+            case fx.ReplySliceDone(reply_to=token, reason=reason):
+                self._reply(token, m.Refused(reason) if reason else m.Ack())
             case _:
-                # The slice effects: job.toml names no dataset yet, so the core never emits
-                # them here; the data path's network side comes with the data node (issue 12).
                 raise InvariantViolation(f"the scheduler's shell cannot perform {effect!r}")
+
+    def _slice_answer(self, effect: fx.ReplySlice) -> m.DataSliceAnswer:
+        """Where to fetch the slice, with a grant sealed by this scheduler for that worker."""
+        grant = m.SliceGrant(
+            effect.dataset, effect.index, effect.manifest_hash, effect.peer, effect.expires_wall
+        )
+        first, *others = effect.providers
+        return m.DataSliceAnswer(
+            effect.dataset,
+            "found",
+            first,
+            self._provider_addresses.get(first, ""),
+            effect.index,
+            grant=self.transport.seal(grant),
+            manifest_hash=effect.manifest_hash,
+            alternates=tuple(others),
+        )
+
+    async def _locate_dataset(self, name: str) -> None:
+        """The providers of ``name`` that agree on one dataset, with where they listen.
+
+        Providers may disagree (a stranger can announce a dataset of the same name): the
+        version most providers announce wins, ties to the lowest manifest hash.
+        """
+        records = await self.gateways.lookup_dataset(name)
+        versions: dict[tuple[int, str], list[str]] = {}
+        for record in records:
+            versions.setdefault((record.slices, record.manifest_hash), []).append(record.provider)
+        providers: list[str] = []
+        chosen: tuple[int, str] = (0, "")
+        for version, peers in sorted(versions.items(), key=lambda kv: (-len(kv[1]), kv[0][1])):
+            for peer in sorted(peers):
+                addresses = await self.gateways.lookup_peer(peer)
+                if addresses:
+                    self._provider_addresses[peer] = addresses[0]
+                    providers.append(peer)
+            if providers:
+                chosen = version
+                break
+        if not providers:
+            await self._inbox.send(ev.DatasetMissing(name, "no data node announces it"))
+            return
+        slices, manifest_hash = chosen
+        await self._inbox.send(ev.DatasetFound(name, slices, manifest_hash, tuple(providers)))
 
     def _tell_progress(self, job_id: str, progress: m.ProgressKind) -> None:
         lease_id = self.state.jobs.get(job_id)
