@@ -15,16 +15,25 @@ import pytest
 
 from hypha_sm.core.spec import TransitionSpec
 from hypha_sm.machines_io import load_specs, roles
+from tests.data_world import explore_data
 from tests.explorer import explore
 from tests.scheduler_world import explore_scheduler
 
-SPECS = {name: spec for role in roles() for name, spec in load_specs(role=role).items()}
+#: Every role's machines, named ``<role>/<machine>`` (two roles may both have a ``node``).
+SPECS = {
+    f"{role}/{name}": spec for role in roles() for name, spec in load_specs(role=role).items()
+}
 ALL = [(name, t) for name, spec in sorted(SPECS.items()) for t in spec.transitions]
+EXPLORERS = {"worker": explore, "scheduler": explore_scheduler, "data": explore_data}
 
 
 @cache
 def coverage() -> Counter[tuple[str, int]]:
-    return explore() + explore_scheduler()
+    fired: Counter[tuple[str, int]] = Counter()
+    for role, walk in EXPLORERS.items():
+        for (machine, index), count in walk().items():
+            fired[(f"{role}/{machine}", index)] += count
+    return fired
 
 
 @pytest.mark.parametrize(
@@ -50,6 +59,6 @@ def coverage_report() -> str:
         k = sum(1 for t in spec.transitions if fired[(name, t.index)] > 0)
         total += n
         hit += k
-        lines.append(f"  {name:8} {k:3}/{n:<3} ({100 * k / n:5.1f}%)")
-    lines.append(f"  {'all':8} {hit:3}/{total:<3} ({100 * hit / total:5.1f}%)")
+        lines.append(f"  {name:20} {k:3}/{n:<3} ({100 * k / n:5.1f}%)")
+    lines.append(f"  {'all':20} {hit:3}/{total:<3} ({100 * hit / total:5.1f}%)")
     return "\n".join(lines)

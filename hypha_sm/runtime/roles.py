@@ -9,10 +9,15 @@ from typing import Any
 
 from hypha_sm.core.role import Role
 from hypha_sm.log.codec import LogFormatError
+from hypha_sm.roles.data.core.role import DATA
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.worker.core.role import WORKER
 
-ROLES: dict[str, Role[Any, Any, Any]] = {WORKER.name: WORKER, SCHEDULER.name: SCHEDULER}
+ROLES: dict[str, Role[Any, Any, Any]] = {
+    WORKER.name: WORKER,
+    SCHEDULER.name: SCHEDULER,
+    DATA.name: DATA,
+}
 
 
 def role_named(name: str) -> Role[Any, Any, Any]:

@@ -261,6 +261,26 @@ class SliceGrant(_Msg, tag="slice_grant", frozen=True):
     expires: float
 
 
+class SliceFetch(_Msg, tag="slice_fetch", frozen=True):
+    """A worker asks a data node for the slice its ``grant`` names.
+
+    The data node sends it over the bulk channel to ``bulk_address`` as transfer
+    ``transfer_id`` (which the worker expects from this data node), then answers.
+    """
+
+    grant: Annotated[bytes, msgspec.Meta(max_length=MAX_GRANT)]
+    transfer_id: Id
+    bulk_address: Address
+
+
+class SliceServed(_Msg, tag="slice_served", frozen=True):
+    """The slice arrived and the worker's bulk server verified it."""
+
+    transfer_id: Id
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Annotated[str, msgspec.Meta(max_length=64)]
+
+
 class SliceDoneReport(_Msg, tag="slice_done", frozen=True):
     """A worker used slice ``index`` of ``dataset`` for job ``job_id``.
 
@@ -384,6 +404,8 @@ Message = (
     | DataSliceAnswer
     | SliceGrant
     | SliceDoneReport
+    | SliceFetch
+    | SliceServed
     | Health
     | HealthReply
     | PeerRecord

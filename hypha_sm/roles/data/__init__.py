@@ -1,0 +1,1 @@
+"""The data-node role: serves verified datasets as slices to the workers schedulers granted them to."""
