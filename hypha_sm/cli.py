@@ -72,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
     p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
 
-    p_data = sub.add_parser("data", help="datasets as slices: prepare them")
+    p_data = sub.add_parser("data", help="datasets as slices: prepare and serve them")
     data_sub = p_data.add_subparsers(dest="data_command", required=True)
     p_prepare = data_sub.add_parser(
         "prepare", help="cut real data into safetensors slices and a dataset.json manifest"
     )
+    p_data_run = data_sub.add_parser("run", help="the data-node role: serve datasets")
+    p_data_run.add_argument("config", nargs="?", type=Path, help="data.toml")
+    p_data_run.add_argument("--config", dest="config_flag", type=Path, help="data.toml")
+    p_data_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
     source = p_prepare.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--text", metavar="FILE", help="a text file, or pydoc-topics (Python's bundled docs)"
@@ -322,6 +326,14 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "run":
+        from hypha_sm.config.data import DataNodeSettings
+        from hypha_sm.roles.data.main import run_data_node
+
+        flags = {"gateway_addresses": args.gateway}
+        return run_data_node(
+            load_settings(DataNodeSettings, args.config_flag or args.config, flags)
+        )
     from hypha_sm.datasets import prepare
     from hypha_sm.datasets.manifest import DatasetError
 

@@ -23,7 +23,8 @@ from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.net.bulk import MAGIC
 from hypha_sm.net.relay import frame as relay_frame
 from hypha_sm.net.streams import open_stream, parse_address
-from hypha_sm.net.transport import Endpoint
+from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
 from hypha_sm.roles.gateway.gateway import Gateway
 from hypha_sm.roles.scheduler.scheduler import Scheduler
 from hypha_sm.roles.worker.run import run_worker
@@ -33,6 +34,7 @@ from hypha_sm.wire.identity import Identity
 from tests.hostile import CRASH_DEPTH, msgpack_tower
 from tests.netkit import LOOPBACK, wait_connected, wait_healthy
 from tests.nodeproc import advertise
+from tests.test_data_node import dataset, settings
 from tests.test_run_worker import fixture, worker_settings
 
 pytestmark = pytest.mark.net
@@ -258,3 +260,25 @@ async def test_a_worker_survives_a_scheduler_answering_its_offer_with_the_frame(
                     await still_answers(sched, worker)
             nursery.cancel_scope.cancel()
     assert offers == 6
+
+
+async def test_a_data_node_survives_the_frame_on_its_port_and_as_a_grant(tmp_path: Path) -> None:
+    """The data node's request port takes the frame; a slice fetch whose grant is a deep
+    structure is refused as a bad grant; the node keeps answering."""
+    directory = dataset(tmp_path)
+    config = settings(tmp_path, "tcp://127.0.0.1:9", directory)
+    datasets = load_datasets(config.datasets)
+    deep_grant = msgpack_tower(400, b"\x81\xa1k")[:1000]
+    with Endpoint(Identity.from_seed(bytes([93]) * 32)) as dn, Endpoint(HOSTILE) as bad:
+        node = DataNode(dn, datasets, plan_of(config, datasets), gateways=[], address=LOOPBACK)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(node.run)
+            with trio.fail_after(20):
+                assert await send_raw_request(address, crash_frame()) is None
+                await still_answers(bad, address)
+                with pytest.raises(NetError, match="bad_grant"):
+                    await bad.request(address, m.SliceFetch(deep_grant, "t", "tcp://127.0.0.1:9"))
+                await still_answers(bad, address)
+            stats = dn.stats()
+            nursery.cancel_scope.cancel()
+    assert stats.rejected["too_deep"] >= 1

@@ -143,6 +143,7 @@ SOCKET_FACING = {
     "hypha_sm.net.bulk.receive:BulkServer.serve": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.gateway.gateway:Gateway.run": "hostile_frames:every_port_of_a_gateway_and_a_worker",
     "hypha_sm.roles.scheduler.scheduler:Scheduler.run": "hostile_frames:a_scheduler_survives_the_frame",
+    "hypha_sm.roles.data.node:DataNode.run": "hostile_frames:a_data_node_survives_the_frame",
     "hypha_sm.roles.worker.bridge.app:JobBridge.serve": "small_defects:the_bridge_refuses_deep_json",
     "hypha_sm.roles.worker.jobs:LocalExecutor._start.serve_bridge": (
         "small_defects:the_bridge_refuses_deep_json"
