@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -17,6 +18,7 @@ from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, Send
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.executor import StartFailed
 from hypha_sm.roles.worker.process import ProcessJob, ProcessSettings, ProcessSpec, StartError
+from hypha_sm.roles.worker.slices import SliceFetcher
 from hypha_sm.roles.worker.storage import JobDisk, limit_of
 from hypha_sm.roles.worker.users import Credentials, JobUsers
 
@@ -41,6 +43,7 @@ class LocalExecutor:
         file_roots: Sequence[Path] = (),
         on_bridge_request: Callable[[str, int], None] | None = None,
         users: JobUsers | None = None,
+        slices: SliceFetcher | None = None,
     ) -> None:
         self._nursery = nursery
         self._settings = settings
@@ -53,6 +56,7 @@ class LocalExecutor:
         self._file_roots = list(file_roots)
         self._on_bridge_request = on_bridge_request
         self.users = users or JobUsers(mode="node")
+        self._slices = slices
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
 
     async def start(self, job: StartJob) -> None:
@@ -115,6 +119,7 @@ class LocalExecutor:
             file_roots=[process.work_dir, *self._file_roots],
             on_request=self._on_bridge_request,
             owner=user,
+            fetch_slice=None if self._slices is None else partial(self._slices.fetch, job.job_id),
         )
         scope = trio.CancelScope()
 
@@ -141,7 +146,12 @@ class LocalExecutor:
         """The exit code once every process is gone; the bridge closes with the job."""
         process, scope = self._jobs[job_id]
         try:
-            return await process.wait()
+            code = await process.wait()
+            if self._slices is not None:
+                # Before the node reports the exit: the scheduler hears "done" for the last
+                # slices while the job is still its own.
+                await self._slices.job_ended(job_id, finished=code == 0)
+            return code
         finally:
             scope.cancel()
             self._jobs.pop(job_id, None)

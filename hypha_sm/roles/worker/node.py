@@ -167,6 +167,12 @@ class WorkerNode:
         """Listening, not stopping, and connected to at least one gateway."""
         return not self._stopped.is_set() and any(s.connections for s in self._subscriptions)
 
+    def scheduler_of(self, job_id: str) -> tuple[str, str] | None:
+        """The peer that dispatched ``job_id`` and its reply address, if known."""
+        scheduler = self._job_schedulers.get(job_id, "")
+        address = self._schedulers.get(scheduler)
+        return None if address is None else (scheduler, address)
+
     async def send_progress(self, progress: m.Progress) -> m.ProgressReply:
         """Forward a job's progress to the scheduler that dispatched it; its reply.
 

@@ -94,6 +94,8 @@ class PeerFiles:
         self.tls = tls
         self._on_bytes = on_bytes
         self._receivers: list[_Receiver] = []
+        #: Slices this node asked for: (sender, transfer id) -> (target path, arrived).
+        self._expected: dict[tuple[str, str], tuple[Path, trio.Event]] = {}
         self.server = BulkServer(
             staging,
             identity=identity,
@@ -120,8 +122,24 @@ class PeerFiles:
         """The answer to a peer's ``transfer_offer`` request (the node's hook)."""
         return self.server.consider(sender, offer)
 
+    def expect(self, sender: str, transfer_id: str, target: Path) -> trio.Event:
+        """Take transfer ``transfer_id`` from ``sender`` (a slice we asked for) into ``target``.
+
+        The event is set once it was placed there (or the returned event never fires and the
+        caller's own timeout ends the wait); ``forget`` removes the expectation.
+        """
+        arrived = trio.Event()
+        self._expected[(sender, transfer_id)] = (target, arrived)
+        return arrived
+
+    def forget(self, sender: str, transfer_id: str) -> None:
+        """Stop expecting a transfer (it arrived, or the fetch gave up)."""
+        self._expected.pop((sender, transfer_id), None)
+
     def _authorize(self, sender: PeerId, offer: TransferOffer) -> str | None:
         peer = str(sender)
+        if (peer, offer.transfer_id) in self._expected:
+            return None if offer.purpose == "slice" else "an expected transfer must be a slice"
         if not offer.name.startswith(f"{peer}."):
             return "the file name must start with the sender's peer id and a dot"
         if not any(r.takes(peer) for r in self._receivers):
@@ -146,6 +164,9 @@ class PeerFiles:
         sender = str(received.sender)
         if self._on_bytes is not None:
             self._on_bytes(BULK_PROTOCOL, "inbound", received.offer.size)
+        expected = self._expected.pop((sender, received.offer.transfer_id), None)
+        if expected is not None:
+            return self._place_expected(staged, *expected)
         placed = 0
         try:
             size = staged.stat().st_size
@@ -175,6 +196,20 @@ class PeerFiles:
         finally:
             staged.unlink(missing_ok=True)
         return None if placed else "no job took the file (its receiver left)"
+
+    def _place_expected(self, staged: Path, target: Path, arrived: trio.Event) -> str | None:
+        """Move a verified slice to its target whole (a reader never sees half a file)."""
+        temporary = target.with_name(f".{target.name}.in")
+        try:
+            os.replace(staged, temporary)
+            give(temporary, target.parent)  # the job's user
+            os.replace(temporary, target)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
+            return f"io-error: {exc}"
+        arrived.set()
+        return None
 
     async def receive(
         self, directory: Path, peers: frozenset[str] = frozenset()

@@ -20,7 +20,7 @@ from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
-from hypha_sm.net.discovery import Gateways, has_wildcard_host
+from hypha_sm.net.discovery import Gateways, dialable, has_wildcard_host
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.net.transport import Endpoint, NetConfig
@@ -32,6 +32,7 @@ from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.roles.worker.otel import telemetry_from_settings
 from hypha_sm.roles.worker.peers import PeerFiles, bulk_address_for
 from hypha_sm.roles.worker.process import ProcessSettings, sweep_forever
+from hypha_sm.roles.worker.slices import SliceFetcher
 from hypha_sm.roles.worker.storage import StorageMonitor, free_bytes
 from hypha_sm.roles.worker.sweep import become_subreaper, is_subreaper
 from hypha_sm.roles.worker.telemetry import Telemetry, install_trace_ids
@@ -203,6 +204,14 @@ async def _serve(
             )
             bulk_bound = await nursery.start(peer_files.serve, bulk_address)
             log.info("receiving peer files on %s", bulk_bound)
+            reachable = next(iter(settings.external_addresses), settings.listen_addresses[0])
+            slices = SliceFetcher(
+                transport,
+                gateways,
+                peer_files,
+                bulk_address=lambda: dialable(str(bulk_bound), reachable),
+                scheduler_of=lambda job_id: node.scheduler_of(job_id),
+            )
 
             async def send_progress(progress: m.Progress) -> m.ProgressReply:
                 return await node.send_progress(progress)
@@ -217,6 +226,7 @@ async def _serve(
                 file_roots=settings.fetch_file_roots,
                 on_bridge_request=telemetry.on_bridge_request,
                 users=users,
+                slices=slices,
             )
             node = WorkerNode(
                 stepper,

@@ -252,13 +252,19 @@ class JobBridge:
             if self.fetch_peers is None:
                 raise BridgeError(501, "not_implemented", "fetching from peers is not available")
             fetched = list(await self._call(self.fetch_peers(body, self._artifacts_dir())))
-        elif kind == "slice":
+        elif kind in ("slice", "scheduler"):
+            # {"type":"scheduler","peer":S,"dataset":D} is the original's form; "slice" asks
+            # the job's own scheduler.
             dataset = body.get("dataset")
+            peer = body.get("peer") if kind == "scheduler" else None
             if not isinstance(dataset, str) or not dataset:
                 raise BridgeError(400, "invalid_request", 'slice fetch needs a "dataset"')
+            if kind == "scheduler" and (not isinstance(peer, str) or not peer):
+                raise BridgeError(400, "invalid_request", 'scheduler fetch needs a "peer"')
             if self.fetch_slice is None:
                 raise BridgeError(501, "not_implemented", "fetching data slices is not available")
-            fetched = list(await self._call(self.fetch_slice(dataset, self._artifacts_dir())))
+            fetch = self.fetch_slice(dataset, self._artifacts_dir(), peer)
+            fetched = list(await self._call(fetch))
         else:
             raise BridgeError(400, "invalid_request", f"unsupported fetch type {kind!r}")
         return JSONResponse(

@@ -1,0 +1,169 @@
+"""Data slices for a job: ask its scheduler which slice, pull it from a data node, say when done.
+
+What the bridge's slice fetch does (``{"type": "scheduler", "peer": S, "dataset": D}`` as in
+the original, or ``{"type": "slice", "dataset": D}``, which asks the job's own scheduler):
+
+1. Ask the scheduler (``data_slice_request`` naming the job). ``not_found`` means "ask again
+   after ``retry_after``" (no slice is free yet); ``error`` ends the fetch with the reason.
+2. Pull the slice from the data node the answer names, presenting the scheduler's grant
+   (``slice_fetch``): the data node pushes it over the bulk channel to this node's bulk server,
+   which verifies size and SHA-256 and only then moves it, whole, to ``artifacts/<index>``.
+   If that data node fails, the alternates are tried in turn.
+3. The slices a job fetched before are reported done (``slice_done``) when it asks for the
+   next one, and the last one when the job finishes: a job asks for a slice once it used the
+   previous one, as the original's training loop does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from hypha_sm.net.bulk import new_transfer_id
+from hypha_sm.net.discovery import Gateways
+from hypha_sm.net.transport import NetError, Transport
+from hypha_sm.roles.worker.bridge import BridgeError, FetchedFile
+from hypha_sm.roles.worker.peers import PeerFiles
+from hypha_sm.wire import messages as m
+from hypha_sm.wire.identity import IdentityError, PeerId
+
+log = logging.getLogger(__name__)
+
+#: How long one slice may take to arrive from a data node.
+PULL_TIMEOUT = 300.0
+#: How many times "no slice free yet" is waited out before the fetch gives up.
+MAX_WAITS = 600
+
+
+@dataclass
+class _JobSlices:
+    """What one job was handed: (scheduler, dataset, index) not yet reported done."""
+
+    outstanding: list[tuple[str, str, str, int]] = field(default_factory=list)
+
+
+class SliceFetcher:
+    """Fetches slices for the jobs of one worker."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        gateways: Gateways,
+        files: PeerFiles,
+        bulk_address: Callable[[], str],
+        scheduler_of: Callable[[str], tuple[str, str] | None],
+    ) -> None:
+        self.transport = transport
+        self.gateways = gateways
+        self.files = files
+        self._bulk_address = bulk_address
+        self._scheduler_of = scheduler_of
+        self._jobs: dict[str, _JobSlices] = {}
+
+    async def fetch(
+        self, job_id: str, dataset: str, artifacts: Path, peer: str | None
+    ) -> list[FetchedFile]:
+        """The next slice of ``dataset`` for ``job_id``, placed at ``artifacts/<index>``."""
+        known = self._scheduler_of(job_id)
+        if known is None:
+            raise BridgeError(502, "upstream_error", "the job's scheduler is not known")
+        scheduler, address = known
+        if peer is not None and peer != scheduler:
+            # The original lets the job name any scheduler; only the job's own hands it slices.
+            raise BridgeError(400, "invalid_request", "the peer is not this job's scheduler")
+        job = self._jobs.setdefault(job_id, _JobSlices())
+        await self._report_done(job_id, job, address)
+        answer = await self._ask(job_id, dataset, scheduler, address)
+        target = artifacts / str(answer.index)
+        served = await self._pull(answer, target)
+        job.outstanding.append((scheduler, address, dataset, answer.index))
+        return [FetchedFile(target, served.size, served.sha256)]
+
+    async def job_ended(self, job_id: str, finished: bool) -> None:
+        """A finished job used its last slices: report them done.
+
+        A failed job's go back to the pool on the scheduler's side when its placement ends.
+        """
+        job = self._jobs.pop(job_id, None)
+        if job is not None and finished and job.outstanding:
+            await self._report_done(job_id, job, job.outstanding[-1][1])
+
+    async def _report_done(self, job_id: str, job: _JobSlices, address: str) -> None:
+        while job.outstanding:
+            scheduler, _, dataset, index = job.outstanding[0]
+            try:
+                await self.transport.request(
+                    address,
+                    m.SliceDoneReport(job_id, dataset, index),
+                    expect=PeerId.parse(scheduler),
+                    timeout=10.0,
+                )
+            except NetError as exc:  # refused (e.g. taken back after a timeout) or unreachable
+                log.warning("slice %d of %s: done not acknowledged: %s", index, dataset, exc)
+            job.outstanding.pop(0)
+
+    async def _ask(
+        self, job_id: str, dataset: str, scheduler: str, address: str
+    ) -> m.DataSliceAnswer:
+        for _ in range(MAX_WAITS):
+            try:
+                reply = await self.transport.request(
+                    address,
+                    m.DataSliceRequest(dataset, job_id),
+                    expect=PeerId.parse(scheduler),
+                    timeout=10.0,
+                )
+            except NetError as exc:
+                raise BridgeError(502, "upstream_error", f"the scheduler: {exc}") from None
+            answer = reply.message
+            if not isinstance(answer, m.DataSliceAnswer):
+                raise BridgeError(502, "upstream_error", "the scheduler answered something else")
+            if answer.outcome == "found":
+                return answer
+            if answer.outcome == "error" or answer.retry_after <= 0:
+                raise BridgeError(404, "not_found", f"no slice: {answer.reason}")
+            await trio.sleep(answer.retry_after)
+        raise BridgeError(504, "timeout", "no slice became free")
+
+    async def _pull(self, answer: m.DataSliceAnswer, target: Path) -> m.SliceServed:
+        """From the named data node, then each alternate, until one delivers it verified."""
+        problems = []
+        for provider in (answer.provider, *answer.alternates):
+            address = answer.address if provider == answer.provider else ""
+            if not address:
+                found = await self.gateways.lookup_peer(provider)
+                address = found[0] if found else ""
+            if not address:
+                problems.append(f"{provider[-6:]}: no address")
+                continue
+            try:
+                return await self._pull_from(provider, address, answer, target)
+            except (NetError, IdentityError, trio.TooSlowError) as exc:
+                problems.append(f"…{provider[-6:]}: {exc}")
+                log.warning("slice %d from …%s failed: %s", answer.index, provider[-6:], exc)
+        raise BridgeError(502, "upstream_error", f"slice {answer.index}: " + "; ".join(problems))
+
+    async def _pull_from(
+        self, provider: str, address: str, answer: m.DataSliceAnswer, target: Path
+    ) -> m.SliceServed:
+        transfer_id = new_transfer_id()
+        arrived = self.files.expect(provider, transfer_id, target)
+        try:
+            with trio.fail_after(PULL_TIMEOUT):
+                reply = await self.transport.request(
+                    address,
+                    m.SliceFetch(answer.grant, transfer_id, self._bulk_address()),
+                    expect=PeerId.parse(provider),
+                    timeout=PULL_TIMEOUT,
+                )
+                served = reply.message
+                if not isinstance(served, m.SliceServed):
+                    raise NetError("unexpected_answer", address, detail=type(served).__name__)
+                await arrived.wait()  # placed before the data node heard "verified"
+                return served
+        finally:
+            self.files.forget(provider, transfer_id)
