@@ -3,6 +3,7 @@ a scheduler and a worker whose job fetches every slice of an epoch through its b
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,9 +13,12 @@ import trio
 
 from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.config.worker import WorkerSettings
+from hypha_sm.log.replay import replay
+from hypha_sm.machines_io import load_engine
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
+from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.scheduler import Scheduler
 from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire.identity import Identity
@@ -81,7 +85,10 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
             address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
             with trio.fail_after(10):
                 await wait_healthy(sched, address)
-            scheduler = Scheduler(sched, job, gateways=[gw.listen], address=LOOPBACK)
+            log = io.BytesIO()
+            scheduler = Scheduler(
+                sched, job, gateways=[gw.listen], address=LOOPBACK, event_log=log
+            )
             with trio.fail_after(120):
                 outcome = await scheduler.run()
             slices = scheduler.state.records["slice"]
@@ -98,3 +105,10 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
         assert entry["path"].endswith(f"artifacts/{Path(entry['path']).name}")
     assert counters["slices.done"] == 25  # the last one reported as the job ended
     assert not slices  # retired with the run
+    # The scheduler's log, slice machine and all, replays to the same effects.
+    engine, machines_hash = load_engine(SCHEDULER)
+    report = replay(
+        log.getvalue().splitlines(keepends=True), engine, machines_hash, role=SCHEDULER
+    )
+    assert report.ok, report.divergence
+    assert report.node_stopped
