@@ -54,11 +54,13 @@ def worker(tmp_path: Path, gateway: str) -> WorkerSettings:
     )
 
 
+@pytest.mark.parametrize("fetched", [25, 3])
 async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
-    tmp_path: Path,
+    tmp_path: Path, fetched: int
 ) -> None:
     """25 slices, one epoch: each arrives once at artifacts/<index>, whole, with the bytes the
-    data node holds; the scheduler hears each one done; the job finishes."""
+    data node holds; the scheduler hears each one done; the job finishes. A job that stops
+    after 3 leaves the slice fetched ahead for it (prefetch 1) unused: it goes back."""
     directory = dataset(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
@@ -72,7 +74,7 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
         timeout=120.0,
         dataset="fox",
         epochs=1,
-        spec={"dataset": "fox", "slices": 25, "out": str(out)},
+        spec={"dataset": "fox", "slices": fetched, "out": str(out)},
     )
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
         config = settings(tmp_path, gw.listen, directory)
@@ -97,13 +99,14 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
     assert outcome.ok, outcome
     got = json.loads((out / "slices-0.json").read_text())
     manifest = datasets["fox"].manifest
-    assert sorted(int(Path(g["path"]).name) for g in got) == list(range(25))
+    assert sorted(int(Path(g["path"]).name) for g in got) == list(range(fetched))
     for entry in got:
         piece = manifest.slices[int(Path(entry["path"]).name)]
         assert entry["size"] == piece.size
         assert entry["sha256"] == entry["read_sha256"] == piece.sha256
         assert entry["path"].endswith(f"artifacts/{Path(entry['path']).name}")
-    assert counters["slices.done"] == 25  # the last one reported as the job ended
+    assert counters["slices.done"] == fetched  # the last one reported as the job ended
+    assert counters.get("slices.reclaimed.worker_lost", 0) == (1 if fetched < 25 else 0)
     assert not slices  # retired with the run
     # The scheduler's log, slice machine and all, replays to the same effects.
     engine, machines_hash = load_engine(SCHEDULER)

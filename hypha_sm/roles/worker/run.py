@@ -211,6 +211,7 @@ async def _serve(
                 peer_files,
                 bulk_address=lambda: dialable(str(bulk_bound), reachable),
                 scheduler_of=lambda job_id: node.scheduler_of(job_id),
+                nursery=nursery,
             )
 
             async def send_progress(progress: m.Progress) -> m.ProgressReply:

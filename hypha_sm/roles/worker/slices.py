@@ -12,11 +12,15 @@ the original, or ``{"type": "slice", "dataset": D}``, which asks the job's own s
 3. The slices a job fetched before are reported done (``slice_done``) when it asks for the
    next one, and the last one when the job finishes: a job asks for a slice once it used the
    previous one, as the original's training loop does.
+4. Prefetch: once a slice is handed over, the next ones (``prefetch``, default 1) are fetched
+   in the background, so the job's next fetch usually finds its slice already here. The
+   original has no prefetch: every fetch waited for a scheduler round trip and the transfer.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +41,44 @@ log = logging.getLogger(__name__)
 PULL_TIMEOUT = 300.0
 #: How many times "no slice free yet" is waited out before the fetch gives up.
 MAX_WAITS = 600
+#: The most slices a job may keep fetched ahead (each takes disk in its work dir).
+MAX_PREFETCH = 4
+
+
+@dataclass
+class _Prefetch:
+    """A slice fetched ahead into a hidden file of the job's artifacts dir."""
+
+    staged: Path
+    ready: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    answer: m.DataSliceAnswer | None = None
+    served: m.SliceServed | None = None
+    error: BridgeError | None = None
 
 
 @dataclass
 class _JobSlices:
-    """What one job was handed: (scheduler, dataset, index) not yet reported done."""
+    """One job's slices: handed to it and not yet reported done, and fetched ahead."""
 
+    depth: int = 1
     outstanding: list[tuple[str, str, str, int]] = field(default_factory=list)
+    ahead: list[_Prefetch] = field(default_factory=list)
+    #: Set when no "slice done" report is in flight (reports run beside the job).
+    reported: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self.reported.set()
 
 
 class SliceFetcher:
-    """Fetches slices for the jobs of one worker."""
+    """Fetches slices for the jobs of one worker, ``prefetch`` ahead of each job's use.
+
+    While a job trains on slice k, slices k+1 .. k+prefetch are already on their way (into
+    hidden files of its artifacts dir); a fetch that finds its slice there answers at once.
+    Slices fetched ahead that the job never asks for are not reported done: when the job's
+    placement ends the scheduler takes them back, as it does a lost worker's.
+    """
 
     def __init__(
         self,
@@ -56,18 +87,31 @@ class SliceFetcher:
         files: PeerFiles,
         bulk_address: Callable[[], str],
         scheduler_of: Callable[[str], tuple[str, str] | None],
+        *,
+        nursery: trio.Nursery | None = None,
+        prefetch: int = 1,
     ) -> None:
         self.transport = transport
         self.gateways = gateways
         self.files = files
         self._bulk_address = bulk_address
         self._scheduler_of = scheduler_of
+        self._nursery = nursery
+        self.prefetch = prefetch if nursery is not None else 0
         self._jobs: dict[str, _JobSlices] = {}
 
     async def fetch(
-        self, job_id: str, dataset: str, artifacts: Path, peer: str | None
+        self,
+        job_id: str,
+        dataset: str,
+        artifacts: Path,
+        peer: str | None,
+        prefetch: int | None = None,
     ) -> list[FetchedFile]:
-        """The next slice of ``dataset`` for ``job_id``, placed at ``artifacts/<index>``."""
+        """The next slice of ``dataset`` for ``job_id``, placed at ``artifacts/<index>``.
+
+        ``prefetch`` (0 to ``MAX_PREFETCH``) sets how many slices this job keeps fetched ahead.
+        """
         known = self._scheduler_of(job_id)
         if known is None:
             raise BridgeError(502, "upstream_error", "the job's scheduler is not known")
@@ -75,22 +119,103 @@ class SliceFetcher:
         if peer is not None and peer != scheduler:
             # The original lets the job name any scheduler; only the job's own hands it slices.
             raise BridgeError(400, "invalid_request", "the peer is not this job's scheduler")
-        job = self._jobs.setdefault(job_id, _JobSlices())
-        await self._report_done(job_id, job, address)
-        answer = await self._ask(job_id, dataset, scheduler, address)
-        target = artifacts / str(answer.index)
-        served = await self._pull(answer, target)
+        job = self._jobs.setdefault(job_id, _JobSlices(depth=self.prefetch))
+        if prefetch is not None and self._nursery is not None:
+            job.depth = min(max(prefetch, 0), MAX_PREFETCH)
+        if self._nursery is None:
+            await self._report_done(job_id, job, address)
+        else:
+            self._report_beside(self._nursery, job_id, job, address)
+        if job.ahead:
+            ahead = job.ahead.pop(0)
+            await ahead.ready.wait()
+            if ahead.error is not None:
+                raise ahead.error
+            answer, served = ahead.answer, ahead.served
+            assert answer is not None
+            assert served is not None
+            target = artifacts / str(answer.index)
+            os.replace(ahead.staged, target)
+        else:
+            answer = await self._ask(job_id, dataset, scheduler, address)
+            target = artifacts / str(answer.index)
+            served = await self._pull(answer, target)
         job.outstanding.append((scheduler, address, dataset, answer.index))
+        self._fetch_ahead(job_id, job, dataset, artifacts, scheduler, address)
         return [FetchedFile(target, served.size, served.sha256)]
 
-    async def job_ended(self, job_id: str, finished: bool) -> None:
-        """A finished job used its last slices: report them done.
+    def _fetch_ahead(
+        self,
+        job_id: str,
+        job: _JobSlices,
+        dataset: str,
+        artifacts: Path,
+        scheduler: str,
+        address: str,
+    ) -> None:
+        while self._nursery is not None and len(job.ahead) < job.depth:
+            ahead = _Prefetch(artifacts / f".prefetch-{new_transfer_id()}")
+            job.ahead.append(ahead)
 
-        A failed job's go back to the pool on the scheduler's side when its placement ends.
+            async def run(ahead: _Prefetch = ahead) -> None:
+                with ahead.scope:
+                    try:
+                        ahead.answer = await self._ask(job_id, dataset, scheduler, address)
+                        ahead.served = await self._pull(ahead.answer, ahead.staged)
+                    except BridgeError as exc:
+                        ahead.error = exc
+                    except (
+                        Exception
+                    ) as exc:  # the job's next fetch reports it, as the bridge would
+                        log.warning("prefetch for %s failed: %r", job_id, exc)
+                        ahead.error = BridgeError(
+                            502, "upstream_error", f"{type(exc).__name__}: {exc}"
+                        )
+                    finally:
+                        ahead.ready.set()
+
+            self._nursery.start_soon(run)
+
+    async def job_ended(self, job_id: str, finished: bool) -> None:
+        """A finished job used the slices it was handed: report them done.
+
+        Slices fetched ahead and never asked for are dropped (their files removed); the
+        scheduler takes them back when the job's placement ends. A failed job's go back the
+        same way.
         """
         job = self._jobs.pop(job_id, None)
-        if job is not None and finished and job.outstanding:
+        if job is None:
+            return
+        for ahead in job.ahead:
+            ahead.scope.cancel()
+            ahead.staged.unlink(missing_ok=True)
+        await job.reported.wait()  # the reports already under way arrive before the exit does
+        if finished and job.outstanding:
             await self._report_done(job_id, job, job.outstanding[-1][1])
+
+    def _report_beside(
+        self, nursery: trio.Nursery, job_id: str, job: _JobSlices, address: str
+    ) -> None:
+        """Report the slices the job used without making it wait for the answers.
+
+        Reports go one after the other (each waits for the one before), so ``job.reported``,
+        the latest, is set once every report so far was answered.
+        """
+        if not job.outstanding:
+            return
+        used = _JobSlices(outstanding=job.outstanding)
+        job.outstanding = []
+        before, job.reported = job.reported, trio.Event()
+        done = job.reported
+
+        async def report() -> None:
+            try:
+                await before.wait()
+                await self._report_done(job_id, used, address)
+            finally:
+                done.set()
+
+        nursery.start_soon(report)
 
     async def _report_done(self, job_id: str, job: _JobSlices, address: str) -> None:
         while job.outstanding:

@@ -261,9 +261,12 @@ class JobBridge:
                 raise BridgeError(400, "invalid_request", 'slice fetch needs a "dataset"')
             if kind == "scheduler" and (not isinstance(peer, str) or not peer):
                 raise BridgeError(400, "invalid_request", 'scheduler fetch needs a "peer"')
+            prefetch = body.get("prefetch")
+            if prefetch is not None and (type(prefetch) is not int or not 0 <= prefetch <= 16):
+                raise BridgeError(400, "invalid_request", '"prefetch" must be an integer 0..16')
             if self.fetch_slice is None:
                 raise BridgeError(501, "not_implemented", "fetching data slices is not available")
-            fetch = self.fetch_slice(dataset, self._artifacts_dir(), peer)
+            fetch = self.fetch_slice(dataset, self._artifacts_dir(), peer, prefetch)
             fetched = list(await self._call(fetch))
         else:
             raise BridgeError(400, "invalid_request", f"unsupported fetch type {kind!r}")

@@ -41,10 +41,11 @@ class ReceivedFile:
 
 FetchPeers = Callable[[Mapping[str, Any], Path], Awaitable[Sequence[FetchedFile]]]
 """``fetch_peers(request_body, artifacts_dir)``: fetch from peers into the dir."""
-FetchSlice = Callable[[str, Path, str | None], Awaitable[Sequence[FetchedFile]]]
-"""``fetch_slice(dataset, artifacts_dir, scheduler)``: the next data slice into the dir.
+FetchSlice = Callable[[str, Path, str | None, int | None], Awaitable[Sequence[FetchedFile]]]
+"""``fetch_slice(dataset, artifacts_dir, scheduler, prefetch)``: the next slice into the dir.
 
-``scheduler`` is the peer the job named (the original's form), or None for the job's own."""
+``scheduler`` is the peer the job named (the original's form), or None for the job's own;
+``prefetch`` how many slices to keep fetched ahead (None: the node's default)."""
 
 
 class SendFile(Protocol):
