@@ -7,6 +7,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ from hypha_sm.config.scheduler import JobSettings
 from hypha_sm.config.worker import WorkerSettings
 from hypha_sm.log.replay import replay
 from hypha_sm.machines_io import load_engine
+from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
@@ -22,7 +24,9 @@ from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.scheduler import Scheduler
 from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire.identity import Identity
+from tests.helpers import remove_leftover_cgroups
 from tests.netkit import LOOPBACK, running_gateway, wait_healthy
+from tests.nodeproc import start_node, worker_config
 from tests.test_data_node import dataset, settings
 
 pytestmark = pytest.mark.net
@@ -115,3 +119,173 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
     )
     assert report.ok, report.divergence
     assert report.node_stopped
+
+
+def _check_slices(got: list[dict[str, object]], datasets: dict[str, Any], count: int) -> None:
+    manifest = datasets["fox"].manifest
+    assert sorted(int(Path(str(g["path"])).name) for g in got) == list(range(count))
+    for entry in got:
+        piece = manifest.slices[int(Path(str(entry["path"])).name)]
+        assert entry["sha256"] == entry["read_sha256"] == piece.sha256
+
+
+def _job(out: Path, count: int, pause: float = 0.0, executor: str = "slices") -> JobSettings:
+    return JobSettings(
+        executor={"class": "train", "name": executor},
+        resources={"cpu": 1, "memory": 1},
+        workers=1,
+        bid=100.0,
+        advertise_timeout=20.0,
+        renew_interval=1.0,
+        timeout=120.0,
+        dataset="fox",
+        epochs=1,
+        spec={"dataset": "fox", "slices": count, "out": str(out), "pause": pause},
+    )
+
+
+async def test_a_slice_a_data_node_holds_corrupted_comes_from_another_data_node(
+    tmp_path: Path,
+) -> None:
+    """Two data nodes serve the dataset; every slice file of one is changed after its start
+    check. Its sends fail verification at the worker, and each slice comes from the other."""
+    good, bad = dataset(tmp_path / "a"), dataset(tmp_path / "b")
+    out = tmp_path / "out"
+    out.mkdir()
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        nodes = {}
+        for name, directory, seed in (("good", good, 113), ("bad", bad, 114)):
+            config = settings(tmp_path, gw.listen, directory)
+            datasets = load_datasets(config.datasets)
+            endpoint = Endpoint(Identity.from_seed(bytes([seed]) * 32))
+            node = DataNode(
+                endpoint,
+                datasets,
+                plan_of(config, datasets),
+                gateways=[gw.listen],
+                address=LOOPBACK,
+            )
+            nodes[name] = (endpoint, node, datasets)
+            await nursery.start(node.run)
+        for piece in nodes["bad"][2]["fox"].manifest.slices:
+            (bad / piece.file).write_bytes(b"changed after the check")
+        with Endpoint(SCHED) as sched:
+            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
+            with trio.fail_after(10):
+                await wait_healthy(sched, address)
+            # Both data nodes are announced before the job looks the dataset up.
+            lookup = Gateways(sched, [gw.listen])
+            with trio.fail_after(10):
+                while len(await lookup.lookup_dataset("fox")) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            scheduler = Scheduler(sched, _job(out, 25), gateways=[gw.listen], address=LOOPBACK)
+            with trio.fail_after(120):
+                outcome = await scheduler.run()
+        for endpoint, _, _ in nodes.values():
+            endpoint.close()
+        nursery.cancel_scope.cancel()
+    assert outcome.ok, outcome
+    _check_slices(json.loads((out / "slices-0.json").read_text()), nodes["good"][2], 25)
+    assert nodes["bad"][1].state.counters["fetches.failed"] >= 1
+
+
+async def test_a_data_node_that_restarts_mid_job_costs_the_job_a_wait_not_its_run(
+    tmp_path: Path,
+) -> None:
+    """The only data node stops after a few slices and comes back on the same address a
+    second later: the fetches in between retry and the job fetches all 25."""
+    directory = dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        config = settings(tmp_path, gw.listen, directory)
+        datasets = load_datasets(config.datasets)
+        first = trio.CancelScope()
+        endpoint = Endpoint(DATA_NODE)
+        node = DataNode(
+            endpoint, datasets, plan_of(config, datasets), gateways=[gw.listen], address=LOOPBACK
+        )
+
+        async def run_first(*, task_status: trio.TaskStatus[str]) -> None:
+            with first:
+                await node.run(task_status=task_status)
+
+        bound = await nursery.start(run_first)
+        with Endpoint(SCHED) as sched:
+            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
+            with trio.fail_after(10):
+                await wait_healthy(sched, address)
+            scheduler = Scheduler(
+                sched, _job(out, 25, pause=0.05), gateways=[gw.listen], address=LOOPBACK
+            )
+
+            async def restart() -> None:
+                while scheduler.state.counters["slices.handed_out"] < 4:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+                first.cancel()
+                endpoint.close()
+                await trio.sleep(1.0)
+                again = DataNode(
+                    Endpoint(DATA_NODE),
+                    datasets,
+                    plan_of(config, datasets),
+                    gateways=[gw.listen],
+                    address=bound,
+                )
+                await nursery.start(again.run)
+
+            nursery.start_soon(restart)
+            with trio.fail_after(120):
+                outcome = await scheduler.run()
+        nursery.cancel_scope.cancel()
+    assert outcome.ok, outcome
+    _check_slices(json.loads((out / "slices-0.json").read_text()), datasets, 25)
+
+
+@pytest.mark.slow  # waits out a lease (10 s)
+async def test_a_worker_killed_while_holding_a_slice_gives_it_back_when_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the worker process while its job holds a slice (and one fetched ahead): the
+    scheduler's renewals fail, the lease is lost at its expiry, and both slices go back to the
+    pool."""
+    directory = dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    work = tmp_path / "work"
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        config = settings(tmp_path, gw.listen, directory)
+        datasets = load_datasets(config.datasets)
+        node = DataNode(
+            Endpoint(DATA_NODE),
+            datasets,
+            plan_of(config, datasets),
+            gateways=[gw.listen],
+            address=LOOPBACK,
+        )
+        await nursery.start(node.run)
+        toml = worker_config(tmp_path, work, gw.listen, ["slices"], script=JOB)
+        proc, address = await start_node(toml, tmp_path / "worker.log")
+        try:
+            with Endpoint(SCHED) as sched:
+                with trio.fail_after(10):
+                    await wait_healthy(sched, address)
+                job = _job(out, 25, pause=3.0, executor="echo")  # worker_config's executor
+                scheduler = Scheduler(sched, job, gateways=[gw.listen], address=LOOPBACK)
+
+                async def kill_when_held() -> None:
+                    while scheduler.state.counters["slices.handed_out"] < 2:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                    proc.kill()
+
+                nursery.start_soon(kill_when_held)
+                with trio.fail_after(60):
+                    outcome = await scheduler.run()
+        finally:
+            proc.kill()
+            await proc.wait()
+            remove_leftover_cgroups(work)
+        nursery.cancel_scope.cancel()
+    assert not outcome.ok
+    assert [p.phase for p in outcome.placements] == ["lost"]
+    assert scheduler.state.counters["slices.reclaimed.worker_lost"] == 2

@@ -43,6 +43,9 @@ PULL_TIMEOUT = 300.0
 MAX_WAITS = 600
 #: The most slices a job may keep fetched ahead (each takes disk in its work dir).
 MAX_PREFETCH = 4
+#: Rounds over every data node of a slice, after the first, before a fetch gives up
+#: (pauses of 0.5, 1, 2, 4 and 8 s: about 15 s in all).
+PULL_RETRIES = 5
 
 
 @dataclass
@@ -255,7 +258,23 @@ class SliceFetcher:
         raise BridgeError(504, "timeout", "no slice became free")
 
     async def _pull(self, answer: m.DataSliceAnswer, target: Path) -> m.SliceServed:
-        """From the named data node, then each alternate, until one delivers it verified."""
+        """From the named data node, then each alternate, until one delivers it verified.
+
+        When every one failed, it tries them all again after a pause (``PULL_RETRIES`` rounds,
+        the pause doubling from half a second), so a data node that restarts mid-job costs the
+        job a wait, not its run. Then it gives up, naming each failure.
+        """
+        pause = 0.5
+        for _ in range(PULL_RETRIES):
+            try:
+                return await self._pull_round(answer, target)
+            except BridgeError as exc:
+                log.warning("%s; again in %.1f s", exc.detail, pause)
+                await trio.sleep(pause)
+                pause *= 2
+        return await self._pull_round(answer, target)
+
+    async def _pull_round(self, answer: m.DataSliceAnswer, target: Path) -> m.SliceServed:
         problems = []
         for provider in (answer.provider, *answer.alternates):
             address = answer.address if provider == answer.provider else ""
