@@ -4,11 +4,19 @@ Run by a worker's process executor as ``python -m hypha_sm.demo_job`` with ``$SO
 and ``$JOB_JSON`` (the scheduler's spec: ``index``, ``workers``, ``peers``, ``config``). It uses
 every part of the job bridge, and only the standard library plus ``hypha_sm.sdk.bridge_client``:
 
-1. fetch ``config.artifact`` (a ``file://`` corpus) into ``artifacts/``;
-2. train on shard ``index`` of ``len(workers)`` for ``config.rounds`` rounds, posting the
-   held-out cross-entropy (bits per character) after each round;
-3. send its counts to every peer, receive theirs, merge, and post the merged model's loss
+1. fetch ``config.artifact`` (a ``file://`` corpus) into ``artifacts/``: its last tenth is the
+   held-out text;
+2. with ``config.dataset`` (the devnet's data node serves the corpus as slices), fetch slices
+   of it through the bridge until the scheduler has no more for this epoch: the workers share
+   the epoch, each slice going to one of them; without it, take shard ``index`` of
+   ``len(workers)`` of the corpus;
+3. train for ``config.rounds`` rounds, posting the held-out cross-entropy (bits per character)
+   after each round;
+4. send its counts to every peer, receive theirs, merge, and post the merged model's loss
    (on this corpus lower than either shard's alone: the workers learned together).
+
+Slices are safetensors files; the format is a length, a JSON header and raw buffers, so the
+job reads the ``input_ids`` rows (bytes of text) with the standard library alone.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -23,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hypha_sm.sdk.bridge_client import BridgeClient
+from hypha_sm.sdk.bridge_client import BridgeClient, BridgeClientError
 
 HELD_OUT = 0.1  # the last tenth of the corpus is for evaluation only
 
@@ -44,6 +53,37 @@ def cross_entropy(counts: Counter[str], text: str, alphabet: int) -> float:
         p = (counts[pair] + 1) / (firsts[pair[0]] + alphabet)
         total -= math.log2(p)
     return total / max(1, len(text) - 1)
+
+
+def slice_texts(path: Path) -> list[str]:
+    """The text windows of one slice: its ``input_ids`` rows (int64 byte values) as text."""
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    tensor = header["input_ids"]
+    rows, width = tensor["shape"]
+    start, end = tensor["data_offsets"]
+    values = struct.unpack(f"<{rows * width}q", data[8 + size + start : 8 + size + end])
+    return [
+        bytes(values[r * width : (r + 1) * width]).decode("utf-8", "replace") for r in range(rows)
+    ]
+
+
+def fetch_epoch(bridge: BridgeClient, scheduler: str, dataset: str) -> list[str]:
+    """Every slice the scheduler hands this job until the epoch has none left."""
+    windows: list[str] = []
+    fetched = 0
+    while True:
+        try:
+            (got,) = bridge.fetch({"type": "scheduler", "peer": scheduler, "dataset": dataset})
+        except BridgeClientError as exc:
+            if exc.status == 404:  # no slice left in this epoch
+                break
+            raise
+        windows.extend(slice_texts(Path(got["path"])))
+        fetched += 1
+    print(f"fetched {fetched} slices of {dataset} ({len(windows)} windows)", flush=True)
+    return windows
 
 
 def main() -> int:
@@ -75,12 +115,17 @@ def main() -> int:
         split = int(len(text) * (1 - HELD_OUT))
         train, held_out = text[:split], text[split : split + 20_000]
         alphabet = len(set(text))
-        per_worker = len(train) // len(workers)
-        shard = train[index * per_worker : (index + 1) * per_worker]
-        step = max(1, len(shard) // rounds)
+        if config.get("dataset"):
+            shard = fetch_epoch(bridge, spec["scheduler"], str(config["dataset"]))
+        else:
+            per_worker = len(train) // len(workers)
+            part = train[index * per_worker : (index + 1) * per_worker]
+            shard = [part[i : i + 4096] for i in range(0, len(part), 4096)]
+        step = max(1, -(-len(shard) // rounds))
         counts: Counter[str] = Counter()
         for n in range(1, rounds + 1):
-            counts.update(bigrams(shard[(n - 1) * step : n * step + 1]))
+            for window in shard[(n - 1) * step : n * step]:
+                counts.update(bigrams(window))
             loss = cross_entropy(counts, held_out, alphabet)
             bridge.status({"metrics": {"round": n, "metrics": {"loss": loss}}})
             time.sleep(float(config.get("round_pause", 0.2)))  # visible progress

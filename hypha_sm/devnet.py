@@ -2,17 +2,20 @@
 
 It writes everything into one directory: node keys, ``gateway`` flags, two worker configs made
 by ``hypha-sm init`` (the example config, with ports, work dirs and a small resource budget set
-through flags and ``HYPHA_*`` variables, as a user would), a ``job.toml`` for the scheduler, and
-a corpus (the Python documentation's topic texts, which ship with Python). Then it starts:
+through flags and ``HYPHA_*`` variables, as a user would), a ``job.toml`` for the scheduler, a
+corpus (the Python documentation's topic texts, which ship with Python) and, with the data
+extra installed, that corpus prepared as slices and a ``data.toml``. Then it starts:
 
     hypha-sm gateway run          (waits until it answers)
+    hypha-sm data run data.toml   (waits until healthy)
     hypha-sm run worker-1.toml    (waits until healthy: listening and subscribed)
     hypha-sm run worker-2.toml
     hypha-sm scheduler run job.toml   (in the foreground: its progress lines are shown)
 
-The job is ``hypha_sm.demo_job``: each worker trains a bigram model on its shard, reports the
-held-out loss each round, then the two send each other their counts through the bulk channel
-and report the merged model's loss. At the end the workers and the gateway get SIGTERM; their
+The job is ``hypha_sm.demo_job``: the two workers share one epoch of the dataset's slices (each
+slice goes to one of them, through the bridge, from the data node), each trains a bigram model
+on its share and reports the held-out loss each round, then the two send each other their
+counts through the bulk channel and report the merged model's loss. At the end the workers and the gateway get SIGTERM; their
 logs and event logs (each worker's in ``work-N/events``, the scheduler's in ``scheduler-events``)
 stay in the directory.
 """
@@ -101,6 +104,9 @@ class Devnet:
         (d / "data").mkdir(exist_ok=True)  # jobs may read only this, not the keys beside it
         corpus = d / "data" / "corpus.txt"
         corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
+        self.data_node = self._prepare_data_node(corpus)
+        dataset_lines = 'dataset = "pydoc"\nepochs = 1\n' if self.data_node else ""
+        spec_dataset = ', dataset = "pydoc"' if self.data_node else ""
         job = d / "job.toml"
         job.write_text(
             f'node_key = "{d / "scheduler-key.pem"}"\n'
@@ -114,9 +120,46 @@ class Devnet:
             "bid = 100\n"
             "renew_interval = 0.5\n"
             "timeout = 300\n"
-            f'spec = {{ artifact = "file://{corpus}", rounds = {self.rounds} }}\n'
+            f"{dataset_lines}"
+            f'spec = {{ artifact = "file://{corpus}", rounds = {self.rounds}{spec_dataset} }}\n'
         )
         return gateway_flags, job
+
+    def _prepare_data_node(self, corpus: Path) -> Path | None:
+        """The corpus as slices and a data.toml serving them; None without the data extra."""
+        from hypha_sm.datasets import prepare
+
+        d = self.directory
+        try:
+            import numpy  # noqa: F401
+            import safetensors  # noqa: F401
+        except ImportError:
+            print("devnet: no data node (pip install 'hypha-sm[data]' to add one)")
+            return None
+        dataset = d / "datasets" / "pydoc"
+        data, _ = prepare.read_text(str(corpus))
+        train, evaluation = prepare.text_samples(data, 128, 0.1)
+        prepare.write_dataset(
+            dataset,
+            name="pydoc",
+            source="pydoc-topics, bytes, seq-len 128",
+            seed=0,
+            samples_per_slice=256,
+            train=prepare.shuffled(train, 0),
+            evaluation=evaluation,
+            force=True,
+        )
+        create_key_file(d / "data-key.pem", force=True)
+        self.data_address = f"tcp://127.0.0.1:{free_port()}"
+        config = d / "data.toml"
+        config.write_text(
+            f'node_key = "{d / "data-key.pem"}"\n'
+            f'gateway_addresses = ["{self.gateway}"]\n'
+            f'listen_address = "{self.data_address}"\n'
+            f'datasets = ["{dataset}"]\n'
+            f'event_log_dir = "{d / "data-events"}"\n'
+        )
+        return config
 
     async def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log_file = (self.directory / f"{name}.log").open("wb")
@@ -138,6 +181,11 @@ class Devnet:
             await self._start("gateway", [*cli, "gateway", "run", *gateway_flags])
             await self._wait_answering(self.gateway, healthy=False, who="gateway")
             print(f"  gateway    {self.gateway} (pid {self.children[0].process.pid})")
+            if self.data_node is not None:
+                await self._start("data-node", [*cli, "data", "run", str(self.data_node)])
+                await self._wait_answering(self.data_address, healthy=True, who="data node")
+                pid = self.children[-1].process.pid
+                print(f"  data node  {self.data_address} (pid {pid}, log data-node.log)")
             for i, (config, listen) in enumerate(self.workers, start=1):
                 env = {
                     "HYPHA_RESOURCES__CPU": "1",
@@ -149,9 +197,10 @@ class Devnet:
                 await self._start(f"worker-{i}", [*cli, "run", str(config), *flags], env)
             for i, (_, listen) in enumerate(self.workers, start=1):
                 await self._wait_answering(listen, healthy=True, who=f"worker-{i}")
-                pid = self.children[i].process.pid
+                pid = next(c.process.pid for c in self.children if c.name == f"worker-{i}")
                 print(f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log)")
-            print("  scheduler  running job.toml: 2 workers, bigram-demo\n", flush=True)
+            shared = ", sharing the slices of pydoc" if self.data_node else ""
+            print(f"  scheduler  running job.toml: 2 workers, bigram-demo{shared}\n", flush=True)
             result = await trio.run_process([*cli, "scheduler", "run", str(job)], check=False)
             return int(result.returncode)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -64,6 +65,22 @@ def test_devnet_runs_the_demo_job_on_two_workers_end_to_end(tmp_path: Path) -> N
     assert "(scheduler, v1," in replayed.stdout
     assert "effects match the recording" in replayed.stdout
     # Nothing keeps running: the gateway and workers were stopped.
+    # The data node served the corpus as slices; the two jobs shared the epoch, every slice once.
+    manifest = json.loads((tmp_path / "datasets" / "pydoc" / "dataset.json").read_text())
+    logs = "".join((tmp_path / f"worker-{i}.log").read_text() for i in (1, 2))
+    fetched = [int(n) for n in re.findall(r"fetched (\d+) slices of pydoc", logs)]
+    assert len(fetched) == 2
+    assert sum(fetched) == len(manifest["slices"])
+    for events in ("scheduler-events", "data-events"):
+        replayed = subprocess.run(
+            [sys.executable, "-m", "hypha_sm.cli", "replay", str(tmp_path / events)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "effects match the recording" in replayed.stdout
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", out)]
-    assert len(pids) == 3
+    assert len(pids) == 4  # the gateway, the data node and two workers
     assert not any(process_alive(pid) for pid in pids)

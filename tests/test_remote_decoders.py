@@ -83,6 +83,7 @@ OWN_INPUT = {
     "hypha_sm.sdk.bridge_client:BridgeClient.receive": "a job reading its own node's bridge",
     "hypha_sm.sdk.bridge_client:BridgeClient.openapi": "a job reading its own node's bridge",
     "hypha_sm.demo_job:main": "the demo job reading the spec and files its node gave it",
+    "hypha_sm.demo_job:slice_texts": "the demo job reading a slice its node verified",
 }
 _DECODER_RECEIVER = re.compile(r"json|msgpack|toml|pickle|decoder|Decoder")
 _DECODING = {"decode", "loads", "load", "convert", "model_validate_json", "validate_json"}

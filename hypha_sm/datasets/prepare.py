@@ -102,7 +102,7 @@ def digits_samples(eval_fraction: float, seed: int) -> tuple[dict[str, Any], dic
     try:
         from sklearn.datasets import load_digits  # type: ignore[import-untyped]
     except ImportError:
-        raise DatasetError("--digits needs scikit-learn: pip install 'hypha-sm[data]'") from None
+        raise DatasetError("--digits needs scikit-learn: pip install 'hypha-sm[digits]'") from None
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.target))
     pixels = (digits.data[order] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
