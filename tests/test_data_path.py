@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hypha_sm.net.transport import Endpoint
 from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.roles.worker import slices as slices_module
 from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire.identity import Identity
 from tests.helpers import remove_leftover_cgroups
@@ -289,3 +291,44 @@ async def test_a_worker_killed_while_holding_a_slice_gives_it_back_when_its_leas
     assert not outcome.ok
     assert [p.phase for p in outcome.placements] == ["lost"]
     assert scheduler.state.counters["slices.reclaimed.worker_lost"] == 2
+
+
+async def test_a_slice_no_data_node_can_deliver_fails_the_fetch_with_each_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only data node's slice files all changed after its check: the fetch fails (after
+    its retries, here none) with a 502 that names the data node and why; the job sees it and
+    the run is not ok. Nothing of the changed bytes reaches the job's artifacts."""
+    monkeypatch.setattr(slices_module, "PULL_RETRIES", 0)
+    caplog.set_level(logging.INFO)  # the job's stderr is logged at INFO
+    directory = dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        config = settings(tmp_path, gw.listen, directory)
+        datasets = load_datasets(config.datasets)
+        for piece in datasets["fox"].manifest.slices:
+            (directory / piece.file).write_bytes(b"changed after the check")
+        node = DataNode(
+            Endpoint(DATA_NODE),
+            datasets,
+            plan_of(config, datasets),
+            gateways=[gw.listen],
+            address=LOOPBACK,
+        )
+        await nursery.start(node.run)
+        with Endpoint(SCHED) as sched:
+            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
+            with trio.fail_after(10):
+                await wait_healthy(sched, address)
+            scheduler = Scheduler(sched, _job(out, 1), gateways=[gw.listen], address=LOOPBACK)
+            with trio.fail_after(60):
+                outcome = await scheduler.run()
+        nursery.cancel_scope.cancel()
+    assert not outcome.ok
+    assert [p.phase for p in outcome.placements] == ["failed"]
+    job_said = "\n".join(r.getMessage() for r in caplog.records if r.name == "hypha_sm.job")
+    assert "502 upstream_error" in job_said  # the job's fetch failed with the reason
+    assert f"…{str(DATA_NODE.peer_id)[-6:]}" in job_said  # naming the data node
+    assert "sha256 mismatch" in job_said
+    assert not list((tmp_path / "work").rglob("artifacts/0"))
