@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         "--text", metavar="FILE", help="a text file, or pydoc-topics (Python's bundled docs)"
     )
     source.add_argument("--digits", action="store_true", help="scikit-learn's bundled 8x8 digits")
+    source.add_argument(
+        "--file", type=Path, help="a local .jsonl/.json/.csv/.parquet/.txt file (the hf extra)"
+    )
+    p_prepare.add_argument("--text-key", help="--file: the column of text (byte-level samples)")
+    p_prepare.add_argument("--keys", help="--file: numeric columns, comma-separated, as tensors")
     p_prepare.add_argument("--out", type=Path, required=True, help="the dataset directory")
     p_prepare.add_argument("--name", help="the dataset's name (default: the directory's)")
     p_prepare.add_argument(
@@ -342,6 +347,20 @@ def _data(args: argparse.Namespace) -> int:
     if args.digits:
         train, evaluation = prepare.digits_samples(args.eval_fraction, args.seed)
         source = "digits (scikit-learn)"
+    elif args.file is not None:
+        keys = [k for k in (args.keys or "").split(",") if k]
+        train, evaluation = prepare.file_samples(
+            args.file,
+            text_key=args.text_key,
+            keys=keys,
+            seq_len=args.seq_len,
+            eval_fraction=args.eval_fraction,
+            seed=args.seed,
+        )
+        what = (
+            f"column {args.text_key!r}, bytes" if args.text_key else f"columns {', '.join(keys)}"
+        )
+        source = f"{args.file.name}, {what}"
     else:
         data, named = prepare.read_text(args.text)
         train, evaluation = prepare.text_samples(data, args.seq_len, args.eval_fraction)
@@ -357,10 +376,10 @@ def _data(args: argparse.Namespace) -> int:
         evaluation=evaluation if args.eval_fraction > 0 else {},
         force=args.force,
     )
-    keys = ", ".join(f"{k} {v.dtype}{v.shape}" for k, v in manifest.keys.items())
+    shapes = ", ".join(f"{k} {v.dtype}{v.shape}" for k, v in manifest.keys.items())
     print(
         f"wrote {args.out}: {len(manifest.slices)} training and {len(manifest.eval_slices)} eval "
-        f"slices of {manifest.samples_per_slice} samples ({keys}); "
+        f"slices of {manifest.samples_per_slice} samples ({shapes}); "
         f"{manifest.dropped_samples} samples did not fill a slice"
     )
     return 0

@@ -226,3 +226,123 @@ def test_golden_a_small_text_dataset_has_these_exact_bytes(tmp_path: Path) -> No
 
 GOLDEN_FIRST_SLICE = "32b031a8c194093700ccb3915e025d9934c900a4a99b25caa8832fc7796712a6"
 GOLDEN_MANIFEST = "sha256:c0f3738b740ccb7db1fbfe1b9f2f975dad7a358b88287becc1627880743272c6"
+
+
+def _rows(tmp_path: Path) -> Path:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "\n".join(
+            json.dumps(
+                {"text": f"row {i}: the quick brown fox", "x": [i, i + 0.5], "label": i % 3}
+            )
+            for i in range(120)
+        )
+        + "\n"
+    )
+    return rows
+
+
+def test_a_jsonl_files_text_column_becomes_byte_level_samples(tmp_path: Path) -> None:
+    """The rows' text, joined by newlines, cut into byte windows: every sample is a window of
+    that text."""
+    rows = _rows(tmp_path)
+    joined = "\n".join(json.loads(line)["text"] for line in rows.read_text().splitlines())
+    out = prepare(
+        tmp_path,
+        "t",
+        "--file",
+        str(rows),
+        "--text-key",
+        "text",
+        "--samples-per-slice",
+        "8",
+        "--seq-len",
+        "16",
+    )
+    manifest, _ = verify(out)
+    assert manifest.keys["input_ids"] == TensorInfo("I64", [16])
+    for window in load_file(str(out / manifest.slices[0].file))["input_ids"]:
+        assert bytes(window.astype(np.uint8)) in joined.encode()
+
+
+def test_numeric_columns_of_csv_and_parquet_become_tensors_one_row_per_sample(
+    tmp_path: Path,
+) -> None:
+    """The same rows as CSV and as Parquet give the same samples; each row is one sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [float(i) for i in range(100)], "label": [i % 2 for i in range(100)]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    (tmp_path / "rows.csv").write_text(
+        "a,label\n" + "".join(f"{float(i)},{i % 2}\n" for i in range(100))
+    )
+    slices = {}
+    for suffix in ("csv", "parquet"):
+        out = prepare(
+            tmp_path,
+            suffix,
+            "--file",
+            str(tmp_path / f"rows.{suffix}"),
+            "--keys",
+            "a,label",
+            "--samples-per-slice",
+            "10",
+            "--name",
+            "rows",
+        )
+        manifest, _ = verify(out)
+        assert manifest.keys == {"a": TensorInfo("F64", []), "label": TensorInfo("I64", [])}
+        slices[suffix] = load_file(str(out / manifest.slices[0].file))
+        assert (
+            sorted(slices[suffix]["a"] % 2 == slices[suffix]["label"]) == [True] * 10
+        )  # rows kept whole
+    assert np.array_equal(slices["csv"]["a"], slices["parquet"]["a"])
+
+
+@pytest.mark.parametrize(
+    ("lines", "args", "says"),
+    [
+        (
+            '{"x": [1, 2], "label": 1}\n{"x": [1, 2]}\n',
+            ["--keys", "x,label"],
+            "'label' is missing in row 2",
+        ),
+        ('{"x": [1, 2], "label": 1}\n', ["--keys", "y"], "no column 'y'"),
+        (
+            '{"x": "a", "label": 1}\n{"x": "b", "label": 1}\n',
+            ["--keys", "x"],
+            "'x' is not numeric",
+        ),
+        (
+            '{"x": [1], "label": 1}\n{"x": [1, 2], "label": 1}\n',
+            ["--keys", "x"],
+            "rows of different shapes",
+        ),
+        ('{"t": 1}\n', ["--text-key", "t"], "must hold text in every row"),
+        ("", ["--keys", "x"], "missing or empty"),
+    ],
+)
+def test_a_bad_local_file_is_a_one_line_error_naming_the_problem(
+    tmp_path: Path, lines: str, args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "rows.jsonl"
+    source.write_text(lines)
+    out = tmp_path / "out"
+    command = [
+        "data",
+        "prepare",
+        "--file",
+        str(source),
+        "--out",
+        str(out),
+        "--samples-per-slice",
+        "1",
+        "--eval-fraction",
+        "0",
+        *args,
+    ]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert err.count("\n") == 1

@@ -96,6 +96,100 @@ def _windows(np: Any, data: bytes, seq_len: int) -> dict[str, Any]:
     }
 
 
+#: The Hugging Face ``datasets`` loader for each file suffix.
+HF_FORMATS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+
+def file_rows(path: Path, keys: list[str]) -> dict[str, list[Any]]:
+    """``keys``' columns of a local JSONL / JSON / CSV / Parquet / text file.
+
+    Read with Hugging Face ``datasets``, offline, caching in a temporary directory.
+    DatasetError names the file and, for a value missing in some rows, the first such row.
+    """
+    loader = HF_FORMATS.get(path.suffix.lower())
+    if loader is None:
+        raise DatasetError(f"{path}: use a .jsonl, .json, .csv, .parquet or .txt file")
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DatasetError(f"{path}: the file is missing or empty")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(
+            "--file needs Hugging Face datasets: pip install 'hypha-sm[hf]'"
+        ) from None
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as cache:
+        try:
+            table = datasets.load_dataset(
+                loader, data_files=str(path), split="train", cache_dir=cache
+            )
+        except Exception as exc:  # the library's errors for a bad file are many and untyped
+            raise DatasetError(
+                f"{path}: cannot read it: {type(exc).__name__}: {exc}"[:400]
+            ) from None
+        columns = {}
+        for key in keys:
+            if key not in table.column_names:
+                raise DatasetError(
+                    f"{path}: no column {key!r} (it has {', '.join(table.column_names)})"
+                )
+            values = table[key]
+            missing = next((n for n, v in enumerate(values, start=1) if v is None), None)
+            if missing is not None:
+                raise DatasetError(f"{path}: {key!r} is missing in row {missing}")
+            columns[key] = list(values)
+    if not columns or not next(iter(columns.values())):
+        raise DatasetError(f"{path}: no rows")
+    return columns
+
+
+def file_samples(
+    path: Path,
+    *,
+    text_key: str | None,
+    keys: list[str],
+    seq_len: int,
+    eval_fraction: float,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Samples from a local file, byte-level text or numeric tensors.
+
+    Its ``text_key`` column becomes byte-level text (rows joined by newlines); or its ``keys``
+    columns become tensors, each row one sample, shuffled with ``seed``, the last
+    ``eval_fraction`` held out.
+    """
+    np = _numpy()
+    if text_key:
+        rows = file_rows(path, [text_key])[text_key]
+        if not all(isinstance(r, str) for r in rows):
+            raise DatasetError(f"{path}: {text_key!r} must hold text in every row")
+        return text_samples("\n".join(rows).encode("utf-8"), seq_len, eval_fraction)
+    if not keys:
+        raise DatasetError("--file needs --text-key or --keys")
+    columns = file_rows(path, keys)
+    arrays = {}
+    for key, values in columns.items():
+        try:
+            array = np.asarray(values)
+        except ValueError:
+            raise DatasetError(f"{path}: {key!r} has rows of different shapes") from None
+        if array.dtype == object or str(array.dtype) not in _DTYPE_NAMES:
+            raise DatasetError(f"{path}: {key!r} is not numeric ({array.dtype})")
+        arrays[key] = array
+    order = np.random.default_rng(seed).permutation(_count(arrays))
+    arrays = {key: value[order] for key, value in arrays.items()}
+    cut = _count(arrays) - int(_count(arrays) * eval_fraction)
+    return {k: v[:cut] for k, v in arrays.items()}, {k: v[cut:] for k, v in arrays.items()}
+
+
 def digits_samples(eval_fraction: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """scikit-learn's 1,797 digits: ``pixel_values`` [N, 1, 8, 8] in 0..1, ``labels`` [N]."""
     np = _numpy()
