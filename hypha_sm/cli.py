@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_prepare.add_argument("--text-key", help="--file: the column of text (byte-level samples)")
     p_prepare.add_argument("--keys", help="--file: numeric columns, comma-separated, as tensors")
+    p_prepare.add_argument(
+        "--tokenizer", type=Path, help="text: a directory with a tokenizer.json (default: bytes)"
+    )
     p_prepare.add_argument("--out", type=Path, required=True, help="the dataset directory")
     p_prepare.add_argument("--name", help="the dataset's name (default: the directory's)")
     p_prepare.add_argument(
@@ -344,6 +347,7 @@ def _data(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.eval_fraction < 1.0:
         raise DatasetError(f"eval-fraction {args.eval_fraction}: must be in [0, 1)")
+    tokens = "bytes" if args.tokenizer is None else f"tokenizer {args.tokenizer.name}"
     if args.digits:
         train, evaluation = prepare.digits_samples(args.eval_fraction, args.seed)
         source = "digits (scikit-learn)"
@@ -356,15 +360,17 @@ def _data(args: argparse.Namespace) -> int:
             seq_len=args.seq_len,
             eval_fraction=args.eval_fraction,
             seed=args.seed,
+            tokenizer=args.tokenizer,
         )
-        what = (
-            f"column {args.text_key!r}, bytes" if args.text_key else f"columns {', '.join(keys)}"
-        )
+        columns = ", ".join(keys)
+        what = f"column {args.text_key!r}, {tokens}" if args.text_key else f"columns {columns}"
         source = f"{args.file.name}, {what}"
     else:
         data, named = prepare.read_text(args.text)
-        train, evaluation = prepare.text_samples(data, args.seq_len, args.eval_fraction)
-        source = f"{named}, bytes, seq-len {args.seq_len}"
+        train, evaluation = prepare.text_samples(
+            data, args.seq_len, args.eval_fraction, args.tokenizer
+        )
+        source = f"{named}, {tokens}, seq-len {args.seq_len}"
     train = prepare.shuffled(train, args.seed)
     manifest = prepare.write_dataset(
         args.out,

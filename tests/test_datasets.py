@@ -346,3 +346,37 @@ def test_a_bad_local_file_is_a_one_line_error_naming_the_problem(
     err = capsys.readouterr().err
     assert says in err
     assert err.count("\n") == 1
+
+
+def test_a_tokenizer_from_a_local_directory_gives_its_ids_as_samples(tmp_path: Path) -> None:
+    """A BPE tokenizer trained here and saved as tokenizer.json: the slices hold its ids, and
+    the ids decode back to the text's words; labels are the next token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    text = TEXT.decode()
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        [text], trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]"])
+    )
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    out = prepare(
+        tmp_path,
+        "tokens",
+        "--text",
+        text_file(tmp_path),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--samples-per-slice",
+        "4",
+        "--seq-len",
+        "8",
+    )
+    manifest, _ = verify(out)
+    assert "tokenizer tok" in manifest.source
+    tensors = load_file(str(out / manifest.slices[0].file))
+    assert np.array_equal(tensors["labels"][:, :-1], tensors["input_ids"][:, 1:])
+    words = tokenizer.decode([int(i) for i in tensors["input_ids"][0]]).split()
+    assert words
+    assert all(word in text for word in words)

@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +74,48 @@ def read_text(source: str) -> tuple[bytes, str]:
 
 
 def text_samples(
-    data: bytes, seq_len: int, eval_fraction: float
+    data: bytes, seq_len: int, eval_fraction: float, tokenizer: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Byte-level samples: windows of ``seq_len`` bytes and the byte after each (``labels``)."""
+    """Windows of ``seq_len`` tokens and the token after each (``labels``).
+
+    Tokens are bytes, or with ``tokenizer`` (a directory holding a Hugging Face
+    ``tokenizer.json``) that tokenizer's ids. The eval split is the text's tail, cut before
+    tokenizing so no eval token comes from training text.
+    """
     np = _numpy()
     if seq_len < 1:
         raise DatasetError(f"seq-len {seq_len}: must be at least 1")
     cut = len(data) - int(len(data) * eval_fraction)
-    return _windows(np, data[:cut], seq_len), _windows(np, data[cut:], seq_len)
+    encode = _byte_ids if tokenizer is None else _tokenizer_ids(tokenizer)
+    return _windows(np, encode(data[:cut]), seq_len), _windows(np, encode(data[cut:]), seq_len)
 
 
-def _windows(np: Any, data: bytes, seq_len: int) -> dict[str, Any]:
-    count = max(0, (len(data) - 1) // seq_len)
-    ids = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+def _byte_ids(data: bytes) -> Any:
+    np = _numpy()
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+
+
+def _tokenizer_ids(directory: Path) -> Callable[[bytes], Any]:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise DatasetError("--tokenizer needs tokenizers: pip install 'hypha-sm[hf]'") from None
+    path = directory / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # missing file, or not a tokenizer: the library's errors vary
+        raise DatasetError(f"{path}: not a tokenizer: {exc}"[:300]) from None
+    np = _numpy()
+
+    def encode(data: bytes) -> Any:
+        text = data.decode("utf-8", "replace")
+        return np.asarray(tokenizer.encode(text).ids, dtype=np.int64)
+
+    return encode
+
+
+def _windows(np: Any, ids: Any, seq_len: int) -> dict[str, Any]:
+    count = max(0, (len(ids) - 1) // seq_len)
     starts = np.arange(count) * seq_len
     index = starts[:, None] + np.arange(seq_len)[None, :]
     return {
@@ -159,8 +188,9 @@ def file_samples(
     seq_len: int,
     eval_fraction: float,
     seed: int,
+    tokenizer: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Samples from a local file, byte-level text or numeric tensors.
+    """Samples from a local file, text (bytes or a tokenizer's ids) or numeric tensors.
 
     Its ``text_key`` column becomes byte-level text (rows joined by newlines); or its ``keys``
     columns become tensors, each row one sample, shuffled with ``seed``, the last
@@ -171,7 +201,7 @@ def file_samples(
         rows = file_rows(path, [text_key])[text_key]
         if not all(isinstance(r, str) for r in rows):
             raise DatasetError(f"{path}: {text_key!r} must hold text in every row")
-        return text_samples("\n".join(rows).encode("utf-8"), seq_len, eval_fraction)
+        return text_samples("\n".join(rows).encode("utf-8"), seq_len, eval_fraction, tokenizer)
     if not keys:
         raise DatasetError("--file needs --text-key or --keys")
     columns = file_rows(path, keys)
