@@ -103,6 +103,21 @@ class Host(Generic[E]):
         """The live record, or None."""
         return self.records[kind].get(key)
 
+    def describe(self) -> dict[str, Any]:
+        """The state as plain data for people (``replay --until``): time, ids, records, counters.
+
+        A role adds what its state holds besides (its ``Role.describe``).
+        """
+        return {
+            "now": {"mono": self.now.mono, "wall": self.now.wall},
+            "ids_issued": self.ids.counter,
+            "records": {
+                kind: {key: table[key].fields() for key in table}
+                for kind, table in self.records.items()
+            },
+            "counters": dict(sorted(self.counters.items())),
+        }
+
     def live_records(self) -> int:
         """How many records are live, of every kind."""
         return sum(len(table) for table in self.records.values())

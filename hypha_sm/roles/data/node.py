@@ -11,12 +11,11 @@ changed on disk after the start check is never delivered as good.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +36,7 @@ from hypha_sm.roles.data.core.plan import DataPlan, Served
 from hypha_sm.roles.data.core.role import DATA
 from hypha_sm.roles.data.core.state import DataState
 from hypha_sm.runtime.loop import Inbox, Stepper, run_loop
+from hypha_sm.runtime.replies import Replies, start_later
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, open_record
 from hypha_sm.wire.identity import IdentityError, PeerId
@@ -96,12 +96,6 @@ def plan_of(settings: DataNodeSettings, datasets: dict[str, Dataset]) -> DataPla
     )
 
 
-@dataclass
-class _Waiting:
-    done: trio.Event = field(default_factory=trio.Event)
-    answer: m.Message | None = None
-
-
 class DataNode:
     """Serves ``datasets`` to the workers schedulers grant slices to."""
 
@@ -136,8 +130,7 @@ class DataNode:
         self._inbox = Inbox(4096, ev.Tick)
         #: Set once a shutdown drained every fetch.
         self.stopped = trio.Event()
-        self._tokens = itertools.count(1)
-        self._waiting: dict[int, _Waiting] = {}
+        self._replies = Replies()
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -175,27 +168,15 @@ class DataNode:
             return m.HealthReply(not self.stopped.is_set())
         if not isinstance(message, m.SliceFetch):
             return m.Refused("unsupported")
-        token = next(self._tokens)
-        event = _fetch_event(token, str(opened.sender), message)
-        waiting = _Waiting()
-        self._waiting[token] = waiting
-        try:
-            self._inbox.push_request(event)
-            await waiting.done.wait()
-        finally:
-            self._waiting.pop(token, None)
-        assert waiting.answer is not None
-        return waiting.answer
+        token, _ = self._replies.open()
+        self._inbox.push_request(_fetch_event(token, str(opened.sender), message))
+        return await self._replies.wait(token)
 
     # -- effects -------------------------------------------------------------------------------
 
     def _later(self, work: Awaitable[None]) -> None:
         assert self._nursery is not None
-
-        async def run() -> None:
-            await work
-
-        self._nursery.start_soon(run)
+        start_later(self._nursery, work)
 
     def _perform(self, effect: fx.Effect) -> None:
         match effect:
@@ -204,14 +185,8 @@ class DataNode:
             case fx.SendSlice():
                 self._later(self._send(effect))
             case fx.ReplyFetch(reply_to=token, transfer_id=tid, reason=reason):
-                waiting = self._waiting.get(token)
-                if waiting is not None:
-                    waiting.answer = (
-                        m.Refused(reason)
-                        if reason
-                        else m.SliceServed(tid, effect.size, effect.sha256)
-                    )
-                    waiting.done.set()
+                served = m.SliceServed(tid, effect.size, effect.sha256)
+                self._replies.answer(token, m.Refused(reason) if reason else served)
             case fx.Notice(level=level, text=text):
                 log.log(_LEVELS[level], "%s", text)
             case fx.NodeStopped():

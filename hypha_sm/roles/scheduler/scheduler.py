@@ -21,13 +21,12 @@ advertisement, and statuses and progress must come from the worker the job was d
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -48,6 +47,7 @@ from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import SchedulerState
 from hypha_sm.runtime.bootstrap import tls_files
 from hypha_sm.runtime.loop import Inbox, Stepper, run_loop
+from hypha_sm.runtime.replies import Pending, Replies, start_later
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
@@ -108,16 +108,6 @@ def plan_of(job: JobSettings) -> Plan:
     )
 
 
-@dataclass
-class _Waiting:
-    """A request a peer waits on: set when the core's reply effect arrives."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    answer: m.Message | None = None
-    progress: m.ProgressKind | None = None
-    dataset: str = ""
-
-
 class Scheduler:
     """Runs one job on ``job.workers`` workers found through ``gateways``.
 
@@ -156,8 +146,7 @@ class Scheduler:
         self.stepper: Stepper[SchedulerState] = Stepper(SCHEDULER, engine, plan, seed, recorder)
         self._inbox = Inbox(4096, ev.Tick)
         self._stopped = trio.Event()
-        self._tokens = itertools.count(1)
-        self._waiting: dict[int, _Waiting] = {}
+        self._replies = Replies()
         self._exits = contextlib.ExitStack()
         self._publisher: Publisher | None = None
         #: Where each data node of the dataset listens (from its signed peer record).
@@ -233,9 +222,10 @@ class Scheduler:
         message = opened.message
         if isinstance(message, m.Health):
             return m.HealthReply(not self._stopped.is_set())
-        token = next(self._tokens)
+        if not isinstance(message, _REQUESTS):
+            return m.Refused("unsupported")
+        token, _ = self._replies.open(message)  # the request stays beside its token
         peer = str(opened.sender)
-        waiting = _Waiting()
         event: ev.Event
         if isinstance(message, m.WorkerOffer):
             event = ev.OfferReceived(
@@ -253,42 +243,24 @@ class Scheduler:
             )
         elif isinstance(message, m.DataSliceRequest):
             event = ev.SliceRequested(token, peer, message.job_id, message.dataset)
-            waiting.dataset = message.dataset
         elif isinstance(message, m.SliceDoneReport):
             event = ev.SliceDone(token, peer, message.job_id, message.dataset, message.index)
-        elif isinstance(message, m.Progress):
+        else:
             kind = type(message.progress).__struct_config__.tag
             event = ev.ProgressReceived(
                 token, peer, message.job_id, str(kind), describe_progress(message.progress)
             )
-            waiting.progress = message.progress
-        else:
-            return m.Refused("unsupported")
-        self._waiting[token] = waiting
-        try:
-            self._inbox.push_request(event)
-            await waiting.done.wait()
-        finally:
-            self._waiting.pop(token, None)
-        assert waiting.answer is not None
-        return waiting.answer
+        self._inbox.push_request(event)
+        return await self._replies.wait(token)
 
-    def _reply(self, token: int, answer: m.Message) -> _Waiting | None:
-        waiting = self._waiting.get(token)
-        if waiting is not None:  # the peer may have given up waiting
-            waiting.answer = answer
-            waiting.done.set()
-        return waiting
+    def _reply(self, token: int, answer: m.Message) -> Pending | None:
+        return self._replies.answer(token, answer)  # None if the peer gave up waiting
 
     # -- effects -------------------------------------------------------------------------------
 
     def _later(self, work: Awaitable[None]) -> None:
         assert self._nursery is not None
-
-        async def run() -> None:
-            await work
-
-        self._nursery.start_soon(run)
+        start_later(self._nursery, work)
 
     def _perform(self, effect: fx.Effect) -> None:
         match effect:
@@ -308,9 +280,9 @@ class Scheduler:
                 self._reply(token, m.Refused(reason) if reason else m.StatusAck(job_id))
             case fx.ReplyProgress(reply_to=token, job_id=job_id, reply=reply, reason=reason):
                 answer = m.ProgressReply(reply) if reply else m.Refused(reason)
-                waiting = self._reply(token, answer)
-                if reply and waiting is not None and waiting.progress is not None:
-                    self._tell_progress(job_id, waiting.progress)
+                pending = self._reply(token, answer)
+                if reply and pending is not None and isinstance(pending.context, m.Progress):
+                    self._tell_progress(job_id, pending.context.progress)
             case fx.Notice(level=level, text=text):
                 log.log(_LEVELS[level], "%s", text)
             case fx.Finished():
@@ -320,9 +292,10 @@ class Scheduler:
             case fx.ReplySlice():
                 self._reply(effect.reply_to, self._slice_answer(effect))
             case fx.ReplyNoSlice(reply_to=token, reason=reason, retry_after=retry):
-                waiting = self._waiting.get(token)
+                pending = self._replies.get(token)
+                request = None if pending is None else pending.context
                 outcome: Literal["not_found", "error"] = "not_found" if retry else "error"
-                dataset = waiting.dataset if waiting is not None else ""
+                dataset = request.dataset if isinstance(request, m.DataSliceRequest) else ""
                 self._reply(
                     token, m.DataSliceAnswer(dataset, outcome, reason=reason, retry_after=retry)
                 )
@@ -484,6 +457,10 @@ class Scheduler:
         else:
             reason = f"dispatch answered {type(message).__name__}"
             await self._inbox.send(ev.DispatchFailed(effect.lease_id, reason))
+
+
+#: The requests the scheduler answers through its core (each with a reply effect).
+_REQUESTS = (m.WorkerOffer, m.JobStatus, m.DataSliceRequest, m.SliceDoneReport, m.Progress)
 
 
 def _why(message: m.Message) -> str:

@@ -6,8 +6,6 @@ functions yet, so it does not rotate.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypha_sm.core.role import Role
 from hypha_sm.roles.data.core.effects import Effect
 from hypha_sm.roles.data.core.events import Event
@@ -20,19 +18,6 @@ from hypha_sm.roles.data.core.reducer import (
     stopped,
 )
 from hypha_sm.roles.data.core.state import DataState
-
-
-def describe(state: DataState) -> dict[str, Any]:
-    """The state as plain data for people (``replay --until``)."""
-    return {
-        "now": {"mono": state.now.mono, "wall": state.now.wall},
-        "records": {
-            kind: {key: table[key].fields() for key in table}
-            for kind, table in state.records.items()
-        },
-        "counters": dict(sorted(state.counters.items())),
-    }
-
 
 DATA: Role[DataState, DataPlan, None] = Role(
     name="data",
@@ -48,5 +33,5 @@ DATA: Role[DataState, DataPlan, None] = Role(
     restore=None,
     stopped=stopped,
     config_problem=plan_problem,
-    describe=describe,
+    describe=DataState.describe,
 )

@@ -29,17 +29,12 @@ from hypha_sm.roles.scheduler.core.state import SchedulerState
 def describe(state: SchedulerState) -> dict[str, Any]:
     """The state as plain data for people (``replay --until``)."""
     return {
-        "now": {"mono": state.now.mono, "wall": state.now.wall},
-        "ids_issued": state.ids.counter,
-        "records": {
-            kind: {key: table[key].fields() for key in table}
-            for kind, table in state.records.items()
-        },
+        **state.describe(),
         "placed": list(state.placed),
         "jobs": dict(state.jobs),
         "ended": dict(state.ended),
         "finished": state.finished,
-        "counters": dict(sorted(state.counters.items())),
+        "epoch": state.epoch,
     }
 
 
