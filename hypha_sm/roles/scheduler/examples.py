@@ -17,12 +17,12 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.resources import Amounts
 from hypha_sm.core.trace import Now
 from hypha_sm.log.store import Recorder
-from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.scheduler.core import effects as fx
 from hypha_sm.roles.scheduler.core import events as ev
 from hypha_sm.roles.scheduler.core.plan import Plan
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import SchedulerState
+from hypha_sm.runtime import examples
 from hypha_sm.runtime.loop import Stepper
 
 SEED = bytes.fromhex("ffeeddccbbaa99887766554433221100")
@@ -169,25 +169,15 @@ SCENARIOS: dict[str, Callable[[Script], None]] = {
 
 def render(engine: Engine, machines_hash: str) -> dict[str, bytes]:
     """Every example log's bytes, by file name."""
-    out = {}
-    for name, scenario in SCENARIOS.items():
-        script = Script(engine, machines_hash)
-        scenario(script)
-        out[f"{name}.jsonl"] = script.sink.getvalue()
-    return out
+    return examples.render(SCENARIOS, Script, engine, machines_hash)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the example logs to specs/logs/scheduler/ (or the directory given)."""
     args = sys.argv[1:] if argv is None else argv
-    root = Path(__file__).resolve().parents[3]
-    out_dir = Path(args[0]) if args else root / "specs" / "logs" / "scheduler"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    engine, machines_hash = load_engine(SCHEDULER)
-    for name, data in render(engine, machines_hash).items():
-        (out_dir / name).write_bytes(data)
-        print(f"wrote {out_dir / name}")
-    return 0
+    return examples.write(
+        SCHEDULER, render, Path(args[0]) if args else examples.LOGS / "scheduler"
+    )
 
 
 if __name__ == "__main__":

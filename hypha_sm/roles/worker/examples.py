@@ -15,7 +15,6 @@ from pathlib import Path
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.resources import Amounts
 from hypha_sm.log.store import Recorder
-from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.events import (
     AdvertisementReceived,
     DispatchRequested,
@@ -31,6 +30,7 @@ from hypha_sm.roles.worker.core.events import (
 )
 from hypha_sm.roles.worker.core.policy import ExecutorRef, ExecutorSpec, Offer, Policy
 from hypha_sm.roles.worker.core.role import WORKER
+from hypha_sm.runtime import examples
 from hypha_sm.runtime.loop import Stepper
 
 SEED = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -156,24 +156,13 @@ SCENARIOS: dict[str, Callable[[Script], None]] = {
 
 def render(engine: Engine, machines_hash: str) -> dict[str, bytes]:
     """Every example log's bytes, by file name."""
-    out = {}
-    for name, scenario in SCENARIOS.items():
-        script = Script(engine, machines_hash)
-        scenario(script)
-        out[f"{name}.jsonl"] = script.sink.getvalue()
-    return out
+    return examples.render(SCENARIOS, Script, engine, machines_hash)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the example logs to specs/logs/ (or the directory given)."""
     args = sys.argv[1:] if argv is None else argv
-    out_dir = Path(args[0]) if args else Path(__file__).resolve().parents[3] / "specs" / "logs"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    engine, machines_hash = load_engine(WORKER)
-    for name, data in render(engine, machines_hash).items():
-        (out_dir / name).write_bytes(data)
-        print(f"wrote {out_dir / name}")
-    return 0
+    return examples.write(WORKER, render, Path(args[0]) if args else examples.LOGS)
 
 
 if __name__ == "__main__":
