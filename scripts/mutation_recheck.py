@@ -87,6 +87,10 @@ HOME = {
     "hypha_sm.roles.scheduler.core.state": ["tests/test_scheduler_core.py"],
     "hypha_sm.roles.scheduler.core.plan": ["tests/test_scheduler_core.py"],
     "hypha_sm.roles.scheduler.core.role": ["tests/test_scheduler_core.py"],
+    "hypha_sm.roles.scheduler.core.slices": ["tests/test_scheduler_core.py"],
+    "hypha_sm.roles.scheduler.core.diloco": ["tests/test_diloco_arithmetic.py"],
+    "hypha_sm.roles.data.core.reducer": ["tests/test_data_core.py"],
+    "hypha_sm.roles.data.core.machines": ["tests/test_data_core.py"],
 }
 
 #: The functions that find and kill a job's processes (module, function as mutmut names it).
