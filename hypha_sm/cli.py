@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p_prepare.add_argument("--seed", type=int, default=0, help="orders the samples (0)")
     p_prepare.add_argument("--force", action="store_true", help="replace an existing dataset")
 
-    p_sched = sub.add_parser("scheduler", help="the minimal scheduler role: one job on N workers")
+    p_sched = sub.add_parser(
+        "scheduler", help="the scheduler role: one job on N workers (and its dataset's slices)"
+    )
     sched_sub = p_sched.add_subparsers(dest="scheduler_command", required=True)
     p_sched_run = sched_sub.add_parser("run", help="place and run the job in job.toml")
     p_sched_run.add_argument("config", nargs="?", type=Path, help="job.toml")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sched_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
 
     p_devnet = sub.add_parser(
-        "devnet", help="a local gateway, scheduler and two workers running a demo job"
+        "devnet", help="a local gateway, data node, scheduler and two workers running a demo job"
     )
     p_devnet.add_argument("--dir", type=Path, help="keep everything here (default: a temp dir)")
     p_devnet.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
