@@ -3,6 +3,7 @@ a scheduler and a worker whose job fetches every slice of an epoch through its b
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -332,3 +333,66 @@ async def test_a_slice_no_data_node_can_deliver_fails_the_fetch_with_each_reason
     assert f"…{str(DATA_NODE.peer_id)[-6:]}" in job_said  # naming the data node
     assert "sha256 mismatch" in job_said
     assert not list((tmp_path / "work").rglob("artifacts/0"))
+
+
+class LyingDataNode(DataNode):
+    """Serves other bytes for every slice, under a SHA-256 of its own making."""
+
+    async def _send(self, effect: Any) -> None:
+        garbage = self.datasets[effect.dataset].directory / "garbage.bin"
+        garbage.write_bytes(b"not the slice you asked for " * 100)
+        await self._push(
+            effect.key,
+            effect.peer,
+            effect.bulk_address,
+            effect.transfer_id,
+            garbage,
+            f"{effect.dataset}-{effect.index:05d}.safetensors",
+            "slice",
+            hashlib.sha256(garbage.read_bytes()).hexdigest(),  # its own hash, not the manifest's
+        )
+
+
+async def test_a_data_node_that_serves_other_bytes_under_its_own_hash_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The worker checks each slice against the manifest the scheduler's grant names (fetched
+    and checked once), not against the hash a data node declares: the liar's transfers are
+    refused before a byte flows and every slice comes from the honest data node."""
+    honest, lying = dataset(tmp_path / "a"), dataset(tmp_path / "b")
+    out = tmp_path / "out"
+    out.mkdir()
+    async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
+        nodes = {}
+        for kind, directory, seed in ((DataNode, honest, 115), (LyingDataNode, lying, 116)):
+            config = settings(tmp_path, gw.listen, directory)
+            datasets = load_datasets(config.datasets)
+            endpoint = Endpoint(Identity.from_seed(bytes([seed]) * 32))
+            node = kind(
+                endpoint,
+                datasets,
+                plan_of(config, datasets),
+                gateways=[gw.listen],
+                address=LOOPBACK,
+            )
+            nodes[kind.__name__] = (endpoint, node, datasets)
+            await nursery.start(node.run)
+        with Endpoint(SCHED) as sched:
+            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
+            with trio.fail_after(10):
+                await wait_healthy(sched, address)
+            lookup = Gateways(sched, [gw.listen])
+            with trio.fail_after(10):
+                while len(await lookup.lookup_dataset("fox")) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            scheduler = Scheduler(sched, _job(out, 25), gateways=[gw.listen], address=LOOPBACK)
+            with trio.fail_after(120):
+                outcome = await scheduler.run()
+        for endpoint, _, _ in nodes.values():
+            endpoint.close()
+        nursery.cancel_scope.cancel()
+    assert outcome.ok, outcome
+    _check_slices(json.loads((out / "slices-0.json").read_text()), nodes["DataNode"][2], 25)
+    assert nodes["LyingDataNode"][1].state.counters["fetches.failed"] >= 1
+    # It delivered nothing but, at most, the manifest (which it serves as it is).
+    assert nodes["LyingDataNode"][1].state.counters.get("fetches.sent", 0) <= 1

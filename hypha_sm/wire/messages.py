@@ -273,6 +273,18 @@ class SliceFetch(_Msg, tag="slice_fetch", frozen=True):
     bulk_address: Address
 
 
+class ManifestFetch(_Msg, tag="manifest_fetch", frozen=True):
+    """A worker asks a data node for a dataset's manifest (``dataset.json``).
+
+    Sent over the bulk channel like a slice; the worker checks it against the manifest hash
+    its scheduler granted, then every slice against the manifest.
+    """
+
+    dataset: Name
+    transfer_id: Id
+    bulk_address: Address
+
+
 class SliceServed(_Msg, tag="slice_served", frozen=True):
     """The slice arrived and the worker's bulk server verified it."""
 
@@ -405,6 +417,7 @@ Message = (
     | SliceGrant
     | SliceDoneReport
     | SliceFetch
+    | ManifestFetch
     | SliceServed
     | Health
     | HealthReply

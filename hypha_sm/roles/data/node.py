@@ -22,7 +22,7 @@ from typing import BinaryIO
 import trio
 
 from hypha_sm.config.data import DataNodeSettings
-from hypha_sm.datasets.manifest import DatasetError, Manifest, manifest_hash
+from hypha_sm.datasets.manifest import MANIFEST_FILE, DatasetError, Manifest, manifest_hash
 from hypha_sm.datasets.prepare import verify
 from hypha_sm.log.store import Recorder
 from hypha_sm.machines_io import load_engine
@@ -166,10 +166,21 @@ class DataNode:
         message = opened.message
         if isinstance(message, m.Health):
             return m.HealthReply(not self.stopped.is_set())
-        if not isinstance(message, m.SliceFetch):
-            return m.Refused("unsupported")
         token, _ = self._replies.open()
-        self._inbox.push_request(_fetch_event(token, str(opened.sender), message))
+        if isinstance(message, m.SliceFetch):
+            event: ev.Event = _fetch_event(token, str(opened.sender), message)
+        elif isinstance(message, m.ManifestFetch):
+            event = ev.ManifestRequested(
+                token,
+                str(opened.sender),
+                message.dataset,
+                message.transfer_id,
+                message.bulk_address,
+            )
+        else:
+            self._replies.answer(token, m.Refused("unsupported"))
+            return await self._replies.wait(token)
+        self._inbox.push_request(event)
         return await self._replies.wait(token)
 
     # -- effects -------------------------------------------------------------------------------
@@ -184,6 +195,8 @@ class DataNode:
                 self._later(self._announce(expires))
             case fx.SendSlice():
                 self._later(self._send(effect))
+            case fx.SendManifest():
+                self._later(self._send_manifest(effect))
             case fx.ReplyFetch(reply_to=token, transfer_id=tid, reason=reason):
                 served = m.SliceServed(tid, effect.size, effect.sha256)
                 self._replies.answer(token, m.Refused(reason) if reason else served)
@@ -228,29 +241,59 @@ class DataNode:
     async def _send(self, effect: fx.SendSlice) -> None:
         dataset = self.datasets[effect.dataset]  # the core serves only these
         piece = dataset.manifest.slices[effect.index]
+        await self._push(
+            effect.key,
+            effect.peer,
+            effect.bulk_address,
+            effect.transfer_id,
+            dataset.directory / piece.file,
+            f"{effect.dataset}-{effect.index:05d}.safetensors",
+            "slice",
+            piece.sha256,  # the manifest's: the receiver checks the bytes against it
+        )
+
+    async def _send_manifest(self, effect: fx.SendManifest) -> None:
+        dataset = self.datasets[effect.dataset]
+        await self._push(
+            effect.key,
+            effect.peer,
+            effect.bulk_address,
+            effect.transfer_id,
+            dataset.directory / MANIFEST_FILE,
+            f"{effect.dataset}.manifest.json",
+            "manifest",
+            dataset.manifest_hash.removeprefix("sha256:"),  # what the node announced
+        )
+
+    async def _push(
+        self,
+        key: str,
+        peer: str,
+        bulk_address: str,
+        transfer_id: str,
+        path: Path,
+        name: str,
+        purpose: str,
+        sha256: str,
+    ) -> None:
+        """Send one file to a peer's bulk server and report how it went to the core."""
         try:
             result = await send_file(
-                dataset.directory / piece.file,
-                to=effect.bulk_address,
+                path,
+                to=bulk_address,
                 identity=self.transport.identity,
-                peer=PeerId.parse(effect.peer),
+                peer=PeerId.parse(peer),
                 tls=self.tls,
-                name=f"{effect.dataset}-{effect.index:05d}.safetensors",
-                purpose="slice",
-                sha256=piece.sha256,  # the manifest's: the receiver checks the bytes against it
-                transfer_id=effect.transfer_id,
+                name=name,
+                purpose=purpose,
+                sha256=sha256,
+                transfer_id=transfer_id,
             )
         except (BulkError, OSError, IdentityError) as exc:
-            log.warning(
-                "slice %d of %s to …%s failed: %s",
-                effect.index,
-                effect.dataset,
-                effect.peer[-6:],
-                exc,
-            )
-            await self._inbox.send(ev.SendFailed(effect.key, str(exc)[:200]))
+            log.warning("%s to …%s failed: %s", name, peer[-6:], exc)
+            await self._inbox.send(ev.SendFailed(key, str(exc)[:200]))
             return
-        await self._inbox.send(ev.SliceSent(effect.key, result.size, result.sha256))
+        await self._inbox.send(ev.SliceSent(key, result.size, result.sha256))
 
 
 def _fetch_event(token: int, peer: str, fetch: m.SliceFetch) -> ev.FetchRequested:

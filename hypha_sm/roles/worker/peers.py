@@ -95,7 +95,7 @@ class PeerFiles:
         self._on_bytes = on_bytes
         self._receivers: list[_Receiver] = []
         #: Slices this node asked for: (sender, transfer id) -> (target path, arrived).
-        self._expected: dict[tuple[str, str], tuple[Path, trio.Event]] = {}
+        self._expected: dict[tuple[str, str], tuple[Path, trio.Event, str]] = {}
         self.server = BulkServer(
             staging,
             identity=identity,
@@ -122,14 +122,15 @@ class PeerFiles:
         """The answer to a peer's ``transfer_offer`` request (the node's hook)."""
         return self.server.consider(sender, offer)
 
-    def expect(self, sender: str, transfer_id: str, target: Path) -> trio.Event:
-        """Take transfer ``transfer_id`` from ``sender`` (a slice we asked for) into ``target``.
+    def expect(self, sender: str, transfer_id: str, target: Path, sha256: str = "") -> trio.Event:
+        """Take transfer ``transfer_id`` from ``sender`` (a file we asked for) into ``target``.
 
-        The event is set once it was placed there (or the returned event never fires and the
-        caller's own timeout ends the wait); ``forget`` removes the expectation.
+        With ``sha256`` the sender must offer exactly those bytes (the bulk server then checks
+        them), whatever it claims. The event is set once the file was placed (or it never
+        fires and the caller's own timeout ends the wait); ``forget`` removes the expectation.
         """
         arrived = trio.Event()
-        self._expected[(sender, transfer_id)] = (target, arrived)
+        self._expected[(sender, transfer_id)] = (target, arrived, sha256)
         return arrived
 
     def forget(self, sender: str, transfer_id: str) -> None:
@@ -138,8 +139,13 @@ class PeerFiles:
 
     def _authorize(self, sender: PeerId, offer: TransferOffer) -> str | None:
         peer = str(sender)
-        if (peer, offer.transfer_id) in self._expected:
-            return None if offer.purpose == "slice" else "an expected transfer must be a slice"
+        expected = self._expected.get((peer, offer.transfer_id))
+        if expected is not None:
+            if offer.purpose not in ("slice", "manifest"):
+                return "an expected transfer must be a slice or a manifest"
+            if expected[2] and offer.sha256 != expected[2]:
+                return "sha256 differs from the manifest's"
+            return None
         if not offer.name.startswith(f"{peer}."):
             return "the file name must start with the sender's peer id and a dot"
         if not any(r.takes(peer) for r in self._receivers):
@@ -166,7 +172,7 @@ class PeerFiles:
             self._on_bytes(BULK_PROTOCOL, "inbound", received.offer.size)
         expected = self._expected.pop((sender, received.offer.transfer_id), None)
         if expected is not None:
-            return self._place_expected(staged, *expected)
+            return self._place_expected(staged, expected[0], expected[1])
         placed = 0
         try:
             size = staged.stat().st_size

@@ -25,8 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import trio
 
+from hypha_sm.datasets.manifest import DatasetError, Manifest
+from hypha_sm.datasets.manifest import decode as decode_manifest
 from hypha_sm.net.bulk import new_transfer_id
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Transport
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 PULL_TIMEOUT = 300.0
 #: How many times "no slice free yet" is waited out before the fetch gives up.
 MAX_WAITS = 600
+#: Manifests kept (one per dataset version the node's jobs use).
+MAX_MANIFESTS = 16
 #: The most slices a job may keep fetched ahead (each takes disk in its work dir).
 MAX_PREFETCH = 4
 #: Rounds over every data node of a slice, after the first, before a fetch gives up
@@ -102,6 +107,8 @@ class SliceFetcher:
         self._nursery = nursery
         self.prefetch = prefetch if nursery is not None else 0
         self._jobs: dict[str, _JobSlices] = {}
+        #: Manifests checked against a granted hash: (dataset, manifest hash) -> manifest.
+        self._manifests: dict[tuple[str, str], Manifest] = {}
 
     async def fetch(
         self,
@@ -285,24 +292,78 @@ class SliceFetcher:
                 problems.append(f"{provider[-6:]}: no address")
                 continue
             try:
-                return await self._pull_from(provider, address, answer, target)
-            except (NetError, IdentityError, trio.TooSlowError) as exc:
+                expected = await self._slice_sha256(provider, address, answer, target.parent)
+                return await self._pull_from(provider, address, answer, target, expected)
+            except (NetError, IdentityError, trio.TooSlowError, DatasetError) as exc:
                 problems.append(f"…{provider[-6:]}: {exc}")
                 log.warning("slice %d from …%s failed: %s", answer.index, provider[-6:], exc)
         raise BridgeError(502, "upstream_error", f"slice {answer.index}: " + "; ".join(problems))
 
+    async def _slice_sha256(
+        self, provider: str, address: str, answer: m.DataSliceAnswer, directory: Path
+    ) -> str:
+        """The slice's SHA-256 from the dataset's manifest.
+
+        The manifest is checked against the hash the scheduler granted (fetched once per
+        dataset version, then kept), so a data node cannot hand a job other bytes under a hash
+        of its own making.
+        """
+        key = (answer.dataset, answer.manifest_hash)
+        manifest = self._manifests.get(key)
+        if manifest is None:
+            if not answer.manifest_hash.startswith("sha256:"):
+                raise DatasetError("the scheduler's answer names no manifest hash")
+            target = directory / f".manifest-{new_transfer_id()}"
+            request = m.ManifestFetch(answer.dataset, "", "")  # filled by _receive
+            try:
+                await self._receive(
+                    provider,
+                    address,
+                    target,
+                    answer.manifest_hash.removeprefix("sha256:"),
+                    request,
+                )
+                manifest = decode_manifest(target.read_bytes(), f"{answer.dataset}'s manifest")
+            finally:
+                target.unlink(missing_ok=True)
+            if manifest.name != answer.dataset:
+                raise DatasetError(f"the manifest is of {manifest.name!r}, not {answer.dataset!r}")
+            while len(self._manifests) >= MAX_MANIFESTS:
+                del self._manifests[next(iter(self._manifests))]
+            self._manifests[key] = manifest
+        if not 0 <= answer.index < len(manifest.slices):
+            raise DatasetError(f"slice {answer.index} is not in the manifest")
+        return manifest.slices[answer.index].sha256
+
     async def _pull_from(
-        self, provider: str, address: str, answer: m.DataSliceAnswer, target: Path
+        self,
+        provider: str,
+        address: str,
+        answer: m.DataSliceAnswer,
+        target: Path,
+        sha256: str,
     ) -> m.SliceServed:
+        request = m.SliceFetch(answer.grant, "", "")  # filled by _receive
+        return await self._receive(provider, address, target, sha256, request)
+
+    async def _receive(
+        self,
+        provider: str,
+        address: str,
+        target: Path,
+        sha256: str,
+        request: m.SliceFetch | m.ManifestFetch,
+    ) -> m.SliceServed:
+        """Ask ``provider`` to push a file we expect (exactly ``sha256``) into ``target``."""
         transfer_id = new_transfer_id()
-        arrived = self.files.expect(provider, transfer_id, target)
+        arrived = self.files.expect(provider, transfer_id, target, sha256)
+        request = msgspec.structs.replace(
+            request, transfer_id=transfer_id, bulk_address=self._bulk_address()
+        )
         try:
             with trio.fail_after(PULL_TIMEOUT):
                 reply = await self.transport.request(
-                    address,
-                    m.SliceFetch(answer.grant, transfer_id, self._bulk_address()),
-                    expect=PeerId.parse(provider),
-                    timeout=PULL_TIMEOUT,
+                    address, request, expect=PeerId.parse(provider), timeout=PULL_TIMEOUT
                 )
                 served = reply.message
                 if not isinstance(served, m.SliceServed):

@@ -34,6 +34,16 @@ class SendSlice(_Effect, tag="send_slice", frozen=True):
     bulk_address: str
 
 
+class SendManifest(_Effect, tag="send_manifest", frozen=True):
+    """Send ``dataset``'s manifest to ``peer``'s bulk server; report as for a slice."""
+
+    key: str
+    peer: str
+    dataset: str
+    transfer_id: str
+    bulk_address: str
+
+
 class ReplyFetch(_Effect, tag="reply_fetch", frozen=True):
     """Answer a fetch: served (size and SHA-256) if ``reason`` is empty, else refused."""
 
@@ -55,4 +65,4 @@ class NodeStopped(_Effect, tag="node_stopped", frozen=True):
     """Every fetch ended after a shutdown: the node may exit."""
 
 
-Effect = Announce | SendSlice | ReplyFetch | Notice | NodeStopped
+Effect = Announce | SendSlice | SendManifest | ReplyFetch | Notice | NodeStopped

@@ -46,6 +46,16 @@ class FetchRequested(_Event, tag="fetch_requested", frozen=True):
     grant_expires: float = 0.0
 
 
+class ManifestRequested(_Event, tag="manifest_requested", frozen=True):
+    """A peer asks for a dataset's manifest (no grant: it holds sizes and hashes only)."""
+
+    reply_to: int
+    peer: str
+    dataset: str
+    transfer_id: str
+    bulk_address: str
+
+
 class SliceSent(_Event, tag="slice_sent", frozen=True):
     """The worker's bulk server verified the slice."""
 
@@ -62,5 +72,12 @@ class SendFailed(_Event, tag="send_failed", frozen=True):
 
 
 Event = (
-    Tick | ShutdownRequested | Announced | AnnounceFailed | FetchRequested | SliceSent | SendFailed
+    Tick
+    | ShutdownRequested
+    | Announced
+    | AnnounceFailed
+    | FetchRequested
+    | ManifestRequested
+    | SliceSent
+    | SendFailed
 )

@@ -15,12 +15,13 @@ from typing import Any, NamedTuple
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.spec import MachineSpec
 from hypha_sm.core.trace import Now, TraceEntry
-from hypha_sm.roles.data.core.effects import Effect, NodeStopped, SendSlice
+from hypha_sm.roles.data.core.effects import Effect, NodeStopped, SendManifest, SendSlice
 from hypha_sm.roles.data.core.events import (
     Announced,
     AnnounceFailed,
     Event,
     FetchRequested,
+    ManifestRequested,
     SendFailed,
     ShutdownRequested,
     SliceSent,
@@ -98,22 +99,41 @@ def grant_problem(state: DataState, request: FetchRequested) -> str:
     return ""
 
 
-def _on_fetch(state: DataState, request: FetchRequested) -> None:
+def _place_for(
+    state: DataState, request: FetchRequested | ManifestRequested, problem: str
+) -> str | None:
+    """A fetch record's key for ``request``, or None after refusing it with the reason."""
     key = f"{request.peer}/{request.transfer_id}"
     node = state.records["node"].get(NODE)
-    reason = (
-        "draining" if node is None or node._phase != "serving" else grant_problem(state, request)
-    )
+    reason = "draining" if node is None or node._phase != "serving" else problem
     if not reason and key in state.records["fetch"]:
         reason = "duplicate_transfer"
     if not reason and len(state.records["fetch"]) >= state.plan.max_concurrent:
         reason = "busy"
     if reason:
         state.reject("fetch", key, "", "fetch_requested", request, reason)
-        return
+        return None
     fetch = FetchRec(key, request.reply_to, request.transfer_id)
     state.create(fetch)
     state.arm_after(fetch, state.plan.send_timeout)
+    return key
+
+
+def _on_manifest(state: DataState, request: ManifestRequested) -> None:
+    problem = "" if request.dataset in state.served else "unknown_dataset"
+    key = _place_for(state, request, problem)
+    if key is not None:
+        state.emit(
+            SendManifest(
+                key, request.peer, request.dataset, request.transfer_id, request.bulk_address
+            )
+        )
+
+
+def _on_fetch(state: DataState, request: FetchRequested) -> None:
+    key = _place_for(state, request, grant_problem(state, request))
+    if key is None:
+        return
     state.emit(
         SendSlice(
             key,
@@ -154,6 +174,7 @@ _ROUTES: dict[type, Callable[[DataState, Any], None]] = {
     Announced: _on_node("announced"),
     AnnounceFailed: _on_node("announce_failed"),
     FetchRequested: _on_fetch,
+    ManifestRequested: _on_manifest,
     SliceSent: _on_fetch_result,
     SendFailed: _on_fetch_result,
 }
