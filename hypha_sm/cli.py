@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,24 @@ from hypha_sm.net.keys import create_key_file
 from hypha_sm.runtime.roles import ROLES, role_named
 from hypha_sm.wire.errors import WireError
 
+#: What a shell reports for a command a closed pipe stopped (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hypha-sm`` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader left (`hypha-sm replay LOG | head`): stop quietly, as `cat` does. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="hypha-sm",
         description="Worker node for the Hypha compute market, as a declarative state-machine engine.",
@@ -419,6 +435,7 @@ class _Timeline:
 
     def __init__(self, kind: str, key: str) -> None:
         self.kind = kind
+        self.key = key
         self.keys = {key}
         self.t0: float | None = None
         self.lines: list[str] = []
@@ -515,7 +532,7 @@ def _replay(args: argparse.Namespace) -> int:
                 f"{machines_hash}); a divergence may be expected",
             )
         if timeline is not None:
-            print(f"timeline of {timeline.kind} {next(iter(timeline.keys))}:")
+            print(f"timeline of {timeline.kind} {timeline.key}:")
             print("\n".join(timeline.lines) if timeline.lines else "  (never seen)")
         print(f"replayed {report.events} events in {elapsed:.3f} s ({rate:,.0f} events/s)")
         if report.partial_line is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +83,30 @@ def test_the_cli_prints_one_line_for_an_error_of_any_layer(
     assert err.startswith("hypha-sm: error: ")
     assert says in err
     assert err.count("\n") == 1
+
+
+class _ClosedPipe:
+    """stdout whose reader has left: every write raises, as a pipe to `head` does."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self.write_end
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_141(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hypha-sm replay LOG | head`: no traceback, the shell's exit code for a closed pipe."""
+    pipe = _ClosedPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    try:
+        assert main(["machines"]) == 141
+    finally:
+        os.close(pipe.read_end)
+        os.close(pipe.write_end)

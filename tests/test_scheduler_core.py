@@ -581,3 +581,14 @@ def test_grants_spread_over_the_data_nodes_by_slice_index() -> None:
         ("dn2", "dn1"),
         ("dn1", "dn2"),
     ]
+
+
+def test_a_lease_timeline_of_a_scheduler_log_names_the_lease_asked_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The timeline follows the lease's job too, but is titled by the lease asked for."""
+    assert main(["replay", str(SCHEDULER_LOGS / "lease-lost.jsonl"), "--lease", "lease-a"]) == 0
+    out = capsys.readouterr().out
+    assert "timeline of lease lease-a:" in out
+    assert "dispatch_job lease_id=lease-a" in out
+    assert "placement accepted -> lost on renew_due" in out or "-> lost" in out
