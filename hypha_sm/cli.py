@@ -201,10 +201,31 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "check-config":
             return _check_config(args)
         return _machines(args)
-    except (HyphaSMError, WireError, NetworkError, ConfigError, FileNotFoundError) as exc:
+    except _USER_ERRORS as exc:
         # One root per layer: core, log, roles and runtime (HyphaSMError), wire, net, config.
         print(f"hypha-sm: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # A role's task failed inside trio's nursery (e.g. its port is in use): the same
+        # one line per error, if each is one of ours; anything else is a bug and raises.
+        leaves = _leaves(group)
+        if not leaves or not all(isinstance(leaf, _USER_ERRORS) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            print(f"hypha-sm: error: {leaf}", file=sys.stderr)
+        return 2
+
+
+#: The errors a user can cause and fix: each becomes one line.
+_USER_ERRORS = (HyphaSMError, WireError, NetworkError, ConfigError, FileNotFoundError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside a (nested) exception group."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def _diagram(args: argparse.Namespace) -> int:

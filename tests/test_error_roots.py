@@ -110,3 +110,21 @@ def test_output_into_a_closed_pipe_ends_quietly_with_141(monkeypatch: pytest.Mon
     finally:
         os.close(pipe.read_end)
         os.close(pipe.write_end)
+
+
+def test_a_port_in_use_is_one_line_not_an_exception_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The listener fails inside the role's nursery (an ExceptionGroup): still one line."""
+    import pynng
+
+    from hypha_sm.net.keys import create_key_file
+
+    create_key_file(tmp_path / "key.pem")
+    with pynng.Rep0(listen="tcp://127.0.0.1:0") as taken:
+        address = taken.listeners[0].url
+        argv = ["gateway", "run", "--node-key", str(tmp_path / "key.pem"), "--listen", address]
+        argv += ["--ingest", "tcp://127.0.0.1:0", "--publish", "tcp://127.0.0.1:0"]
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"hypha-sm: error: bad_address: {address}: Address in use\n"
