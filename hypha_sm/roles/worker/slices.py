@@ -58,6 +58,7 @@ class _Prefetch:
     """A slice fetched ahead into a hidden file of the job's artifacts dir."""
 
     staged: Path
+    dataset: str
     ready: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     answer: m.DataSliceAnswer | None = None
@@ -136,6 +137,8 @@ class SliceFetcher:
             await self._report_done(job_id, job, address)
         else:
             self._report_beside(self._nursery, job_id, job, address)
+        if job.ahead and job.ahead[0].dataset != dataset:
+            self._drop_ahead(job)  # the job moved to another dataset
         if job.ahead:
             ahead = job.ahead.pop(0)
             await ahead.ready.wait()
@@ -164,7 +167,7 @@ class SliceFetcher:
         address: str,
     ) -> None:
         while self._nursery is not None and len(job.ahead) < job.depth:
-            ahead = _Prefetch(artifacts / f".prefetch-{new_transfer_id()}")
+            ahead = _Prefetch(artifacts / f".prefetch-{new_transfer_id()}", dataset)
             job.ahead.append(ahead)
 
             async def run(ahead: _Prefetch = ahead) -> None:
@@ -174,9 +177,8 @@ class SliceFetcher:
                         ahead.served = await self._pull(ahead.answer, ahead.staged)
                     except BridgeError as exc:
                         ahead.error = exc
-                    except (
-                        Exception
-                    ) as exc:  # the job's next fetch reports it, as the bridge would
+                    # Anything else the job's next fetch reports, as the bridge would.
+                    except Exception as exc:
                         log.warning("prefetch for %s failed: %r", job_id, exc)
                         ahead.error = BridgeError(
                             502, "upstream_error", f"{type(exc).__name__}: {exc}"
@@ -196,12 +198,18 @@ class SliceFetcher:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
-        for ahead in job.ahead:
-            ahead.scope.cancel()
-            ahead.staged.unlink(missing_ok=True)
+        self._drop_ahead(job)
         await job.reported.wait()  # the reports already under way arrive before the exit does
         if finished and job.outstanding:
             await self._report_done(job_id, job, job.outstanding[-1][1])
+
+    @staticmethod
+    def _drop_ahead(job: _JobSlices) -> None:
+        """Stop and remove the slices fetched ahead (the scheduler reclaims them later)."""
+        for ahead in job.ahead:
+            ahead.scope.cancel()
+            ahead.staged.unlink(missing_ok=True)
+        job.ahead.clear()
 
     def _report_beside(
         self, nursery: trio.Nursery, job_id: str, job: _JobSlices, address: str
