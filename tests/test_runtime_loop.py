@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -18,7 +19,7 @@ from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.worker.core.effects import NodeStopped
 from hypha_sm.roles.worker.core.events import RenewRequested, ShutdownRequested, Tick
 from hypha_sm.roles.worker.core.role import WORKER
-from hypha_sm.runtime.loop import Inbox, LoopStats, Stepper, run_loop
+from hypha_sm.runtime.loop import Inbox, LoopStats, Stepper, open_run_log, run_loop
 from tests.helpers import SEED, ad, policy
 
 
@@ -83,3 +84,18 @@ async def test_the_loop_steps_appends_then_performs_and_ends_when_told() -> None
     assert report.ok
     assert report.events == 2
     assert report.node_stopped
+
+
+def test_a_runs_log_file_is_private_and_found_as_the_newest_run(tmp_path: Path) -> None:
+    """It holds the id seed and job specs: 0600 in a 0700 directory, like a worker's segments;
+    named like segment 1, so `hypha-sm replay DIR` picks it."""
+    from hypha_sm.log.store import newest_run_of
+    from hypha_sm.roles.scheduler.core.role import SCHEDULER
+
+    directory = tmp_path / "events"
+    with open_run_log(directory, SCHEDULER) as sink:
+        sink.write(b"x")
+    (path,) = directory.iterdir()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert newest_run_of(directory, ["worker", "scheduler"]) == [path]

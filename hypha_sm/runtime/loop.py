@@ -12,18 +12,22 @@ reports back as an input. The loop never looks at a machine's phase; it knows no
 from __future__ import annotations
 
 import collections
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import trio
 
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.role import Role, StepResult
 from hypha_sm.core.trace import Now
-from hypha_sm.log.store import Recorder
+from hypha_sm.log.store import FILE_MODE, Recorder, make_private_dir, new_run_id
+from hypha_sm.machines_io import load_engine
 
 S = TypeVar("S")
 #: Inputs stepped per wake-up before the loop performs their effects and lets others run.
@@ -88,6 +92,38 @@ class Stepper(Generic[S]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def recorded_stepper(
+    role: Role[S, Any, Any],
+    policy: Any,
+    event_log: BinaryIO | None,
+    seed: bytes | None = None,
+) -> Stepper[S]:
+    """A role's core on its machines, recording to ``event_log`` (a plain v1 log; None: none).
+
+    The seed is drawn here unless given (tests pass one to replay a run).
+    """
+    seed = seed if seed is not None else secrets.token_bytes(16)
+    engine, machines_hash = load_engine(role)
+    recorder = (
+        None
+        if event_log is None
+        else Recorder(event_log, role, machines_hash, policy, seed, fsync="never")
+    )
+    return Stepper(role, engine, policy, seed, recorder)
+
+
+def open_run_log(directory: Path, role: Role[Any, Any, Any]) -> BinaryIO:
+    """A new file for one run's event log in ``directory``.
+
+    Private like a worker's segments (0600 in a 0700 directory: it holds the id seed and job
+    specs), and named like segment 1 of a rotated log, so ``hypha-sm replay DIR`` finds the
+    newest run.
+    """
+    make_private_dir(directory)
+    path = directory / f"{role.name}-{new_run_id()}-000001.jsonl"
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
 
 
 class Inbox:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from typing import BinaryIO
 
 import trio
 
 from hypha_sm.config.data import DataNodeSettings
-from hypha_sm.log.store import new_run_id
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig
+from hypha_sm.roles.data.core.role import DATA
 from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
 from hypha_sm.runtime.bootstrap import on_stop_signals, tls_files
+from hypha_sm.runtime.loop import open_run_log
 from hypha_sm.runtime.textlog import configure
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,8 @@ def run_data_node(settings: DataNodeSettings) -> int:
         with contextlib.ExitStack() as files, Endpoint(identity, NetConfig(tls=tls)) as transport:
             sink: BinaryIO | None = None
             if settings.event_log_dir is not None:
-                path = _log_path(settings.event_log_dir)
-                sink = files.enter_context(path.open("xb"))
-                log.info("event log %s", path)
+                sink = files.enter_context(open_run_log(settings.event_log_dir, DATA))
+                log.info("event log %s", sink.name)
             node = DataNode(
                 transport,
                 datasets,
@@ -68,8 +67,3 @@ def run_data_node(settings: DataNodeSettings) -> int:
 
     trio.run(main)
     return 0
-
-
-def _log_path(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return directory / f"data-{new_run_id()}-000001.jsonl"

@@ -12,7 +12,6 @@ changed on disk after the start check is never delivered as good.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ import trio
 from hypha_sm.config.data import DataNodeSettings
 from hypha_sm.datasets.manifest import MANIFEST_FILE, DatasetError, Manifest, manifest_hash
 from hypha_sm.datasets.prepare import verify
-from hypha_sm.log.store import Recorder
-from hypha_sm.machines_io import load_engine
 from hypha_sm.net.bulk import BulkError, send_file
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.tls import TlsFiles
@@ -35,7 +32,7 @@ from hypha_sm.roles.data.core import events as ev
 from hypha_sm.roles.data.core.plan import DataPlan, Served
 from hypha_sm.roles.data.core.role import DATA
 from hypha_sm.roles.data.core.state import DataState
-from hypha_sm.runtime.loop import Inbox, Stepper, run_loop
+from hypha_sm.runtime.loop import Inbox, Stepper, recorded_stepper, run_loop
 from hypha_sm.runtime.replies import Replies, start_later
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened, open_record
@@ -119,14 +116,7 @@ class DataNode:
         self.public_address = public_address
         self.tls = tls
         self._wall = wall
-        seed = secrets.token_bytes(16)
-        engine, machines_hash = load_engine(DATA)
-        recorder = (
-            None
-            if event_log is None
-            else Recorder(event_log, DATA, machines_hash, plan, seed, fsync="never")
-        )
-        self.stepper: Stepper[DataState] = Stepper(DATA, engine, plan, seed, recorder)
+        self.stepper: Stepper[DataState] = recorded_stepper(DATA, plan, event_log)
         self._inbox = Inbox(4096, ev.Tick)
         #: Set once a shutdown drained every fetch.
         self.stopped = trio.Event()

@@ -23,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Literal
 
 import trio
@@ -35,8 +33,6 @@ import trio
 from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
 from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.resources import Amounts, convert
-from hypha_sm.log.store import Recorder, new_run_id
-from hypha_sm.machines_io import load_engine
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Publisher, Transport
@@ -46,7 +42,7 @@ from hypha_sm.roles.scheduler.core.plan import Plan
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import SchedulerState
 from hypha_sm.runtime.bootstrap import tls_files
-from hypha_sm.runtime.loop import Inbox, Stepper, run_loop
+from hypha_sm.runtime.loop import Inbox, Stepper, open_run_log, recorded_stepper, run_loop
 from hypha_sm.runtime.replies import Pending, Replies, start_later
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
@@ -136,14 +132,7 @@ class Scheduler:
         self._wall = wall
         self._on_progress = on_progress
         plan = plan_of(job)
-        seed = seed if seed is not None else secrets.token_bytes(16)
-        engine, machines_hash = load_engine(SCHEDULER)
-        recorder = (
-            None
-            if event_log is None
-            else Recorder(event_log, SCHEDULER, machines_hash, plan, seed, fsync="never")
-        )
-        self.stepper: Stepper[SchedulerState] = Stepper(SCHEDULER, engine, plan, seed, recorder)
+        self.stepper: Stepper[SchedulerState] = recorded_stepper(SCHEDULER, plan, event_log, seed)
         self._inbox = Inbox(4096, ev.Tick)
         self._stopped = trio.Event()
         self._replies = Replies()
@@ -497,9 +486,8 @@ async def run_scheduler(
     with contextlib.ExitStack() as files:
         sink: BinaryIO | None = None
         if settings.event_log_dir is not None:
-            path = _log_path(settings.event_log_dir)
-            sink = files.enter_context(path.open("xb"))
-            log.info("event log %s", path)
+            sink = files.enter_context(open_run_log(settings.event_log_dir, SCHEDULER))
+            log.info("event log %s", sink.name)
         with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
             scheduler = Scheduler(
                 transport,
@@ -511,8 +499,3 @@ async def run_scheduler(
             )
             log.info("scheduler %s: %d worker(s) wanted", identity.peer_id, settings.job.workers)
             return await scheduler.run(task_status=task_status)
-
-
-def _log_path(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return directory / f"scheduler-{new_run_id()}-000001.jsonl"
