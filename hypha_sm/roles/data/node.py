@@ -156,10 +156,13 @@ class DataNode:
         message = opened.message
         if isinstance(message, m.Health):
             return m.HealthReply(not self.stopped.is_set())
+        if not isinstance(message, m.SliceFetch | m.ManifestFetch):
+            return m.Refused("unsupported")
         token, _ = self._replies.open()
+        event: ev.Event
         if isinstance(message, m.SliceFetch):
-            event: ev.Event = _fetch_event(token, str(opened.sender), message)
-        elif isinstance(message, m.ManifestFetch):
+            event = _fetch_event(token, str(opened.sender), message)
+        else:
             event = ev.ManifestRequested(
                 token,
                 str(opened.sender),
@@ -167,9 +170,6 @@ class DataNode:
                 message.transfer_id,
                 message.bulk_address,
             )
-        else:
-            self._replies.answer(token, m.Refused("unsupported"))
-            return await self._replies.wait(token)
         self._inbox.push_request(event)
         return await self._replies.wait(token)
 

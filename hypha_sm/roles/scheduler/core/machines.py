@@ -385,9 +385,10 @@ def end(ctx: Ctx, phase: str) -> None:
         reason = getattr(event, "reason", "") or (
             "lease expired unrenewed" if phase == "lost" else ""
         )
-    state.ended[rec.key] = Ended(
-        rec.worker, rec.address, rec.key, rec.price, rec.job_id, phase, exit_code, reason
-    )
+    if rec.key in state.placed:  # part of the job (not refused, not a let-go surplus)
+        state.ended[rec.key] = Ended(
+            rec.worker, rec.address, rec.key, rec.price, rec.job_id, phase, exit_code, reason
+        )
     if rec.job_id:
         state.jobs.pop(rec.job_id, None)
     if phase == "refused":
@@ -395,8 +396,6 @@ def end(ctx: Ctx, phase: str) -> None:
         _notice(state, "info", f"{_short(rec.worker)}: lease {rec.key} refused: {why}")
     elif phase in ("lost", "failed"):
         _notice(state, "warning", f"{_short(rec.worker)}: lease {rec.key} {phase}: {reason}")
-    if phase == "refused" or (phase == "released" and rec.key not in state.placed):
-        del state.ended[rec.key]  # never part of the job
 
 
 @PLACEMENT.action

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from hypha_sm.core.resources import Amounts
@@ -64,7 +66,7 @@ def plan_problem(plan: Plan) -> str | None:
         plan.first_offer_wait,
         plan.slice_timeout,
     )
-    if not all(t >= 0 and t == t and t != float("inf") for t in timings):
+    if not all(math.isfinite(t) and t >= 0 for t in timings):
         return "timings must be finite and not negative"
     if plan.renew_interval <= 0 or plan.retry <= 0 or plan.hedge <= 0:
         return "renew_interval, retry and hedge must be positive"
