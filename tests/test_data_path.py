@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypha_sm.net.keys import create_key_file
 from hypha_sm.net.transport import Endpoint
 from hypha_sm.roles.data.node import DataNode, load_datasets, plan_of
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
-from hypha_sm.roles.scheduler.scheduler import Scheduler
+from hypha_sm.roles.scheduler.scheduler import Outcome, Scheduler
 from hypha_sm.roles.worker import slices as slices_module
 from hypha_sm.roles.worker.run import run_worker
 from hypha_sm.wire.identity import Identity
@@ -61,6 +62,50 @@ def worker(tmp_path: Path, gateway: str) -> WorkerSettings:
     )
 
 
+def data_node(
+    tmp_path: Path,
+    gateway: str,
+    directory: Path,
+    identity: Identity = DATA_NODE,
+    kind: type[DataNode] = DataNode,
+    address: str = LOOPBACK,
+) -> DataNode:
+    """A data node serving ``directory`` (checked now), trusting SCHED's grants."""
+    config = settings(tmp_path, gateway, directory)
+    datasets = load_datasets(config.datasets)
+    plan = plan_of(config, datasets)
+    return kind(Endpoint(identity), datasets, plan, gateways=[gateway], address=address)
+
+
+async def run_on_a_worker(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    gateway: str,
+    job: JobSettings,
+    *,
+    data_nodes: int = 1,
+    event_log: io.BytesIO | None = None,
+    during: Callable[[Scheduler], Awaitable[None]] | None = None,
+) -> tuple[Outcome, Scheduler]:
+    """A worker in this process; once it is healthy and ``data_nodes`` data nodes announced
+    the dataset, the scheduler runs ``job`` on it (``during`` runs beside it)."""
+    with Endpoint(SCHED) as sched:
+        address = await nursery.start(run_worker, worker(tmp_path, gateway))
+        lookup = Gateways(sched, [gateway])
+        with trio.fail_after(10):
+            await wait_healthy(sched, address)
+            while len(await lookup.lookup_dataset("fox")) < data_nodes:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        scheduler = Scheduler(
+            sched, job, gateways=[gateway], address=LOOPBACK, event_log=event_log
+        )
+        if during is not None:
+            nursery.start_soon(during, scheduler)
+        with trio.fail_after(120):
+            outcome = await scheduler.run()
+    return outcome, scheduler
+
+
 @pytest.mark.parametrize("fetched", [25, 3])
 async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
     tmp_path: Path, fetched: int
@@ -84,25 +129,17 @@ async def test_a_job_fetches_every_slice_of_an_epoch_once_through_its_bridge(
         spec={"dataset": "fox", "slices": fetched, "out": str(out)},
     )
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        config = settings(tmp_path, gw.listen, directory)
-        datasets = load_datasets(config.datasets)
-        with Endpoint(DATA_NODE) as dn, Endpoint(SCHED) as sched:
-            node = DataNode(
-                dn, datasets, plan_of(config, datasets), gateways=[gw.listen], address=LOOPBACK
-            )
-            await nursery.start(node.run)
-            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
-            with trio.fail_after(10):
-                await wait_healthy(sched, address)
-            log = io.BytesIO()
-            scheduler = Scheduler(
-                sched, job, gateways=[gw.listen], address=LOOPBACK, event_log=log
-            )
-            with trio.fail_after(120):
-                outcome = await scheduler.run()
-            slices = scheduler.state.records["slice"]
-            counters = dict(scheduler.state.counters)
+        node = data_node(tmp_path, gw.listen, directory)
+        datasets = node.datasets
+        await nursery.start(node.run)
+        log = io.BytesIO()
+        outcome, scheduler = await run_on_a_worker(
+            nursery, tmp_path, gw.listen, job, event_log=log
+        )
+        node.transport.close()
         nursery.cancel_scope.cancel()
+    slices = scheduler.state.records["slice"]
+    counters = dict(scheduler.state.counters)
     assert outcome.ok, outcome
     got = json.loads((out / "slices-0.json").read_text())
     manifest = datasets["fox"].manifest
@@ -156,40 +193,21 @@ async def test_a_slice_a_data_node_holds_corrupted_comes_from_another_data_node(
     out = tmp_path / "out"
     out.mkdir()
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        nodes = {}
-        for name, directory, seed in (("good", good, 113), ("bad", bad, 114)):
-            config = settings(tmp_path, gw.listen, directory)
-            datasets = load_datasets(config.datasets)
-            endpoint = Endpoint(Identity.from_seed(bytes([seed]) * 32))
-            node = DataNode(
-                endpoint,
-                datasets,
-                plan_of(config, datasets),
-                gateways=[gw.listen],
-                address=LOOPBACK,
-            )
-            nodes[name] = (endpoint, node, datasets)
+        honest = data_node(tmp_path, gw.listen, good, Identity.from_seed(bytes([113]) * 32))
+        broken = data_node(tmp_path, gw.listen, bad, Identity.from_seed(bytes([114]) * 32))
+        for node in (honest, broken):
             await nursery.start(node.run)
-        for piece in nodes["bad"][2]["fox"].manifest.slices:
+        for piece in broken.datasets["fox"].manifest.slices:
             (bad / piece.file).write_bytes(b"changed after the check")
-        with Endpoint(SCHED) as sched:
-            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
-            with trio.fail_after(10):
-                await wait_healthy(sched, address)
-            # Both data nodes are announced before the job looks the dataset up.
-            lookup = Gateways(sched, [gw.listen])
-            with trio.fail_after(10):
-                while len(await lookup.lookup_dataset("fox")) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            scheduler = Scheduler(sched, _job(out, 25), gateways=[gw.listen], address=LOOPBACK)
-            with trio.fail_after(120):
-                outcome = await scheduler.run()
-        for endpoint, _, _ in nodes.values():
-            endpoint.close()
+        outcome, _ = await run_on_a_worker(
+            nursery, tmp_path, gw.listen, _job(out, 25), data_nodes=2
+        )
+        for node in (honest, broken):
+            node.transport.close()
         nursery.cancel_scope.cancel()
     assert outcome.ok, outcome
-    _check_slices(json.loads((out / "slices-0.json").read_text()), nodes["good"][2], 25)
-    assert nodes["bad"][1].state.counters["fetches.failed"] >= 1
+    _check_slices(json.loads((out / "slices-0.json").read_text()), honest.datasets, 25)
+    assert broken.state.counters["fetches.failed"] >= 1
 
 
 async def test_a_data_node_that_restarts_mid_job_costs_the_job_a_wait_not_its_run(
@@ -201,45 +219,27 @@ async def test_a_data_node_that_restarts_mid_job_costs_the_job_a_wait_not_its_ru
     out = tmp_path / "out"
     out.mkdir()
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        config = settings(tmp_path, gw.listen, directory)
-        datasets = load_datasets(config.datasets)
+        node = data_node(tmp_path, gw.listen, directory)
+        datasets = node.datasets
         first = trio.CancelScope()
-        endpoint = Endpoint(DATA_NODE)
-        node = DataNode(
-            endpoint, datasets, plan_of(config, datasets), gateways=[gw.listen], address=LOOPBACK
-        )
 
         async def run_first(*, task_status: trio.TaskStatus[str]) -> None:
             with first:
                 await node.run(task_status=task_status)
 
         bound = await nursery.start(run_first)
-        with Endpoint(SCHED) as sched:
-            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
-            with trio.fail_after(10):
-                await wait_healthy(sched, address)
-            scheduler = Scheduler(
-                sched, _job(out, 25, pause=0.05), gateways=[gw.listen], address=LOOPBACK
-            )
 
-            async def restart() -> None:
-                while scheduler.state.counters["slices.handed_out"] < 4:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
-                first.cancel()
-                endpoint.close()
-                await trio.sleep(1.0)
-                again = DataNode(
-                    Endpoint(DATA_NODE),
-                    datasets,
-                    plan_of(config, datasets),
-                    gateways=[gw.listen],
-                    address=bound,
-                )
-                await nursery.start(again.run)
+        async def restart(scheduler: Scheduler) -> None:
+            while scheduler.state.counters["slices.handed_out"] < 4:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            first.cancel()
+            node.transport.close()
+            await trio.sleep(1.0)
+            again = data_node(tmp_path, gw.listen, directory, address=bound)
+            await nursery.start(again.run)
 
-            nursery.start_soon(restart)
-            with trio.fail_after(120):
-                outcome = await scheduler.run()
+        job = _job(out, 25, pause=0.05)
+        outcome, _ = await run_on_a_worker(nursery, tmp_path, gw.listen, job, during=restart)
         nursery.cancel_scope.cancel()
     assert outcome.ok, outcome
     _check_slices(json.loads((out / "slices-0.json").read_text()), datasets, 25)
@@ -257,15 +257,7 @@ async def test_a_worker_killed_while_holding_a_slice_gives_it_back_when_its_leas
     out.mkdir()
     work = tmp_path / "work"
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        config = settings(tmp_path, gw.listen, directory)
-        datasets = load_datasets(config.datasets)
-        node = DataNode(
-            Endpoint(DATA_NODE),
-            datasets,
-            plan_of(config, datasets),
-            gateways=[gw.listen],
-            address=LOOPBACK,
-        )
+        node = data_node(tmp_path, gw.listen, directory)
         await nursery.start(node.run)
         toml = worker_config(tmp_path, work, gw.listen, ["slices"], script=JOB)
         proc, address = await start_node(toml, tmp_path / "worker.log")
@@ -306,25 +298,11 @@ async def test_a_slice_no_data_node_can_deliver_fails_the_fetch_with_each_reason
     out = tmp_path / "out"
     out.mkdir()
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        config = settings(tmp_path, gw.listen, directory)
-        datasets = load_datasets(config.datasets)
-        for piece in datasets["fox"].manifest.slices:
+        node = data_node(tmp_path, gw.listen, directory)
+        for piece in node.datasets["fox"].manifest.slices:
             (directory / piece.file).write_bytes(b"changed after the check")
-        node = DataNode(
-            Endpoint(DATA_NODE),
-            datasets,
-            plan_of(config, datasets),
-            gateways=[gw.listen],
-            address=LOOPBACK,
-        )
         await nursery.start(node.run)
-        with Endpoint(SCHED) as sched:
-            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
-            with trio.fail_after(10):
-                await wait_healthy(sched, address)
-            scheduler = Scheduler(sched, _job(out, 1), gateways=[gw.listen], address=LOOPBACK)
-            with trio.fail_after(60):
-                outcome = await scheduler.run()
+        outcome, _ = await run_on_a_worker(nursery, tmp_path, gw.listen, _job(out, 1))
         nursery.cancel_scope.cancel()
     assert not outcome.ok
     assert [p.phase for p in outcome.placements] == ["failed"]
@@ -359,40 +337,24 @@ async def test_a_data_node_that_serves_other_bytes_under_its_own_hash_is_refused
     """The worker checks each slice against the manifest the scheduler's grant names (fetched
     and checked once), not against the hash a data node declares: the liar's transfers are
     refused before a byte flows and every slice comes from the honest data node."""
-    honest, lying = dataset(tmp_path / "a"), dataset(tmp_path / "b")
+    good, bad = dataset(tmp_path / "a"), dataset(tmp_path / "b")
     out = tmp_path / "out"
     out.mkdir()
     async with running_gateway(Endpoint(GATEWAY)) as gw, trio.open_nursery() as nursery:
-        nodes = {}
-        for kind, directory, seed in ((DataNode, honest, 115), (LyingDataNode, lying, 116)):
-            config = settings(tmp_path, gw.listen, directory)
-            datasets = load_datasets(config.datasets)
-            endpoint = Endpoint(Identity.from_seed(bytes([seed]) * 32))
-            node = kind(
-                endpoint,
-                datasets,
-                plan_of(config, datasets),
-                gateways=[gw.listen],
-                address=LOOPBACK,
-            )
-            nodes[kind.__name__] = (endpoint, node, datasets)
+        honest = data_node(tmp_path, gw.listen, good, Identity.from_seed(bytes([115]) * 32))
+        liar = data_node(
+            tmp_path, gw.listen, bad, Identity.from_seed(bytes([116]) * 32), kind=LyingDataNode
+        )
+        for node in (honest, liar):
             await nursery.start(node.run)
-        with Endpoint(SCHED) as sched:
-            address = await nursery.start(run_worker, worker(tmp_path, gw.listen))
-            with trio.fail_after(10):
-                await wait_healthy(sched, address)
-            lookup = Gateways(sched, [gw.listen])
-            with trio.fail_after(10):
-                while len(await lookup.lookup_dataset("fox")) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            scheduler = Scheduler(sched, _job(out, 25), gateways=[gw.listen], address=LOOPBACK)
-            with trio.fail_after(120):
-                outcome = await scheduler.run()
-        for endpoint, _, _ in nodes.values():
-            endpoint.close()
+        outcome, _ = await run_on_a_worker(
+            nursery, tmp_path, gw.listen, _job(out, 25), data_nodes=2
+        )
+        for node in (honest, liar):
+            node.transport.close()
         nursery.cancel_scope.cancel()
     assert outcome.ok, outcome
-    _check_slices(json.loads((out / "slices-0.json").read_text()), nodes["DataNode"][2], 25)
-    assert nodes["LyingDataNode"][1].state.counters["fetches.failed"] >= 1
+    _check_slices(json.loads((out / "slices-0.json").read_text()), honest.datasets, 25)
+    assert liar.state.counters["fetches.failed"] >= 1
     # It delivered nothing but, at most, the manifest (which it serves as it is).
-    assert nodes["LyingDataNode"][1].state.counters.get("fetches.sent", 0) <= 1
+    assert liar.state.counters.get("fetches.sent", 0) <= 1
