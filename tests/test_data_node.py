@@ -116,6 +116,17 @@ async def test_granted_slices_arrive_verified_and_bad_grants_are_refused(tmp_pat
                 for reason, bad in refusals.items():
                     with pytest.raises(NetError, match=reason):
                         await worker.request(address, m.SliceFetch(bad, "t-x", str(bulk_address)))
+                # The manifest needs a grant too; with one, it arrives as announced.
+                stranger = m.SliceFetch(
+                    b"not an envelope", "t-m", str(bulk_address), manifest=True
+                )
+                with pytest.raises(NetError, match="bad_grant"):
+                    await worker.request(address, stranger)
+                manifest = m.SliceFetch(grant(25), "t-m", str(bulk_address), manifest=True)
+                served = await worker.request(address, manifest)  # any index: the dataset's
+                assert isinstance(served.message, m.SliceServed)
+                assert "sha256:" + served.message.sha256 == fox.manifest_hash
+                received.pop()
                 # A slice changed on disk after the start check is never delivered as good.
                 (directory / fox.manifest.slices[5].file).write_bytes(b"changed after the check")
                 with pytest.raises(NetError, match="send_failed"):
@@ -126,7 +137,7 @@ async def test_granted_slices_arrive_verified_and_bad_grants_are_refused(tmp_pat
                     address, m.SliceFetch(grant(4), "t-4", str(bulk_address))
                 )
                 assert isinstance(again.message, m.SliceServed)
-                assert node.state.counters["fetches.sent"] == 2
+                assert node.state.counters["fetches.sent"] == 3  # slices 3 and 4, the manifest
                 await node.shutdown()
                 await node.stopped.wait()
             nursery.cancel_scope.cancel()

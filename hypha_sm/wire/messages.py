@@ -261,28 +261,18 @@ class SliceGrant(_Msg, tag="slice_grant", frozen=True):
     expires: float
 
 
-class SliceFetch(_Msg, tag="slice_fetch", frozen=True):
+class SliceFetch(_Msg, tag="slice_fetch", frozen=True, omit_defaults=True):
     """A worker asks a data node for the slice its ``grant`` names.
 
-    The data node sends it over the bulk channel to ``bulk_address`` as transfer
+    With ``manifest``, for that dataset's manifest instead (the worker checks every slice
+    against it); the grant still has to hold. The data node sends it over the bulk channel to ``bulk_address`` as transfer
     ``transfer_id`` (which the worker expects from this data node), then answers.
     """
 
     grant: Annotated[bytes, msgspec.Meta(max_length=MAX_GRANT)]
     transfer_id: Id
     bulk_address: Address
-
-
-class ManifestFetch(_Msg, tag="manifest_fetch", frozen=True):
-    """A worker asks a data node for a dataset's manifest (``dataset.json``).
-
-    Sent over the bulk channel like a slice; the worker checks it against the manifest hash
-    its scheduler granted, then every slice against the manifest.
-    """
-
-    dataset: Name
-    transfer_id: Id
-    bulk_address: Address
+    manifest: bool = False
 
 
 class SliceServed(_Msg, tag="slice_served", frozen=True):
@@ -417,7 +407,6 @@ Message = (
     | SliceGrant
     | SliceDoneReport
     | SliceFetch
-    | ManifestFetch
     | SliceServed
     | Health
     | HealthReply

@@ -80,7 +80,7 @@ EXAMPLES: dict[str, m.Message] = {
     "slice_done": m.SliceDoneReport(JOB, "tiny-shakespeare", 4),
     "slice_fetch": m.SliceFetch(b"\x01\x02", "t-4", "tcp://10.0.0.9:7201"),
     "slice_served": m.SliceServed("t-4", 1024, "00" * 32),
-    "manifest_fetch": m.ManifestFetch("tiny-shakespeare", "t-5", "tcp://10.0.0.9:7201"),
+    "manifest_fetch": m.SliceFetch(b"\x01\x02", "t-5", "tcp://10.0.0.9:7201", manifest=True),
     "dataset_record_v2": m.DatasetRecord(
         "tiny-shakespeare", PEER, 1_764_000_600.0, 7, "sha256:" + "ab" * 32
     ),

@@ -156,21 +156,10 @@ class DataNode:
         message = opened.message
         if isinstance(message, m.Health):
             return m.HealthReply(not self.stopped.is_set())
-        if not isinstance(message, m.SliceFetch | m.ManifestFetch):
+        if not isinstance(message, m.SliceFetch):
             return m.Refused("unsupported")
         token, _ = self._replies.open()
-        event: ev.Event
-        if isinstance(message, m.SliceFetch):
-            event = _fetch_event(token, str(opened.sender), message)
-        else:
-            event = ev.ManifestRequested(
-                token,
-                str(opened.sender),
-                message.dataset,
-                message.transfer_id,
-                message.bulk_address,
-            )
-        self._inbox.push_request(event)
+        self._inbox.push_request(_fetch_event(token, str(opened.sender), message))
         return await self._replies.wait(token)
 
     # -- effects -------------------------------------------------------------------------------
@@ -291,7 +280,9 @@ def _fetch_event(token: int, peer: str, fetch: m.SliceFetch) -> ev.FetchRequeste
     opened = open_record(fetch.grant)
     grant = opened.message if isinstance(opened, Opened) else None
     if not isinstance(grant, m.SliceGrant):
-        return ev.FetchRequested(token, peer, fetch.transfer_id, fetch.bulk_address, "")
+        return ev.FetchRequested(
+            token, peer, fetch.transfer_id, fetch.bulk_address, "", manifest=fetch.manifest
+        )
     return ev.FetchRequested(
         token,
         peer,
@@ -303,4 +294,5 @@ def _fetch_event(token: int, peer: str, fetch: m.SliceFetch) -> ev.FetchRequeste
         grant.manifest_hash,
         grant.worker,
         grant.expires,
+        fetch.manifest,
     )

@@ -322,7 +322,7 @@ class SliceFetcher:
             if not answer.manifest_hash.startswith("sha256:"):
                 raise DatasetError("the scheduler's answer names no manifest hash")
             target = directory / f".manifest-{new_transfer_id()}"
-            request = m.ManifestFetch(answer.dataset, "", "")  # filled by _receive
+            request = m.SliceFetch(answer.grant, "", "", manifest=True)  # filled by _receive
             try:
                 await self._receive(
                     provider,
@@ -360,7 +360,7 @@ class SliceFetcher:
         address: str,
         target: Path,
         sha256: str,
-        request: m.SliceFetch | m.ManifestFetch,
+        request: m.SliceFetch,
     ) -> m.SliceServed:
         """Ask ``provider`` to push a file we expect (exactly ``sha256``) into ``target``."""
         transfer_id = new_transfer_id()

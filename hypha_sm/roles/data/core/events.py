@@ -44,16 +44,8 @@ class FetchRequested(_Event, tag="fetch_requested", frozen=True):
     grant_hash: str = ""
     grant_worker: str = ""
     grant_expires: float = 0.0
-
-
-class ManifestRequested(_Event, tag="manifest_requested", frozen=True):
-    """A peer asks for a dataset's manifest (no grant: it holds sizes and hashes only)."""
-
-    reply_to: int
-    peer: str
-    dataset: str
-    transfer_id: str
-    bulk_address: str
+    #: The dataset's manifest rather than the slice (the grant still has to hold).
+    manifest: bool = False
 
 
 class SliceSent(_Event, tag="slice_sent", frozen=True):
@@ -72,12 +64,5 @@ class SendFailed(_Event, tag="send_failed", frozen=True):
 
 
 Event = (
-    Tick
-    | ShutdownRequested
-    | Announced
-    | AnnounceFailed
-    | FetchRequested
-    | ManifestRequested
-    | SliceSent
-    | SendFailed
+    Tick | ShutdownRequested | Announced | AnnounceFailed | FetchRequested | SliceSent | SendFailed
 )

@@ -21,7 +21,6 @@ from hypha_sm.roles.data.core.events import (
     AnnounceFailed,
     Event,
     FetchRequested,
-    ManifestRequested,
     SendFailed,
     ShutdownRequested,
     SliceSent,
@@ -79,7 +78,11 @@ def stopped(effects: Any) -> bool:
 
 
 def grant_problem(state: DataState, request: FetchRequested) -> str:
-    """Why the request's grant does not let ``peer`` have the slice ("" if it does)."""
+    """Why the request's grant does not let ``peer`` have the slice ("" if it does).
+
+    A manifest request needs a grant too (any slice of the dataset): a stranger must not be
+    able to occupy the node's sending places with pushes to addresses that never answer.
+    """
     plan = state.plan
     if not request.granter:
         return "bad_grant"
@@ -94,56 +97,37 @@ def grant_problem(state: DataState, request: FetchRequested) -> str:
         return "unknown_dataset"
     if request.grant_hash != served.manifest_hash:
         return "manifest_mismatch"
-    if not 0 <= request.grant_index < served.slices:
+    if not request.manifest and not 0 <= request.grant_index < served.slices:
         return "index_out_of_range"
     return ""
 
 
-def _place_for(
-    state: DataState, request: FetchRequested | ManifestRequested, problem: str
-) -> str | None:
-    """A fetch record's key for ``request``, or None after refusing it with the reason."""
+def _on_fetch(state: DataState, request: FetchRequested) -> None:
     key = f"{request.peer}/{request.transfer_id}"
     node = state.records["node"].get(NODE)
-    reason = "draining" if node is None or node._phase != "serving" else problem
+    reason = (
+        "draining" if node is None or node._phase != "serving" else grant_problem(state, request)
+    )
     if not reason and key in state.records["fetch"]:
         reason = "duplicate_transfer"
     if not reason and len(state.records["fetch"]) >= state.plan.max_concurrent:
         reason = "busy"
     if reason:
         state.reject("fetch", key, "", "fetch_requested", request, reason)
-        return None
+        return
     fetch = FetchRec(key, request.reply_to, request.transfer_id)
     state.create(fetch)
     state.arm_after(fetch, state.plan.send_timeout)
-    return key
-
-
-def _on_manifest(state: DataState, request: ManifestRequested) -> None:
-    problem = "" if request.dataset in state.served else "unknown_dataset"
-    key = _place_for(state, request, problem)
-    if key is not None:
-        state.emit(
-            SendManifest(
-                key, request.peer, request.dataset, request.transfer_id, request.bulk_address
-            )
-        )
-
-
-def _on_fetch(state: DataState, request: FetchRequested) -> None:
-    key = _place_for(state, request, grant_problem(state, request))
-    if key is None:
-        return
-    state.emit(
-        SendSlice(
-            key,
-            request.peer,
-            request.grant_dataset,
-            request.grant_index,
-            request.transfer_id,
-            request.bulk_address,
-        )
+    dataset, peer, transfer, bulk = (
+        request.grant_dataset,
+        request.peer,
+        request.transfer_id,
+        request.bulk_address,
     )
+    if request.manifest:
+        state.emit(SendManifest(key, peer, dataset, transfer, bulk))
+    else:
+        state.emit(SendSlice(key, peer, dataset, request.grant_index, transfer, bulk))
 
 
 def _on_node(name: str) -> Callable[[DataState, Any], None]:
@@ -174,7 +158,6 @@ _ROUTES: dict[type, Callable[[DataState, Any], None]] = {
     Announced: _on_node("announced"),
     AnnounceFailed: _on_node("announce_failed"),
     FetchRequested: _on_fetch,
-    ManifestRequested: _on_manifest,
     SliceSent: _on_fetch_result,
     SendFailed: _on_fetch_result,
 }

@@ -6,7 +6,7 @@ from hypha_sm.core.engine import Engine
 from hypha_sm.core.host import Host
 from hypha_sm.core.record import Record
 from hypha_sm.roles.data.core.effects import Effect, ReplyFetch
-from hypha_sm.roles.data.core.events import FetchRequested, ManifestRequested
+from hypha_sm.roles.data.core.events import FetchRequested
 from hypha_sm.roles.data.core.plan import DataPlan, Served
 
 KINDS = ("node", "fetch")
@@ -42,5 +42,5 @@ class DataState(Host[Effect]):
 
     def refuse(self, payload: object, reason: str) -> None:
         """Answer a refused fetch with the reason."""
-        if isinstance(payload, FetchRequested | ManifestRequested):
+        if isinstance(payload, FetchRequested):
             self.emit(ReplyFetch(payload.reply_to, payload.transfer_id, reason))
