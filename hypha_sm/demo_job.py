@@ -135,7 +135,12 @@ def main() -> int:
         mine.write_text(json.dumps(counts))
         waiting = list(peers)
         for _ in range(50):  # a peer's receive stream may open a moment after ours
-            results = bridge.send(str(mine), waiting, purpose="bigram-counts")["results"]
+            try:
+                results = bridge.send(str(mine), waiting, purpose="bigram-counts")["results"]
+            except BridgeClientError as exc:  # 502: no peer took it (yet)
+                results = {"error": exc.detail}
+                time.sleep(0.2)
+                continue
             waiting = [peer for peer, outcome in results.items() if outcome != "delivered"]
             if not waiting:
                 break

@@ -48,6 +48,25 @@ log = logging.getLogger(__name__)
 
 WORKERS = 2
 READY_TIMEOUT = 30.0
+#: The devnet's model: a byte-level GPT-2 (tied embeddings) of about 370,000 parameters.
+MODEL_CONFIG = {
+    "model_type": "gpt2",
+    "vocab_size": 256,
+    "n_positions": 64,
+    "n_embd": 96,
+    "n_layer": 3,
+    "n_head": 4,
+    "tie_word_embeddings": True,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+
+
+def can_train() -> bool:
+    """The train extra is installed (torch, transformers)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "safetensors"))
 
 
 def free_port() -> int:
@@ -71,6 +90,9 @@ class Devnet:
     directory: Path
     rounds: int = 5
     children: list[_Child] = field(default_factory=list)
+    #: Train a model with DiLoCo (two training workers and a parameter server); else the
+    #: bigram demo on two workers (without the train extra).
+    training: bool = True
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -90,7 +112,7 @@ class Devnet:
             f"tcp://127.0.0.1:{free_port()}",
         ]
         self.workers = []
-        for i in range(1, WORKERS + 1):
+        for i in range(1, WORKERS + 1 + (1 if self.training else 0)):
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
             # A devnet runs your own demo jobs from a private temp dir, as you (even as root).
@@ -105,6 +127,9 @@ class Devnet:
         corpus = d / "data" / "corpus.txt"
         corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
         self.data_node = self._prepare_data_node(corpus)
+        if self.training and self.data_node is not None:
+            return gateway_flags, self._diloco_job()
+        self.training = False
         dataset_lines = 'dataset = "pydoc"\nepochs = 1\n' if self.data_node else ""
         spec_dataset = ', dataset = "pydoc"' if self.data_node else ""
         job = d / "job.toml"
@@ -125,6 +150,44 @@ class Devnet:
         )
         return gateway_flags, job
 
+    def _diloco_job(self) -> Path:
+        """The model's config beside the corpus, and a DiLoCo job.toml."""
+        d = self.directory
+        model = d / "data" / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        (model / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2))
+        evals = sorted((d / "datasets" / "pydoc").glob("eval-*.safetensors"))[:2]
+        eval_refs = ", ".join(f'{{ type = "uri", value = "file://{e}" }}' for e in evals)
+        job = d / "job.toml"
+        job.write_text(
+            f'node_key = "{d / "scheduler-key.pem"}"\n'
+            f'gateway_addresses = ["{self.gateway}"]\n'
+            'listen_address = "tcp://127.0.0.1:0"\n'
+            f'event_log_dir = "{d / "scheduler-events"}"\n\n'
+            "[job]\n"
+            f"workers = {WORKERS}\n"
+            'executor = { class = "train", name = "diloco-transformer" }\n'
+            "resources = { cpu = 1, memory = 1 }\n"
+            "bid = 100\n"
+            "renew_interval = 0.5\n"
+            "timeout = 600\n"
+            'dataset = "pydoc"\n'
+            f'metrics_dir = "{d / "metrics"}"\n\n'
+            "[job.diloco]\n"
+            f"rounds = {self.rounds}\n"
+            "avg_samples_between_updates = 256\n"
+            "max_batch_size = 8\n"
+            "inner_optimizer = { learning-rate = 0.003 }\n"
+            "outer_optimizer = { learning-rate = 0.7, momentum = 0.9 }\n"
+            'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
+            f'artifact = [{{ type = "uri", value = "file://{model / "config.json"}" }}] }}\n'
+            f"extra = {{ seed = 0, eval = [{eval_refs}] }}\n\n"
+            "[job.diloco.parameter_server]\n"
+            "resources = { cpu = 1, memory = 1 }\n"
+            "round_timeout = 60\n"
+        )
+        return job
+
     def _prepare_data_node(self, corpus: Path) -> Path | None:
         """The corpus as slices and a data.toml serving them; None without the data extra."""
         from hypha_sm.datasets import prepare
@@ -138,11 +201,11 @@ class Devnet:
             return None
         dataset = d / "datasets" / "pydoc"
         data, _ = prepare.read_text(str(corpus))
-        train, evaluation = prepare.text_samples(data, 128, 0.1)
+        train, evaluation = prepare.text_samples(data, 64, 0.1)
         prepare.write_dataset(
             dataset,
             name="pydoc",
-            source="pydoc-topics, bytes, seq-len 128",
+            source="pydoc-topics, bytes, seq-len 64",
             seed=0,
             samples_per_slice=256,
             train=prepare.shuffled(train, 0),
@@ -191,7 +254,9 @@ class Devnet:
                     "HYPHA_RESOURCES__CPU": "1",
                     "HYPHA_RESOURCES__MEMORY": "2",
                     "HYPHA_RESOURCES__STORAGE": "1",
-                    "HYPHA_FETCH_FILE_ROOTS": json.dumps([str(self.directory / "data")]),
+                    "HYPHA_FETCH_FILE_ROOTS": json.dumps(
+                        [str(self.directory / "data"), str(self.directory / "datasets")]
+                    ),
                 }
                 flags = ["--gateway", self.gateway, "--listen", listen]
                 await self._start(f"worker-{i}", [*cli, "run", str(config), *flags], env)
@@ -199,8 +264,18 @@ class Devnet:
                 await self._wait_answering(listen, healthy=True, who=f"worker-{i}")
                 pid = next(c.process.pid for c in self.children if c.name == f"worker-{i}")
                 print(f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log)")
-            shared = ", sharing the slices of pydoc" if self.data_node else ""
-            print(f"  scheduler  running job.toml: 2 workers, bigram-demo{shared}\n", flush=True)
+            if self.training:
+                print(
+                    f"  scheduler  running job.toml: DiLoCo, {WORKERS} training workers and a "
+                    f"parameter server, {self.rounds} rounds of a byte-level GPT-2 on the "
+                    "slices of pydoc\n",
+                    flush=True,
+                )
+            else:
+                shared = ", sharing the slices of pydoc" if self.data_node else ""
+                print(
+                    f"  scheduler  running job.toml: 2 workers, bigram-demo{shared}\n", flush=True
+                )
             result = await trio.run_process([*cli, "scheduler", "run", str(job)], check=False)
             return int(result.returncode)
         finally:
@@ -253,7 +328,10 @@ def run_devnet(directory: Path | None, *, keep: bool, rounds: int) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
     try:
-        code = trio.run(Devnet(chosen.absolute(), rounds=max(1, rounds)).run)
+        devnet = Devnet(chosen.absolute(), rounds=max(1, rounds), training=can_train())
+        if not devnet.training:
+            print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")
+        code = trio.run(devnet.run)
     except DevnetError as exc:
         print(f"devnet: {exc}", file=sys.stderr)
         code = 1

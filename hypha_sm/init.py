@@ -92,7 +92,7 @@ class = "train"
 name = "diloco-transformer"
 runtime = "process"
 cmd = "{python}"
-args = ["-m", "hypha_sm.executors.train", "--socket", "{{SOCKET_PATH}}", "--work-dir", "{{WORK_DIR}}", "--job", "{{JOB_JSON}}"]
+args = ["-m", "hypha_sm.executors.diloco", "--socket", "{{SOCKET_PATH}}", "--work-dir", "{{WORK_DIR}}", "--job", "{{JOB_JSON}}"]
 
 # The demo job `hypha-sm devnet` runs: a bigram model trained on shards of a corpus
 # (hypha_sm/demo_job.py; it reads $SOCKET_PATH and $JOB_JSON).

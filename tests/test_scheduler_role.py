@@ -203,10 +203,10 @@ async def test_hostile_bridge_requests_get_4xx_and_the_job_goes_on(tmp_path: Pat
     assert [k for _, k in progress] == [m.RoundMetrics(1, {"loss": 1.0})]
 
 
-async def test_a_dispatch_to_the_parameter_server_runtime_fails_with_a_clear_reason(
+async def test_a_non_diloco_spec_for_the_parameter_server_is_refused_with_a_clear_reason(
     tmp_path: Path,
 ) -> None:
-    """The config accepts the parameter-server runtime; dispatching to it is refused with why."""
+    """A spec that is not a DiLoCo parameter-server job is refused at start, saying why."""
     worker = worker_settings(tmp_path, "ps", "tcp://127.0.0.1:1", "progress")
     worker.executors.append(
         ExecutorSettings.model_validate(
@@ -222,7 +222,7 @@ async def test_a_dispatch_to_the_parameter_server_runtime_fails_with_a_clear_rea
     assert placement.phase == "failed"
     assert placement.reason == (
         "dispatch refused: start_failed "
-        "(the parameter-server runtime is not available yet (it comes with DiLoCo))"
+        '(not a parameter-server job: the spec has no "executor.config")'
     )
 
 

@@ -32,6 +32,64 @@ class JobExecutor(_Strict):
     name: str = Field(min_length=1, max_length=200)
 
 
+class InnerOptimizer(_Strict):
+    """The workers' AdamW (the original's ``Adam`` config, kebab-case keys)."""
+
+    learning_rate: float = Field(1e-3, gt=0, alias="learning-rate", allow_inf_nan=False)
+    betas: tuple[float, float] | None = None
+    epsilon: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.01, ge=0, alias="weight-decay")
+
+
+class OuterOptimizer(_Strict):
+    """The parameter server's Nesterov step (the original's defaults)."""
+
+    learning_rate: float = Field(0.7, gt=0, alias="learning-rate", allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class ParameterServerSettings(_Strict):
+    """The parameter server's placement and its rounds' straggler rules."""
+
+    resources: JobResources = JobResources(cpu=1.0, memory=1.0)
+    bid: float = Field(default=100.0, gt=0, allow_inf_nan=False)
+    quorum: int = Field(
+        default=0, ge=0, description="files that close a round at its deadline (0: all)"
+    )
+    round_timeout: float = Field(
+        default=120.0, gt=0, description="seconds after a round's first file the others may take"
+    )
+    weighting: Literal["samples", "equal"] = "samples"
+    compat_pairwise: bool = Field(
+        default=False, description="the original's pairwise average (a true mean only for 2)"
+    )
+
+
+class DiLoCoSettings(_Strict):
+    """A DiLoCo job (``[job.diloco]``): rounds, optimizers, model and the parameter server.
+
+    ``model`` is the original's ``Model`` (``task``, ``artifact``, ``input-names``) and is
+    given to the executor as it is; so is ``extra`` (merged into the executor's config:
+    the project's executor reads ``eval``, ``seed``, ``precision``, ``checkpoint_dir``).
+    """
+
+    rounds: int = Field(default=100, ge=1, le=1_000_000, description="outer rounds")
+    avg_samples_between_updates: int = Field(default=1200, ge=1)
+    max_batch_size: int = Field(default=600, ge=1)
+    inner_optimizer: InnerOptimizer = Field(
+        default_factory=lambda: InnerOptimizer.model_validate({})
+    )
+    outer_optimizer: OuterOptimizer = Field(
+        default_factory=lambda: OuterOptimizer.model_validate({})
+    )
+    model: dict[str, Any] = Field(default_factory=dict)
+    preprocessor: dict[str, Any] | None = None
+    parameter_server: ParameterServerSettings = ParameterServerSettings()
+    time_cap: float = Field(default=10.0, gt=0, description="seconds (the projection's cap)")
+    update_cap: int = Field(default=3, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobSettings(_Strict):
     """One job run on ``workers`` workers."""
 
@@ -71,6 +129,12 @@ class JobSettings(_Strict):
         default=600.0, gt=0, le=86400, description="seconds a worker may hold a slice"
     )
     epochs: int = Field(default=0, ge=0, description="epochs of slices to hand out (0: no limit)")
+    diloco: DiLoCoSettings | None = Field(
+        default=None, description="a DiLoCo training job (its own parameter server)"
+    )
+    metrics_dir: Path | None = Field(
+        default=None, description="where a DiLoCo job's metrics.jsonl/.csv and loss curve go"
+    )
 
 
 class SchedulerSettings(LayeredSettings):

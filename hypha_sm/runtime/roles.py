@@ -10,6 +10,7 @@ from typing import Any
 from hypha_sm.core.role import Role
 from hypha_sm.log.codec import LogFormatError
 from hypha_sm.roles.data.core.role import DATA
+from hypha_sm.roles.ps.core.role import PS
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.worker.core.role import WORKER
 
@@ -17,6 +18,7 @@ ROLES: dict[str, Role[Any, Any, Any]] = {
     WORKER.name: WORKER,
     SCHEDULER.name: SCHEDULER,
     DATA.name: DATA,
+    PS.name: PS,
 }
 
 

@@ -119,6 +119,13 @@ class BridgeClient:
         )
         return result
 
+    def send_resource(self, resource: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """The original's send: ``{"resource": <peers reference>, "path": ...}``."""
+        result: dict[str, Any] = self._post(
+            "/resources/send", {"resource": dict(resource), "path": path}
+        )
+        return result
+
     def receive(
         self, path: str | None = None, peers: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:

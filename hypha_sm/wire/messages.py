@@ -41,6 +41,7 @@ Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 Detail = Annotated[str, msgspec.Meta(max_length=MAX_DETAIL)]
 Spec = Annotated[str, msgspec.Meta(max_length=MAX_SPEC)]
 MetricName = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+Digest = Annotated[str, msgspec.Meta(max_length=MAX_HASH)]
 TransferId = Annotated[str, msgspec.Meta(max_length=MAX_ID)]  # empty when unknown
 
 
@@ -176,10 +177,15 @@ class StatusAck(_Msg, tag="status_ack", frozen=True):
 # -- progress --------------------------------------------------------------------------------
 
 
-class BatchStatus(msgspec.Struct, frozen=True, tag="status"):
-    """After an optimizer step: the batch size used."""
+class BatchStatus(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
+    """After an optimizer step: the batch size used.
+
+    ``weights_sha256`` (ours; the original has none) is sent with a worker's first status: the
+    digest of its round-0 weights, which the scheduler compares across workers.
+    """
 
     batch_size: int
+    weights_sha256: Digest = ""
 
 
 class RoundMetrics(msgspec.Struct, frozen=True, tag="metrics"):
@@ -197,8 +203,13 @@ class UpdateApplied(msgspec.Struct, frozen=True, tag="updated"):
     """The parameter server has pushed the aggregated update."""
 
 
-class UpdateReceived(msgspec.Struct, frozen=True, tag="update-received"):
-    """The worker received and merged the aggregated update."""
+class UpdateReceived(msgspec.Struct, frozen=True, tag="update-received", omit_defaults=True):
+    """The worker received and merged the aggregated update.
+
+    ``weights_sha256`` (ours): the digest of its new global weights, equal on every worker.
+    """
+
+    weights_sha256: Digest = ""
 
 
 ProgressKind = BatchStatus | RoundMetrics | UpdateStarted | UpdateApplied | UpdateReceived

@@ -26,11 +26,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Literal
 
 import trio
 
-from hypha_sm.config.scheduler import JobSettings, SchedulerSettings
+from hypha_sm.config.scheduler import DiLoCoSettings, JobSettings, SchedulerSettings
 from hypha_sm.core.errors import InvariantViolation
 from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.net.discovery import Gateways
@@ -38,9 +39,11 @@ from hypha_sm.net.keys import load_key_file
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Publisher, Transport
 from hypha_sm.roles.scheduler.core import effects as fx
 from hypha_sm.roles.scheduler.core import events as ev
-from hypha_sm.roles.scheduler.core.plan import Plan
+from hypha_sm.roles.scheduler.core.plan import DiLoCoPlan, Plan
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import SchedulerState
+from hypha_sm.roles.scheduler.jobspec import PS_EXECUTOR, diloco_spec
+from hypha_sm.roles.scheduler.metrics import MetricsSink
 from hypha_sm.runtime.bootstrap import tls_files
 from hypha_sm.runtime.loop import Inbox, Stepper, open_run_log, recorded_stepper, run_loop
 from hypha_sm.runtime.replies import Pending, Replies, start_later
@@ -101,6 +104,20 @@ def plan_of(job: JobSettings) -> Plan:
         dataset=job.dataset or "",
         slice_timeout=job.slice_timeout,
         epochs=job.epochs,
+        diloco=None if job.diloco is None else diloco_plan(job.diloco),
+    )
+
+
+def diloco_plan(d: DiLoCoSettings) -> DiLoCoPlan:
+    """The core's rounds for a DiLoCo job."""
+    return DiLoCoPlan(
+        rounds=d.rounds,
+        samples_per_round=d.avg_samples_between_updates,
+        max_batch_size=d.max_batch_size,
+        ps_resources=convert(d.parameter_server.resources, Amounts),
+        ps_bid=d.parameter_server.bid,
+        time_cap_ms=round(d.time_cap * 1000),
+        update_cap=d.update_cap,
     )
 
 
@@ -235,9 +252,16 @@ class Scheduler:
         elif isinstance(message, m.SliceDoneReport):
             event = ev.SliceDone(token, peer, message.job_id, message.dataset, message.index)
         else:
-            kind = type(message.progress).__struct_config__.tag
+            progress = message.progress
+            kind = type(progress).__struct_config__.tag
             event = ev.ProgressReceived(
-                token, peer, message.job_id, str(kind), describe_progress(message.progress)
+                token,
+                peer,
+                message.job_id,
+                str(kind),
+                describe_progress(progress),
+                getattr(progress, "batch_size", 0),
+                getattr(progress, "weights_sha256", ""),
             )
         self._inbox.push_request(event)
         return await self._replies.wait(token)
@@ -268,7 +292,8 @@ class Scheduler:
             case fx.ReplyStatus(reply_to=token, job_id=job_id, reason=reason):
                 self._reply(token, m.Refused(reason) if reason else m.StatusAck(job_id))
             case fx.ReplyProgress(reply_to=token, job_id=job_id, reply=reply, reason=reason):
-                answer = m.ProgressReply(reply) if reply else m.Refused(reason)
+                counter = effect.counter if reply == "schedule_update" else None
+                answer = m.ProgressReply(reply, counter) if reply else m.Refused(reason)
                 pending = self._reply(token, answer)
                 if reply and pending is not None and isinstance(pending.context, m.Progress):
                     self._tell_progress(job_id, pending.context.progress)
@@ -372,14 +397,19 @@ class Scheduler:
         await self._inbox.send(ev.Published(effect.request_id))
 
     def _advertisement(self, effect: fx.Publish) -> m.Advertisement:
-        executor = self.job.executor
+        executor = m.Executor(cls=self.job.executor.cls, name=self.job.executor.name)
+        resources, bid = self.job.resources, self.job.bid
+        if effect.group == "ps" and self.job.diloco is not None:
+            executor = PS_EXECUTOR
+            resources = self.job.diloco.parameter_server.resources
+            bid = self.job.diloco.parameter_server.bid
         return m.Advertisement(
             effect.request_id,
             str(self.transport.peer_id),
             self.public_address or self.address,
-            convert(self.job.resources, m.Resources),
-            (m.Executor(cls=executor.cls, name=executor.name),),
-            self.job.bid,
+            convert(resources, m.Resources),
+            (executor,),
+            bid,
             effect.expires_wall,
         )
 
@@ -417,15 +447,21 @@ class Scheduler:
             await self._inbox.send(ev.RenewRefused(effect.lease_id, reason))
 
     async def _dispatch(self, effect: fx.DispatchJob) -> None:
-        spec = {
-            "job_id": effect.job_id,
-            "index": effect.index,
-            "workers": list(effect.workers),
-            "peers": [w for w in effect.workers if w != effect.worker],
-            "scheduler": str(self.transport.peer_id),
-            "config": self.job.spec,
-        }
         executor = m.Executor(cls=self.job.executor.cls, name=self.job.executor.name)
+        spec: dict[str, object]
+        if self.job.diloco is not None:
+            if effect.group == "ps":
+                executor = PS_EXECUTOR
+            spec = diloco_spec(self.job, effect, str(self.transport.peer_id), executor)
+        else:
+            spec = {
+                "job_id": effect.job_id,
+                "index": effect.index,
+                "workers": list(effect.workers),
+                "peers": [w for w in effect.workers if w != effect.worker],
+                "scheduler": str(self.transport.peer_id),
+                "config": self.job.spec,
+            }
         try:
             answer = await self.transport.request(
                 effect.address,
@@ -489,6 +525,7 @@ async def run_scheduler(
             sink = files.enter_context(open_run_log(settings.event_log_dir, SCHEDULER))
             log.info("event log %s", sink.name)
         with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
+            metrics = metrics_sink(settings)
             scheduler = Scheduler(
                 transport,
                 settings.job,
@@ -496,6 +533,33 @@ async def run_scheduler(
                 address=settings.listen_address,
                 public_address=settings.external_address,
                 event_log=sink,
+                on_progress=None if metrics is None else _metrics_hook(metrics),
             )
             log.info("scheduler %s: %d worker(s) wanted", identity.peer_id, settings.job.workers)
-            return await scheduler.run(task_status=task_status)
+            try:
+                return await scheduler.run(task_status=task_status)
+            finally:
+                if metrics is not None:
+                    png = metrics.plot()
+                    print(
+                        f"metrics: {metrics.jsonl}, {metrics.csv}"
+                        + (f", loss curve {png}" if png else ""),
+                        flush=True,
+                    )
+
+
+def metrics_sink(settings: SchedulerSettings) -> MetricsSink | None:
+    """A DiLoCo job's metrics files (``metrics_dir``, else beside the event log or here)."""
+    job = settings.job
+    if job.diloco is None:
+        return None
+    directory = job.metrics_dir or (settings.event_log_dir or Path.cwd()) / "metrics"
+    return MetricsSink(directory, job.workers)
+
+
+def _metrics_hook(sink: MetricsSink) -> Callable[[Placement, m.ProgressKind], None]:
+    def hook(placement: Placement, progress: m.ProgressKind) -> None:
+        if isinstance(progress, m.RoundMetrics):
+            sink.record(placement.worker, progress.round, dict(progress.metrics))
+
+    return hook

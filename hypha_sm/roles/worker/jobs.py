@@ -14,6 +14,12 @@ import trio
 
 from hypha_sm.config.worker import ExecutorSettings
 from hypha_sm.core.errors import InvariantViolation
+from hypha_sm.roles.ps.runtime import (
+    JobSpecError,
+    ParameterServerJob,
+    load_spec,
+    remove_work_dir,
+)
 from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.executor import StartFailed
@@ -58,6 +64,7 @@ class LocalExecutor:
         self.users = users or JobUsers(mode="node")
         self._slices = slices
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
+        self._servers: dict[str, tuple[ParameterServerJob, trio.CancelScope, trio.Event]] = {}
 
     async def start(self, job: StartJob) -> None:
         """Create the work dir, bind the bridge, start the process; StartFailed with a reason.
@@ -66,10 +73,9 @@ class LocalExecutor:
         command configured for it. The core's policy and this list come from the same
         settings, so a missing command is a bug, not a peer's doing.
         """
-        if job.executor.runtime != "process":
-            raise StartFailed(
-                "the parameter-server runtime is not available yet (it comes with DiLoCo)"
-            )
+        if job.executor.runtime == "parameter-server":
+            await self._start_parameter_server(job)
+            return
         config = self._commands.get((job.executor.cls, job.executor.name))
         if config is None or not config.cmd:
             raise InvariantViolation(f"no command configured for {job.executor}")
@@ -142,8 +148,54 @@ class LocalExecutor:
             raise
         self._jobs[job.job_id] = (process, scope)
 
+    async def _start_parameter_server(self, job: StartJob) -> None:
+        """Run the job's parameter server in this process (``roles/ps``); its own work dir."""
+        if self._send is None or self._receive is None or self._send_progress is None:
+            raise StartFailed("this node cannot send or receive files (no bulk channel)")
+        try:
+            plan = load_spec(job.spec)
+        except JobSpecError as exc:
+            raise StartFailed(f"not a parameter-server job: {exc}") from None
+        work_dir = self._settings.work_dir / f"hypha-{job.work_dir_id}"
+        try:
+            work_dir.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            raise StartFailed(f"cannot create work dir {work_dir}: {exc}") from None
+        server = ParameterServerJob(
+            job.job_id,
+            plan,
+            work_dir,
+            receive=self._receive,
+            send=self._send,
+            send_progress=self._send_progress,
+        )
+        scope = trio.CancelScope()
+        ended = trio.Event()
+
+        async def serve() -> None:
+            try:
+                with scope:
+                    await server.run()
+            finally:
+                remove_work_dir(work_dir)
+                ended.set()
+
+        self._nursery.start_soon(serve)
+        self._servers[job.job_id] = (server, scope, ended)
+        log.info("job %s: parameter server for %d workers", job.job_id, len(plan.workers))
+
     async def wait(self, job_id: str) -> int:
         """The exit code once every process is gone; the bridge closes with the job."""
+        if job_id in self._servers:
+            server, _, ended = self._servers[job_id]
+            try:
+                await ended.wait()
+                ok, reason = server.outcome
+                if not ok:
+                    log.warning("job %s: parameter server failed: %s", job_id, reason)
+                return 0 if ok else 1
+            finally:
+                self._servers.pop(job_id, None)
         process, scope = self._jobs[job_id]
         try:
             code = await process.wait()
@@ -172,6 +224,9 @@ class LocalExecutor:
 
     async def stop(self, job_id: str, *, force: bool) -> None:
         """TERM, grace, KILL (``force``: KILL now). A job not (yet) running is ignored."""
+        server = self._servers.get(job_id)
+        if server is not None:
+            server[1].cancel()
         entry = self._jobs.get(job_id)
         if entry is not None:
             await entry[0].stop(0.0 if force else None)

@@ -15,11 +15,12 @@ class LocateGateways(_Effect, tag="locate_gateways", frozen=True):
     """Ask every gateway where to publish; report ``GatewaysLocated`` or ``GatewaysUnreachable``."""
 
 
-class Publish(_Effect, tag="publish", frozen=True):
-    """Publish the job's advertisement under ``request_id``, valid until ``expires_wall``."""
+class Publish(_Effect, tag="publish", frozen=True, omit_defaults=True):
+    """Publish an advertisement for the workers of ``group`` (``ps``: the parameter server)."""
 
     request_id: str
     expires_wall: float
+    group: str = "train"
 
 
 class ReplyOffer(_Effect, tag="reply_offer", frozen=True):
@@ -46,10 +47,12 @@ class RenewLease(_Effect, tag="renew_lease", frozen=True):
     address: str
 
 
-class DispatchJob(_Effect, tag="dispatch_job", frozen=True):
+class DispatchJob(_Effect, tag="dispatch_job", frozen=True, omit_defaults=True):
     """Send the job to a worker under its lease; report ``Dispatched`` or ``DispatchFailed``.
 
-    ``index`` is the worker's place in ``workers`` (every worker of the job, in order).
+    ``index`` is the worker's place in ``workers`` (the job's workers of its group, in order).
+    A DiLoCo job has two groups: ``train`` (with its ``batch_size``) and ``ps``, the
+    ``parameter_server`` every training worker sends to.
     """
 
     lease_id: str
@@ -58,6 +61,9 @@ class DispatchJob(_Effect, tag="dispatch_job", frozen=True):
     address: str
     index: int
     workers: tuple[str, ...]
+    group: str = "train"
+    parameter_server: str = ""
+    batch_size: int = 0
 
 
 class ReplyStatus(_Effect, tag="reply_status", frozen=True):
@@ -68,13 +74,14 @@ class ReplyStatus(_Effect, tag="reply_status", frozen=True):
     reason: str = ""
 
 
-class ReplyProgress(_Effect, tag="reply_progress", frozen=True):
-    """Answer a progress report with ``reply``, or refuse it with ``reason``."""
+class ReplyProgress(_Effect, tag="reply_progress", frozen=True, omit_defaults=True):
+    """Answer a progress report: ``reply`` (with ``counter`` for schedule_update), or refuse."""
 
     reply_to: int
     job_id: str
-    reply: Literal["ok", "continue", ""] = ""
+    reply: Literal["ok", "continue", "schedule_update", "done", "error", ""] = ""
     reason: str = ""
+    counter: int = 0
 
 
 class Notice(_Effect, tag="notice", frozen=True):

@@ -128,14 +128,20 @@ class StatusReceived(_Event, tag="status_received", frozen=True):
     reason: str = ""
 
 
-class ProgressReceived(_Event, tag="progress_received", frozen=True):
-    """A job reports training progress: its kind (the wire tag) and one human line."""
+class ProgressReceived(_Event, tag="progress_received", frozen=True, omit_defaults=True):
+    """A job reports training progress: its kind (the wire tag) and one human line.
+
+    ``batch_size`` comes with a status; ``weights_sha256`` with a first status (round-0
+    weights) or an update-received (the new global weights).
+    """
 
     reply_to: int
     peer: str
     job_id: str
     kind: str
     text: str
+    batch_size: int = 0
+    weights_sha256: str = ""
 
 
 class DatasetFound(_Event, tag="dataset_found", frozen=True):

@@ -36,17 +36,30 @@ from hypha_sm.roles.scheduler.core.events import (
 from hypha_sm.roles.scheduler.core.slices import SLICE
 from hypha_sm.roles.scheduler.core.state import (
     JOB,
+    PS,
+    TRAIN,
     AllocationRec,
     Ended,
     PlacementRec,
     SchedulerState,
+)
+from hypha_sm.roles.scheduler.core.training import (
+    EVENT_OF_KIND,
+    TRAINING,
+    TrainingRec,
+    training_failed,
 )
 
 Ctx = _Ctx[SchedulerState]
 
 ALLOCATION = Registry.new("allocation")
 PLACEMENT = Registry.new("placement")
-REGISTRIES = {"allocation": ALLOCATION, "placement": PLACEMENT, "slice": SLICE}
+REGISTRIES = {
+    "allocation": ALLOCATION,
+    "placement": PLACEMENT,
+    "slice": SLICE,
+    "training": TRAINING,
+}
 #: The shortest renewal period, however near a worker says its lease expires.
 MIN_RENEW = 0.05
 
@@ -93,7 +106,8 @@ def publish(ctx: Ctx) -> None:
     rec.offers = []
     rec.next_offer = 0
     rec.first_offer = False
-    state.emit(Publish(rec.request_id, state.now.wall + state.plan.ad_lifetime))
+    rec.group = state.short_group() or TRAIN
+    state.emit(Publish(rec.request_id, state.now.wall + state.plan.ad_lifetime, rec.group))
     _arm_retry(ctx, state.plan.first_offer_wait)
 
 
@@ -139,10 +153,11 @@ def unwanted(state: SchedulerState, rec: AllocationRec, offer: OfferReceived) ->
     if any(p.worker == offer.peer for p in state.held()):
         return "the worker already holds a lease of this job"
     price = offer.price
-    if not (math.isfinite(price) and 0.0 <= price <= plan.price_limit):
-        return f"price {price!r} outside 0..{plan.price_limit:g}"
-    if not covers(offer.resources, plan.resources):
-        return f"offers {offer.resources} for {plan.resources}"
+    resources, limit = state.needs(rec.group)
+    if not (math.isfinite(price) and 0.0 <= price <= limit):
+        return f"price {price!r} outside 0..{limit:g}"
+    if not covers(offer.resources, resources):
+        return f"offers {offer.resources} for {resources}"
     return ""
 
 
@@ -209,7 +224,8 @@ def can_try_more(ctx: Ctx) -> bool:
     """Fewer leases held than wanted, and an untried offer is left."""
     rec: AllocationRec = ctx.rec
     state = ctx.state
-    return len(state.held()) < state.plan.workers and rec.next_offer < len(rec.offers)
+    wanted = state.wanted(rec.group)
+    return len(state.held_in(rec.group)) < wanted and rec.next_offer < len(rec.offers)
 
 
 @ALLOCATION.action
@@ -222,11 +238,29 @@ def try_next(ctx: Ctx) -> None:
     state, rec = ctx.state, ctx.rec
     offer: OfferReceived = rec.offers[rec.next_offer]
     rec.next_offer += 1
-    placement = PlacementRec(offer.lease_id, offer.peer, offer.worker_address, offer.price)
+    placement = PlacementRec(
+        offer.lease_id,
+        offer.peer,
+        offer.worker_address,
+        offer.price,
+        rec.group,
+        _batch_size(state, offer) if rec.group == TRAIN else 0,
+    )
     state.create(placement)
     state.arm_after(placement, 2 * state.plan.accept_timeout)
     state.emit(AcceptLease(offer.lease_id, offer.peer, offer.worker_address))
     state.arm_after(rec, state.plan.hedge)
+
+
+def _batch_size(state: SchedulerState, offer: OfferReceived) -> int:
+    """A DiLoCo worker's batch: its gpu over the job's per-sample gpu, capped (the original's)."""
+    diloco = state.plan.diloco
+    if diloco is None:
+        return 0
+    per_sample = state.plan.resources.gpu
+    if per_sample <= 0:
+        return diloco.max_batch_size
+    return max(1, min(int(offer.resources.gpu // per_sample), diloco.max_batch_size))
 
 
 @ALLOCATION.action
@@ -243,31 +277,43 @@ def answers_pending(ctx: Ctx) -> bool:
 
 @ALLOCATION.guard
 def enough_held(ctx: Ctx) -> bool:
-    """As many leases are held as the job wants (or more)."""
-    return len(ctx.state.held()) >= ctx.state.plan.workers
+    """As many leases are held as the job wants in every group (or more)."""
+    return ctx.state.short_group() is None
 
 
 @ALLOCATION.action
 def let_go_surplus(ctx: Ctx) -> None:
     """Keep the cheapest leases the job wants (acceptance order breaks ties); let the rest go."""
     state = ctx.state
-    held = sorted(state.held(), key=lambda p: p.price)  # stable: acceptance order
-    wanted = state.plan.workers
-    for extra in held[wanted:]:
-        _notice(state, "info", f"{_short(extra.worker)}: lease {extra.key} not needed; it lapses")
-        state.post("placement", extra.key, "let_go", "not needed")
-    state.placed = [p.key for p in held[:wanted]]
+    state.placed = []
+    for group in state.groups():
+        held = sorted(state.held_in(group), key=lambda p: p.price)  # stable: acceptance order
+        wanted = state.wanted(group)
+        for extra in held[wanted:]:
+            _notice(
+                state, "info", f"{_short(extra.worker)}: lease {extra.key} not needed; it lapses"
+            )
+            state.post("placement", extra.key, "let_go", "not needed")
+        state.placed += [p.key for p in held[:wanted]]
 
 
 @ALLOCATION.action
 def dispatch_all(ctx: Ctx) -> None:
     """Give every placement a job id and send the job; the job may run for ``timeout``."""
     state = ctx.state
-    workers = tuple(state.records["placement"][key].worker for key in state.placed)
-    for index, key in enumerate(state.placed):
+    placements = [state.records["placement"][key] for key in state.placed]
+    training = [p for p in placements if p.group == TRAIN]
+    workers = tuple(p.worker for p in training)
+    server = next((p.worker for p in placements if p.group == PS), "")
+    if state.tracker is not None:
+        state.tracker.round_start = state.now.mono  # the original's tracker starts at dispatch
+        for p in training:
+            state.tracker.add(p.key, p.batch_size)
+    for p in placements:
         job_id = state.ids.next_id()
-        state.jobs[job_id] = key
-        state.post("placement", key, "dispatch", (job_id, index, workers))
+        state.jobs[job_id] = p.key
+        index = training.index(p) if p.group == TRAIN else 0
+        state.post("placement", p.key, "dispatch", (job_id, index, workers, server))
     state.arm_after(ctx.rec, state.plan.timeout)
 
 
@@ -291,11 +337,14 @@ def give_up(ctx: Ctx) -> None:
     """Too few leases (or no gateway) within advertise_timeout: say why and end."""
     state, rec = ctx.state, ctx.rec
     plan = state.plan
+    short = state.short_group() or TRAIN
     if not rec.request_id:
         reason = f"no gateway answered within {plan.advertise_timeout:g} s"
+    elif short == PS:
+        reason = f"no parameter server accepted within {plan.advertise_timeout:g} s"
     else:
         reason = (
-            f"only {len(state.held())} of {plan.workers} workers accepted "
+            f"only {len(state.held_in(TRAIN))} of {plan.workers} workers accepted "
             f"within {plan.advertise_timeout:g} s"
         )
     rec.reason = reason
@@ -327,6 +376,15 @@ def time_out(ctx: Ctx) -> None:
     reason = f"timed out after {state.plan.timeout:g} s"
     _notice(state, "warning", f"job {reason}; its leases are no longer renewed")
     _finish(state, False, reason)
+
+
+@ALLOCATION.action
+def fail_training(ctx: Ctx) -> None:
+    """The DiLoCo training cannot go on: say why, end the job."""
+    reason: str = ctx.event
+    ctx.rec.reason = reason
+    _notice(ctx.state, "error", f"training failed: {reason}")
+    _finish(ctx.state, False, reason)
 
 
 @ALLOCATION.action
@@ -408,6 +466,14 @@ def ended(ctx: Ctx) -> None:
     state, rec = ctx.state, ctx.rec
     if JOB not in state.records["allocation"]:
         return
+    if rec.key in state.records["training"]:
+        state.post("training", rec.key, "worker_lost")
+    if rec.group == PS and rec.job_id and state.tracker is not None:
+        how = state.ended.get(rec.key)
+        ok = how is not None and how.phase == "finished" and how.exit_code == 0
+        if not (ok and state.tracker.finished):
+            why = "" if how is None else f" ({how.phase}{': ' + how.reason if how.reason else ''})"
+            training_failed(state, f"the parameter server ended{why}")
     state.post("allocation", JOB, "placement_ended")
     for key in state.records["slice"]:
         state.post("slice", key, "worker_lost", rec.worker)
@@ -451,9 +517,23 @@ def warn_renewal(ctx: Ctx) -> None:
 def send_job(ctx: Ctx) -> None:
     """Send the job under this lease; renewals go on as planned."""
     state, rec = ctx.state, ctx.rec
-    job_id, index, workers = ctx.event
+    job_id, index, workers, server = ctx.event
     rec.job_id = job_id
-    state.emit(DispatchJob(rec.key, job_id, rec.worker, rec.address, index, workers))
+    state.emit(
+        DispatchJob(
+            rec.key,
+            job_id,
+            rec.worker,
+            rec.address,
+            index,
+            workers,
+            rec.group,
+            server,
+            rec.batch_size,
+        )
+    )
+    if state.tracker is not None and rec.group == TRAIN:
+        state.create(TrainingRec(rec.key, rec.worker))
     _arm_renewal(state, rec, rec.renew_at)
 
 
@@ -523,9 +603,35 @@ def answer_progress(ctx: Ctx) -> None:
     """Answer progress: ``continue`` once the worker received an update, else ``ok``."""
     state, rec = ctx.state, ctx.rec
     report: ProgressReceived = ctx.event
-    update_received = report.kind == "update-received"
-    state.emit(
-        ReplyProgress(report.reply_to, report.job_id, "continue" if update_received else "ok")
-    )
     state.count("progress")
-    _notice(state, "info", f"{_short(rec.worker)} {report.text}")
+    if state.tracker is None:
+        update_received = report.kind == "update-received"
+        state.emit(
+            ReplyProgress(report.reply_to, report.job_id, "continue" if update_received else "ok")
+        )
+        _notice(state, "info", f"{_short(rec.worker)} {report.text}")
+    elif rec.group == PS:
+        _parameter_server_progress(state, report)
+    elif report.kind in EVENT_OF_KIND and rec.key in state.records["training"]:
+        state.post("training", rec.key, EVENT_OF_KIND[report.kind], report)
+        if report.kind in ("metrics", "update-received"):
+            _notice(state, "info", f"{_short(rec.worker)} {report.text}")
+    else:
+        state.count("progress.unexpected")
+        state.emit(ReplyProgress(report.reply_to, report.job_id, "error"))
+
+
+def _parameter_server_progress(state: SchedulerState, report: ProgressReceived) -> None:
+    """``updated``: the round closed; every worker's waiting answer goes out; Done at the end."""
+    tracker = state.tracker
+    assert tracker is not None
+    if report.kind != "updated" or tracker.round > tracker.plan.rounds:
+        state.count("progress.unexpected")
+        state.emit(ReplyProgress(report.reply_to, report.job_id, "error"))
+        return
+    closed = tracker.round
+    tracker.next_round(state.now.mono)
+    state.emit(ReplyProgress(report.reply_to, report.job_id, "done" if tracker.finished else "ok"))
+    _notice(state, "info", f"round {closed} of {tracker.plan.rounds}: the update is out")
+    for key in state.records["training"]:
+        state.post("training", key, "round_closed")

@@ -9,6 +9,23 @@ import msgspec
 from hypha_sm.core.resources import Amounts
 
 
+class DiLoCoPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A DiLoCo job's rounds and its parameter server (hypha-execution.md §1.2, §9)."""
+
+    #: Outer rounds (the original's ``update_rounds``).
+    rounds: int
+    #: Samples, summed over the workers, between two updates (``avg_samples_between_updates``).
+    samples_per_round: int
+    #: The largest batch a worker is given (its offer's gpu / the job's gpu, capped by this).
+    max_batch_size: int
+    #: What the parameter server must offer, and what it is paid at most.
+    ps_resources: Amounts
+    ps_bid: float
+    #: The projection's caps (the original's 10 s after the round start and 3 batches).
+    time_cap_ms: int = 10_000
+    update_cap: int = 3
+
+
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One job's placement rules and timings (from ``job.toml``'s ``[job]``), in seconds."""
 
@@ -43,6 +60,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
     slice_timeout: float = 600.0
     #: Epochs to hand out (0: as many as the job asks for).
     epochs: int = 0
+    #: A DiLoCo job: its training workers (``workers``) and one parameter server.
+    diloco: DiLoCoPlan | None = None
 
     @property
     def price_limit(self) -> float:
@@ -72,4 +91,10 @@ def plan_problem(plan: Plan) -> str | None:
         return "renew_interval, retry and hedge must be positive"
     if plan.slice_timeout <= 0 or plan.epochs < 0:
         return "slice_timeout must be positive and epochs not negative"
+    if plan.diloco is not None:
+        d = plan.diloco
+        if d.rounds < 1 or d.samples_per_round < 1 or d.max_batch_size < 1:
+            return "rounds, samples_per_round and max_batch_size must be at least 1"
+        if not (math.isfinite(d.ps_bid) and d.ps_bid > 0) or d.update_cap < 1:
+            return "ps_bid must be positive and update_cap at least 1"
     return None

@@ -14,6 +14,7 @@ import msgspec
 from hypha_sm.core.engine import Engine
 from hypha_sm.core.host import Host
 from hypha_sm.core.record import Record
+from hypha_sm.core.resources import Amounts
 from hypha_sm.roles.scheduler.core.effects import (
     Effect,
     ReplyNoSlice,
@@ -30,8 +31,11 @@ from hypha_sm.roles.scheduler.core.events import (
     StatusReceived,
 )
 from hypha_sm.roles.scheduler.core.plan import Plan
+from hypha_sm.roles.scheduler.core.tracker import RoundTracker
 
-KINDS = ("allocation", "placement", "slice")
+KINDS = ("allocation", "placement", "slice", "training")
+#: The groups of workers a job places: every job's ``train``; a DiLoCo job's ``ps`` too.
+TRAIN, PS = "train", "ps"
 #: The one allocation record's key.
 JOB = "job"
 #: How long a worker waits before asking again when no slice is free yet.
@@ -45,12 +49,22 @@ HELD = frozenset({"accepted", "dispatched", "running"})
 class AllocationRec(Record):
     """The job's allocation: the current advertisement, its offers and the give-up time."""
 
-    __slots__ = ("first_offer", "give_up_at", "next_offer", "offers", "reason", "request_id")
+    __slots__ = (
+        "first_offer",
+        "give_up_at",
+        "group",
+        "next_offer",
+        "offers",
+        "reason",
+        "request_id",
+    )
     kind = "allocation"
 
     def __init__(self, key: str = JOB) -> None:
         super().__init__(key)
         self.request_id = ""
+        #: The group the current advertisement seeks.
+        self.group = TRAIN
         #: Offers for the current advertisement, in arrival order; ranked when collecting ends.
         self.offers: list[OfferReceived] = []
         #: The index in ``offers`` of the next offer to try.
@@ -65,7 +79,9 @@ class PlacementRec(Record):
 
     __slots__ = (
         "address",
+        "batch_size",
         "expires_mono",
+        "group",
         "job_id",
         "price",
         "renew_at",
@@ -74,11 +90,22 @@ class PlacementRec(Record):
     )
     kind = "placement"
 
-    def __init__(self, key: str, worker: str, address: str, price: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        worker: str,
+        address: str,
+        price: float,
+        group: str = TRAIN,
+        batch_size: int = 0,
+    ) -> None:
         super().__init__(key)
         self.worker = worker
         self.address = address
         self.price = price
+        self.group = group
+        #: A DiLoCo training worker's batch size (from its offer's gpu), 0 otherwise.
+        self.batch_size = batch_size
         self.job_id = ""
         #: When the worker said the lease expires, on our monotonic clock (inf until accepted).
         self.expires_mono = math.inf
@@ -145,6 +172,48 @@ class SchedulerState(Host[Effect]):
         self.dataset: Dataset | None = None
         self.epoch = 0
         self.looking_up = False
+        #: A DiLoCo job's rounds (the original's ProgressTracker and WorkerTracker).
+        self.tracker = RoundTracker(plan.diloco) if plan.diloco is not None else None
+
+    def drain(self) -> None:
+        """Run queued internal events until none is left.
+
+        Those queued for an allocation that ended meanwhile (a DiLoCo failure and the last
+        placement's end in one step) are counted, not run.
+        """
+        queue = self.queue
+        while queue:
+            kind, key, event, payload = queue.popleft()
+            if kind == "allocation" and key not in self.records[kind]:
+                self.count(f"late.{event}")
+                continue
+            self.fire(kind, key, event, payload)
+
+    def groups(self) -> tuple[str, ...]:
+        """The job's groups, in the order they are advertised for."""
+        return (PS, TRAIN) if self.plan.diloco is not None else (TRAIN,)
+
+    def wanted(self, group: str) -> int:
+        """How many leases a group needs."""
+        return 1 if group == PS else self.plan.workers
+
+    def held_in(self, group: str) -> list[PlacementRec]:
+        """The group's held placements, in acceptance order."""
+        return [p for p in self.held() if p.group == group]
+
+    def short_group(self) -> str | None:
+        """The first group with fewer leases held than it needs (None: every one is full)."""
+        for group in self.groups():
+            if len(self.held_in(group)) < self.wanted(group):
+                return group
+        return None
+
+    def needs(self, group: str) -> tuple[Amounts, float]:
+        """What a group's worker must offer, and the highest price it may ask."""
+        diloco = self.plan.diloco
+        if group == PS and diloco is not None:
+            return diloco.ps_resources, diloco.ps_bid
+        return self.plan.resources, self.plan.price_limit
 
     def held(self) -> list[PlacementRec]:
         """The placements whose lease is ours, in acceptance order."""

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import stat
 import urllib.parse
@@ -381,15 +382,7 @@ class JobBridge:
         if not isinstance(body, dict):
             raise BridgeError(400, "invalid_request", "send needs an object")
         path = self.resolve(body.get("path"))
-        peers = body.get("peers")
-        if (
-            not isinstance(peers, list)
-            or not peers
-            or not all(isinstance(p, str) and p and set(p) <= _BASE58 for p in peers)
-        ):
-            raise BridgeError(
-                400, "invalid_request", '"peers" must be a non-empty list of peer ids'
-            )
+        peers = _send_peers(body)
         purpose = body.get("purpose", "")
         if not isinstance(purpose, str):
             raise BridgeError(400, "invalid_request", '"purpose" must be a string')
@@ -402,6 +395,10 @@ class JobBridge:
             results = await self._call(self.send(opened, list(peers), purpose, name=path.name))
         finally:
             os.close(fd)
+        if not any(outcome == "delivered" for outcome in results.values()):
+            # An executor must fail here, not wait for an answer to a file nobody got (B8).
+            shown = "; ".join(f"{p[:12]}: {o}" for p, o in sorted(results.items()))[:500]
+            raise BridgeError(502, "not_delivered", f"no peer received the file ({shown})")
         return JSONResponse({"path": self.relative(path), "results": dict(results)})
 
     async def _receive(self, request: Request) -> Response:
@@ -462,6 +459,33 @@ def _peer_list(value: object, what: str) -> list[str]:
     ):
         raise BridgeError(400, "invalid_request", f"{what} must be a list of peer ids")
     return value
+
+
+def _send_peers(body: Mapping[str, Any]) -> list[str]:
+    """To whom: ``peers`` (ours), or the original's ``resource`` (peers with a strategy).
+
+    The original's strategies: ``All`` every peer, ``One`` the first, ``Random`` any one.
+    """
+    resource = body.get("resource")
+    if "peers" not in body and isinstance(resource, dict):
+        if resource.get("type") != "peers":
+            raise BridgeError(400, "invalid_request", 'send needs a "peers" resource')
+        peers = _peer_list(resource.get("peers"), '"resource.peers"')
+        strategy = resource.get("strategy") or {"type": "All"}
+        kind = strategy.get("type") if isinstance(strategy, dict) else strategy
+        if not peers:
+            raise BridgeError(400, "invalid_request", '"resource.peers" is empty')
+        if kind == "All":
+            return peers
+        if kind == "One":
+            return peers[:1]
+        if kind == "Random":
+            return [secrets.choice(peers)]
+        raise BridgeError(400, "invalid_request", f"unsupported strategy {kind!r}")
+    listed = body.get("peers")
+    if not isinstance(listed, list) or not listed:
+        raise BridgeError(400, "invalid_request", '"peers" must be a non-empty list of peer ids')
+    return _peer_list(listed, '"peers"')
 
 
 def _receive_peers(body: Mapping[str, Any]) -> frozenset[str]:

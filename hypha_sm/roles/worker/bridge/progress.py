@@ -27,18 +27,32 @@ def _u32(value: object, what: str) -> int:
     return value
 
 
+def _digest(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 80:
+        raise BridgeError(400, "invalid_request", "weights_sha256 must be a hex digest")
+    return value
+
+
 def parse_progress(body: object) -> ProgressKind:
     """The executor's progress JSON (hypha-execution.md §4) as our progress kind."""
     if body == "update":
         return UpdateStarted()
     if body == "update-received":
         return UpdateReceived()
+    if isinstance(body, dict) and set(body) == {"update-received"}:
+        value = body["update-received"]
+        if not isinstance(value, dict):
+            raise BridgeError(400, "invalid_request", '"update-received" must be an object')
+        return UpdateReceived(weights_sha256=_digest(value.get("weights_sha256", "")))
     if body == "updated":
         return UpdateApplied()
     if isinstance(body, dict) and len(body) == 1:
         ((key, value),) = body.items()
         if key == "status" and isinstance(value, dict):
-            return BatchStatus(batch_size=_u32(value.get("batch_size"), "status.batch_size"))
+            return BatchStatus(
+                batch_size=_u32(value.get("batch_size"), "status.batch_size"),
+                weights_sha256=_digest(value.get("weights_sha256", "")),
+            )
         if key == "metrics" and isinstance(value, dict):
             rnd = _u32(value.get("round"), "metrics.round")
             raw = value.get("metrics")

@@ -1,0 +1,163 @@
+"""Safetensors files read and written one tensor at a time (bounded memory).
+
+``safetensors.safe_open`` already reads one tensor at a time (memory-mapped). Writing needs the
+whole header first; every shape and dtype is known before the first byte, so ``StreamWriter``
+writes the header, then each tensor as it is computed, and never holds more than one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The dtypes a pseudo-gradient or update may use on the wire.
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+}
+DTYPE_NAMES = {v: k for k, v in WIRE_DTYPES.items()}
+#: Precision names a job may ask for, as torch dtypes.
+PRECISIONS: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+#: The largest header this reads (the format allows 100 MB; a hostile file gets no more).
+MAX_HEADER = 16 * 1024 * 1024
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a file holds: each tensor's dtype and shape, in name order, and its metadata."""
+
+    tensors: tuple[tuple[str, str, tuple[int, ...]], ...]
+    metadata: Mapping[str, str]
+
+    @property
+    def signature(self) -> str:
+        """A digest of names, dtypes and shapes: files that can be averaged share it."""
+        text = json.dumps([list(t) for t in self.tensors], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class LayoutError(ValueError):
+    """A file is not a safetensors file this code accepts; ``str()`` says why."""
+
+
+def read_layout(path: Path) -> Layout:
+    """The header of a safetensors file, checked: known dtypes, offsets inside the file."""
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise LayoutError("shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(MAX_HEADER, size - 8):
+            raise LayoutError(f"header of {length} bytes does not fit")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:
+            raise LayoutError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise LayoutError("header is not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise LayoutError("metadata must map strings to strings")
+    tensors = []
+    body = size - 8 - length
+    for name in sorted(header):
+        info = header[name]
+        if not isinstance(info, dict):
+            raise LayoutError(f"{name!r}: not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in WIRE_DTYPES:
+            raise LayoutError(f"{name!r}: dtype {dtype!r} is not F32, BF16 or F16")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise LayoutError(f"{name!r}: bad shape")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= body
+        ):
+            raise LayoutError(f"{name!r}: data offsets outside the file")
+        count = 1
+        for d in shape:
+            count *= d
+        if offsets[1] - offsets[0] != count * WIRE_DTYPES[dtype].itemsize:
+            raise LayoutError(f"{name!r}: data size does not match its shape")
+        tensors.append((name, dtype, tuple(shape)))
+    return Layout(tuple(tensors), dict(metadata))
+
+
+class StreamWriter:
+    """Write a safetensors file whose layout is known, one tensor at a time, in layout order."""
+
+    def __init__(
+        self,
+        path: Path,
+        tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        header: dict[str, Any] = {}
+        offset = 0
+        self._order = []
+        for name, dtype, shape in tensors:
+            count = 1
+            for d in shape:
+                count *= d
+            end = offset + count * dtype.itemsize
+            header[name] = {
+                "dtype": DTYPE_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, end],
+            }
+            self._order.append((name, dtype, shape))
+            offset = end
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % _ALIGN)
+        self._next = 0
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """The next tensor of the layout (its name, dtype and shape must match)."""
+        want, dtype, shape = self._order[self._next]
+        if name != want or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ValueError(f"expected {want} {dtype} {shape}, got {name} {tensor.dtype}")
+        self._file.write(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        self._next += 1
+
+    def close(self) -> None:
+        """Flush, fsync and close; every tensor must have been written."""
+        try:
+            if self._next != len(self._order):
+                raise ValueError(f"{len(self._order) - self._next} tensors were not written")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+
+def state_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in name order: equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

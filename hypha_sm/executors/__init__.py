@@ -1,0 +1,1 @@
+"""Executors shipped with the project (run by a worker's process runtime)."""

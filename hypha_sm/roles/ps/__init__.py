@@ -1,0 +1,1 @@
+"""The parameter server: a worker runtime (``runtime = "parameter-server"``) for DiLoCo jobs."""

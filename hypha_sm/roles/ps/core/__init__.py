@@ -1,0 +1,1 @@
+"""The parameter server's pure core: its round machine (``machines/ps/round.toml``)."""

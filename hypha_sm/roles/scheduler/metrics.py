@@ -1,0 +1,115 @@
+"""A DiLoCo job's metrics as the scheduler hears them: files, a line per round, a loss curve.
+
+Each worker's round metrics (loss, eval loss, samples, step time, bytes) are appended to
+``metrics.jsonl`` and ``metrics.csv`` as they arrive; once every training worker reported a
+round, one line sums it up on the console; at the end the loss curve is drawn to
+``loss.png`` (matplotlib, if installed). Shell only: the core never sees metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+log = logging.getLogger("hypha_sm.roles.scheduler")
+
+COLUMNS = ("time", "worker", "round", "metric", "value")
+
+
+class MetricsSink:
+    """Where one job's metrics go."""
+
+    def __init__(self, directory: Path, workers: int) -> None:
+        self.directory = directory
+        self.workers = workers
+        directory.mkdir(parents=True, exist_ok=True)
+        self.jsonl = directory / "metrics.jsonl"
+        self.csv = directory / "metrics.csv"
+        self.png = directory / "loss.png"
+        with self.csv.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+        self.jsonl.write_text("")
+        self.rounds: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+
+    def record(self, worker: str, rnd: int, metrics: dict[str, float]) -> None:
+        """One worker's metrics for a round."""
+        now = time.time()
+        with self.jsonl.open("a") as f:
+            f.write(
+                json.dumps({"time": now, "worker": worker, "round": rnd, "metrics": metrics})
+                + "\n"
+            )
+        with self.csv.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for name, value in sorted(metrics.items()):
+                writer.writerow((f"{now:.3f}", worker, rnd, name, value))
+        self.rounds[rnd].setdefault(worker, {}).update(metrics)
+        if len(self.rounds[rnd]) == self.workers:
+            print(self.summary(rnd), flush=True)
+
+    def summary(self, rnd: int) -> str:
+        """One line for a round every worker reported."""
+        per = self.rounds[rnd]
+
+        def mean(name: str) -> float:
+            values = [m[name] for m in per.values() if name in m and math.isfinite(m[name])]
+            return sum(values) / len(values) if values else math.nan
+
+        if rnd == 0:
+            return f"round  0  eval loss {mean('eval_loss'):.4f} (initial weights)"
+        samples = sum(m.get("samples", 0.0) for m in per.values())
+        sent = sum(m.get("bytes_sent", 0.0) for m in per.values())
+        received = sum(m.get("bytes_received", 0.0) for m in per.values())
+        return (
+            f"round {rnd:2d}  train loss {mean('loss'):.4f}  eval loss {mean('eval_loss'):.4f}  "
+            f"{samples:.0f} samples  {mean('step_ms'):.1f} ms/step  "
+            f"{(sent + received) / 1e6:.2f} MB exchanged"
+        )
+
+    def plot(self) -> Path | None:
+        """The loss curves (train per worker, eval mean) as a PNG; None without matplotlib."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        rounds = sorted(self.rounds)
+        if not rounds:
+            return None
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        workers = sorted({w for r in rounds for w in self.rounds[r]})
+        for n, worker in enumerate(workers, start=1):
+            xs = [r for r in rounds if "loss" in self.rounds[r].get(worker, {})]
+            ax.plot(
+                xs,
+                [self.rounds[r][worker]["loss"] for r in xs],
+                "o-",
+                label=f"train loss, worker {n}",
+            )
+        xs, ys = [], []
+        for r in rounds:
+            evals = [
+                m["eval_loss"]
+                for m in self.rounds[r].values()
+                if math.isfinite(m.get("eval_loss", math.nan))
+            ]
+            if evals:
+                xs.append(r)
+                ys.append(sum(evals) / len(evals))
+        ax.plot(xs, ys, "s--", color="black", label="eval loss (global weights)")
+        ax.set_xlabel("outer round")
+        ax.set_ylabel("cross-entropy (nats per byte)")
+        ax.set_title("DiLoCo: loss per outer round")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.png)
+        plt.close(fig)
+        return self.png
