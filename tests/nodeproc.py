@@ -50,7 +50,7 @@ def worker_config(
     text = text.replace(f'cmd = "{sys.executable}"', f'cmd = "{cmd}"')
     text = text.replace('name = "diloco-transformer"', 'name = "echo"')
     args = ", ".join(f'"{a}"' for a in [str(script), *job_args])
-    text = re.sub(r'args = \["-m", "hypha_sm.executors.train".*\]', f"args = [{args}]", text)
+    text = re.sub(r'args = \["-m", "hypha_sm.executors.diloco".*\]', f"args = [{args}]", text)
     text = re.sub(r"strategy = .*", 'strategy = "flexible"', text)
     for key, value in keys.items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)

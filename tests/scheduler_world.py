@@ -17,7 +17,7 @@ from hypha_sm.core.trace import Now
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.scheduler.core import effects as fx
 from hypha_sm.roles.scheduler.core import events as ev
-from hypha_sm.roles.scheduler.core.plan import Plan
+from hypha_sm.roles.scheduler.core.plan import DiLoCoPlan, Plan
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import HELD, SchedulerState
 
@@ -165,10 +165,18 @@ class World:
         alloc = state.records["allocation"].get("job")
         # Never more leases kept than wanted: hedged acceptances may overshoot only while the
         # allocation is still accepting; the surplus is let go as it moves on.
+        wanted = self.plan.workers + (1 if self.plan.diloco is not None else 0)
         if alloc is None or alloc.phase != "accepting":
-            assert len(held) <= self.plan.workers, (alloc and alloc.phase, len(held))
+            assert len(held) <= wanted, (alloc and alloc.phase, len(held))
         if self.dispatched_leases:  # the job's workers, once chosen, are as many as wanted
-            assert len(state.placed) <= self.plan.workers
+            assert len(state.placed) <= wanted
+        tracker = state.tracker
+        if tracker is not None:
+            # Done only after the last round; never more rounds than planned.
+            assert tracker.round <= tracker.plan.rounds + 1
+            for rec in state.records["training"].values():
+                assert rec.phase != "done" or tracker.finished
+                assert rec.round <= tracker.round
         # Never a dispatch on a lease it does not hold.
         for p in placements.values():
             if p.phase in ("dispatched", "running"):
@@ -197,16 +205,34 @@ class World:
             assert not held
 
 
-def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None) -> World:
-    """A run driven by random inputs and answers; the world checks the invariants each step."""
+def diloco(rounds: int = 2, samples: int = 40, **extra: Any) -> DiLoCoPlan:
+    """A small DiLoCo job: ``rounds`` rounds of ``samples`` samples, batches of up to 8."""
+    return DiLoCoPlan(
+        rounds=rounds,
+        samples_per_round=samples,
+        max_batch_size=8,
+        ps_resources=ASK,
+        ps_bid=100.0,
+        **extra,
+    )
+
+
+def random_walk(
+    rng: random.Random, steps: int = 400, workers: int | None = None, training: bool = False
+) -> World:
+    """A run driven by random inputs and answers; the world checks the invariants each step.
+
+    ``training``: a DiLoCo job whose workers mostly follow the progress protocol.
+    """
     world = World(
         plan(
             workers or rng.choice((1, 2, 3)),
             advertise_timeout=rng.choice((3.0, 20.0)),
-            timeout=rng.choice((2.0, 30.0)),
+            timeout=rng.choice((2.0, 30.0)) if not training else rng.choice((8.0, 60.0)),
             dataset=rng.choice(("", "d", "d", "d")),
             slice_timeout=rng.choice((1.0, 600.0)),
             epochs=rng.choice((0, 0, 2)),
+            diloco=diloco(rng.choice((1, 2, 3)), rng.choice((8, 40))) if training else None,
         )
     )
     world.slices = rng.choice((1, 3, 7))
@@ -228,6 +254,8 @@ def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None
             world.offer(rng.choice(PEERS), lease, price, resources, stale)
         elif roll < 0.68 and world.state.jobs:
             slice_input(world, rng)
+        elif roll < 0.75 and world.state.jobs and training:
+            diloco_input(world, rng)
         elif roll < 0.75 and world.state.jobs:
             job_id, lease_id = rng.choice(sorted(world.state.jobs.items()))
             rec = world.state.records["placement"].get(lease_id)
@@ -254,6 +282,129 @@ def random_walk(rng: random.Random, steps: int = 400, workers: int | None = None
     return world
 
 
+def diloco_input(world: World, rng: random.Random) -> None:
+    """A DiLoCo job's progress, mostly as its workers and parameter server follow the protocol.
+
+    A training worker reports a batch (its first with the initial weights' digest), starts its
+    update once scheduled, says it merged the update; the parameter server says ``updated``
+    once every live worker is updating. Sometimes out of order, from the wrong peer, with a
+    different digest, or a job status (finished, failed) instead.
+    """
+    state = world.state
+    job_id, lease_id = rng.choice(sorted(state.jobs.items()))
+    rec = state.records["placement"].get(lease_id)
+    if rec is None:
+        return
+    peer = rec.worker if rng.random() < 0.97 else "12D3KooWStranger"
+    digest = "same" if rng.random() < 0.98 else "different"
+
+    def progress(kind: str, batch: int = 0, weights: str = "") -> None:
+        world.feed(ev.ProgressReceived(world.token(), peer, job_id, kind, kind, batch, weights))
+
+    if rng.random() < 0.04:
+        status = rng.choice(STATUSES)
+        world.feed(
+            ev.StatusReceived(world.token(), peer, job_id, status, 0 if rng.random() < 0.7 else 1)
+        )
+        return
+    if rec.group == "ps":
+        training = list(state.records["training"].values())
+        ready = all(t.phase in ("updating", "awaiting", "done") for t in training)
+        if ready or rng.random() < 0.1:
+            progress("updated")
+        return
+    training_rec = state.records["training"].get(lease_id)
+    phase = training_rec.phase if training_rec is not None else "training"
+    if rng.random() < 0.2:
+        progress(rng.choice(("status", "update", "update-received", "metrics", "updated")), 4)
+    elif phase == "training":
+        first = training_rec is not None and 0 not in (
+            state.tracker.hashes if state.tracker else {}
+        )
+        progress("status", rng.choice((4, 8)), digest if first or rng.random() < 0.1 else "")
+    elif phase == "update_scheduled":
+        progress("update" if rng.random() < 0.6 else "status", 8)
+    elif phase == "updating":
+        progress("metrics" if rng.random() < 0.2 else "update-received", 0, digest)
+    else:
+        progress(rng.choice(("metrics", "update-received", "status")), 4)
+
+
+def placed_diloco(workers: int = 2, batches: tuple[int, ...] = (), **extra: Any) -> World:
+    """A world whose DiLoCo job runs: a parameter server (lease ``PS``) and ``workers``
+    training workers (leases ``T0``...), each offering ``gpu`` for the batch in ``batches``."""
+    job = plan(workers, timeout=3600.0, advertise_timeout=30.0, renew_interval=100.0)
+    gpu = 1.0 if batches else 0.0
+    job = Plan(
+        **{**{f: getattr(job, f) for f in job.__struct_fields__}, "diloco": diloco(**extra)}
+    )
+    job = Plan(
+        **{
+            **{f: getattr(job, f) for f in job.__struct_fields__},
+            "resources": Amounts(gpu=gpu, cpu=1.0, memory=1.0, storage=0.0),
+        }
+    )
+    world = World(job)
+    world.feed(ev.Begin())
+    world.answer(world.take(fx.LocateGateways))
+    for n, group in enumerate(["ps", "train"]):
+        publish = world.take(fx.Publish)
+        assert publish is not None and publish.group == group, publish
+        world.answer(publish)
+        count = 1 if group == "ps" else workers
+        for i in range(count):
+            size = batches[i] if batches and group == "train" else 8
+            offered = Amounts(gpu=float(size), cpu=2.0, memory=2.0, storage=1.0)
+            lease = "PS" if group == "ps" else f"T{i}"
+            world.offer(PEERS[n * 3 + i], lease, 50.0 + i, offered)
+        world.advance(0.2)
+        while (accept := world.take(fx.AcceptLease)) is not None:
+            world.answer(accept)
+            world.advance(0.06)
+    while (dispatch := world.take(fx.DispatchJob)) is not None:
+        world.answer(dispatch)
+    assert world.state.records["allocation"]["job"].phase == "held"
+    return world
+
+
+def progress(
+    world: World, lease: str, kind: str, batch: int = 0, weights: str = "", peer: str = ""
+) -> list[fx.Effect]:
+    """A progress report from the worker holding ``lease`` (or ``peer``)."""
+    job_id = world.job_of(lease)
+    assert job_id is not None
+    sender = peer or world.state.records["placement"][lease].worker
+    return world.feed(
+        ev.ProgressReceived(world.token(), sender, job_id, kind, kind, batch, weights)
+    )
+
+
+def protocol_walk(rng: random.Random, steps: int = 300) -> World:
+    """A placed DiLoCo job fed every progress kind from every party in random order, with
+    workers lost now and then: every reply must follow the machines (the world checks)."""
+    world = placed_diloco(rng.choice((1, 2, 3)), rounds=rng.choice((1, 2, 3)), samples=16)
+    kinds = ("status", "update", "update-received", "metrics")
+    for _ in range(steps):
+        if world.state.finished is not None:
+            break
+        leases = sorted(world.state.records["training"])
+        roll = rng.random()
+        if roll < 0.15:
+            if "PS" in world.state.records["placement"]:
+                progress(world, "PS", "updated")
+        elif roll < 0.17 and leases:
+            lease = rng.choice(leases)
+            job_id = world.job_of(lease)
+            peer = world.state.records["placement"][lease].worker
+            world.feed(ev.StatusReceived(world.token(), peer, job_id or "", "failed", 1))
+        elif roll < 0.2:
+            world.advance(rng.choice((0.05, 0.5, 3.0)))
+        elif leases:
+            digest = "same" if rng.random() < 0.97 else "other"
+            progress(world, rng.choice(leases), rng.choice(kinds), 8, digest)
+    return world
+
+
 def slice_input(world: World, rng: random.Random) -> None:
     """A slice request or a "slice done", mostly from the job's workers, sometimes not."""
     job_id, lease_id = rng.choice(sorted(world.state.jobs.items()))
@@ -276,4 +427,8 @@ def explore_scheduler(walks: int = 300) -> Counter[tuple[str, int]]:
     total: Counter[tuple[str, int]] = Counter()
     for seed in range(walks):
         total += random_walk(random.Random(seed)).coverage
+    for seed in range(walks // 3):
+        total += random_walk(random.Random(seed), steps=900, training=True).coverage
+    for seed in range(walks // 3):
+        total += protocol_walk(random.Random(seed)).coverage
     return total

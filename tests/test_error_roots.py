@@ -26,6 +26,8 @@ INTERNAL = {
     "hypha_sm.roles.worker.bridge.interfaces.BridgeError",  # -> a 4xx reply to the job
     "hypha_sm.sdk.bridge_client.BridgeClientError",  # the job program's, not the node's
     "hypha_sm.roles.worker.executor.StartFailed",  # -> a JobStartFailed event
+    "hypha_sm.diloco.tensors.LayoutError",  # -> a dropped file, counted by the parameter server
+    "hypha_sm.executors.diloco.ExecutorError",  # the training job's own, -> its exit code 1
 }
 
 

@@ -11,9 +11,11 @@ new decoder cannot be added without a fuzz.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,8 @@ FUZZED = {
     "hypha_sm.config.layers:load_settings": "config",
     "hypha_sm.roles.worker.bridge.app:JobBridge._read_json": "bridge",
     "hypha_sm.datasets.manifest:decode": "manifest",
+    "hypha_sm.diloco.tensors:read_layout": "gradient_file",
+    "hypha_sm.roles.ps.runtime:load_spec": "ps_spec",
 }
 #: Decoders whose input is our own, and why.
 OWN_INPUT = {
@@ -84,6 +88,7 @@ OWN_INPUT = {
     "hypha_sm.sdk.bridge_client:BridgeClient.openapi": "a job reading its own node's bridge",
     "hypha_sm.demo_job:main": "the demo job reading the spec and files its node gave it",
     "hypha_sm.demo_job:slice_texts": "the demo job reading a slice its node verified",
+    "hypha_sm.executors.diloco:main": "the training executor reading the spec its node gave it",
 }
 _DECODER_RECEIVER = re.compile(r"json|msgpack|toml|pickle|decoder|Decoder")
 _DECODING = {"decode", "loads", "load", "convert", "model_validate_json", "validate_json"}
@@ -344,7 +349,41 @@ def fuzz_manifest(text: bytes) -> None:
             decode_manifest(data)
 
 
-TARGETS = ("envelope", "event_log", "config", "bridge", "manifest")
+TARGETS = ("envelope", "event_log", "config", "bridge", "manifest", "gradient_file", "ps_spec")
+
+
+@given(
+    st.binary(max_size=64) | nested_values().map(lambda v: json.dumps(v, default=repr).encode())
+)
+@settings(max_examples=200, deadline=None)
+@example(b'{"a":' * 5000 + b"1" + b"}" * 5000)
+def test_fuzz_gradient_files_are_a_layout_error_or_a_layout(
+    tmp_path_factory: Any, raw: bytes
+) -> None:
+    """A worker's pseudo-gradient file with any header (towers, garbage, lies about sizes):
+    the parameter server reads a layout or refuses it with LayoutError, never another error."""
+    from hypha_sm.diloco.tensors import LayoutError, read_layout
+
+    path = tmp_path_factory.mktemp("g") / "file"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 16)
+    try:
+        read_layout(path)
+    except LayoutError:
+        pass
+
+
+@given(st.text(max_size=64) | nested_values().map(lambda v: json.dumps(v, default=repr)))
+@settings(max_examples=200, deadline=None)
+@example('{"executor":' * 5000 + "1" + "}" * 5000)
+def test_fuzz_parameter_server_specs_are_a_spec_error_or_a_plan(raw: str) -> None:
+    """A dispatched spec the parameter server cannot use is a JobSpecError (a start failure
+    with a reason), never another exception."""
+    from hypha_sm.roles.ps.runtime import JobSpecError, load_spec
+
+    try:
+        load_spec(raw)
+    except JobSpecError:
+        pass
 
 
 @given(st.one_of(hostile_msgpack(), nested_values().map(_enc)))

@@ -415,7 +415,7 @@ def test_machines_lists_every_role_and_refuses_a_role_without_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`hypha-sm machines` checks each role's directory; one no code runs is a one-line error."""
-    assert roles() == ["data", "scheduler", "worker"]
+    assert roles() == ["data", "ps", "scheduler", "worker"]
     for role in roles():
         for name, data in read_sources(role=role).items():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,7 @@ def test_machines_lists_every_role_and_refuses_a_role_without_code(
     assert "scheduler: all valid; sha256:" in out
     (tmp_path / "machines" / "stray").mkdir()
     (tmp_path / "machines" / "stray" / "toy.toml").write_text(GOOD)
-    assert roles(tmp_path / "machines") == ["data", "scheduler", "stray", "worker"]
+    assert roles(tmp_path / "machines") == ["data", "ps", "scheduler", "stray", "worker"]
     assert cli.main(["machines"]) == 2
     assert capsys.readouterr().err == (
         "hypha-sm: error: machines/stray/: machine 'stray': no code runs this role's machines\n"

@@ -17,6 +17,7 @@ from hypha_sm.core.spec import TransitionSpec
 from hypha_sm.machines_io import load_specs, roles
 from tests.data_world import explore_data
 from tests.explorer import explore
+from tests.ps_world import explore_ps
 from tests.scheduler_world import explore_scheduler
 
 #: Every role's machines, named ``<role>/<machine>`` (two roles may both have a ``node``).
@@ -24,7 +25,12 @@ SPECS = {
     f"{role}/{name}": spec for role in roles() for name, spec in load_specs(role=role).items()
 }
 ALL = [(name, t) for name, spec in sorted(SPECS.items()) for t in spec.transitions]
-EXPLORERS = {"worker": explore, "scheduler": explore_scheduler, "data": explore_data}
+EXPLORERS = {
+    "worker": explore,
+    "scheduler": explore_scheduler,
+    "data": explore_data,
+    "ps": explore_ps,
+}
 
 
 @cache

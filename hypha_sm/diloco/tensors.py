@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from hypha_sm.wire.bounds import json_problem
+
 #: The dtypes a pseudo-gradient or update may use on the wire.
 WIRE_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32,
@@ -64,10 +66,13 @@ def read_layout(path: Path) -> Layout:
         (length,) = struct.unpack("<Q", raw)
         if length > min(MAX_HEADER, size - 8):
             raise LayoutError(f"header of {length} bytes does not fit")
+        raw_header = f.read(length)
+        if json_problem(raw_header) is not None:
+            raise LayoutError("header nested too deep")
         try:
-            header = json.loads(f.read(length))
-        except ValueError as exc:
-            raise LayoutError(f"header is not JSON: {exc}") from None
+            header = json.loads(raw_header)
+        except (ValueError, RecursionError) as exc:
+            raise LayoutError(f"header is not JSON: {str(exc)[:100]}") from None
     if not isinstance(header, dict):
         raise LayoutError("header is not an object")
     metadata = header.pop("__metadata__", None) or {}

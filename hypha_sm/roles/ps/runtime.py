@@ -27,6 +27,7 @@ from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.roles.ps.core import model as ps
 from hypha_sm.roles.ps.core.role import PS
 from hypha_sm.runtime.loop import Inbox, recorded_stepper, run_loop
+from hypha_sm.wire.bounds import json_problem
 from hypha_sm.wire.messages import Progress, ProgressReply, UpdateApplied
 
 log = logging.getLogger(__name__)
@@ -251,10 +252,12 @@ def _now() -> Any:
 
 def load_spec(raw: str) -> ps.PSPlan:
     """The plan from the dispatched spec's JSON text."""
+    if json_problem(raw.encode("utf-8", "surrogatepass")) is not None:
+        raise JobSpecError("the spec is nested too deep")
     try:
         spec = json.loads(raw)
-    except ValueError as exc:
-        raise JobSpecError(f"the spec is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise JobSpecError(f"the spec is not JSON: {str(exc)[:100]}") from None
     if not isinstance(spec, dict):
         raise JobSpecError("the spec is not an object")
     return plan_from_spec(spec)
