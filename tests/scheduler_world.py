@@ -349,7 +349,8 @@ def placed_diloco(workers: int = 2, batches: tuple[int, ...] = (), **extra: Any)
     world.answer(world.take(fx.LocateGateways))
     for n, group in enumerate(["ps", "train"]):
         publish = world.take(fx.Publish)
-        assert publish is not None and publish.group == group, publish
+        assert publish is not None
+        assert publish.group == group, publish
         world.answer(publish)
         count = 1 if group == "ps" else workers
         for i in range(count):
