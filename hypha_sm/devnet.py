@@ -181,7 +181,7 @@ class Devnet:
             "outer_optimizer = { learning-rate = 0.7, momentum = 0.9 }\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
             f'artifact = [{{ type = "uri", value = "file://{model / "config.json"}" }}] }}\n'
-            f"extra = {{ seed = 0, eval = [{eval_refs}] }}\n\n"
+            f'extra = {{ seed = 0, checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
             "round_timeout = 60\n"

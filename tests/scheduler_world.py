@@ -207,10 +207,10 @@ class World:
 
 def diloco(rounds: int = 2, samples: int = 40, **extra: Any) -> DiLoCoPlan:
     """A small DiLoCo job: ``rounds`` rounds of ``samples`` samples, batches of up to 8."""
+    extra.setdefault("max_batch_size", 8)
     return DiLoCoPlan(
         rounds=rounds,
         samples_per_round=samples,
-        max_batch_size=8,
         ps_resources=ASK,
         ps_bid=100.0,
         **extra,

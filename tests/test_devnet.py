@@ -39,6 +39,15 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
     assert len(re.findall(r": finished exit 0", out)) == 3, out
     for name in ("metrics.jsonl", "metrics.csv", "loss.png"):
         assert (tmp_path / "metrics" / name).stat().st_size > 0
+    # After every round both workers' global weights are bit-identical (the scheduler compared
+    # their digests too), and each round moved them.
+    checkpoints = tmp_path / "checkpoints"
+    for rnd in range(4):
+        first = (checkpoints / f"round-{rnd}-rank-0.safetensors").read_bytes()
+        assert first == (checkpoints / f"round-{rnd}-rank-1.safetensors").read_bytes(), rnd
+        if rnd:
+            before = (checkpoints / f"round-{rnd - 1}-rank-0.safetensors").read_bytes()
+            assert first != before
 
     engine, machines_hash = load_engine(WORKER)
     for i in (1, 2, 3):

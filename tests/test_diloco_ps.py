@@ -1,0 +1,190 @@
+"""The parameter server's arithmetic and the scheduler's training rounds, against the original's
+golden vectors (hypha-execution.md §16.1, §16.5) and a NumPy recomputation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from hypha_sm.diloco.outer import Contribution, OuterStep, aggregate  # noqa: E402
+from hypha_sm.diloco.tensors import StreamWriter, read_layout  # noqa: E402
+from hypha_sm.roles.scheduler.core import effects as fx  # noqa: E402
+from hypha_sm.roles.scheduler.core import events as ev  # noqa: E402
+from tests.scheduler_world import placed_diloco, progress  # noqa: E402
+
+
+def _round(tmp: Path, grads: list[dict[str, object]], step: OuterStep, first: bool, **kw: object):
+    files = []
+    for n, g in enumerate(grads):
+        path = tmp / f"g{n}.safetensors"
+        save_file({k: torch.as_tensor(v) for k, v in g.items()}, str(path))
+        files.append(Contribution(path, float(kw.pop(f"w{n}", 1.0))))  # type: ignore[arg-type]
+    aggregate(
+        files,
+        momentum_path=tmp / "momentum",
+        update_path=tmp / "update",
+        step=step,
+        first_round=first,
+        **kw,  # type: ignore[arg-type]
+    )
+    return load_file(str(tmp / "update"))
+
+
+def test_golden_nesterov_two_rounds(tmp_path: Path) -> None:
+    """μ 0.7, η 0.1: g = 0.5 gives 0.085; then g = 0.1..0.5 gives 0.0415..0.1095 (§16.1)."""
+    step = OuterStep(learning_rate=0.1, momentum=0.7)
+    first = _round(tmp_path, [{"gradient": [0.5] * 5}], step, True)["gradient"]
+    assert float((first - 0.085).abs().sum()) < 1e-6
+    second = _round(tmp_path, [{"gradient": [0.1, 0.2, 0.3, 0.4, 0.5]}], step, False)
+    expected = torch.tensor([0.0415, 0.0585, 0.0755, 0.0925, 0.1095])
+    assert float((second["gradient"] - expected).abs().sum()) < 1e-6
+
+
+def test_three_workers_get_a_true_mean_not_the_originals_pairwise_average(tmp_path: Path) -> None:
+    """B1: the original weighs the last of three files ½; the mean weighs each ⅓."""
+    step = OuterStep(learning_rate=1.0, momentum=0.0)
+    grads = [{"w": [3.0]}, {"w": [6.0]}, {"w": [9.0]}]
+    assert _round(tmp_path, grads, step, True)["w"].tolist() == [6.0]
+    pairwise = _round(tmp_path, grads, step, True, pairwise=True)["w"].tolist()
+    assert pairwise == [0.25 * 3 + 0.25 * 6 + 0.5 * 9]
+
+
+def test_files_weigh_the_samples_their_workers_trained_on(tmp_path: Path) -> None:
+    step = OuterStep(learning_rate=1.0, momentum=0.0)
+    update = _round(tmp_path, [{"w": [0.0]}, {"w": [4.0]}], step, True, w0=100.0, w1=300.0)
+    assert update["w"].tolist() == [3.0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_three_rounds_match_a_numpy_recomputation(tmp_path: Path, dtype: str) -> None:
+    """u = η·(μ·m + mean(g)), m = g in round 1, then μ·m + g; every key, shape and dtype kept."""
+    rng = np.random.default_rng(7)
+    step = OuterStep()
+    wire = getattr(torch, dtype)
+    m = None
+    for rnd in (1, 2, 3):
+        grads = [
+            {"a": rng.standard_normal((4, 3)).astype(np.float32), "b": rng.standard_normal(5)}
+            for _ in range(2)
+        ]
+        tensors = [
+            {k: torch.as_tensor(v, dtype=torch.float32).to(wire) for k, v in g.items()}
+            for g in grads
+        ]
+        files = []
+        for n, g in enumerate(tensors):
+            path = tmp_path / f"r{rnd}-{n}"
+            save_file(g, str(path))
+            files.append(Contribution(path))
+        aggregate(
+            files,
+            momentum_path=tmp_path / "m",
+            update_path=tmp_path / "u",
+            step=step,
+            first_round=rnd == 1,
+        )
+        update = load_file(str(tmp_path / "u"))
+        g_mean = {k: np.mean([t[k].float().numpy() for t in tensors], axis=0) for k in ("a", "b")}
+        m = g_mean if m is None else {k: 0.9 * m[k] + g_mean[k] for k in g_mean}
+        for k in ("a", "b"):
+            expected = 0.7 * (0.9 * m[k] + g_mean[k])
+            assert update[k].dtype == wire
+            assert update[k].shape == tensors[0][k].shape
+            tolerance = 1e-6 if dtype == "float32" else 2e-2
+            np.testing.assert_allclose(
+                update[k].float().numpy(), expected, rtol=tolerance, atol=tolerance
+            )
+
+
+def test_the_stream_writer_writes_what_safetensors_reads(tmp_path: Path) -> None:
+    tensors = {"x": torch.arange(6.0).reshape(2, 3), "y": torch.ones(3, dtype=torch.bfloat16)}
+    writer = StreamWriter(
+        tmp_path / "f",
+        [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()],
+        {"samples": "9"},
+    )
+    for k, v in tensors.items():
+        writer.write(k, v)
+    writer.close()
+    loaded = load_file(str(tmp_path / "f"))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert read_layout(tmp_path / "f").metadata == {"samples": "9"}
+
+
+# -- the scheduler's rounds ------------------------------------------------------------------
+
+
+def _reply(effects: list[fx.Effect]) -> tuple[str, int]:
+    (reply,) = [e for e in effects if isinstance(e, fx.ReplyProgress)]
+    return reply.reply, reply.counter
+
+
+def test_golden_batch_scheduler_trace() -> None:
+    """§16.5: target 800, batches 150/100/50; replies and times exactly as the original's test."""
+    world = placed_diloco(3, batches=(150, 100, 50), rounds=2, samples=800, max_batch_size=600)
+    world.state.tracker.round_start = world.mono  # the trace's clock starts here
+    w1, w2, w3 = "T0", "T1", "T2"
+    steps = [
+        (w3, 50, 0.5, ("continue", 0)),
+        (w2, 100, 0.3, ("continue", 0)),
+        (w1, 150, 0.15, ("continue", 0)),
+        (w3, 50, 0.05, ("schedule_update", 2)),
+        (w3, 50, 0.5, ("continue", 0)),
+        (w2, 100, 0.1, ("schedule_update", 1)),
+        (w1, 150, 0.3, ("schedule_update", 0)),
+        (w3, 50, 0.1, ("continue", 0)),
+        (w2, 100, 0.1, ("continue", 0)),
+    ]
+    for lease, batch, advance, expected in steps:
+        world.mono += advance
+        assert _reply(progress(world, lease, "status", batch)) == expected, (lease, world.mono)
+    for lease in (w1, w2, w3):
+        assert _reply(progress(world, lease, "update")) == ("ok", 0)
+    assert _reply(progress(world, "PS", "updated")) == ("ok", 0)
+    for lease in (w1, w2, w3):
+        assert _reply(progress(world, lease, "update-received")) == ("continue", 0)
+    tracker = world.state.tracker
+    assert (tracker.round, tracker.counter) == (2, 800)
+    assert {r.phase for r in world.state.records["training"].values()} == {"training"}
+
+
+def test_an_update_received_before_the_ps_said_updated_waits_and_then_hears_done() -> None:
+    """B4: in the last round, a worker's update-received that overtakes the parameter server's
+    ``updated`` is not told Continue: it waits, and hears Done once the round closed."""
+    world = placed_diloco(1, rounds=1, samples=8)
+    assert _reply(progress(world, "T0", "status", 8, "w0"))[0] == "schedule_update"
+    progress(world, "T0", "update")
+    early = progress(world, "T0", "update-received", 0, "w1")
+    assert not [e for e in early if isinstance(e, fx.ReplyProgress)]
+    closed = progress(world, "PS", "updated")
+    replies = [e.reply for e in closed if isinstance(e, fx.ReplyProgress)]
+    assert sorted(replies) == ["done", "done"]  # the PS's answer and the held one
+    assert world.state.records["training"]["T0"].phase == "done"
+
+
+def test_workers_whose_global_weights_differ_fail_the_job_loudly() -> None:
+    world = placed_diloco(2, rounds=3, samples=8)
+    progress(world, "T0", "status", 8, "digest-a")
+    effects = progress(world, "T1", "status", 8, "digest-b")
+    finished = [e for e in world.effects if isinstance(e, fx.Finished)]
+    assert finished
+    assert not finished[0].ok
+    assert "initial weights differ" in finished[0].reason
+    assert [e for e in effects if isinstance(e, fx.Notice) and e.level == "error"]
+
+
+def test_a_lost_training_worker_leaves_the_round_which_goes_on() -> None:
+    """A worker whose job failed leaves the trackers; the other's statuses close the round."""
+    world = placed_diloco(2, rounds=2, samples=16)
+    job = world.job_of("T1")
+    peer = world.state.records["placement"]["T1"].worker
+    world.feed(ev.StatusReceived(world.token(), peer, job or "", "failed", 1))
+    assert world.state.tracker.peers == ["T0"]
+    replies = [_reply(progress(world, "T0", "status", 8))[0] for _ in range(2)]
+    assert "schedule_update" in replies  # 16 samples from the one worker left close the round
+    assert world.state.finished is None
