@@ -144,7 +144,8 @@ class StreamWriter:
         want, dtype, shape = self._order[self._next]
         if name != want or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {tensor.dtype}")
-        self._file.write(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        # A view, not a copy: the file takes the tensor's own bytes.
+        self._file.write(memoryview(tensor.detach().contiguous().view(torch.uint8).numpy()))
         self._next += 1
 
     def close(self) -> None:
