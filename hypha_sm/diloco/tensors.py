@@ -145,7 +145,8 @@ class StreamWriter:
         if name != want or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {tensor.dtype}")
         # A view, not a copy: the file takes the tensor's own bytes.
-        self._file.write(memoryview(tensor.detach().contiguous().view(torch.uint8).numpy()))
+        raw: Any = tensor.detach().contiguous().view(torch.uint8).numpy()
+        self._file.write(memoryview(raw))
         self._next += 1
 
     def close(self) -> None:
