@@ -188,3 +188,37 @@ def test_a_lost_training_worker_leaves_the_round_which_goes_on() -> None:
     replies = [_reply(progress(world, "T0", "status", 8))[0] for _ in range(2)]
     assert "schedule_update" in replies  # 16 samples from the one worker left close the round
     assert world.state.finished is None
+
+
+def test_one_worker_with_outer_lr_1_and_no_momentum_is_plain_adamw(tmp_path: Path) -> None:
+    """θ_local - θ_global through the PS (η 1, μ 0) and back: the global weights after each
+    round equal the locally trained ones (catches sign errors in gradient, update or merge)."""
+    transformers = pytest.importorskip("transformers")
+    from hypha_sm.executors.diloco import global_of, lm_loss, load_into, merge, pseudo_gradient
+
+    config = transformers.GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2, tie_word_embeddings=True
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    theta = global_of(model)
+    data = torch.randint(0, 64, (12, 8, 16))
+    for rnd in (1, 2, 3):
+        for batch in data[(rnd - 1) * 4 : rnd * 4]:
+            optimizer.zero_grad()
+            lm_loss(model, {"input_ids": batch}).backward()
+            optimizer.step()
+        local = {k: v.detach().clone() for k, v in model.named_parameters()}
+        save_file(pseudo_gradient(model, theta, torch.float32), str(tmp_path / "g"))
+        aggregate(
+            [Contribution(tmp_path / "g")],
+            momentum_path=tmp_path / "m",
+            update_path=tmp_path / "u",
+            step=OuterStep(learning_rate=1.0, momentum=0.0),
+            first_round=rnd == 1,
+        )
+        merge(theta, load_file(str(tmp_path / "u")))
+        load_into(model, theta)
+        for name, value in local.items():
+            torch.testing.assert_close(theta[name], value, rtol=0, atol=1e-6)
