@@ -132,11 +132,15 @@ def _main(argv: list[str] | None) -> int:
     p_sched_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
 
     p_devnet = sub.add_parser(
-        "devnet", help="a local gateway, data node, scheduler and two workers running a demo job"
+        "devnet",
+        help="a local network training with DiLoCo: gateway, data node, scheduler, workers, PS",
     )
     p_devnet.add_argument("--dir", type=Path, help="keep everything here (default: a temp dir)")
     p_devnet.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
     p_devnet.add_argument("--rounds", type=int, default=5, help="training rounds per worker")
+    p_devnet.add_argument("--workers", type=int, default=2, help="DiLoCo training workers (2)")
+    p_devnet.add_argument("--outer-lr", type=float, default=0.7, help="outer learning rate (0.7)")
+    p_devnet.add_argument("--outer-momentum", type=float, default=0.9, help="outer momentum (0.9)")
 
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
     p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
@@ -191,7 +195,13 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "devnet":
             from hypha_sm.devnet import run_devnet
 
-            return run_devnet(args.dir, keep=args.keep, rounds=args.rounds)
+            return run_devnet(
+                args.dir,
+                keep=args.keep,
+                rounds=args.rounds,
+                trainers=args.workers,
+                outer=(args.outer_lr, args.outer_momentum),
+            )
         if args.command == "run":
             return _run(args)
         if args.command == "data":

@@ -90,9 +90,14 @@ class Devnet:
     directory: Path
     rounds: int = 5
     children: list[_Child] = field(default_factory=list)
-    #: Train a model with DiLoCo (two training workers and a parameter server); else the
+    #: Train a model with DiLoCo (training workers and a parameter server); else the
     #: bigram demo on two workers (without the train extra).
     training: bool = True
+    #: DiLoCo: training workers, the outer step (learning rate, momentum), and how long after
+    #: a round's first pseudo-gradient the parameter server waits for the others.
+    trainers: int = WORKERS
+    outer: tuple[float, float] = (0.7, 0.9)
+    round_timeout: float = 60.0
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -112,7 +117,7 @@ class Devnet:
             f"tcp://127.0.0.1:{free_port()}",
         ]
         self.workers = []
-        for i in range(1, WORKERS + 1 + (1 if self.training else 0)):
+        for i in range(1, (self.trainers + 1 if self.training else WORKERS) + 1):
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
             # A devnet runs your own demo jobs from a private temp dir, as you (even as root).
@@ -165,7 +170,7 @@ class Devnet:
             'listen_address = "tcp://127.0.0.1:0"\n'
             f'event_log_dir = "{d / "scheduler-events"}"\n\n'
             "[job]\n"
-            f"workers = {WORKERS}\n"
+            f"workers = {self.trainers}\n"
             'executor = { class = "train", name = "diloco-transformer" }\n'
             "resources = { cpu = 1, memory = 1 }\n"
             "bid = 100\n"
@@ -178,13 +183,13 @@ class Devnet:
             "avg_samples_between_updates = 256\n"
             "max_batch_size = 8\n"
             "inner_optimizer = { learning-rate = 0.003 }\n"
-            "outer_optimizer = { learning-rate = 0.7, momentum = 0.9 }\n"
+            f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
             f'artifact = [{{ type = "uri", value = "file://{model / "config.json"}" }}] }}\n'
             f'extra = {{ seed = 0, checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
-            "round_timeout = 60\n"
+            f"round_timeout = {self.round_timeout}\n"
         )
         return job
 
@@ -266,7 +271,7 @@ class Devnet:
                 print(f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log)")
             if self.training:
                 print(
-                    f"  scheduler  running job.toml: DiLoCo, {WORKERS} training workers and a "
+                    f"  scheduler  running job.toml: DiLoCo, {self.trainers} training workers and a "
                     f"parameter server, {self.rounds} rounds of a byte-level GPT-2 on the "
                     "slices of pydoc\n",
                     flush=True,
@@ -324,11 +329,24 @@ class DevnetError(HyphaSMError):
     """A part of the devnet did not come up; the message says which and where its log is."""
 
 
-def run_devnet(directory: Path | None, *, keep: bool, rounds: int) -> int:
+def run_devnet(
+    directory: Path | None,
+    *,
+    keep: bool,
+    rounds: int,
+    trainers: int = WORKERS,
+    outer: tuple[float, float] = (0.7, 0.9),
+) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
     try:
-        devnet = Devnet(chosen.absolute(), rounds=max(1, rounds), training=can_train())
+        devnet = Devnet(
+            chosen.absolute(),
+            rounds=max(1, rounds),
+            training=can_train(),
+            trainers=max(1, trainers),
+            outer=outer,
+        )
         if not devnet.training:
             print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")
         code = trio.run(devnet.run)
