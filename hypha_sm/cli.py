@@ -141,6 +141,12 @@ def _main(argv: list[str] | None) -> int:
     p_devnet.add_argument("--workers", type=int, default=2, help="DiLoCo training workers (2)")
     p_devnet.add_argument("--outer-lr", type=float, default=0.7, help="outer learning rate (0.7)")
     p_devnet.add_argument("--outer-momentum", type=float, default=0.9, help="outer momentum (0.9)")
+    p_devnet.add_argument(
+        "--quorum", type=int, default=0, help="pseudo-gradients that close a late round (0: all)"
+    )
+    p_devnet.add_argument(
+        "--round-timeout", type=float, default=60.0, help="seconds a round waits for stragglers"
+    )
 
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
     p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
@@ -201,6 +207,8 @@ def _main(argv: list[str] | None) -> int:
                 rounds=args.rounds,
                 trainers=args.workers,
                 outer=(args.outer_lr, args.outer_momentum),
+                quorum=args.quorum,
+                round_timeout=args.round_timeout,
             )
         if args.command == "run":
             return _run(args)

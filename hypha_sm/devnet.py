@@ -98,6 +98,7 @@ class Devnet:
     trainers: int = WORKERS
     outer: tuple[float, float] = (0.7, 0.9)
     round_timeout: float = 60.0
+    quorum: int = 0
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -190,6 +191,7 @@ class Devnet:
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
             f"round_timeout = {self.round_timeout}\n"
+            f"quorum = {self.quorum}\n"
         )
         return job
 
@@ -336,6 +338,8 @@ def run_devnet(
     rounds: int,
     trainers: int = WORKERS,
     outer: tuple[float, float] = (0.7, 0.9),
+    quorum: int = 0,
+    round_timeout: float = 60.0,
 ) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
@@ -346,6 +350,8 @@ def run_devnet(
             training=can_train(),
             trainers=max(1, trainers),
             outer=outer,
+            quorum=quorum,
+            round_timeout=round_timeout,
         )
         if not devnet.training:
             print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")

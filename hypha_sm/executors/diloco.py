@@ -274,7 +274,7 @@ class Job:
                 metadata={"format": "pt", "samples": str(samples), "round": str(rnd)},
             )
             sent = (self.work_dir / name).stat().st_size
-            self.bridge.send_resource(self.config["updates"], name)
+            self.send(name)
             (self.work_dir / name).unlink()
             update_path = self.next_update()
             received = update_path.stat().st_size
@@ -298,6 +298,25 @@ class Job:
                 print(f"Finished training of {rnd} DiLoCo update rounds", flush=True)
                 return 0
             rnd += 1
+
+    def send(self, name: str) -> None:
+        """Send the pseudo-gradient; retry while nobody received it, up to ``send_timeout``.
+
+        A parameter server that is briefly unreachable costs a retry, not the job; one that is
+        gone is found lost by the scheduler, which then ends the job with that reason.
+        """
+        deadline = time.monotonic() + float(self.config.get("send_timeout", 120.0))
+        delay = 0.5
+        while True:
+            try:
+                self.bridge.send_resource(self.config["updates"], name)
+                return
+            except BridgeClientError as exc:
+                if exc.code != "not_delivered" or time.monotonic() + delay > deadline:
+                    raise
+                print(f"diloco executor: {exc.detail}; retrying in {delay:g} s", flush=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     def next_update(self) -> Path:
         """The next file the parameter server pushed (waits)."""

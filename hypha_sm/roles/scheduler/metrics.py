@@ -35,6 +35,7 @@ class MetricsSink:
             csv.writer(f).writerow(COLUMNS)
         self.jsonl.write_text("")
         self.rounds: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+        self.shown: set[int] = set()
 
     def record(self, worker: str, rnd: int, metrics: dict[str, float]) -> None:
         """One worker's metrics for a round."""
@@ -49,8 +50,17 @@ class MetricsSink:
             for name, value in sorted(metrics.items()):
                 writer.writerow((f"{now:.3f}", worker, rnd, name, value))
         self.rounds[rnd].setdefault(worker, {}).update(metrics)
-        if len(self.rounds[rnd]) == self.workers:
+        # Every worker that reported the round before (a worker lost on the way is not waited for).
+        expected = len(self.rounds[rnd - 1]) if rnd - 1 in self.rounds else self.workers
+        if len(self.rounds[rnd]) >= expected and rnd not in self.shown:
+            self.shown.add(rnd)
             print(self.summary(rnd), flush=True)
+
+    def finish(self) -> None:
+        """Rounds not every worker reported (one left on the way) are shown as they stand."""
+        for rnd in sorted(set(self.rounds) - self.shown):
+            self.shown.add(rnd)
+            print(self.summary(rnd) + f"  ({len(self.rounds[rnd])} workers reported)", flush=True)
 
     def summary(self, rnd: int) -> str:
         """One line for a round every worker reported."""
@@ -80,6 +90,7 @@ class MetricsSink:
             import matplotlib.pyplot as plt
         except ImportError:
             return None
+        self.finish()
         rounds = sorted(self.rounds)
         if not rounds:
             return None

@@ -82,9 +82,13 @@ class Outcome:
 
     placements: list[Placement]
     reason: str = ""
+    #: The core's verdict, where it has one (a DiLoCo job survives a lost training worker).
+    succeeded: bool | None = None
 
     @property
     def ok(self) -> bool:
+        if self.succeeded is not None:
+            return self.succeeded
         return bool(self.placements) and all(
             p.phase == "finished" and p.exit_code == 0 for p in self.placements
         )
@@ -219,7 +223,12 @@ class Scheduler:
                         ended.reason,
                     )
                 )
-        return Outcome(placements, "" if state.finished is None else state.finished[1])
+        finished = state.finished
+        return Outcome(
+            placements,
+            "" if finished is None else finished[1],
+            finished[0] if finished is not None and state.tracker is not None else None,
+        )
 
     # -- requests to us ------------------------------------------------------------------------
 

@@ -305,6 +305,7 @@ def dispatch_all(ctx: Ctx) -> None:
     training = [p for p in placements if p.group == TRAIN]
     workers = tuple(p.worker for p in training)
     server = next((p.worker for p in placements if p.group == PS), "")
+    state.server_lease = next((p.key for p in placements if p.group == PS), "")
     if state.tracker is not None:
         state.tracker.round_start = state.now.mono  # the original's tracker starts at dispatch
         for p in training:
@@ -363,10 +364,31 @@ def finish(ctx: Ctx) -> None:
     """Every placement ended: ok if each finished with exit 0 (each placement says how)."""
     state = ctx.state
     ended = [state.ended.get(key) for key in state.placed]
+    if state.tracker is not None:
+        _finish(state, *_training_outcome(state, ended))
+        return
     ok = bool(ended) and all(
         e is not None and e.phase == "finished" and e.exit_code == 0 for e in ended
     )
     _finish(state, ok, "")  # each placement says how it ended
+
+
+def _training_outcome(state: SchedulerState, ended: list[Ended | None]) -> tuple[bool, str]:
+    """Whether a DiLoCo job succeeded, and the reason if not (or who left on the way).
+
+    It did if every round was aggregated and the parameter server and at least one training
+    worker finished cleanly.
+    """
+    tracker = state.tracker
+    assert tracker is not None
+    clean = [e for e in ended if e is not None and e.phase == "finished" and e.exit_code == 0]
+    server = [e for e in clean if state.group_of_ended(e) == PS]
+    trainers = [e for e in clean if state.group_of_ended(e) == TRAIN]
+    lost = len(ended) - len(clean)
+    if tracker.finished and server and trainers:
+        return True, f"{lost} worker(s) left on the way" if lost else ""
+    done = tracker.round - 1
+    return False, f"training ended after {done} of {tracker.plan.rounds} rounds"
 
 
 @ALLOCATION.action
