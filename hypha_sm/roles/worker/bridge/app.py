@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import stat
@@ -62,6 +63,9 @@ from hypha_sm.wire.messages import (
 log = logging.getLogger("hypha_sm.roles.worker.bridge")
 
 _CHUNK = 256 * 1024
+#: A Hugging Face repository id (``name`` or ``owner/name``) and the most files one fetch takes.
+_HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+MAX_HF_FILES = 64
 _BASE58 = set("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
@@ -249,6 +253,8 @@ class JobBridge:
             if not isinstance(value, str):
                 raise BridgeError(400, "invalid_request", 'uri fetch needs a string "value"')
             fetched = [await self._fetch_uri(value)]
+        elif kind == "huggingface":
+            fetched = await self._fetch_huggingface(body)
         elif kind == "peers":
             if self.fetch_peers is None:
                 raise BridgeError(501, "not_implemented", "fetching from peers is not available")
@@ -274,6 +280,76 @@ class JobBridge:
         return JSONResponse(
             [{"path": self.relative(f.path), "size": f.size, "sha256": f.sha256} for f in fetched]
         )
+
+    async def _fetch_huggingface(self, body: Mapping[str, Any]) -> list[FetchedFile]:
+        """The original's ``huggingface`` reference: each file into ``artifacts/<filename>``.
+
+        Through ``huggingface_hub`` and its cache, so ``HF_ENDPOINT`` (a mirror),
+        ``HF_HUB_OFFLINE`` and ``HF_HOME`` apply as they do to any Hugging Face tool.
+        """
+        repository, revision, token = (
+            body.get("repository"),
+            body.get("revision"),
+            body.get("token"),
+        )
+        filenames = body.get("filenames")
+        if not isinstance(repository, str) or not _HF_REPO.fullmatch(repository):
+            raise BridgeError(400, "invalid_request", 'huggingface fetch needs a "repository"')
+        if revision is not None and (
+            not isinstance(revision, str) or not 0 < len(revision) <= 200
+        ):
+            raise BridgeError(400, "invalid_request", '"revision" must be a string')
+        if token is not None and not isinstance(token, str):
+            raise BridgeError(400, "invalid_request", '"token" must be a string')
+        if (
+            not isinstance(filenames, list)
+            or not 0 < len(filenames) <= MAX_HF_FILES
+            or not all(isinstance(f, str) for f in filenames)
+        ):
+            raise BridgeError(400, "invalid_request", f'"filenames": 1..{MAX_HF_FILES} names')
+        for name in filenames:
+            if PurePosixPath(name).is_absolute():
+                raise BridgeError(400, "invalid_path", f"filename is absolute: {name!r}")
+        artifacts = self._artifacts_dir()
+        targets = [self.resolve(f"artifacts/{name}", "filename") for name in filenames]
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise BridgeError(501, "not_implemented", "huggingface_hub is not installed") from None
+        fetched = []
+        for name, dest in zip(filenames, targets, strict=True):
+
+            def download(name: str = name) -> str:
+                return str(
+                    hf_hub_download(
+                        repository,
+                        name,
+                        revision=revision or "main",
+                        token=token,
+                        endpoint=os.environ.get("HF_ENDPOINT") or None,
+                    )
+                )
+
+            try:
+                cached = await trio.to_thread.run_sync(download)
+            except Exception as exc:  # the hub's errors, offline misses, network failures
+                detail = f"{repository}@{revision or 'main'}/{name}: {type(exc).__name__}: {exc}"
+                raise BridgeError(502, "fetch_failed", detail[:500]) from None
+            for parent in reversed(dest.parents):
+                if (
+                    parent.is_relative_to(artifacts)
+                    and parent != artifacts
+                    and not parent.exists()
+                ):
+                    parent.mkdir(mode=0o700)
+                    give(parent, self._root)
+            fd = os.open(cached, os.O_RDONLY)
+            try:
+                size, digest = await self._write(dest, _read_chunks(fd))
+            finally:
+                os.close(fd)
+            fetched.append(FetchedFile(path=dest, size=size, sha256=digest))
+        return fetched
 
     @staticmethod
     async def _call(awaitable: Awaitable[Any]) -> Any:
