@@ -99,6 +99,9 @@ class Devnet:
     outer: tuple[float, float] = (0.7, 0.9)
     round_timeout: float = 60.0
     quorum: int = 0
+    #: The training executor's command line, if not ``python -m hypha_sm.executors.diloco``
+    #: (``{SOCKET_PATH}``, ``{WORK_DIR}`` and ``{JOB_JSON}`` are filled in by the worker).
+    train_args: list[str] | None = None
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -122,9 +125,12 @@ class Devnet:
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
             # A devnet runs your own demo jobs from a private temp dir, as you (even as root).
-            config.write_text(
-                config.read_text().replace('job_user = "auto"', 'job_user = "node"', 1)
-            )
+            text = config.read_text().replace('job_user = "auto"', 'job_user = "node"', 1)
+            if self.train_args is not None:
+                start = text.index('args = ["-m", "hypha_sm.executors.diloco"')
+                end = text.index("\n", start)
+                text = text[:start] + f"args = {json.dumps(self.train_args)}" + text[end:]
+            config.write_text(text)
             create_key_file(d / f"worker-{i}-node-key.pem", force=True)
             self.workers.append((config, f"tcp://127.0.0.1:{free_port()}"))
         from pydoc_data.topics import topics
@@ -186,7 +192,7 @@ class Devnet:
             "inner_optimizer = { learning-rate = 0.003 }\n"
             f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
-            f'artifact = [{{ type = "uri", value = "file://{model / "config.json"}" }}] }}\n'
+            f'artifact = {{ type = "uri", value = "file://{model / "config.json"}" }} }}\n'
             f'extra = {{ seed = 0, checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
