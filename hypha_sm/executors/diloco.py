@@ -149,14 +149,68 @@ def batches(
             pending = []
 
 
-class Job:
-    """One training job on one worker."""
+class Ranks:
+    """The processes of one job: one, or several under ``accelerate launch`` (gloo on CPU).
 
-    def __init__(self, bridge: BridgeClient, work_dir: Path, spec: Mapping[str, Any]) -> None:
+    Only rank 0 talks to the bridge; what it learns (the next slice, the scheduler's counter,
+    the update's path, Done) is broadcast, so every rank takes the same steps (the original's
+    other ranks never left their inner loop: hypha-execution.md §5.5).
+    """
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.accelerator: Any = None
+        self.rank = 0
+        if self.world > 1:
+            from accelerate import Accelerator
+
+            # Without a GPU, accelerate must be told to use the CPU, or it runs one process.
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            self.rank = int(self.accelerator.process_index)
+            self.world = int(self.accelerator.num_processes)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def prepare(self, model: torch.nn.Module, optimizer: Any) -> tuple[Any, Any]:
+        if self.accelerator is None:
+            return model, optimizer
+        wrapped, prepared = self.accelerator.prepare(model, optimizer)
+        return wrapped, prepared
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is None:
+            loss.backward()  # type: ignore[no-untyped-call]
+        else:
+            self.accelerator.backward(loss)
+
+
+class Job:
+    """One training job on one worker (all of its ranks)."""
+
+    def __init__(
+        self, bridge: BridgeClient | None, work_dir: Path, spec: Mapping[str, Any], ranks: Ranks
+    ) -> None:
         executor = spec.get("executor", {})
         if executor.get("class") != "train":
             raise ExecutorError(f'expected executor class "train", got {executor.get("class")!r}')
-        self.bridge = bridge
+        self._bridge = bridge
+        self.ranks = ranks
         self.work_dir = work_dir
         self.config: Mapping[str, Any] = executor.get("config", {})
         self.model_config: Mapping[str, Any] = self.config.get("model", {})
@@ -168,28 +222,46 @@ class Job:
         self.rank = int(self.config.get("rank", 0))
         self.events: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
 
+    @property
+    def bridge(self) -> BridgeClient:
+        """The bridge (rank 0 only)."""
+        assert self._bridge is not None, "only rank 0 talks to the bridge"
+        return self._bridge
+
     # -- bridge ----------------------------------------------------------------------------
 
     def fetch_all(self, refs: list[Mapping[str, Any]]) -> list[Path]:
+        """Rank 0 fetches; every rank gets the paths (the work dir is shared)."""
         paths: list[Path] = []
-        for ref in refs:
-            paths += [self.work_dir / f["path"] for f in self.bridge.fetch(ref)]
-        return paths
+        if self.ranks.main:
+            for ref in refs:
+                paths += [self.work_dir / f["path"] for f in self.bridge.fetch(ref)]
+        return [Path(p) for p in self.ranks.share([str(p) for p in paths])]
+
+    def next_slice(self) -> Path:
+        """The next slice the scheduler hands this job (rank 0 asks; every rank reads it)."""
+        path = ""
+        if self.ranks.main:
+            data = self.config.get("data")
+            if not isinstance(data, Mapping):
+                raise ExecutorError('the job has no "data" reference')
+            while not path:
+                try:
+                    (got,) = self.bridge.fetch(data)
+                    path = str(self.work_dir / got["path"])
+                except BridgeClientError as exc:
+                    if exc.status != 404:  # 404: no slice free now; the scheduler may hand one
+                        raise
+                    time.sleep(0.5)
+        return Path(self.ranks.share(path))
 
     def slices(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Samples from the scheduler's slices, one slice fetched at a time, forever."""
-        data = self.config.get("data")
-        if not isinstance(data, Mapping):
-            raise ExecutorError('the job has no "data" reference')
+        """This rank's samples of each slice (rows ``rank::world``, an equal share each)."""
+        world, rank = self.ranks.world, self.ranks.rank
         while True:
-            try:
-                (got,) = self.bridge.fetch(data)
-            except BridgeClientError as exc:
-                if exc.status == 404:  # no slice free now: the scheduler may hand one out later
-                    time.sleep(0.5)
-                    continue
-                raise
-            yield from rows_of(self.work_dir / got["path"], [*self.names, "labels"])
+            rows = list(rows_of(self.next_slice(), [*self.names, "labels"]))
+            share = len(rows) // world
+            yield from rows[rank : share * world : world]
 
     def listen(self) -> None:
         """The receive stream (in a thread): each arrival (or the error that ended it) queued."""
@@ -200,6 +272,11 @@ class Job:
                 self.events.put(event)
         except BaseException as exc:
             self.events.put(exc)
+
+    def status(self, body: Any) -> dict[str, Any]:
+        """Rank 0 posts; every rank gets the scheduler's reply."""
+        reply = self.bridge.status(body) if self.ranks.main else {}
+        return dict(self.ranks.share(reply))
 
     # -- training --------------------------------------------------------------------------
 
@@ -215,14 +292,17 @@ class Job:
         return total / len(eval_batches)
 
     def run(self) -> int:
-        refs = _refs(self.model_config.get("artifact"))
-        self.fetch_all(refs)
+        ranks = self.ranks
+        main = ranks.main
+        print(f"diloco executor: rank {ranks.rank} of {ranks.world}", flush=True)
+        self.fetch_all(_refs(self.model_config.get("artifact")))
         task = str(self.model_config.get("task", "causal-lm"))
         model = build_model(self.work_dir / "artifacts", task, int(self.config.get("seed", 0)))
-        eval_refs = self.config.get("eval")
         eval_batches: list[dict[str, torch.Tensor]] = []
-        if eval_refs:
-            for path in self.fetch_all(_refs(eval_refs)):
+        eval_refs = self.config.get("eval")
+        eval_paths = self.fetch_all(_refs(eval_refs)) if eval_refs else []
+        if main:
+            for path in eval_paths:
                 eval_batches += list(batches(rows_of(path, [*self.names, "labels"]), 32))
         opt = self.config.get("optimizer", {})
         optimizer = torch.optim.AdamW(
@@ -232,13 +312,14 @@ class Job:
             eps=float(opt.get("epsilon") or 1e-8),
             weight_decay=float(opt.get("weight-decay", 0.01)),
         )
+        wrapped, optimizer = ranks.prepare(model, optimizer)
         theta = global_of(model)
         digest = state_sha256(theta)
-        self.save_checkpoint(0, theta)
-        self.bridge.status(
-            {"metrics": {"round": 0, "metrics": {"eval_loss": self.evaluate(model, eval_batches)}}}
-        )
-        threading.Thread(target=self.listen, daemon=True).start()
+        if main:
+            self.save_checkpoint(0, theta)
+            initial = {"eval_loss": self.evaluate(model, eval_batches)}
+            self.bridge.status({"metrics": {"round": 0, "metrics": initial}})
+            threading.Thread(target=self.listen, daemon=True).start()
         data = batches(self.slices(), self.batch_size)
         first = True
         rnd = 1
@@ -250,52 +331,62 @@ class Job:
             while counter != 0:
                 batch = next(data)
                 optimizer.zero_grad()
-                loss = lm_loss(model, batch)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss = lm_loss(wrapped, batch)
+                ranks.backward(loss)
                 optimizer.step()
                 losses.append(float(loss.detach()))
-                size = int(next(iter(batch.values())).shape[0])
+                size = int(next(iter(batch.values())).shape[0]) * ranks.world
                 samples += size
                 status: dict[str, Any] = {"batch_size": size}
                 if first:
                     status["weights_sha256"] = digest
                     first = False
-                reply = self.bridge.status({"status": status})
+                reply = self.status({"status": status})
                 if reply.get("type") == "ScheduleUpdate":
                     counter = int(reply.get("counter", 0))
                 elif counter > 0:
                     counter -= 1
             step_ms = 1000 * (time.monotonic() - started) / max(1, len(losses))
-            self.bridge.status("update")
-            name = f"{rnd}_local_gradients.pt"
-            save_file(
-                pseudo_gradient(model, theta, self.precision),
-                str(self.work_dir / name),
-                metadata={"format": "pt", "samples": str(samples), "round": str(rnd)},
-            )
-            sent = (self.work_dir / name).stat().st_size
-            self.send(name)
-            (self.work_dir / name).unlink()
-            update_path = self.next_update()
+            update = ""
+            sent = 0
+            if main:
+                self.bridge.status("update")
+                name = f"{rnd}_local_gradients.pt"
+                save_file(
+                    pseudo_gradient(model, theta, self.precision),
+                    str(self.work_dir / name),
+                    metadata={"format": "pt", "samples": str(samples), "round": str(rnd)},
+                )
+                sent = (self.work_dir / name).stat().st_size
+                self.send(name)
+                (self.work_dir / name).unlink()
+                update = str(self.next_update())
+            update_path = Path(ranks.share(update))
             received = update_path.stat().st_size
             merge(theta, load_file(str(update_path)))
-            update_path.unlink()
+            ranks.barrier()  # every rank read the update before rank 0 removes it
             load_into(model, theta)
-            digest = state_sha256(theta)
-            self.save_checkpoint(rnd, theta)
-            metrics = {
-                "loss": sum(losses) / len(losses),
-                "eval_loss": self.evaluate(model, eval_batches),
-                "samples": float(samples),
-                "steps": float(len(losses)),
-                "step_ms": step_ms,
-                "bytes_sent": float(sent),
-                "bytes_received": float(received),
-            }
-            self.bridge.status({"metrics": {"round": rnd, "metrics": metrics}})
-            reply = self.bridge.status({"update-received": {"weights_sha256": digest}})
-            if reply.get("type") == "Done":
-                print(f"Finished training of {rnd} DiLoCo update rounds", flush=True)
+            if not main:
+                done = ranks.share(False)
+            else:
+                update_path.unlink()
+                digest = state_sha256(theta)
+                self.save_checkpoint(rnd, theta)
+                metrics = {
+                    "loss": sum(losses) / len(losses),
+                    "eval_loss": self.evaluate(model, eval_batches),
+                    "samples": float(samples),
+                    "steps": float(len(losses)),
+                    "step_ms": step_ms,
+                    "bytes_sent": float(sent),
+                    "bytes_received": float(received),
+                }
+                self.bridge.status({"metrics": {"round": rnd, "metrics": metrics}})
+                reply = self.bridge.status({"update-received": {"weights_sha256": digest}})
+                done = ranks.share(reply.get("type") == "Done")
+            if done:
+                if main:
+                    print(f"Finished training of {rnd} DiLoCo update rounds", flush=True)
                 return 0
             rnd += 1
 
@@ -348,12 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs --socket, --work-dir and --job (or SOCKET_PATH, WORK_DIR, JOB_JSON)")
     torch.set_num_threads(int(os.environ.get("HYPHA_TORCH_THREADS", "1")))
     work_dir = Path(args.work_dir)
-    with BridgeClient(args.socket, timeout=None) as bridge:
-        try:
-            return Job(bridge, work_dir, json.loads(job_text)).run()
-        except (ExecutorError, BridgeClientError) as exc:
-            print(f"diloco executor: {exc}", file=sys.stderr)
-            return 1
+    ranks = Ranks()
+    bridge = BridgeClient(args.socket, timeout=None) if ranks.main else None
+    try:
+        return Job(bridge, work_dir, json.loads(job_text), ranks).run()
+    except (ExecutorError, BridgeClientError) as exc:
+        print(f"diloco executor: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bridge is not None:
+            bridge.close()
 
 
 if __name__ == "__main__":
