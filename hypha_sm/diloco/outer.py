@@ -14,6 +14,7 @@ Peak memory: one tensor per input file plus the momentum and update of that tens
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from hypha_sm.diloco.tensors import WIRE_DTYPES, Layout, StreamWriter, read_layout
+from hypha_sm.diloco.tensors import WIRE_DTYPES, StreamWriter, read_layout
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,43 @@ def mean_of(
     tensors: Sequence[torch.Tensor], weights: Sequence[float], pairwise: bool
 ) -> torch.Tensor:
     """The weighted mean of same-shaped tensors, in float32 (``pairwise``: the original's)."""
+    out = torch.empty(tensors[0].numel(), dtype=torch.float32)
+    return _mean_into(out, tensors, weights, pairwise).view(tensors[0].shape)
+
+
+def _mean_into(
+    out: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], pairwise: bool
+) -> torch.Tensor:
+    flat = [t.reshape(-1) for t in tensors]
     if pairwise:  # arrival order: (x + result) / 2, a true mean only for two files
-        result = tensors[0].float()
-        for x in tensors[1:]:
-            result = (x.float() + result) / 2
-        return result
+        out.copy_(flat[0])
+        for x in flat[1:]:
+            out.add_(x.float()).div_(2)
+        return out
     total = float(sum(weights))
-    acc = torch.zeros_like(tensors[0], dtype=torch.float32)
-    for t, w in zip(tensors, weights, strict=True):
-        acc.add_(t.float(), alpha=w / total)
-    return acc
+    out.zero_()
+    for t, w in zip(flat, weights, strict=True):
+        out.add_(t.float(), alpha=w / total)
+    return out
 
 
 def _tensor(handle: Any, name: str) -> torch.Tensor:
     tensor: torch.Tensor = handle.get_tensor(name)
     return tensor
+
+
+def _swap(new: Path, current: Path) -> None:
+    """``new`` becomes ``current``; the old ``current`` stays as ``new``.
+
+    The next round writes over it, reusing its pages.
+    """
+    if not current.exists():
+        os.replace(new, current)
+        return
+    spare = current.with_name(current.name + ".old")
+    os.replace(current, spare)
+    os.replace(new, current)
+    os.replace(spare, new)
 
 
 def aggregate(
@@ -71,12 +94,12 @@ def aggregate(
     step: OuterStep,
     first_round: bool,
     pairwise: bool = False,
-) -> Layout:
+) -> str:
     """Write the update for this round to ``update_path``; the momentum file moves on.
 
     Every file must share the first one's layout (checked by the caller on arrival). The new
-    momentum goes to a temporary file renamed over ``momentum_path`` only once the update is
-    written, so a failed round leaves the momentum as it was.
+    momentum is written to ``<momentum_path>.next`` and swapped in only once the update is
+    written, so a failed round leaves the momentum as it was. Returns the update's SHA-256.
     """
     if not contributions:
         raise ValueError("no pseudo-gradients to aggregate")
@@ -90,18 +113,29 @@ def aggregate(
     previous = None if first_round else safe_open(str(momentum_path), framework="pt")
     update = StreamWriter(update_path, out_tensors, {"format": "pt"})
     moment = StreamWriter(next_momentum, mom_tensors, {"format": "pt"})
+    # Three scratch buffers for every tensor: no allocation (and no fresh pages) per tensor,
+    # and nothing written into the memory-mapped inputs (copy-on-write faults).
+    largest = max((math.prod(shape) for _, _, shape in layout.tensors), default=0)
+    g_buf, m_buf, u_buf = (torch.empty(largest, dtype=torch.float32) for _ in range(3))
     try:
-        for (name, dtype, _), _spec in zip(layout.tensors, out_tensors, strict=True):
-            g = mean_of([_tensor(h, name) for h in handles], weights, pairwise)
-            m = g if previous is None else _tensor(previous, name).float().mul_(mu).add_(g)
-            u = (m * mu).add_(g).mul_(lr)
-            moment.write(name, m.contiguous())
-            update.write(name, u.to(WIRE_DTYPES[dtype]))
-        update.close()
-        moment.close()
-        os.replace(next_momentum, momentum_path)
+        for name, dtype, shape in layout.tensors:
+            n = math.prod(shape)
+            g = _mean_into(g_buf[:n], [_tensor(h, name) for h in handles], weights, pairwise)
+            m = m_buf[:n]
+            if previous is None:
+                m.copy_(g)
+            else:
+                torch.mul(_tensor(previous, name).reshape(-1).float(), mu, out=m)
+                m.add_(g)
+            u = torch.mul(m, mu, out=u_buf[:n]).add_(g).mul_(lr)
+            moment.write(name, m.view(shape))
+            update.write(name, u.view(shape).to(WIRE_DTYPES[dtype]))
+        # No fsync: both files live for the job only, and a crashed parameter server fails the
+        # job; each worker's bulk receiver syncs the update it stores.
+        update.close(fsync=False)
+        moment.close(fsync=False)
+        _swap(next_momentum, momentum_path)
     except BaseException:
-        for path in (update_path, next_momentum):
-            path.unlink(missing_ok=True)
+        update_path.unlink(missing_ok=True)
         raise
-    return layout
+    return update.digest.hexdigest()

@@ -136,8 +136,19 @@ class StreamWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % _ALIGN)
         self._next = 0
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._size = 8 + len(raw) + offset
+        # Over an existing file, not a fresh one: its pages are reused (a VM that hands freed
+        # pages back to the host writes fresh ones at a fraction of the speed); truncated to size
+        # at the end.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "wb")
+        #: The SHA-256 of every byte written, ready when the file is (no second pass to send it).
+        self.digest = hashlib.sha256()
+        self._put(struct.pack("<Q", len(raw)) + raw)
+
+    def _put(self, data: Any) -> None:
+        self.digest.update(data)
+        self._file.write(data)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """The next tensor of the layout (its name, dtype and shape must match)."""
@@ -146,16 +157,18 @@ class StreamWriter:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {tensor.dtype}")
         # A view, not a copy: the file takes the tensor's own bytes.
         raw: Any = tensor.detach().contiguous().view(torch.uint8).numpy()
-        self._file.write(memoryview(raw))
+        self._put(memoryview(raw))
         self._next += 1
 
-    def close(self) -> None:
-        """Flush, fsync and close; every tensor must have been written."""
+    def close(self, *, fsync: bool = True) -> None:
+        """Flush (and fsync) and close; every tensor must have been written."""
         try:
             if self._next != len(self._order):
                 raise ValueError(f"{len(self._order) - self._next} tensors were not written")
             self._file.flush()
-            os.fsync(self._file.fileno())
+            os.ftruncate(self._file.fileno(), self._size)
+            if fsync:
+                os.fsync(self._file.fileno())
         finally:
             self._file.close()
 

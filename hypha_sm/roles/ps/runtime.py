@@ -12,6 +12,7 @@ becomes an event; temporary files are removed as rounds end and the work dir wit
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -121,12 +122,16 @@ class ParameterServerJob:
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._taken = 0
+        #: Each update's SHA-256, computed while it was written (the send needs no second pass).
+        self._digests: dict[str, str] = {}
         self.outcome: tuple[bool, str] = (False, "not run")
 
     async def run(self) -> int:
         """Run every round; 0 once the scheduler says done, 1 on failure (the reason is logged)."""
         incoming = self.work_dir / "incoming"
         incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # torch takes a second or more to import: before the first round, not inside it.
+        await trio.to_thread.run_sync(importlib.import_module, "hypha_sm.diloco.outer")
         (self.work_dir / "rounds").mkdir(mode=0o700, exist_ok=True)
         try:
             async with trio.open_nursery() as nursery:
@@ -198,13 +203,13 @@ class ParameterServerJob:
     async def _aggregate(self, effect: ps.Aggregate) -> None:
         from hypha_sm.diloco.outer import Contribution, OuterStep, aggregate
 
-        update = self.work_dir / "rounds" / f"update-{effect.round}.safetensors"
+        update = self.work_dir / "update.safetensors"  # written over each round
         contributions = [
             Contribution(Path(p), w) for p, w in zip(effect.files, effect.weights, strict=True)
         ]
         step = OuterStep(self.plan.learning_rate, self.plan.momentum)
         try:
-            await trio.to_thread.run_sync(
+            digest = await trio.to_thread.run_sync(
                 lambda: aggregate(
                     contributions,
                     momentum_path=self.work_dir / "momentum.safetensors",
@@ -219,13 +224,17 @@ class ParameterServerJob:
                 ps.AggregateFailed(effect.round, f"{type(exc).__name__}: {exc}")
             )
             return
+        self._digests[str(update)] = digest
         await self._inbox.send(ps.Aggregated(effect.round, str(update), update.stat().st_size))
 
     async def _publish(self, effect: ps.Publish) -> None:
         path = Path(effect.path)
         name = f"{effect.round}_update.safetensors"
         try:
-            outcomes = await self._send(path, list(effect.peers), "update", name=name)
+            digest = self._digests.pop(str(path), None)
+            outcomes = await self._send(
+                path, list(effect.peers), "update", name=name, sha256=digest
+            )
         except Exception as exc:
             outcomes = dict.fromkeys(effect.peers, f"failed: {type(exc).__name__}: {exc}")
         await self._inbox.send(ps.Published(effect.round, dict(outcomes)))

@@ -235,13 +235,20 @@ class PeerFiles:
     # -- sending -------------------------------------------------------------------------------
 
     async def send(
-        self, path: Path, peers: Sequence[str], purpose: str, *, name: str | None = None
+        self,
+        path: Path,
+        peers: Sequence[str],
+        purpose: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
     ) -> Mapping[str, str]:
         """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook).
 
-        ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``).
+        ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``);
+        ``sha256`` the file's digest if the caller has it (else it is computed here).
         """
-        sha256 = await file_sha256(path)
+        sha256 = sha256 or await file_sha256(path)
         shown = name or path.name
         name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{shown}")[:255]
         results: dict[str, str] = {}

@@ -217,9 +217,9 @@ def report(ctx: Ctx) -> None:
     state.emit(ReportUpdated(state.round))
 
 
-def _clean(state: PSState) -> None:
+def _clean(state: PSState, *, update: bool) -> None:
     paths = tuple(p for p, _ in state.files.values())
-    if state.update_path:
+    if update and state.update_path:  # between rounds it is kept: the next is written over it
         paths += (state.update_path,)
     if paths:
         state.emit(RemoveFiles(paths))
@@ -231,13 +231,13 @@ def _clean(state: PSState) -> None:
 def next_round(ctx: Ctx) -> None:
     """The next round starts collecting."""
     state = ctx.state
-    _clean(state)
+    _clean(state, update=False)
     state.count("rounds.done")
     state.round += 1
 
 
 def _end(state: PSState, ok: bool, reason: str) -> None:
-    _clean(state)
+    _clean(state, update=True)
     state.finished = (ok, reason)
     if reason:
         state.emit(Notice("info" if ok else "error", reason))
