@@ -78,7 +78,10 @@ def run_ps(a: dict[str, Any]) -> None:
     async def main() -> None:
         arrivals, incoming = trio.open_memory_channel[ReceivedFile](8)
 
+        marks: dict[str, float] = {}
+
         def place(received: bulk.ReceivedFile) -> str | None:
+            marks["arrived"] = time.perf_counter()
             arrivals.send_nowait(
                 ReceivedFile(received.path, received.offer.size, str(received.sender), "")
             )
@@ -98,6 +101,7 @@ def run_ps(a: dict[str, Any]) -> None:
             path: Path, peers: list[str], purpose: str, *, name: str, sha256: str | None = None
         ) -> dict[str, str]:
             out: dict[str, str] = {}
+            marks["publish"] = time.perf_counter()
             digest = sha256 or await bulk.file_sha256(path)  # as PeerFiles.send does
 
             async def one(peer: str) -> None:
@@ -114,6 +118,7 @@ def run_ps(a: dict[str, Any]) -> None:
             async with trio.open_nursery() as nursery:
                 for peer in peers:
                     nursery.start_soon(one, peer)
+            marks["published"] = time.perf_counter()
             return out
 
         async def progress(message: Any) -> ProgressReply:
@@ -131,7 +136,11 @@ def run_ps(a: dict[str, Any]) -> None:
             watch = RssWatch()
             print(json.dumps({"ready": str(bound)}), flush=True)
             code = await job.run()
-            print(json.dumps({"code": code, "rss": watch.growth()}), flush=True)
+            phases = {
+                "aggregate": marks["publish"] - marks["arrived"],
+                "publish": marks["published"] - marks["publish"],
+            }
+            print(json.dumps({"code": code, "rss": watch.growth(), **phases}), flush=True)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -214,7 +223,7 @@ def trial_impl(gradients: list[Path], root: Path) -> dict[str, float]:
     workers.wait(timeout=60)
     ps.wait(timeout=60)
     assert report["code"] == 0, report
-    return {"seconds": seconds, "rss": report["rss"]}
+    return {"seconds": seconds, **{k: report[k] for k in ("rss", "aggregate", "publish")}}
 
 
 # -- the floor -------------------------------------------------------------------------------
@@ -299,6 +308,11 @@ def main() -> None:
         print(f"  implementation  {t_impl:6.3f} s  (bulk channel, PS machine, streaming step)")
         print(f"  floor           {t_floor:6.3f} s  (torch in memory + bare loopback sockets)")
         print(f"  ratio           {t_impl / t_floor:6.2f}x   (target <= 2.5x)")
+        for phase in ("aggregate", "publish"):
+            median = statistics.median(r[phase] for r in impl)
+            print(
+                f"    {phase:13} {median:6.3f} s  (PS: last file placed -> update written; sends)"
+            )
         print(
             f"  PS peak RSS     +{rss / 2**20:.1f} MiB = {rss / file_size:.2f}x one file (target <= 3x)"
         )
