@@ -299,9 +299,10 @@ def _scheduler(args: argparse.Namespace) -> int:
     import trio
 
     from hypha_sm.config.scheduler import SchedulerSettings
+    from hypha_sm.config.worker import otel_overrides
     from hypha_sm.roles.scheduler.scheduler import run_scheduler
 
-    flags = {"gateway_addresses": args.gateway}
+    flags: dict[str, object] = {"gateway_addresses": args.gateway, **otel_overrides()}
     settings = load_settings(SchedulerSettings, args.config_flag or args.config, flags)
     _log_to_stderr()
     outcome = trio.run(run_scheduler, settings)

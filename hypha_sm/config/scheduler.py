@@ -161,6 +161,14 @@ class SchedulerSettings(LayeredSettings):
         default=None,
         description="where each run's event log is written (hypha-sm replay DIR); none if unset",
     )
+    telemetry_endpoint: str | None = Field(
+        default=None, description="OTLP endpoint for a DiLoCo job's round metrics (or OTEL_*)"
+    )
+    telemetry_headers: str | None = None
+    telemetry_attributes: str | None = None
+    telemetry_protocol: Literal["grpc", "http/protobuf"] | None = None
+    telemetry_sampler: str | None = None
+    telemetry_sample_ratio: float | None = Field(None, ge=0, le=1)
     job: JobSettings
 
     @model_validator(mode="after")

@@ -15,18 +15,50 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hypha_sm.roles.scheduler")
 
 COLUMNS = ("time", "worker", "round", "metric", "value")
 
 
+class _Instruments:
+    """The round metrics as OpenTelemetry instruments (attribute ``hypha.worker``)."""
+
+    def __init__(self, meter: Any) -> None:
+        self.loss = meter.create_gauge(
+            "hypha.training.loss", description="mean inner loss of a round"
+        )
+        self.eval_loss = meter.create_gauge(
+            "hypha.training.eval_loss", description="held-out loss of the global weights"
+        )
+        self.round = meter.create_gauge("hypha.training.round", description="last round reported")
+        self.samples = meter.create_counter("hypha.training.samples", unit="{sample}")
+        self.bytes = meter.create_counter("hypha.training.bytes", unit="By")
+        self.step = meter.create_histogram("hypha.training.step_duration", unit="ms")
+
+    def record(self, worker: str, rnd: int, metrics: dict[str, float]) -> None:
+        who = {"hypha.worker": worker}
+        self.round.set(rnd, who)
+        for name, gauge in (("loss", self.loss), ("eval_loss", self.eval_loss)):
+            if math.isfinite(metrics.get(name, math.nan)):
+                gauge.set(metrics[name], who)
+        if "samples" in metrics:
+            self.samples.add(metrics["samples"], who)
+        for key, direction in (("bytes_sent", "outbound"), ("bytes_received", "inbound")):
+            if key in metrics:
+                self.bytes.add(metrics[key], {**who, "direction": direction})
+        if "step_ms" in metrics:
+            self.step.record(metrics["step_ms"], who)
+
+
 class MetricsSink:
     """Where one job's metrics go."""
 
-    def __init__(self, directory: Path, workers: int) -> None:
+    def __init__(self, directory: Path, workers: int, meter: Any = None) -> None:
         self.directory = directory
         self.workers = workers
+        self._instruments = None if meter is None else _Instruments(meter)
         directory.mkdir(parents=True, exist_ok=True)
         self.jsonl = directory / "metrics.jsonl"
         self.csv = directory / "metrics.csv"
@@ -50,6 +82,8 @@ class MetricsSink:
             for name, value in sorted(metrics.items()):
                 writer.writerow((f"{now:.3f}", worker, rnd, name, value))
         self.rounds[rnd].setdefault(worker, {}).update(metrics)
+        if self._instruments is not None:
+            self._instruments.record(worker, rnd, metrics)
         # Every worker that reported the round before (a worker lost on the way is not waited for).
         expected = len(self.rounds[rnd - 1]) if rnd - 1 in self.rounds else self.workers
         if len(self.rounds[rnd]) >= expected and rnd not in self.shown:

@@ -20,6 +20,7 @@ advertisement, and statuses and progress must come from the worker the job was d
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -27,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import trio
 
@@ -47,6 +48,7 @@ from hypha_sm.roles.scheduler.metrics import MetricsSink
 from hypha_sm.runtime.bootstrap import tls_files
 from hypha_sm.runtime.loop import Inbox, Stepper, open_run_log, recorded_stepper, run_loop
 from hypha_sm.runtime.replies import Pending, Replies, start_later
+from hypha_sm.runtime.telemetry import TelemetryConfig, build_exporters
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
 from hypha_sm.wire.identity import PeerId
@@ -534,7 +536,7 @@ async def run_scheduler(
             sink = files.enter_context(open_run_log(settings.event_log_dir, SCHEDULER))
             log.info("event log %s", sink.name)
         with Endpoint(identity, NetConfig(tls=tls_files(settings))) as transport:
-            metrics = metrics_sink(settings)
+            metrics = metrics_sink(settings, identity.peer_id)
             scheduler = Scheduler(
                 transport,
                 settings.job,
@@ -557,13 +559,35 @@ async def run_scheduler(
                     )
 
 
-def metrics_sink(settings: SchedulerSettings) -> MetricsSink | None:
-    """A DiLoCo job's metrics files (``metrics_dir``, else beside the event log or here)."""
+def metrics_sink(settings: SchedulerSettings, peer_id: object) -> MetricsSink | None:
+    """A DiLoCo job's metrics sink (None for other jobs).
+
+    Files go to ``metrics_dir`` (else beside the event log, or here); with
+    ``telemetry_endpoint`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT``) the values go to OpenTelemetry.
+    """
     job = settings.job
     if job.diloco is None:
         return None
     directory = job.metrics_dir or (settings.event_log_dir or Path.cwd()) / "metrics"
-    return MetricsSink(directory, job.workers)
+    return MetricsSink(directory, job.workers, _meter(settings, peer_id))
+
+
+def _meter(settings: SchedulerSettings, peer_id: object) -> Any:
+    config = TelemetryConfig.from_settings(settings, peer_id)
+    if config is None:
+        return None
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    exporter, _ = build_exporters(config)
+    reader = PeriodicExportingMetricReader(
+        exporter, export_interval_millis=config.export_interval * 1000
+    )
+    resource = Resource.create({**config.resource, "service.name": "hypha-scheduler"})
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    atexit.register(provider.shutdown)  # the last round's values are exported before exit
+    return provider.get_meter("hypha_sm.scheduler")
 
 
 def _metrics_hook(sink: MetricsSink) -> Callable[[Placement, m.ProgressKind], None]:
