@@ -585,7 +585,7 @@ def _meter(settings: SchedulerSettings, peer_id: object) -> Any:
         exporter, export_interval_millis=config.export_interval * 1000
     )
     resource = Resource.create({**config.resource, "service.name": "hypha-scheduler"})
-    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     atexit.register(provider.shutdown)  # the last round's values are exported before exit
     return provider.get_meter("hypha_sm.scheduler")
 
