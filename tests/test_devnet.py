@@ -72,7 +72,8 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
     assert "(scheduler, v1," in replayed.stdout
     assert "effects match the recording" in replayed.stdout
     # Nothing keeps running: the gateway and workers were stopped.
-    for events in ("scheduler-events", "data-events"):
+    (ps_events,) = tmp_path.glob("work-*/ps-events")  # the worker that ran the PS
+    for events in ("scheduler-events", "data-events", str(ps_events)):
         replayed = subprocess.run(
             [sys.executable, "-m", "hypha_sm.cli", "replay", str(tmp_path / events)],
             capture_output=True,

@@ -20,14 +20,14 @@ import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.roles.ps.core import model as ps
 from hypha_sm.roles.ps.core.role import PS
-from hypha_sm.runtime.loop import Inbox, recorded_stepper, run_loop
+from hypha_sm.runtime.loop import Inbox, open_run_log, recorded_stepper, run_loop
 from hypha_sm.wire.bounds import json_problem
 from hypha_sm.wire.messages import Progress, ProgressReply, UpdateApplied
 
@@ -110,6 +110,7 @@ class ParameterServerJob:
         receive: Receive,
         send: Send,
         send_progress: SendProgress,
+        event_log: BinaryIO | None = None,
     ) -> None:
         self.job_id = job_id
         self.plan = plan
@@ -117,7 +118,8 @@ class ParameterServerJob:
         self._receive = receive
         self._send = send
         self._send_progress = send_progress
-        self.stepper = recorded_stepper(PS, plan, None)
+        #: The rounds' event log (``hypha-sm replay`` reads it), if one is given.
+        self.stepper = recorded_stepper(PS, plan, event_log)
         self._inbox = Inbox(256, ps.Tick)
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -145,6 +147,7 @@ class ParameterServerJob:
             if self.stepper.state.finished is None:  # cancelled: the core says stopped
                 self.stepper.feed(ps.Stop(), _now())
         finished = self.stepper.state.finished or (False, "stopped")
+        self.stepper.close()
         self.outcome = finished
         return 0 if finished[0] else 1
 
@@ -270,6 +273,19 @@ def load_spec(raw: str) -> ps.PSPlan:
     if not isinstance(spec, dict):
         raise JobSpecError("the spec is not an object")
     return plan_from_spec(spec)
+
+
+#: Parameter-server event logs kept in a node's ``<work_dir>/ps-events`` (the newest).
+KEEP_LOGS = 20
+
+
+def open_ps_log(directory: Path) -> BinaryIO:
+    """A new event log for one parameter-server job; the oldest beyond ``KEEP_LOGS`` go."""
+    sink = open_run_log(directory, PS)
+    old = sorted(directory.glob("ps-*.jsonl"), key=lambda p: p.stat().st_mtime)[:-KEEP_LOGS]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return sink
 
 
 def remove_work_dir(path: Path) -> None:

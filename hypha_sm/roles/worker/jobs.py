@@ -18,6 +18,7 @@ from hypha_sm.roles.ps.runtime import (
     JobSpecError,
     ParameterServerJob,
     load_spec,
+    open_ps_log,
     remove_work_dir,
 )
 from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
@@ -161,6 +162,11 @@ class LocalExecutor:
             work_dir.mkdir(mode=0o700, parents=True)
         except OSError as exc:
             raise StartFailed(f"cannot create work dir {work_dir}: {exc}") from None
+        try:
+            event_log = open_ps_log(self._settings.work_dir / "ps-events")
+        except OSError as exc:
+            remove_work_dir(work_dir)
+            raise StartFailed(f"cannot open the parameter server's event log: {exc}") from None
         server = ParameterServerJob(
             job.job_id,
             plan,
@@ -168,6 +174,7 @@ class LocalExecutor:
             receive=self._receive,
             send=self._send,
             send_progress=self._send_progress,
+            event_log=event_log,
         )
         scope = trio.CancelScope()
         ended = trio.Event()
@@ -177,6 +184,7 @@ class LocalExecutor:
                 with scope:
                     await server.run()
             finally:
+                event_log.close()
                 remove_work_dir(work_dir)
                 ended.set()
 
