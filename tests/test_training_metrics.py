@@ -111,3 +111,20 @@ def test_the_scheduler_sends_round_metrics_to_opentelemetry_when_an_endpoint_is_
     assert loud is not None
     assert loud._instruments is not None
     loud.record("w", 1, ROUND)  # recorded; exported at the next interval or at exit
+
+
+def test_on_a_terminal_the_rounds_are_a_live_table(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    sink = MetricsSink(tmp_path, workers=1, console=console)
+    sink.record("w", 0, {"eval_loss": 5.5})
+    sink.record("w", 1, ROUND)
+    sink.finish()
+    out = screen.getvalue()
+    assert "DiLoCo rounds" in out
+    assert "3.2500" in out
+    assert "train loss" in out

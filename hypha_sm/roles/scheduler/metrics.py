@@ -55,9 +55,14 @@ class _Instruments:
 class MetricsSink:
     """Where one job's metrics go."""
 
-    def __init__(self, directory: Path, workers: int, meter: Any = None) -> None:
+    def __init__(
+        self, directory: Path, workers: int, meter: Any = None, console: Any = None
+    ) -> None:
         self.directory = directory
         self.workers = workers
+        self._console = console
+        self._live: Any = None
+        self._table: Any = None
         self._instruments = None if meter is None else _Instruments(meter)
         directory.mkdir(parents=True, exist_ok=True)
         self.jsonl = directory / "metrics.jsonl"
@@ -88,31 +93,71 @@ class MetricsSink:
         expected = len(self.rounds[rnd - 1]) if rnd - 1 in self.rounds else self.workers
         if len(self.rounds[rnd]) >= expected and rnd not in self.shown:
             self.shown.add(rnd)
-            print(self.summary(rnd), flush=True)
+            self._show(rnd)
+
+    def _show(self, rnd: int, note: str = "") -> None:
+        """A live table on a terminal (rich), else one line per round."""
+        console = self._console
+        if console is None or not console.is_terminal:
+            print(self.summary(rnd) + note, flush=True)
+            return
+        from rich.live import Live
+        from rich.table import Table
+
+        if self._table is None:
+            self._table = Table(title="DiLoCo rounds", title_justify="left")
+            for column in ("round", "train loss", "eval loss", "samples", "ms/step", "MB"):
+                self._table.add_column(column, justify="right")
+            self._live = Live(self._table, console=console, auto_refresh=False)
+            self._live.start()
+        figures = self.figures(rnd)
+        self._table.add_row(
+            str(rnd),
+            "" if rnd == 0 else f"{figures['loss']:.4f}",
+            f"{figures['eval_loss']:.4f}",
+            "" if rnd == 0 else f"{figures['samples']:.0f}",
+            "" if rnd == 0 else f"{figures['step_ms']:.1f}",
+            "" if rnd == 0 else f"{figures['mb']:.2f}" + note,
+        )
+        self._live.refresh()
 
     def finish(self) -> None:
         """Rounds not every worker reported (one left on the way) are shown as they stand."""
         for rnd in sorted(set(self.rounds) - self.shown):
             self.shown.add(rnd)
-            print(self.summary(rnd) + f"  ({len(self.rounds[rnd])} workers reported)", flush=True)
+            self._show(rnd, f"  ({len(self.rounds[rnd])} workers reported)")
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
-    def summary(self, rnd: int) -> str:
-        """One line for a round every worker reported."""
+    def figures(self, rnd: int) -> dict[str, float]:
+        """A round over its workers: mean losses and step time, summed samples and megabytes."""
         per = self.rounds[rnd]
 
         def mean(name: str) -> float:
             values = [m[name] for m in per.values() if name in m and math.isfinite(m[name])]
             return sum(values) / len(values) if values else math.nan
 
+        def total(name: str) -> float:
+            return sum(m.get(name, 0.0) for m in per.values())
+
+        return {
+            "loss": mean("loss"),
+            "eval_loss": mean("eval_loss"),
+            "step_ms": mean("step_ms"),
+            "samples": total("samples"),
+            "mb": (total("bytes_sent") + total("bytes_received")) / 1e6,
+        }
+
+    def summary(self, rnd: int) -> str:
+        """One line for a round every worker reported."""
+        f = self.figures(rnd)
         if rnd == 0:
-            return f"round  0  eval loss {mean('eval_loss'):.4f} (initial weights)"
-        samples = sum(m.get("samples", 0.0) for m in per.values())
-        sent = sum(m.get("bytes_sent", 0.0) for m in per.values())
-        received = sum(m.get("bytes_received", 0.0) for m in per.values())
+            return f"round  0  eval loss {f['eval_loss']:.4f} (initial weights)"
         return (
-            f"round {rnd:2d}  train loss {mean('loss'):.4f}  eval loss {mean('eval_loss'):.4f}  "
-            f"{samples:.0f} samples  {mean('step_ms'):.1f} ms/step  "
-            f"{(sent + received) / 1e6:.2f} MB exchanged"
+            f"round {rnd:2d}  train loss {f['loss']:.4f}  eval loss {f['eval_loss']:.4f}  "
+            f"{f['samples']:.0f} samples  {f['step_ms']:.1f} ms/step  "
+            f"{f['mb']:.2f} MB exchanged"
         )
 
     def plot(self) -> Path | None:

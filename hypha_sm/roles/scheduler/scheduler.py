@@ -569,7 +569,9 @@ def metrics_sink(settings: SchedulerSettings, peer_id: object) -> MetricsSink | 
     if job.diloco is None:
         return None
     directory = job.metrics_dir or (settings.event_log_dir or Path.cwd()) / "metrics"
-    return MetricsSink(directory, job.workers, _meter(settings, peer_id))
+    from rich.console import Console
+
+    return MetricsSink(directory, job.workers, _meter(settings, peer_id), Console())
 
 
 def _meter(settings: SchedulerSettings, peer_id: object) -> Any:
