@@ -41,8 +41,31 @@ def openapi_schema() -> dict[str, Any]:
                 {"type": {"const": "peers"}, "peers": {"type": "array", "items": _STR}}, ["type"]
             ),
             _obj({"type": {"const": "slice"}, "dataset": _STR}, ["type", "dataset"]),
+            _obj(
+                {"type": {"const": "scheduler"}, "peer": _STR, "dataset": _STR},
+                ["type", "peer", "dataset"],
+            ),
+            _obj(
+                {
+                    "type": {"const": "huggingface"},
+                    "repository": _STR,
+                    "revision": {"type": ["string", "null"]},
+                    "filenames": {"type": "array", "items": _STR, "minItems": 1},
+                    "token": {"type": ["string", "null"]},
+                },
+                ["type", "repository", "filenames"],
+            ),
         ]
     }
+    peers_ref = _obj(
+        {
+            "type": {"const": "peers"},
+            "peers": {"type": "array", "items": _STR, "minItems": 1},
+            "strategy": _obj({"type": {"enum": ["All", "One", "Random"]}}, ["type"]),
+            "resource": {"type": "null"},
+        },
+        ["type", "peers"],
+    )
     progress = {
         "oneOf": [
             _obj({"status": _obj({"batch_size": _INT}, ["batch_size"])}, ["status"]),
@@ -98,14 +121,19 @@ def openapi_schema() -> dict[str, Any]:
                 "post": {
                     "summary": "Send a work-dir file to peers; replies when the transfer ended",
                     "requestBody": body(
-                        _obj(
-                            {
-                                "path": _STR,
-                                "peers": {"type": "array", "items": _STR, "minItems": 1},
-                                "purpose": _STR,
-                            },
-                            ["path", "peers"],
-                        )
+                        {
+                            "oneOf": [
+                                _obj(
+                                    {
+                                        "path": _STR,
+                                        "peers": {"type": "array", "items": _STR, "minItems": 1},
+                                        "purpose": _STR,
+                                    },
+                                    ["path", "peers"],
+                                ),
+                                _obj({"resource": peers_ref, "path": _STR}, ["resource", "path"]),
+                            ]
+                        }
                     ),
                     "responses": {
                         "200": _json(
