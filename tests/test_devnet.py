@@ -48,6 +48,16 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
         if rnd:
             before = (checkpoints / f"round-{rnd - 1}-rank-0.safetensors").read_bytes()
             assert first != before
+    # ... and equal θ₀ plus the updates the parameter server published, added in order.
+    from safetensors.torch import load_file
+
+    theta = load_file(str(checkpoints / "round-0-rank-0.safetensors"))
+    for rnd in range(1, 4):
+        update = load_file(str(checkpoints / f"update-{rnd}-rank-0.safetensors"))
+        assert update.keys() == theta.keys()
+        theta = {k: theta[k] + update[k] for k in theta}
+        after = load_file(str(checkpoints / f"round-{rnd}-rank-1.safetensors"))
+        assert all(theta[k].equal(after[k]) for k in theta), rnd
 
     engine, machines_hash = load_engine(WORKER)
     for i in (1, 2, 3):

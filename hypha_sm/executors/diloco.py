@@ -369,7 +369,11 @@ class Job:
             if not main:
                 done = ranks.share(False)
             else:
-                update_path.unlink()
+                if self.checkpoints is not None:  # the update as received, beside the weights
+                    target = self.checkpoints / f"update-{rnd}-rank-{self.rank}.safetensors"
+                    os.replace(update_path, target)
+                else:
+                    update_path.unlink()
                 digest = state_sha256(theta)
                 self.save_checkpoint(rnd, theta)
                 metrics = {
@@ -417,7 +421,9 @@ class Job:
         return self.work_dir / str(event["path"])
 
     def save_checkpoint(self, rnd: int, theta: Mapping[str, torch.Tensor]) -> None:
-        """With ``checkpoint_dir``: θ_global after each round (``round-R-rank-K.safetensors``)."""
+        """With ``checkpoint_dir``: θ_global after each round (``round-R-rank-K.safetensors``;
+        the update received is kept as ``update-R-rank-K.safetensors``).
+        """
         if self.checkpoints is not None:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             target = self.checkpoints / f"round-{rnd}-rank-{self.rank}.safetensors"
