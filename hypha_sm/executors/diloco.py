@@ -421,8 +421,9 @@ class Job:
         return self.work_dir / str(event["path"])
 
     def save_checkpoint(self, rnd: int, theta: Mapping[str, torch.Tensor]) -> None:
-        """With ``checkpoint_dir``: θ_global after each round (``round-R-rank-K.safetensors``;
-        the update received is kept as ``update-R-rank-K.safetensors``).
+        """With ``checkpoint_dir``: θ_global after each round (``round-R-rank-K.safetensors``).
+
+        The update received in that round is kept beside it (``update-R-rank-K.safetensors``).
         """
         if self.checkpoints is not None:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
