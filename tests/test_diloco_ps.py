@@ -222,3 +222,20 @@ def test_one_worker_with_outer_lr_1_and_no_momentum_is_plain_adamw(tmp_path: Pat
         load_into(model, theta)
         for name, value in local.items():
             torch.testing.assert_close(theta[name], value, rtol=0, atol=1e-6)
+
+
+def test_an_update_that_does_not_fit_the_model_fails_the_merge_loudly() -> None:
+    """B5: the original swallowed a failed merge and trained on with θ_local - θ_global as
+    its weights; here a missing, extra or reshaped tensor is an error (the job exits 1)."""
+    from hypha_sm.executors.diloco import ExecutorError, merge
+
+    theta = {"a": torch.zeros(3), "b": torch.zeros(2)}
+    for update in (
+        {"a": torch.ones(3)},
+        {**theta, "c": torch.ones(1)},
+        {"a": torch.ones(3), "b": torch.ones(4)},
+    ):
+        with pytest.raises(ExecutorError):
+            merge(theta, update)
+    merge(theta, {"a": torch.ones(3), "b": torch.ones(2)})
+    assert theta["a"].tolist() == [1.0, 1.0, 1.0]

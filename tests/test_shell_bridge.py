@@ -224,6 +224,75 @@ async def test_fetch_http_uri(tmp_path: Path, sock_dir: Path) -> None:
         server.server_close()
 
 
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [("All", [PEER_A, PEER_B]), ("One", [PEER_A]), (None, [PEER_A, PEER_B])],
+)
+async def test_send_takes_the_originals_body_and_strategies(
+    tmp_path: Path, sock_dir: Path, strategy: str | None, expected: list[str]
+) -> None:
+    """``{"resource": {"type": "peers", "peers", "strategy"}, "path"}``: All sends to every
+    peer, One to the first (Random to any one: below); no strategy means All."""
+    seen: list[list[str]] = []
+
+    async def send(
+        path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Mapping[str, str]:
+        seen.append(list(peers))
+        return dict.fromkeys(peers, "delivered")
+
+    bridge = make_bridge(tmp_path, sock_dir, send=send)
+    (bridge.work_dir / "1_local_gradients.pt").write_bytes(b"g")
+    resource: dict[str, object] = {"type": "peers", "peers": [PEER_A, PEER_B], "resource": None}
+    if strategy is not None:
+        resource["strategy"] = {"type": strategy}
+    async with running(bridge) as client:
+        reply = await client.post(
+            "/resources/send", json={"resource": resource, "path": "1_local_gradients.pt"}
+        )
+        assert reply.status_code == 200, reply.text
+        random_pick = await client.post(
+            "/resources/send",
+            json={
+                "resource": {**resource, "strategy": {"type": "Random"}},
+                "path": "1_local_gradients.pt",
+            },
+        )
+        bad = await client.post(
+            "/resources/send",
+            json={"resource": {**resource, "strategy": {"type": "Most"}}, "path": "x"},
+        )
+    assert seen[0] == expected
+    assert random_pick.status_code == 200
+    assert len(seen[1]) == 1
+    assert seen[1][0] in (PEER_A, PEER_B)
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+
+
+async def test_a_send_no_peer_received_is_a_502_naming_each_outcome(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    """B8: the original answered 200 before copying; an executor then waited for an update
+    that never came. Here a send that reached nobody fails."""
+
+    async def send(
+        path: Path, peers: Sequence[str], purpose: str, *, name: str
+    ) -> Mapping[str, str]:
+        return {PEER_A: "unreachable: connection refused", PEER_B: "refused: not receiving"}
+
+    bridge = make_bridge(tmp_path, sock_dir, send=send)
+    (bridge.work_dir / "g.pt").write_bytes(b"g")
+    async with running(bridge) as client:
+        reply = await client.post(
+            "/resources/send", json={"path": "g.pt", "peers": [PEER_A, PEER_B]}
+        )
+    assert reply.status_code == 502
+    body = reply.json()
+    assert body["code"] == "not_delivered"
+    assert "unreachable: connection refused" in body["detail"]
+    assert "refused: not receiving" in body["detail"]
+
+
 async def test_send_waits_and_reports(tmp_path: Path, sock_dir: Path) -> None:
     """Send replies only after the injected sender finished; its failure is a 502."""
     calls: list[tuple[Path, Sequence[str], str]] = []

@@ -108,9 +108,10 @@ def merge(theta: dict[str, torch.Tensor], update: Mapping[str, torch.Tensor]) ->
         raise ExecutorError(
             f"update does not match the model: missing {missing[:3]}, extra {extra[:3]}"
         )
-    for name, value in update.items():
+    for name, value in update.items():  # every tensor checked before any is added
         if value.shape != theta[name].shape:
             raise ExecutorError(f"update {name!r} has shape {tuple(value.shape)}")
+    for name, value in update.items():
         theta[name] += value.to(theta[name].dtype)
 
 
