@@ -147,6 +147,12 @@ def _main(argv: list[str] | None) -> int:
     p_devnet.add_argument(
         "--round-timeout", type=float, default=60.0, help="seconds a round waits for stragglers"
     )
+    p_devnet.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="pseudo-gradients on the wire (float32)",
+    )
 
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
     p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
@@ -209,6 +215,7 @@ def _main(argv: list[str] | None) -> int:
                 outer=(args.outer_lr, args.outer_momentum),
                 quorum=args.quorum,
                 round_timeout=args.round_timeout,
+                precision=args.precision,
             )
         if args.command == "run":
             return _run(args)

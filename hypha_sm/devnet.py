@@ -102,6 +102,8 @@ class Devnet:
     #: The training executor's command line, if not ``python -m hypha_sm.executors.diloco``
     #: (``{SOCKET_PATH}``, ``{WORK_DIR}`` and ``{JOB_JSON}`` are filled in by the worker).
     train_args: list[str] | None = None
+    #: The pseudo-gradients' dtype on the wire (``float32``, ``bfloat16``, ``float16``).
+    precision: str = "float32"
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -193,7 +195,7 @@ class Devnet:
             f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
             f'artifact = {{ type = "uri", value = "file://{model / "config.json"}" }} }}\n'
-            f'extra = {{ seed = 0, checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
+            f'extra = {{ seed = 0, precision = "{self.precision}", checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
             f"round_timeout = {self.round_timeout}\n"
@@ -346,6 +348,7 @@ def run_devnet(
     outer: tuple[float, float] = (0.7, 0.9),
     quorum: int = 0,
     round_timeout: float = 60.0,
+    precision: str = "float32",
 ) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
@@ -358,6 +361,7 @@ def run_devnet(
             outer=outer,
             quorum=quorum,
             round_timeout=round_timeout,
+            precision=precision,
         )
         if not devnet.training:
             print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")

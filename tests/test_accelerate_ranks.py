@@ -4,11 +4,13 @@ talks to the bridge and broadcasts what it learns, so rank 1 follows it through 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import trio
+from safetensors.torch import load_file
 
 from hypha_sm.devnet import Devnet
 
@@ -27,7 +29,10 @@ LAUNCH = [
 def test_two_accelerate_processes_per_worker_train_rounds_to_done(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    code = trio.run(Devnet(tmp_path, rounds=2, train_args=LAUNCH).run)
+    """Two ranks per worker (gloo), with the pseudo-gradients in bfloat16 on the wire: half the
+    bytes up, the PS averages in float32 and answers in bfloat16."""
+    devnet = Devnet(tmp_path, rounds=2, train_args=LAUNCH, precision="bfloat16")
+    code = trio.run(devnet.run)
     out = capfd.readouterr().out
     assert code == 0, out
     assert re.search(r"^round  2 ", out, re.MULTILINE), out
@@ -35,6 +40,18 @@ def test_two_accelerate_processes_per_worker_train_rounds_to_done(
     assert logs.count("diloco executor: rank 0 of 2") == 2, logs[-4000:]
     assert logs.count("diloco executor: rank 1 of 2") == 2, logs[-4000:]
     assert logs.count("Finished training of 2 DiLoCo update rounds") == 2
+    sizes = [
+        json.loads(line)["metrics"]
+        for line in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["round"] == 1
+    ]
+    params = sum(
+        p.numel()
+        for p in load_file(str(tmp_path / "checkpoints" / "round-0-rank-0.safetensors")).values()
+    )
+    for metrics in sizes:  # 2 bytes per parameter each way, plus the headers
+        assert 2 * params <= metrics["bytes_sent"] < 2 * params + 16384
+        assert 2 * params <= metrics["bytes_received"] < 2 * params + 16384
     # Both workers' global weights are the same after every round (checkpoints of rank 0).
     for rnd in range(3):
         first = (tmp_path / "checkpoints" / f"round-{rnd}-rank-0.safetensors").read_bytes()
