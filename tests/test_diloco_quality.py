@@ -4,7 +4,8 @@ The devnet trains a byte-level GPT-2 on Python's documentation text with two tra
 and a parameter server for 10 outer rounds; the baseline is one worker with the same model
 initialisation trained on the same number of samples (batch 16 = the two workers' batches
 together, so the same number of optimizer steps as each DiLoCo worker), evaluated on the same
-held-out slices. DiLoCo's final eval loss must be within 5 % of the baseline's; the bytes the
+held-out slices. DiLoCo's final eval loss (the mean of the last three evaluations on each side)
+must be within 5 % of the baseline's; the bytes the
 workers exchanged must be at least H times fewer than a per-step all-reduce would move.
 
 The outer step here is η 1, μ 0 (plain averaging of the pseudo-gradients): measured on this
@@ -101,7 +102,11 @@ def test_two_worker_diloco_is_within_5_percent_of_one_worker_on_the_same_samples
     print(f"\nDiLoCo (2 workers) eval loss per round: {[round(x, 4) for x in diloco]}")
     print(f"one worker, every 16 steps of 16:      {[round(x, 4) for x in baseline]}")
     print(f"samples {samples:.0f}; final {diloco[-1]:.4f} vs {baseline[-1]:.4f}")
-    assert diloco[-1] <= 1.05 * baseline[-1], (diloco, baseline)
+    # The last three evaluations on each side: one evaluation swings by a few hundredths with
+    # which slices each worker happened to get (timing decides that), the mean much less.
+    ours, theirs = sum(diloco[-3:]) / 3, sum(baseline[-3:]) / 3
+    print(f"mean of the last three: {ours:.4f} vs {theirs:.4f} ({ours / theirs - 1:+.1%})")
+    assert ours <= 1.05 * theirs, (diloco, baseline)
     assert diloco[-1] < diloco[0] - 2.0  # it learned: ln 256 = 5.55 nats per byte at the start
 
     # Bytes: each worker sends one pseudo-gradient and receives one update per round; a
