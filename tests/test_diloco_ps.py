@@ -239,3 +239,41 @@ def test_an_update_that_does_not_fit_the_model_fails_the_merge_loudly() -> None:
             merge(theta, update)
     merge(theta, {"a": torch.ones(3), "b": torch.ones(2)})
     assert theta["a"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "why"),
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8, None),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 12, "after the last"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            12,
+            "overlaps",
+        ),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, 12, "gap"),
+        ({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, 8, "dtype"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, 8, "size"),
+    ],
+)
+def test_a_gradient_file_whose_layout_safetensors_would_refuse_is_refused_on_arrival(
+    tmp_path: Path, header: dict[str, object], body: int, why: str | None
+) -> None:
+    """Found by review: overlapping or gapped tensor data passed the header check and would
+    have failed the whole round later, inside the aggregation."""
+    import json
+    import struct
+
+    from hypha_sm.diloco.tensors import LayoutError
+
+    raw = json.dumps(header).encode()
+    path = tmp_path / "g"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(body))
+    if why is None:
+        assert read_layout(path).tensors == (("a", "F32", (2,)),)
+    else:
+        with pytest.raises(LayoutError, match=why):
+            read_layout(path)

@@ -81,6 +81,7 @@ def read_layout(path: Path) -> Layout:
     ):
         raise LayoutError("metadata must map strings to strings")
     tensors = []
+    spans: list[tuple[int, int]] = []
     body = size - 8 - length
     for name in sorted(header):
         info = header[name]
@@ -104,6 +105,16 @@ def read_layout(path: Path) -> Layout:
         if offsets[1] - offsets[0] != count * WIRE_DTYPES[dtype].itemsize:
             raise LayoutError(f"{name!r}: data size does not match its shape")
         tensors.append((name, dtype, tuple(shape)))
+        spans.append((offsets[0], offsets[1]))
+    # The data must be exactly the tensors, back to back (safetensors' own rule): a file that
+    # overlaps or leaves gaps would pass here and fail later, in the middle of a round.
+    position = 0
+    for start, end in sorted(spans):
+        if start != position:
+            raise LayoutError("tensor data overlaps or leaves a gap")
+        position = end
+    if position != body:
+        raise LayoutError("bytes after the last tensor")
     return Layout(tuple(tensors), dict(metadata))
 
 
