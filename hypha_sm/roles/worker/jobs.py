@@ -66,6 +66,8 @@ class LocalExecutor:
         self._slices = slices
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
         self._servers: dict[str, tuple[ParameterServerJob, trio.CancelScope, trio.Event]] = {}
+        #: Each parameter server's storage allowance (its lease's), for the disk monitor.
+        self._server_storage: dict[str, float] = {}
 
     async def start(self, job: StartJob) -> None:
         """Create the work dir, bind the bridge, start the process; StartFailed with a reason.
@@ -190,6 +192,7 @@ class LocalExecutor:
 
         self._nursery.start_soon(serve)
         self._servers[job.job_id] = (server, scope, ended)
+        self._server_storage[job.job_id] = job.resources.storage
         log.info("job %s: parameter server for %d workers", job.job_id, len(plan.workers))
 
     async def wait(self, job_id: str) -> int:
@@ -204,6 +207,7 @@ class LocalExecutor:
                 return 0 if ok else 1
             finally:
                 self._servers.pop(job_id, None)
+                self._server_storage.pop(job_id, None)
         process, scope = self._jobs[job_id]
         try:
             code = await process.wait()
@@ -219,10 +223,16 @@ class LocalExecutor:
 
     def disk_jobs(self) -> list[JobDisk]:
         """Each running job's work dir and the storage its lease allows (for the monitor)."""
-        return [
+        processes = [
             JobDisk(job_id, process.work_dir, limit_of(process.spec.resources.storage))
             for job_id, (process, _) in self._jobs.items()
         ]
+        # A parameter server's files come from the job's workers: its lease bounds them too.
+        servers = [
+            JobDisk(job_id, server.work_dir, limit_of(self._server_storage[job_id]))
+            for job_id, (server, _, _) in self._servers.items()
+        ]
+        return processes + servers
 
     def discard(self, job_id: str) -> None:
         """Remove the job's work dir when it ends, even if it fails."""
