@@ -18,7 +18,7 @@ from hypha_sm.config.layers import ConfigError, load_settings
 from hypha_sm.core.engine import REJECTED
 from hypha_sm.core.errors import HyphaSMError, SpecError
 from hypha_sm.core.role import StepResult
-from hypha_sm.init import write_example
+from hypha_sm.init import InitError, write_example
 from hypha_sm.log.codec import Entry, LogFormatError, role_of
 from hypha_sm.log.replay import replay, replay_series
 from hypha_sm.log.store import newest_run_of, read_lines, read_series
@@ -155,23 +155,33 @@ def _main(argv: list[str] | None) -> int:
     )
 
     p_init = sub.add_parser("init", help="write a commented example worker.toml")
-    p_init.add_argument("path", nargs="?", type=Path, default=Path("worker.toml"))
+    p_init.add_argument("path", nargs="?", type=Path, help="the file (default worker.toml)")
+    p_init.add_argument("-o", "--output", type=Path, help="the file (the original's flag)")
     p_init.add_argument("--work-dir", type=Path, default=Path("work"), help="job directories")
+    p_init.add_argument("--gateway", action="append", help="gateway addresses (repeatable)")
+    p_init.add_argument("--listen", action="append", help="listen addresses (repeatable)")
+    p_init.add_argument("--external", action="append", help="external addresses (repeatable)")
     p_init.add_argument(
         "--with-keys", action="store_true", help="also write a node key and dev TLS certificates"
     )
-    p_init.add_argument("--name", default="worker", help="prefix of the key and cert files")
+    p_init.add_argument(
+        "-n", "--name", default="worker", help="the node's name: prefix of its key and cert files"
+    )
     p_init.add_argument("--force", action="store_true", help="overwrite existing files")
 
     p_run = sub.add_parser("run", help="run a worker node (SIGINT/SIGTERM to stop)")
     p_run.add_argument("config", nargs="?", type=Path, help="worker.toml")
-    p_run.add_argument("--config", dest="config_flag", type=Path, help="worker.toml")
+    p_run.add_argument("-c", "--config", dest="config_flag", type=Path, help="worker.toml")
     p_run.add_argument("--work-dir", type=Path)
     p_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
     p_run.add_argument("--listen", action="append", help="replaces listen_addresses")
+    p_run.add_argument("--external", action="append", help="replaces external_addresses")
 
     p_probe = sub.add_parser("probe", help="exit 0 only if ADDRESS answers healthy in time")
     p_probe.add_argument("address")
+    p_probe.add_argument(
+        "-c", "--config", type=Path, help="take cert, key and trust from this worker.toml"
+    )
     p_probe.add_argument("--timeout", type=int, default=2000, help="milliseconds (default 2000)")
     p_probe.add_argument("--cert", type=Path)
     p_probe.add_argument("--key", type=Path)
@@ -339,12 +349,17 @@ def _log_to_stderr() -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    if args.path is not None and args.output is not None and args.path != args.output:
+        raise InitError(f"two files named: {args.path} and -o {args.output}")
     written = write_example(
-        args.path,
+        args.output or args.path or Path("worker.toml"),
         work_dir=args.work_dir.absolute(),
         force=args.force,
         with_keys=args.with_keys,
         name=args.name,
+        gateways=args.gateway,
+        listen=args.listen,
+        external=args.external,
     )
     for path in written:
         print(f"wrote {path}")
@@ -362,6 +377,7 @@ def _run(args: argparse.Namespace) -> int:
         "work_dir": args.work_dir,
         "gateway_addresses": args.gateway,
         "listen_addresses": args.listen,
+        "external_addresses": args.external,
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
     _check_telemetry(settings)
@@ -376,11 +392,17 @@ def _probe(args: argparse.Namespace) -> int:
     from hypha_sm.net.probe import probe
     from hypha_sm.net.tls import TlsFiles
 
-    tls = (
-        TlsFiles(args.cert, args.key, args.trust)
-        if args.cert and args.key and args.trust
-        else None
-    )
+    cert, key, trust = args.cert, args.key, args.trust
+    if args.config is not None:  # the original's `probe -c`: its TLS files, flags win
+        from hypha_sm.config.worker import load_worker_settings
+
+        settings = load_worker_settings(args.config, {})
+        cert, key, trust = (
+            cert or settings.cert_pem,
+            key or settings.key_pem,
+            trust or settings.trust_pem,
+        )
+    tls = TlsFiles(cert, key, trust) if cert and key and trust else None
     healthy, detail = trio.run(lambda: probe(args.address, seconds=args.timeout / 1000, tls=tls))
     print(f"{args.address}: {detail}")
     return 0 if healthy else 1

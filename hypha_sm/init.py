@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hypha_sm.config.addresses import PATTERN, nng_address
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.net.keys import create_key_file
 
@@ -85,7 +88,7 @@ price = 100.0
 floor = 100.0
 strategy = "whole"
 
-# Executors. class: "train" or "aggregate"; runtime: "process" or "parameter-server".
+# Executors. class: "train", "inference" (process runtime) or "aggregate" (parameter-server).
 # args may use {{SOCKET_PATH}}, {{WORK_DIR}} and {{JOB_JSON}}.
 [[executors]]
 class = "train"
@@ -124,8 +127,20 @@ def write_example(
     force: bool = False,
     with_keys: bool = False,
     name: str = "worker",
+    gateways: list[str] | None = None,
+    listen: list[str] | None = None,
+    external: list[str] | None = None,
 ) -> list[Path]:
-    """Write the example config (and, with ``with_keys``, a node key and dev certificates)."""
+    """Write the example config (and, with ``with_keys``, a node key and dev certificates).
+
+    ``gateways``, ``listen`` and ``external`` replace the example's addresses (NNG URLs or the
+    original's multiaddrs, written converted).
+    """
+    addresses = {
+        "gateway_addresses": _addresses(gateways, "--gateway"),
+        "listen_addresses": _addresses(listen, "--listen"),
+        "external_addresses": _addresses(external, "--external"),
+    }
     base = path.parent
     written: list[Path] = []
     targets = [path]
@@ -146,11 +161,29 @@ def write_example(
             for key, p in zip(("cert_pem", "key_pem", "trust_pem"), tls_paths, strict=True)
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        EXAMPLE.format(node_key=key_path, tls=tls, work_dir=work_dir, python=sys.executable)
-    )
+    text = EXAMPLE.format(node_key=key_path, tls=tls, work_dir=work_dir, python=sys.executable)
+    for key, values in addresses.items():
+        if values is not None:
+            text = re.sub(rf"^{key} = .*$", f"{key} = {json.dumps(values)}", text, flags=re.M)
+    path.write_text(text)
     written.insert(0, path)
     return written
+
+
+def _addresses(values: list[str] | None, flag: str) -> list[str] | None:
+    """Flag values as NNG URLs; InitError naming the flag for one that is not an address."""
+    if values is None:
+        return None
+    out = []
+    for value in values:
+        try:
+            converted = str(nng_address(value))
+        except ValueError as exc:
+            raise InitError(f"{flag}: {exc}") from None
+        if not re.fullmatch(PATTERN, converted):
+            raise InitError(f"{flag} {value}: not an address (tcp://HOST:PORT or a multiaddr)")
+        out.append(converted)
+    return out
 
 
 def make_dev_certificates(cert: Path, key: Path, trust: Path) -> list[Path]:

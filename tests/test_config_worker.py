@@ -110,8 +110,8 @@ BAD = [
     ("nan price", ("price = 100.0", "price = nan"), "offer.price = nan"),
     (
         "unknown class",
-        ('class = "train"', 'class = "inference"'),
-        "executors.0.class = 'inference'",
+        ('class = "train"', 'class = "evaluate"'),
+        "executors.0.class = 'evaluate'",
     ),
     (
         "runtime mismatch",

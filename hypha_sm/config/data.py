@@ -7,23 +7,22 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from hypha_sm.config.addresses import Address
 from hypha_sm.config.layers import LayeredSettings, check_tls_files
-
-_ADDRESS = r"^(tcp|tls\+tcp)://[^\s]+:\d+$|^ipc:///[^\s]+$"
 
 
 class DataNodeSettings(LayeredSettings):
     """The data node's key, network, the datasets it serves and whose grants it honours."""
 
     node_key: Path = Field(description="the data node's Ed25519 key (hypha-sm keygen)")
-    gateway_addresses: list[str] = Field(
+    gateway_addresses: list[Address] = Field(
         min_length=1, description="each gateway's request address (its `listen`)"
     )
-    listen_address: str = Field(
-        default="tcp://127.0.0.1:7300", pattern=_ADDRESS, description="slice fetches arrive here"
+    listen_address: Address = Field(
+        default="tcp://127.0.0.1:7300", description="slice fetches arrive here"
     )
-    external_address: str | None = Field(
-        default=None, pattern=_ADDRESS, description="the address workers dial, if it differs"
+    external_address: Address | None = Field(
+        default=None, description="the address workers dial, if it differs"
     )
     datasets: list[Path] = Field(
         min_length=1, description="dataset directories (hypha-sm data prepare), checked at start"

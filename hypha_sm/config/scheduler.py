@@ -7,9 +7,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hypha_sm.config.addresses import Address
 from hypha_sm.config.layers import LayeredSettings, check_tls_files
-
-_ADDRESS = r"^(tcp|tls\+tcp)://[^\s]+:\d+$|^ipc:///[^\s]+$"
 
 
 class _Strict(BaseModel):
@@ -28,7 +27,7 @@ class JobResources(_Strict):
 class JobExecutor(_Strict):
     """The executor the job needs on every worker (matched by class and name)."""
 
-    cls: Literal["train", "aggregate"] = Field(alias="class")
+    cls: Literal["train", "inference", "aggregate"] = Field(alias="class")
     name: str = Field(min_length=1, max_length=200)
 
 
@@ -141,14 +140,14 @@ class SchedulerSettings(LayeredSettings):
     """The scheduler's key, network and the job it runs."""
 
     node_key: Path = Field(description="the scheduler's Ed25519 key (hypha-sm keygen)")
-    gateway_addresses: list[str] = Field(
+    gateway_addresses: list[Address] = Field(
         min_length=1, description="each gateway's request address (its `listen`)"
     )
-    listen_address: str = Field(
-        default="tcp://127.0.0.1:0", pattern=_ADDRESS, description="offers, statuses, progress"
+    listen_address: Address = Field(
+        default="tcp://127.0.0.1:0", description="offers, statuses, progress"
     )
-    external_address: str | None = Field(
-        default=None, pattern=_ADDRESS, description="the address workers reply to, if it differs"
+    external_address: Address | None = Field(
+        default=None, description="the address workers reply to, if it differs"
     )
     cert_pem: Path | None = Field(
         default=None, description="TLS certificate, for tls+tcp:// addresses"

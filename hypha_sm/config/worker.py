@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from hypha_sm.config.addresses import Address
 from hypha_sm.config.layers import LayeredSettings, check_tls_files
 from hypha_sm.roles.worker.core.policy import RUNTIME_FOR_CLASS, parse_strategy
 
@@ -47,7 +48,7 @@ class ExecutorSettings(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    cls: Literal["train", "aggregate"] = Field(alias="class")
+    cls: Literal["train", "inference", "aggregate"] = Field(alias="class")
     name: str = Field(min_length=1, max_length=200)
     runtime: Literal["process", "parameter-server"]
     cmd: str | None = None
@@ -67,9 +68,6 @@ class ExecutorSettings(_Strict):
         return self
 
 
-_ADDRESS = r"^(tcp|tls\+tcp)://[^\s]+:\d+$|^ipc:///[^\s]+$"
-
-
 class WorkerSettings(LayeredSettings):
     """Everything ``hypha-sm run worker.toml`` needs."""
 
@@ -77,12 +75,12 @@ class WorkerSettings(LayeredSettings):
     cert_pem: Path | None = Field(None, description="TLS certificate (HYPHA_CERT_PEM)")
     key_pem: Path | None = Field(None, description="TLS private key (HYPHA_KEY_PEM)")
     trust_pem: Path | None = Field(None, description="TLS CA bundle (HYPHA_TRUST_PEM)")
-    gateway_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(
+    gateway_addresses: list[Address] = Field(
         min_length=1, description="each gateway's request address (its `listen`)"
     )
-    listen_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1)
-    external_addresses: list[Annotated[str, Field(pattern=_ADDRESS)]] = []
-    bulk_listen_address: Annotated[str, Field(pattern=_ADDRESS)] | None = Field(
+    listen_addresses: list[Address] = Field(min_length=1)
+    external_addresses: list[Address] = []
+    bulk_listen_address: Address | None = Field(
         default=None,
         description="where peers push files (default: the first listen host, a free port)",
     )

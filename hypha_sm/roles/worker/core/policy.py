@@ -18,7 +18,11 @@ Strategy = Literal["whole", "flexible"]
 Runtime = Literal["process", "parameter-server"]
 
 #: Which runtime each job class needs (hypha-worker.md §6.1).
-RUNTIME_FOR_CLASS: dict[str, str] = {"train": "process", "aggregate": "parameter-server"}
+RUNTIME_FOR_CLASS: dict[str, str] = {
+    "train": "process",
+    "inference": "process",
+    "aggregate": "parameter-server",
+}
 
 
 class ExecutorRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,0 +1,114 @@
+"""The original's CLI forms work as they did for ``hypha-worker`` (issue 14, item 5): the real
+command, its exact one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hypha_sm.config.addresses import nng_address
+
+
+def hypha(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hypha_sm.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("multiaddr", "url"),
+    [
+        ("/ip4/127.0.0.1/tcp/7200", "tcp://127.0.0.1:7200"),
+        ("/ip6/::1/tcp/7200", "tcp://[::1]:7200"),
+        ("/dns4/gw.example/tcp/7000/p2p/12D3KooWAbc", "tcp://gw.example:7000"),
+        ("/dns/gw.example/tcp/7000/tls", "tls+tcp://gw.example:7000"),
+        ("tcp://127.0.0.1:7200", "tcp://127.0.0.1:7200"),
+    ],
+)
+def test_multiaddrs_become_nng_addresses(multiaddr: str, url: str) -> None:
+    assert nng_address(multiaddr) == url
+
+
+@pytest.mark.parametrize(
+    "bad", ["/ip4/1.2.3.4/udp/1234/quic-v1", "/ip4/1.2.3.4/tcp/99999", "/ip4/1.2.3.4/tcp/1/ws"]
+)
+def test_multiaddrs_without_an_nng_equivalent_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="multiaddr"):
+        nng_address(bad)
+
+
+def test_init_takes_the_originals_flags(tmp_path: Path) -> None:
+    """``init -o FILE -n NAME --gateway/--listen/--external MULTIADDR``: the node's name
+    prefixes its key and cert files; multiaddrs are written as NNG addresses."""
+    result = hypha(
+        "init", "-o", "worker.toml", "-n", "node1", "--with-keys",
+        "--gateway", "/ip4/127.0.0.1/tcp/7000", "--listen", "/ip4/0.0.0.0/tcp/7200",
+        "--external", "/dns4/box.example/tcp/7200", "--work-dir", "work",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "wrote worker.toml"
+    for name in ("node1-node-key.pem", "node1-cert.pem", "node1-key.pem", "node1-trust.pem"):
+        assert (tmp_path / name).exists()
+    text = (tmp_path / "worker.toml").read_text()
+    assert 'gateway_addresses = ["tcp://127.0.0.1:7000"]' in text
+    assert 'listen_addresses = ["tcp://0.0.0.0:7200"]' in text
+    assert 'external_addresses = ["tcp://box.example:7200"]' in text
+    checked = hypha("check-config", "worker.toml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["external_addresses"] == ["tcp://box.example:7200"]
+
+
+def test_init_refuses_a_quic_multiaddr_in_one_line(tmp_path: Path) -> None:
+    result = hypha("init", "-o", "w.toml", "--gateway", "/ip4/1.2.3.4/udp/1/quic-v1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "hypha-sm: error: --gateway: multiaddr '/ip4/1.2.3.4/udp/1/quic-v1': only "
+        "/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port> converts to an NNG address (QUIC and other "
+        "transports are not supported)\n"
+    )
+    assert not (tmp_path / "w.toml").exists()
+
+
+def test_run_and_probe_take_dash_c(tmp_path: Path) -> None:
+    """``run -c FILE`` and ``probe -c FILE ADDRESS`` as the original's; a missing file is one
+    line naming it."""
+    run = hypha("run", "-c", "missing.toml", cwd=tmp_path)
+    assert (run.returncode, run.stderr) == (
+        2,
+        "hypha-sm: error: config file missing.toml does not exist\n",
+    )
+    assert hypha("init", "-o", "w.toml", cwd=tmp_path).returncode == 0
+    probe = hypha("probe", "-c", "w.toml", "tcp://127.0.0.1:1", "--timeout", "200", cwd=tmp_path)
+    assert probe.returncode == 1
+    assert probe.stdout == "tcp://127.0.0.1:1: no healthy answer: timeout\n"
+
+
+def test_multiaddrs_and_the_inference_class_in_a_config_and_its_variables(tmp_path: Path) -> None:
+    """A config written for hypha-worker: multiaddrs (also in HYPHA_* variables) and an
+    executor of class ``inference``."""
+    assert hypha("init", "-o", "w.toml", cwd=tmp_path).returncode == 0
+    text = (tmp_path / "w.toml").read_text()
+    text = text.replace('["tcp://0.0.0.0:7200"]', '["/ip4/0.0.0.0/tcp/7200"]')
+    text += '\n[[executors]]\nclass = "inference"\nname = "llm"\nruntime = "process"\ncmd = "/bin/true"\n'
+    (tmp_path / "w.toml").write_text(text)
+    env = {"HYPHA_GATEWAY_ADDRESSES": '["/ip4/10.0.0.1/tcp/7000/p2p/12D3KooWAbc"]'}
+    checked = hypha("check-config", "w.toml", cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    settings = json.loads(checked.stdout)
+    assert settings["listen_addresses"] == ["tcp://0.0.0.0:7200"]
+    assert settings["gateway_addresses"] == ["tcp://10.0.0.1:7000"]
+    assert any(e["class"] == "inference" for e in settings["executors"])
