@@ -8,6 +8,10 @@ held-out slices. DiLoCo's final eval loss (the mean of the last three evaluation
 must be within 5 % of the baseline's; the bytes the
 workers exchanged must be at least H times fewer than a per-step all-reduce would move.
 
+It runs after the parallel suite, alone (``alone`` marker, scripts/test): when it shared two
+cores with other end-to-end tests, one worker was starved for whole rounds and the model left
+the early plateau several rounds later (+10 % at round 10; +1.7 % to +3.3 % alone).
+
 The outer step here is η 1, μ 0 (plain averaging of the pseudo-gradients): measured on this
 tiny problem, outer momentum 0.9 needs more rounds than a CI run has to pay off (10 rounds of
 H 16: eval 2.91 with 0.7/0.9 against 2.81 with 1.0/0.0 and 2.72 for the baseline). Both curves
@@ -68,6 +72,7 @@ def single_worker(dataset: Path, samples: int, batch: int = 16) -> list[float]:
     return curve
 
 
+@pytest.mark.alone  # measured under a full parallel suite the gap doubles: +10 % (see below)
 def test_two_worker_diloco_is_within_5_percent_of_one_worker_on_the_same_samples(
     tmp_path: Path,
 ) -> None:
