@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -535,15 +536,33 @@ class _Timeline:
         if not moves and not effects:
             return
         tag = entry.event.__struct_config__.tag
-        self.lines.append(f"#{entry.seq:<5} +{entry.mono - self.t0:9.3f}s  {tag}")
+        self.lines.append(
+            f"#{entry.seq:<5} +{entry.mono - self.t0:9.3f}s  {_clock(entry.wall)}  {tag}"
+        )
         self.lines.extend(f"{'':18}{m}" for m in moves)
         self.lines.extend(f"{'':18}=> {_effect_text(e)}" for e in effects)
+
+
+def _clock(wall: float) -> str:
+    """A wall-clock time as people read it (UTC, milliseconds)."""
+    try:
+        when = datetime.datetime.fromtimestamp(wall, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return repr(wall)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def _effect_text(effect: object) -> str:
     data = msgspec.to_builtins(effect)
     kind = str(data.pop("type"))
-    return kind + " " + " ".join(f"{k}={v}" for k, v in data.items() if k not in ("spec",))
+
+    def shown(key: str, value: object) -> str:
+        # Expiry times are wall-clock seconds: shown as times, not as 1764000005.0.
+        if key.startswith("expires") and isinstance(value, float):
+            return f"{key}={_clock(value)}"
+        return f"{key}={value}"
+
+    return kind + " " + " ".join(shown(k, v) for k, v in data.items() if k not in ("spec",))
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -588,7 +607,22 @@ def _replay(args: argparse.Namespace) -> int:
         "partial_line": report.partial_line,
         "node_stopped": report.node_stopped,
     }
+    past_end = args.until is not None and args.until > report.last_seq and report.ok
+    if past_end:
+        print(
+            f"warning: --until {args.until} is past the end of the log (last entry "
+            f"{report.last_seq}); the state shown is the final one",
+            file=sys.stderr,
+        )
+    state_doc = None
+    if args.until is not None:
+        describe = role.describe or role.capture
+        assert describe is not None  # every role has one or the other
+        state_doc = msgspec.to_builtins(describe(report.state))
     if args.json:
+        if state_doc is not None:  # one JSON document: the summary with the state in it
+            summary["until"] = args.until
+            summary["state"] = json.loads(json.dumps(state_doc, default=str))
         print(json.dumps(summary, indent=2))
     else:
         print(
@@ -622,11 +656,8 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"ERROR at seq {seq}: {exc!r}")
         else:
             print("effects match the recording" if not args.no_check else "effects not checked")
-    if args.until is not None:
-        describe = role.describe or role.capture
-        assert describe is not None  # every role has one or the other
-        state = describe(report.state)
-        print(json.dumps(msgspec.to_builtins(state), indent=2, default=str))
+    if state_doc is not None and not args.json:
+        print(json.dumps(state_doc, indent=2, default=str))
     if report.divergence is not None:
         return 1
     return 3 if report.error is not None else 0

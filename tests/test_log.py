@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import msgspec
@@ -186,6 +187,37 @@ def test_cli_replay_until_prints_the_state_at_that_point(
     leases = state["records"]["lease"]
     assert [rec["phase"] for rec in leases.values()] == ["offered"]
     assert state["now"]["mono"] == 0.2
+
+
+def test_cli_replay_json_until_is_one_json_document_with_the_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--json --until N`: the summary and the state in one document (was two)."""
+    assert main(["replay", str(LOGS / "job-lifecycle.jsonl"), "--until", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True
+    assert doc["until"] == 2
+    assert [r["phase"] for r in doc["state"]["records"]["lease"].values()] == ["offered"]
+
+
+def test_cli_replay_warns_when_until_is_past_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(LOGS / "lease-expiry.jsonl"), "--until", "9999"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "warning: --until 9999 is past the end of the log (last entry 10); "
+        "the state shown is the final one\n"
+    )
+
+
+def test_cli_replay_timelines_show_wall_clock_times_and_expiries_as_times(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each line of a timeline has its offset and its UTC time; expiry fields are times."""
+    lease = "92adb5c9-1d0d-4a8e-b1c0-e17d7b292aad"  # the one lease of that log
+    assert main(["replay", str(LOGS / "lease-expiry.jsonl"), "--lease", lease]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"#\d+ +\+ +0\.\d{3}s  2025-11-24 16:00:00\.\d{3}Z  ", out), out
+    assert "expires_wall=2025-11-24 16:00:10.250Z" in out
 
 
 def test_cli_replay_shows_the_timeline_of_one_job(capsys: pytest.CaptureFixture[str]) -> None:
