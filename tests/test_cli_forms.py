@@ -112,3 +112,36 @@ def test_multiaddrs_and_the_inference_class_in_a_config_and_its_variables(tmp_pa
     assert settings["listen_addresses"] == ["tcp://0.0.0.0:7200"]
     assert settings["gateway_addresses"] == ["tcp://10.0.0.1:7000"]
     assert any(e["class"] == "inference" for e in settings["executors"])
+
+
+def test_a_variable_that_is_not_json_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Was a pydantic-settings traceback (issue 14, item 2)."""
+    assert hypha("init", "-o", "w.toml", cwd=tmp_path).returncode == 0
+    env = {"HYPHA_GATEWAY_ADDRESSES": "tcp://gw:7000"}
+    result = hypha("check-config", "w.toml", cwd=tmp_path, env=env)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "hypha-sm: error: HYPHA_GATEWAY_ADDRESSES: not JSON for gateway_addresses (a list or "
+        "table), e.g. HYPHA_GATEWAY_ADDRESSES='[\"tcp://host:7000\"]'\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("work_dir", "why"), [("/proc/hypha", "No such file or directory"), ("afile", "File exists")]
+)
+def test_a_work_dir_that_cannot_be_made_is_one_line_naming_work_dir(
+    tmp_path: Path, work_dir: str, why: str
+) -> None:
+    """Was ``[Errno 2] No such file or directory: '/proc/hypha'`` (issue 14, item 2)."""
+    assert hypha("init", "-o", "w.toml", "--with-keys", cwd=tmp_path).returncode == 0
+    (tmp_path / "afile").write_text("")
+    result = hypha(
+        "run", "-c", "w.toml", "--work-dir", work_dir,
+        "--external", "/ip4/127.0.0.1/tcp/7200",  # (no warning about a wildcard listen)
+        cwd=tmp_path,
+    )  # fmt: skip
+    shown = work_dir if work_dir.startswith("/") else str(tmp_path / work_dir)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"hypha-sm: error: work_dir {shown}: cannot create or write it: {why}\n",
+    )

@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -89,6 +90,14 @@ def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> 
         return bound(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(describe(exc, path)) from None
+    except SettingsError as exc:
+        # A HYPHA_* value for a list or table that is not JSON: name the variable, not a trace.
+        field = str(exc).split('field "', 1)[-1].split('"', 1)[0]
+        variable = f"HYPHA_{field.upper()}"
+        raise ConfigError(
+            f"{variable}: not JSON for {field} (a list or table), e.g. "
+            f"{variable}='[\"tcp://host:7000\"]'"
+        ) from None
 
 
 def describe(exc: ValidationError, path: Path | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -140,7 +141,14 @@ async def _run(
             settings.listen_addresses[0],
         )
     work_dir = settings.work_dir.absolute()
-    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(work_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise StartupError(
+            f"work_dir {work_dir}: cannot create or write it: {exc.strerror}"
+        ) from None
     users = JobUsers(settings.job_user, settings.job_uid_range)
     try:
         described = users.describe()
