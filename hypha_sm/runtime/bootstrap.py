@@ -45,13 +45,15 @@ async def on_stop_signals(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Wait for SIGINT/SIGTERM: the first runs ``first(name)``; a later one ``again(name)``.
+    """Wait for SIGINT/SIGTERM/SIGHUP: the first runs ``first(name)``; a later ``again(name)``.
+
+    SIGHUP (the terminal the node ran in closed) stops it as cleanly as the others.
 
     Without ``again`` it returns after the first signal (the caller then stops). With it,
     it keeps listening, so a second Ctrl-C can force what the first asked for gently. Start
     it with ``nursery.start``: it reports started once the signals are caught.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
         count = 0
         async for signum in signals:

@@ -126,7 +126,10 @@ class JobBridge:
         config = HypercornConfig()
         config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
-        config.errorlog = logging.getLogger("hypha_sm.roles.worker.bridge.server")
+        server_log = logging.getLogger("hypha_sm.roles.worker.bridge.server")
+        # Its "Running on ... (CTRL + C to quit)" line per job says nothing to an operator.
+        server_log.setLevel(max(server_log.level, logging.WARNING))
+        config.errorlog = server_log
         config.include_server_header = False
         config.graceful_timeout = 1.0
         try:
