@@ -371,14 +371,21 @@ async def test_cancelled_supervision_still_kills_the_tree(tmp_path: Path) -> Non
     assert job.pid not in process._job_mains
 
 
-async def test_stop_graceful_process_exits_on_term(tmp_path: Path) -> None:
-    """A process that honours SIGTERM ends within the grace with -SIGTERM."""
+async def test_stop_graceful_process_exits_on_term(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that honours SIGTERM ends within the grace with -SIGTERM; the log says the
+    node stopped it (as the core records it: cancelled), not that it failed."""
+    caplog.set_level(logging.INFO, logger="hypha_sm.roles.worker.process")
     job = ProcessJob(_spec("sleep"), _settings(tmp_path))
     async with trio.open_nursery() as nursery:
         await job.start(nursery)
         with trio.fail_after(5 + 3):
             code = await job.stop(5)
     assert code == -signal.SIGTERM
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(": stopped (-15); kept" in line for line in lines), lines
+    assert not any(": failed (" in line for line in lines)
 
 
 async def test_a_job_gets_its_whole_grace_to_tidy_up_before_the_kill(tmp_path: Path) -> None:

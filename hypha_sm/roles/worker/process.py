@@ -680,9 +680,13 @@ class ProcessJob:
             if self.spec.user is not None:
                 # Kept for the operator, not for the next job that gets this uid.
                 os.chown(self.work_dir, os.geteuid(), os.getegid())
+        # A job the node stopped (its lease ended, the node stops) was cancelled, as the core
+        # records it; "failed" is for a job that ended badly on its own.
+        how = "stopped" if self._stop_requested.is_set() else "failed"
         self._log.info(
-            "job %s: failed (%s); kept %s for inspection",
+            "job %s: %s (%s); kept %s for inspection",
             self.spec.job_id,
+            how,
             self.exit_code,
             self.work_dir,
         )
