@@ -145,3 +145,26 @@ def test_a_work_dir_that_cannot_be_made_is_one_line_naming_work_dir(
         2,
         f"hypha-sm: error: work_dir {shown}: cannot create or write it: {why}\n",
     )
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    """``hypha-sm check-config conf/w.toml`` from the parent finds ``node_key`` and the TLS
+    files beside the file, and puts ``work_dir`` there (issue 14, item 3); a path given in a
+    variable stays relative to where the command runs."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    assert hypha("init", "w.toml", "--with-keys", cwd=conf).returncode == 0
+    text = (conf / "w.toml").read_text()
+    text = "\n".join(
+        'work_dir = "work"' if line.startswith("work_dir =") else line
+        for line in text.splitlines()
+    )
+    (conf / "w.toml").write_text(text + "\n")
+    result = hypha("check-config", "conf/w.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["node_key"] == str(conf / "worker-node-key.pem")
+    assert settings["cert_pem"] == str(conf / "worker-cert.pem")
+    assert settings["work_dir"] == str(conf / "work")
+    from_env = hypha("check-config", "conf/w.toml", cwd=tmp_path, env={"HYPHA_WORK_DIR": "jobs"})
+    assert json.loads(from_env.stdout)["work_dir"] == "jobs"

@@ -12,9 +12,9 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,8 +53,56 @@ class LayeredSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls, deep_merge=True))
+            sources.append(_FileRelativeToml(settings_cls, deep_merge=True))
         return tuple(sources)
+
+
+class _FileRelativeToml(TomlConfigSettingsSource):
+    """The TOML file's values, its relative paths taken relative to the file (not the cwd).
+
+    ``hypha-sm run conf/worker.toml`` from anywhere finds ``node_key = "worker-key.pem"`` next
+    to the file. Paths from ``HYPHA_*`` variables and flags stay relative to the cwd.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        toml_file = self.settings_cls.model_config.get("toml_file")
+        if isinstance(toml_file, (str, Path)):
+            _resolve_paths(self.settings_cls, data, Path(toml_file).absolute().parent)
+        return data
+
+
+def _is_path(annotation: Any) -> bool:
+    return annotation is Path or any(_is_path(a) for a in get_args(annotation))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolve_paths(model: type[BaseModel], data: dict[str, Any], base: Path) -> None:
+    """Make the relative paths in ``data`` (this model's fields, and nested ones) absolute."""
+    for name, info in model.model_fields.items():
+        key = info.alias if info.alias and info.alias in data else name
+        if key not in data:
+            continue
+        value = data[key]
+        if _is_path(info.annotation):
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                data[key] = str(base / value)
+            elif isinstance(value, list):
+                data[key] = [
+                    str(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+                    for v in value
+                ]
+        elif isinstance(value, dict) and (sub := _model_of(info.annotation)) is not None:
+            _resolve_paths(sub, value, base)
 
 
 def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> S:
