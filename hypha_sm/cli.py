@@ -371,7 +371,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import trio
 
-    from hypha_sm.config.worker import load_worker_settings
+    from hypha_sm.config.worker import load_worker_settings, preflight
     from hypha_sm.roles.worker.run import run_worker
 
     flags = {
@@ -382,6 +382,10 @@ def _run(args: argparse.Namespace) -> int:
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
     _check_telemetry(settings)
+    if problems := preflight(settings):  # the same checks as check-config
+        for problem in problems:
+            print(f"hypha-sm: error: {problem}", file=sys.stderr)
+        return 2
     _log_to_stderr()
     trio.run(run_worker, settings)
     return 0
@@ -410,7 +414,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from hypha_sm.config.worker import executor_warnings, load_worker_settings
+    from hypha_sm.config.worker import executor_warnings, load_worker_settings, preflight
 
     flags = {"work_dir": args.work_dir, "gateway_addresses": args.gateway}
     settings = load_worker_settings(args.config, flags)
@@ -418,7 +422,10 @@ def _check_config(args: argparse.Namespace) -> int:
     print(settings.model_dump_json(indent=2, by_alias=True))
     for warning in executor_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
-    return 0
+    problems = preflight(settings)  # what `run` would refuse, the same checks
+    for problem in problems:
+        print(f"hypha-sm: error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _data(args: argparse.Namespace) -> int:

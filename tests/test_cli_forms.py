@@ -100,7 +100,7 @@ def test_run_and_probe_take_dash_c(tmp_path: Path) -> None:
 def test_multiaddrs_and_the_inference_class_in_a_config_and_its_variables(tmp_path: Path) -> None:
     """A config written for hypha-worker: multiaddrs (also in HYPHA_* variables) and an
     executor of class ``inference``."""
-    assert hypha("init", "-o", "w.toml", cwd=tmp_path).returncode == 0
+    assert hypha("init", "-o", "w.toml", "--with-keys", cwd=tmp_path).returncode == 0
     text = (tmp_path / "w.toml").read_text()
     text = text.replace('["tcp://0.0.0.0:7200"]', '["/ip4/0.0.0.0/tcp/7200"]')
     text += '\n[[executors]]\nclass = "inference"\nname = "llm"\nruntime = "process"\ncmd = "/bin/true"\n'
@@ -127,7 +127,8 @@ def test_a_variable_that_is_not_json_is_one_line_naming_it(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("work_dir", "why"), [("/proc/hypha", "No such file or directory"), ("afile", "File exists")]
+    ("work_dir", "why"),
+    [("/proc/hypha", "No such file or directory"), ("afile", "{path} is a file")],
 )
 def test_a_work_dir_that_cannot_be_made_is_one_line_naming_work_dir(
     tmp_path: Path, work_dir: str, why: str
@@ -143,7 +144,8 @@ def test_a_work_dir_that_cannot_be_made_is_one_line_naming_work_dir(
     shown = work_dir if work_dir.startswith("/") else str(tmp_path / work_dir)
     assert (result.returncode, result.stderr) == (
         2,
-        f"hypha-sm: error: work_dir {shown}: cannot create or write it: {why}\n",
+        f"hypha-sm: error: work_dir {shown}: cannot create or write it: "
+        f"{why.format(path=shown)}\n",
     )
 
 

@@ -24,6 +24,42 @@ def example(tmp_path: Path) -> Path:
     return path
 
 
+def test_check_config_reports_what_run_would_refuse(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One validation for both (issue 14, item 4): a missing node key, a TLS file a tls+tcp://
+    address needs, a work dir that cannot be made, an executor program that is not there."""
+    text = example.read_text()
+    text = text.replace('cmd = "' + sys.executable + '"', 'cmd = "/no/such/python"', 1)
+    text = text.replace(
+        'listen_addresses = ["tcp://0.0.0.0:7200"]',
+        'listen_addresses = ["tls+tcp://0.0.0.0:7200"]',
+    )
+    text = text.replace('# cert_pem = "worker-cert.pem"', 'cert_pem = "missing-cert.pem"')
+    text = text.replace('# key_pem = "worker-key.pem"', 'key_pem = "missing-key.pem"')
+    text = text.replace('# trust_pem = "worker-trust.pem"', 'trust_pem = "missing-trust.pem"')
+    example.write_text(text)
+    (example.parent / "afile").write_text("")
+    assert main(["check-config", str(example), "--work-dir", str(example.parent / "afile")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    base = example.parent
+    assert err == [
+        f"hypha-sm: error: node_key {base / 'worker-node-key.pem'}: no such file (`hypha-sm "
+        f"keygen {base / 'worker-node-key.pem'}` makes a new identity; if you have one, point "
+        "node_key at it)",
+        f"hypha-sm: error: cert_pem {base / 'missing-cert.pem'}: no such file (a tls+tcp:// "
+        "address needs it)",
+        f"hypha-sm: error: key_pem {base / 'missing-key.pem'}: no such file (a tls+tcp:// "
+        "address needs it)",
+        f"hypha-sm: error: trust_pem {base / 'missing-trust.pem'}: no such file (a tls+tcp:// "
+        "address needs it)",
+        f"hypha-sm: error: work_dir {base / 'afile'}: cannot create or write it: "
+        f"{base / 'afile'} is a file",
+        "hypha-sm: error: executor train/diloco-transformer: cmd '/no/such/python' is not a "
+        "program here",
+    ]
+
+
 def test_init_writes_a_config_that_loads_unchanged(example: Path, tmp_path: Path) -> None:
     """The example config is valid as written, with the seed's keys and defaults."""
     settings = load_worker_settings(example, {})
@@ -188,6 +224,9 @@ def test_check_config_prints_the_effective_settings(
     example: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`hypha-sm check-config` validates and shows what the node would run with."""
+    from hypha_sm.net.keys import create_key_file
+
+    create_key_file(example.parent / "worker-node-key.pem")
     assert main(["check-config", str(example), "--gateway", "tcp://10.0.0.1:7000"]) == 0
     out = capsys.readouterr().out
     assert '"gateway_addresses": [\n    "tcp://10.0.0.1:7000"\n  ]' in out

@@ -7,6 +7,7 @@ also come from the standard ``OTEL_*`` variables, which win over the ``telemetry
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -211,3 +212,47 @@ def load_worker_settings(path: Path | None, flags: Mapping[str, Any]) -> WorkerS
     layered = {k: v for k, v in flags.items() if v is not None}
     layered.update(otel_overrides())
     return load_settings(WorkerSettings, path, layered)
+
+
+def uses_tls(settings: WorkerSettings) -> bool:
+    """Some address is ``tls+tcp://``: the TLS files are needed (else they are not used)."""
+    addresses = [
+        *settings.gateway_addresses,
+        *settings.listen_addresses,
+        *settings.external_addresses,
+        settings.bulk_listen_address or "",
+    ]
+    return any(a.startswith("tls+tcp://") for a in addresses)
+
+
+def preflight(settings: WorkerSettings) -> list[str]:
+    """What would stop ``run`` before it serves, one line each.
+
+    ``check-config`` reports the same: the node key, the TLS files when an address needs them,
+    the work dir, each executor's program.
+    """
+    problems = []
+    if not settings.node_key.is_file():
+        problems.append(
+            f"node_key {settings.node_key}: no such file (`hypha-sm keygen {settings.node_key}` "
+            "makes a new identity; if you have one, point node_key at it)"
+        )
+    if uses_tls(settings):
+        for key in ("cert_pem", "key_pem", "trust_pem"):
+            path = getattr(settings, key)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{key} {path}: no such file (a tls+tcp:// address needs it)")
+    work_dir = settings.work_dir.absolute()
+    existing = work_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        problems.append(f"work_dir {work_dir}: cannot create or write it: {existing} is a file")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"work_dir {work_dir}: cannot create or write it (permission denied)")
+    problems.extend(
+        f"executor {e.cls}/{e.name}: cmd {e.cmd!r} is not a program here"
+        for e in settings.executors
+        if e.cmd and shutil.which(e.cmd) is None
+    )
+    return problems

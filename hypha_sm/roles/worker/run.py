@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from hypha_sm.config.worker import WorkerSettings, executor_warnings
+from hypha_sm.config.worker import WorkerSettings, executor_warnings, uses_tls
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder
@@ -127,6 +127,10 @@ async def run_worker(
             await telemetry.aclose()
 
 
+def _all_files(tls: TlsFiles) -> bool:
+    return all(os.path.isfile(p) for p in (tls.cert, tls.key, tls.trust))
+
+
 async def _run(
     settings: WorkerSettings,
     identity: Identity,
@@ -134,6 +138,9 @@ async def _run(
     task_status: trio.TaskStatus[str],
 ) -> None:
     tls = tls_files(settings)
+    # No tls+tcp:// address: the files are not needed, and missing ones are not an error.
+    if tls is not None and not uses_tls(settings) and not _all_files(tls):
+        tls = None
     if not settings.external_addresses and has_wildcard_host(settings.listen_addresses[0]):
         log.warning(
             "listening on %s with no external_addresses: offers and the peer record carry a "
