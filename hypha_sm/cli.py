@@ -138,10 +138,12 @@ def _main(argv: list[str] | None) -> int:
     )
     p_devnet.add_argument("--dir", type=Path, help="keep everything here (default: a temp dir)")
     p_devnet.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
-    p_devnet.add_argument("--rounds", type=int, default=5, help="training rounds per worker")
+    p_devnet.add_argument("--rounds", type=int, default=10, help="outer rounds (10)")
     p_devnet.add_argument("--workers", type=int, default=2, help="DiLoCo training workers (2)")
     p_devnet.add_argument("--outer-lr", type=float, default=0.7, help="outer learning rate (0.7)")
-    p_devnet.add_argument("--outer-momentum", type=float, default=0.9, help="outer momentum (0.9)")
+    p_devnet.add_argument(
+        "--outer-momentum", type=float, default=0.5, help="outer momentum (0.5; the original: 0.9)"
+    )
     p_devnet.add_argument(
         "--quorum", type=int, default=0, help="pseudo-gradients that close a late round (0: all)"
     )
