@@ -631,8 +631,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.json:
         if state_doc is not None:  # one JSON document: the summary with the state in it
             summary["until"] = args.until
-            summary["state"] = json.loads(json.dumps(state_doc, default=str))
-        print(json.dumps(summary, indent=2))
+            summary["state"] = state_doc
+        print(json.dumps(summary, indent=2, default=str))
     else:
         print(
             f"log: {args.log} ({role.name}, v{header.version}, engine {header.engine_version}, "
