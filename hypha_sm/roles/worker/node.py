@@ -14,10 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from hypha_sm.core.resources import Amounts, convert
+from hypha_sm.core.trace import Now
 from hypha_sm.net.discovery import Gateways
 from hypha_sm.net.transport import NetError, Subscription, Transport
 from hypha_sm.roles.worker.core.effects import (
@@ -51,6 +53,7 @@ from hypha_sm.roles.worker.core.events import (
 from hypha_sm.roles.worker.core.policy import ExecutorRef
 from hypha_sm.roles.worker.core.state import WorkerState
 from hypha_sm.roles.worker.executor import Executor, StartFailed
+from hypha_sm.roles.worker.market import MarketLog
 from hypha_sm.roles.worker.telemetry import Telemetry
 from hypha_sm.runtime.loop import Inbox, LoopStats, Stepper, run_loop
 from hypha_sm.wire import messages as m
@@ -126,6 +129,8 @@ class WorkerNode:
         self._transfer_offers = transfer_offers
         self.gateways = gateways or Gateways(transport, [], wall=wall)
         self.telemetry = telemetry or Telemetry()
+        #: The node's market decisions in its log (the core's counters, read between steps).
+        self.market = MarketLog(stepper.state.counters)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -301,10 +306,14 @@ class WorkerNode:
             self._perform,
             stopped=self._stopped,
             stats=self.stats,
-            on_step=self.telemetry.on_step,
+            on_step=self._on_step,
             on_log_trouble=self.on_log_trouble,
             wall=self._wall,
         )
+
+    def _on_step(self, event: Any, result: Any, now: Now) -> None:
+        self.telemetry.on_step(event, result, now)
+        self.market.on_step(event, result, now)
 
     # -- effects -----------------------------------------------------------------------------
 
