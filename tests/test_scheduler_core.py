@@ -136,10 +136,10 @@ def test_without_offers_it_advertises_again_with_a_new_request_id_then_gives_up(
         if (renew := world.take(fx.RenewLease)) is not None:
             world.answer(renew)
         world.advance(0.3)
-    assert world.state.finished == (False, "only 1 of 2 workers accepted within 3 s")
-    assert of(fx.Finished, world.effects) == [
-        fx.Finished(False, "only 1 of 2 workers accepted within 3 s")
-    ]
+    # ... and says what its advertisements got (issue 14, item 6: it gave no reason).
+    why = "only 1 of 2 workers accepted within 3 s: 1 offer(s)"
+    assert world.state.finished == (False, why)
+    assert of(fx.Finished, world.effects) == [fx.Finished(False, why)]
     assert world.state.ended["L0"].phase == "released"  # let go on purpose, never renewed again
 
 
@@ -593,3 +593,23 @@ def test_a_lease_timeline_of_a_scheduler_log_names_the_lease_asked_for(
     assert "timeline of lease lease-a:" in out
     assert "dispatch_job lease_id=lease-a" in out
     assert "placement dispatched -> lost on renew_due" in out  # at its expiry
+
+
+def test_giving_up_says_why_the_offers_were_not_enough() -> None:
+    """Too dear and too small offers are counted in the reason; no offer at all says so."""
+    world = started(2, advertise_timeout=2.0)
+    world.offer(PEERS[0], "dear", price=500.0)
+    world.offer(PEERS[1], "small", price=50.0, resources=TOO_SMALL)
+    for _ in range(12):
+        world.advance(0.3)
+    reason = world.state.finished[1]
+    assert reason == (
+        "only 0 of 2 workers accepted within 2 s: 2 offer(s), 2 refused as too dear or too "
+        "small (see the lines above)"
+    )
+    lonely = started(1, advertise_timeout=2.0)
+    for _ in range(12):
+        lonely.advance(0.3)
+    assert lonely.state.finished[1].endswith(
+        "no worker offered (is any subscribed at the gateways, with these executors?)"
+    )

@@ -348,9 +348,27 @@ def give_up(ctx: Ctx) -> None:
             f"only {len(state.held_in(TRAIN))} of {plan.workers} workers accepted "
             f"within {plan.advertise_timeout:g} s"
         )
+    if rec.request_id:
+        reason += f": {_market_story(state)}"
     rec.reason = reason
     _notice(state, "error", reason)
     _finish(state, False, reason)
+
+
+def _market_story(state: SchedulerState) -> str:
+    """What the advertisements got: offers, and why the refused ones were refused."""
+    counters = state.counters
+    taken = counters["offers.taken"]
+    refused = counters["offers.refused.offer_not_taken"]
+    lapsed = counters["placements.refused"]
+    if not taken and not refused:
+        return "no worker offered (is any subscribed at the gateways, with these executors?)"
+    parts = [f"{taken + refused} offer(s)"]
+    if refused:
+        parts.append(f"{refused} refused as too dear or too small (see the lines above)")
+    if lapsed:
+        parts.append(f"{lapsed} could not be accepted (refused, lapsed or unanswered)")
+    return ", ".join(parts)
 
 
 @ALLOCATION.guard
@@ -472,6 +490,7 @@ def end(ctx: Ctx, phase: str) -> None:
     if rec.job_id:
         state.jobs.pop(rec.job_id, None)
     if phase == "refused":
+        state.count("placements.refused")
         why = reason or "no answer in time"
         _notice(state, "info", f"{_short(rec.worker)}: lease {rec.key} refused: {why}")
     elif phase in ("lost", "failed"):
