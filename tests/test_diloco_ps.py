@@ -277,3 +277,26 @@ def test_a_gradient_file_whose_layout_safetensors_would_refuse_is_refused_on_arr
     else:
         with pytest.raises(LayoutError, match=why):
             read_layout(path)
+
+
+def test_leases_that_go_with_their_jobs_after_the_last_round_do_not_fail_the_job() -> None:
+    """Found in CI: after Done a worker lets the lease go with the job, and a renewal in that
+    moment is refused (unknown_lease) before the job's "finished" arrives. The PS's and a
+    trainer's leases ending so after the last round leave the job a success."""
+    world = placed_diloco(1, rounds=1, samples=8)
+    assert _reply(progress(world, "T0", "status", 8, "w0"))[0] == "schedule_update"
+    progress(world, "T0", "update")
+    assert _reply(progress(world, "PS", "updated"))[0] == "done"
+    assert _reply(progress(world, "T0", "update-received", 0, "w1"))[0] == "done"
+    world.feed(ev.RenewRefused("PS", "renewal refused: unknown_lease"))
+    assert world.state.finished is None  # not "the parameter server ended"
+    world.feed(ev.RenewRefused("T0", "renewal refused: unknown_lease"))
+    assert world.state.finished == (True, "")
+
+
+def test_a_parameter_server_lost_before_the_last_round_fails_the_job() -> None:
+    world = placed_diloco(1, rounds=2, samples=8)
+    world.feed(ev.RenewRefused("PS", "renewal refused: unknown_lease"))
+    assert world.state.finished is not None
+    assert world.state.finished[0] is False
+    assert "the parameter server ended (lost" in world.state.finished[1]

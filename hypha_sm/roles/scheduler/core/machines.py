@@ -400,13 +400,21 @@ def _training_outcome(state: SchedulerState, ended: list[Ended | None]) -> tuple
     tracker = state.tracker
     assert tracker is not None
     clean = [e for e in ended if e is not None and e.phase == "finished" and e.exit_code == 0]
-    server = [e for e in clean if state.group_of_ended(e) == PS]
-    trainers = [e for e in clean if state.group_of_ended(e) == TRAIN]
-    lost = len(ended) - len(clean)
-    if tracker.finished and server and trainers:
-        return True, f"{lost} worker(s) left on the way" if lost else ""
-    done = tracker.round - 1
-    return False, f"training ended after {done} of {tracker.plan.rounds} rounds"
+    # A worker told Done whose lease went with its job before its "finished" arrived counts
+    # as done too (the same race as the PS's, above).
+    done = [
+        e
+        for e in ended
+        if e is not None
+        and (e in clean or e.lease_id in tracker.told_done)
+        and state.group_of_ended(e) == TRAIN
+    ]
+    left = sum(
+        1 for e in ended if e is not None and state.group_of_ended(e) == TRAIN and e not in done
+    )
+    if tracker.finished and done:
+        return True, f"{left} worker(s) left on the way" if left else ""
+    return False, f"training ended after {tracker.round - 1} of {tracker.plan.rounds} rounds"
 
 
 @ALLOCATION.action
@@ -511,8 +519,10 @@ def ended(ctx: Ctx) -> None:
         state.post("training", rec.key, "worker_lost")
     if rec.group == PS and rec.job_id and state.tracker is not None:
         how = state.ended.get(rec.key)
-        ok = how is not None and how.phase == "finished" and how.exit_code == 0
-        if not (ok and state.tracker.finished):
+        # After the last round the PS was told Done: its job ends and the worker lets its lease
+        # go, so a renewal in that moment is refused (unknown_lease) before its "finished"
+        # arrives. Only a PS that ends before the training did fails the job.
+        if not state.tracker.finished:
             why = "" if how is None else f" ({how.phase}{': ' + how.reason if how.reason else ''})"
             training_failed(state, f"the parameter server ended{why}")
     state.post("allocation", JOB, "placement_ended")

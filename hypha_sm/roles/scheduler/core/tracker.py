@@ -29,6 +29,8 @@ class RoundTracker:
         self.stats: list[RunningMean] = []
         #: The global weights' digest per round (0: the initial weights), first reported.
         self.hashes: dict[int, str] = {}
+        #: Training workers (lease ids) told Done: their jobs end, their leases go with them.
+        self.told_done: set[str] = set()
 
     @property
     def finished(self) -> bool:

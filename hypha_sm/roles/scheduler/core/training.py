@@ -89,6 +89,8 @@ def reply(ctx: Ctx, kind: str) -> None:
     """Answer the report with ``kind`` (ok, continue, done, error)."""
     if kind == "error":
         ctx.state.count("progress.wrong_state")
+    if kind == "done":
+        _tracker(ctx.state).told_done.add(ctx.rec.key)
     _reply(ctx.state, ctx.event, kind)
 
 
@@ -152,6 +154,8 @@ def answer_held(ctx: Ctx, kind: Any) -> None:
     if rec.held is not None:
         ctx.state.emit(ReplyProgress(rec.held[0], rec.held[1], kind))
         rec.held = None
+        if kind == "done":
+            _tracker(ctx.state).told_done.add(rec.key)
 
 
 @TRAINING.action
