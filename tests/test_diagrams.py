@@ -53,6 +53,24 @@ def _mermaid_edges(text: str) -> list[tuple[str, str, str | None]]:
     ]
 
 
+_NOTE_RE = re.compile(r"^    note right of [A-Za-z_]\w*$")
+
+
+def _mermaid_notes(text: str) -> dict[str, str]:
+    """State id -> the text of the note beside it."""
+    notes: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if _NOTE_RE.match(line):
+            current = line.rsplit(" ", 1)[1]
+            notes[current] = ""
+        elif line == "    end note":
+            current = None
+        elif current is not None:
+            notes[current] += line.strip() + "\n"
+    return notes
+
+
 def _mermaid_block(page: str) -> str:
     match = re.search(r"^```mermaid\n(.*?)^```$", page, re.DOTALL | re.MULTILINE)
     assert match, "the page has no ```mermaid fence"
@@ -84,13 +102,22 @@ def test_every_transition_is_in_mermaid_dot_and_table(name: str) -> None:
     ids = mermaid_ids(spec)
     page = render_mermaid_page(spec)
 
+    moves = [t for t in spec.transitions if t.src != t.target]
+    loops = [t for t in spec.transitions if t.src == t.target]
     edges = [e for e in _mermaid_edges(_mermaid_block(page)) if e[2] is not None]
-    assert edges == [(ids[t.src], ids[t.target], t.label) for t in spec.transitions]
+    assert edges == [(ids[t.src], ids[t.target], t.label) for t in moves]
+    notes = _mermaid_notes(_mermaid_block(page))
+    for t in loops:  # a state's self-loops are lines of the note beside it
+        assert t.label in notes[ids[t.src]], (t.src, t.label)
 
-    dot_edges = [
-        m.groups() for line in render_dot(spec).splitlines() if (m := _DOT_EDGE_RE.match(line))
-    ]
-    assert dot_edges == [(t.src, t.target, t.label) for t in spec.transitions]
+    dot = render_dot(spec)
+    dot_edges = [m.groups() for line in dot.splitlines() if (m := _DOT_EDGE_RE.match(line))]
+    assert dot_edges == [(t.src, t.target, t.label) for t in moves]
+    for t in loops:
+        (note,) = [
+            line for line in dot.splitlines() if line.startswith(f'    "{t.src} (stays)" [')
+        ]
+        assert f"\\l  {dot_quote(t.label)[1:-1]}\\l" in note, (t.src, t.label)
 
     rows = [m.groups() for line in page.splitlines() if (m := _ROW_RE.match(line))]
     assert [int(index) for index, _ in rows] == [t.index for t in spec.transitions]
@@ -110,8 +137,17 @@ def test_mermaid_is_structurally_valid(name: str) -> None:
     ids = mermaid_ids(spec)
     lines = render_mermaid(spec).splitlines()
     assert lines[0] == "stateDiagram-v2"
+    in_note = False
     for line in lines[1:]:
-        assert _EDGE_RE.match(line) or _STATE_DECL_RE.match(line), f"bad Mermaid line: {line!r}"
+        if _NOTE_RE.match(line):
+            in_note = True
+        elif line == "    end note":
+            in_note = False
+        elif in_note:
+            assert line.startswith("        "), line
+        else:
+            assert _EDGE_RE.match(line) or _STATE_DECL_RE.match(line), f"bad line: {line!r}"
+    assert not in_note
     edges = _mermaid_edges("\n".join(lines))
     assert Counter(e for e in edges if "[*]" in e[:2]) == Counter(
         [("[*]", ids[spec.initial], None)] + [(ids[s], "[*]", None) for s in spec.terminal]
@@ -138,7 +174,8 @@ def test_dot_styles_edges_by_event_kind(name: str) -> None:
     """Remote edges are coloured, timer edges dashed, so peers and time stand out; no HTML."""
     spec = specs()[name]
     edges = [line for line in render_dot(spec).splitlines() if _DOT_EDGE_RE.match(line)]
-    for line, t in zip(edges, spec.transitions, strict=True):
+    moves = [t for t in spec.transitions if t.src != t.target]
+    for line, t in zip(edges, moves, strict=True):
         kind = spec.event_index[t.event].kind
         assert line.endswith(f", {r.EDGE_STYLE[kind]}];"), line
         assert ("style=dashed" in line) is (kind == "timer"), line
@@ -324,12 +361,18 @@ stateDiagram-v2
     state "end" as s_end
     [*] --> closed
     closed --> open : knock [friendly] / greet(hi), unlock
-    closed --> closed : knock / refuse
     closed --> s_end : tick / lock
-    open --> open : opened
     open --> closed : poke
     open --> s_end : stop / lock(forced)
     closed --> s_end : stop / lock(forced)
+    note right of closed
+        stays on:
+        knock / refuse
+    end note
+    note right of open
+        stays on:
+        opened
+    end note
     s_end --> [*]
 """
 
@@ -349,17 +392,20 @@ delivery), dashed orange = timer, bold purple = command (operator, node monitor)
     "closed" -> "open" [label="knock [friendly] / greet(hi), unlock", \
 tooltip="#0: knock [friendly] / greet(hi), unlock", \
 color="#1f5fbf", fontcolor="#1f5fbf", penwidth=1.5];
-    "closed" -> "closed" [label="knock / refuse", \
-tooltip="#1: knock / refuse -- Say \\"no\\" | politely.", \
-color="#1f5fbf", fontcolor="#1f5fbf", penwidth=1.5];
     "closed" -> "end" [label="tick / lock", tooltip="#2: tick / lock", \
 color="#c05a00", fontcolor="#c05a00", style=dashed];
-    "open" -> "open" [label="opened", tooltip="#3: opened", color="#2e7d32", fontcolor="#2e7d32"];
     "open" -> "closed" [label="poke", tooltip="#4: poke", color="#444444", fontcolor="#444444"];
     "open" -> "end" [label="stop / lock(forced)", tooltip="#5: stop / lock(forced)", \
 color="#7b1fa2", fontcolor="#7b1fa2", style=bold];
     "closed" -> "end" [label="stop / lock(forced)", tooltip="#6: stop / lock(forced)", \
 color="#7b1fa2", fontcolor="#7b1fa2", style=bold];
+    "closed (stays)" [shape=note, fontsize=9, color="#888888", \
+label="closed stays on:\\l  knock / refuse\\l", \
+tooltip="#1: knock / refuse -- Say \\"no\\" | politely."];
+    "closed" -> "closed (stays)" [style=dotted, arrowhead=none, color="#888888"];
+    "open (stays)" [shape=note, fontsize=9, color="#888888", label="open stays on:\\l  opened\\l", \
+tooltip="#3: opened"];
+    "open" -> "open (stays)" [style=dotted, arrowhead=none, color="#888888"];
 }
 """
 

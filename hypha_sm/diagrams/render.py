@@ -133,7 +133,18 @@ def render_mermaid(spec: MachineSpec) -> str:
     lines += [
         f"    {ids[t.src]} --> {ids[t.target]} : {mermaid_label(t.label)}"
         for t in spec.transitions
+        if t.src != t.target
     ]
+    # Self-loops as a note beside their state (drawn as loops they made a long chain).
+    loops: dict[str, list[TransitionSpec]] = {}
+    for t in spec.transitions:
+        if t.src == t.target:
+            loops.setdefault(t.src, []).append(t)
+    for state, group in loops.items():
+        lines.append(f"    note right of {ids[state]}")
+        lines.append("        stays on:")
+        lines += [f"        {mermaid_label(t.label)}" for t in group]
+        lines.append("    end note")
     lines += [f"    {ids[s.name]} --> [*]" for s in spec.states if s.terminal]
     return _text(lines)
 
@@ -264,6 +275,11 @@ def dot_quote(text: str) -> str:
     return '"' + escaped.replace("\r\n", "\n").replace("\n", "\\n") + '"'
 
 
+def dot_left_lines(lines: Iterable[str]) -> str:
+    r"""A DOT string of left-justified lines (each ends in ``\l``)."""
+    return '"' + "".join(dot_quote(line)[1:-1] + "\\l" for line in lines) + '"'
+
+
 def render_dot(spec: MachineSpec) -> str:
     """Graphviz DOT of one machine; edges styled by event kind (see ``EDGE_STYLE``)."""
     q = dot_quote
@@ -286,11 +302,30 @@ def render_dot(spec: MachineSpec) -> str:
             attrs.append("penwidth=2")
         lines.append(f"    {q(s.name)} [{', '.join(attrs)}];")
     lines.append(f"    {q(_INITIAL_NODE)} -> {q(spec.initial)};")
+    loops: dict[str, list[TransitionSpec]] = {}
     for t in spec.transitions:
+        if t.src == t.target:
+            loops.setdefault(t.src, []).append(t)
+            continue
         tip = f"#{t.index}: {t.label}" + (f" -- {_one_line(t.doc)}" if t.doc else "")
         style = EDGE_STYLE[spec.event_index[t.event].kind]
         lines.append(
             f"    {q(t.src)} -> {q(t.target)} [label={q(t.label)}, tooltip={q(tip)}, {style}];"
+        )
+    # A state's self-loops go into a note beside it, one line each: as loops, nine of them on
+    # one state drew their labels over each other and over the edges around.
+    for state, group in loops.items():
+        note = f"{state} (stays)"
+        tip = "; ".join(
+            f"#{t.index}: {t.label}" + (f" -- {_one_line(t.doc)}" if t.doc else "") for t in group
+        )
+        label = dot_left_lines([f"{state} stays on:", *(f"  {t.label}" for t in group)])
+        lines.append(
+            f'    {q(note)} [shape=note, fontsize=9, color="#888888", label={label}, '
+            f"tooltip={q(tip)}];"
+        )
+        lines.append(
+            f'    {q(state)} -> {q(note)} [style=dotted, arrowhead=none, color="#888888"];'
         )
     lines.append("}")
     return _text(lines)
