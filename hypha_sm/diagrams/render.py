@@ -239,7 +239,8 @@ def render_mermaid_page(spec: MachineSpec) -> str:
             _one_line(spec.description),
             "",
             f"Source: `{spec.file}`. Initial state: {_code(spec.initial)}. "
-            f"Edge labels read `event [guard] / effects`.",
+            f"Edge labels read `event [guard] / effects`; a note beside a state lists the "
+            f"transitions that leave it where it is.",
             "",
             "## Diagram",
             "",
@@ -405,8 +406,8 @@ def _machine_table(specs: Mapping[str, MachineSpec], svg: bool, prefix: str) -> 
 
 def _reading_notes() -> list[str]:
     return [
-        "Edge labels read `event [guard] / effects`; an edge back to its own state is either "
-        "an internal transition (the state stays) or a transition that re-enters it.",
+        "Edge labels read `event [guard] / effects`; the transitions that leave a state where "
+        "it is (internal ones, and those that re-enter it) are listed in a note beside it.",
         f"In the DOT and SVG drawings: {', '.join(LEGEND.values())}; "
         "a double outline marks a terminal state, a bold one the initial state.",
     ]
