@@ -149,11 +149,7 @@ class Devnet:
         spec_dataset = ', dataset = "pydoc"' if self.data_node else ""
         job = d / "job.toml"
         job.write_text(
-            f'node_key = "{d / "scheduler-key.pem"}"\n'
-            f'gateway_addresses = ["{self.gateway}"]\n'
-            'listen_address = "tcp://127.0.0.1:0"\n'
-            f'event_log_dir = "{d / "scheduler-events"}"\n\n'
-            "[job]\n"
+            self._scheduler_lines() + "[job]\n"
             "workers = 2\n"
             'executor = { class = "train", name = "bigram-demo" }\n'
             "resources = { cpu = 1, memory = 1 }\n"
@@ -165,6 +161,16 @@ class Devnet:
         )
         return gateway_flags, job
 
+    def _scheduler_lines(self) -> str:
+        """The scheduler's part of job.toml: its key, the gateway, where its log goes."""
+        d = self.directory
+        return (
+            f'node_key = "{d / "scheduler-key.pem"}"\n'
+            f'gateway_addresses = ["{self.gateway}"]\n'
+            'listen_address = "tcp://127.0.0.1:0"\n'
+            f'event_log_dir = "{d / "scheduler-events"}"\n\n'
+        )
+
     def _diloco_job(self) -> Path:
         """The model's config beside the corpus, and a DiLoCo job.toml."""
         d = self.directory
@@ -175,11 +181,7 @@ class Devnet:
         eval_refs = ", ".join(f'{{ type = "uri", value = "file://{e}" }}' for e in evals)
         job = d / "job.toml"
         job.write_text(
-            f'node_key = "{d / "scheduler-key.pem"}"\n'
-            f'gateway_addresses = ["{self.gateway}"]\n'
-            'listen_address = "tcp://127.0.0.1:0"\n'
-            f'event_log_dir = "{d / "scheduler-events"}"\n\n'
-            "[job]\n"
+            self._scheduler_lines() + "[job]\n"
             f"workers = {self.trainers}\n"
             'executor = { class = "train", name = "diloco-transformer" }\n'
             "resources = { cpu = 1, memory = 1 }\n"
