@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +26,7 @@ from typing import Any, BinaryIO
 import trio
 
 from hypha_sm.core.errors import HyphaSMError
+from hypha_sm.core.trace import Now
 from hypha_sm.roles.ps.core import model as ps
 from hypha_sm.roles.ps.core.role import PS
 from hypha_sm.runtime.loop import Inbox, open_run_log, recorded_stepper, run_loop
@@ -254,11 +256,7 @@ class ParameterServerJob:
         await self._inbox.send(ps.Reported(rnd, reply.reply == "done"))
 
 
-def _now() -> Any:
-    import time
-
-    from hypha_sm.core.trace import Now
-
+def _now() -> Now:
     return Now(trio.current_time(), time.time())
 
 
