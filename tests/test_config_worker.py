@@ -231,3 +231,21 @@ def test_check_config_prints_the_effective_settings(
     out = capsys.readouterr().out
     assert '"gateway_addresses": [\n    "tcp://10.0.0.1:7000"\n  ]' in out
     assert '"class": "train"' in out
+
+
+def test_the_node_says_what_it_offers_and_warns_of_resources_it_lacks(example: Path) -> None:
+    """Issue 14, item 1: a start-up summary; cpu 64 or a GPU on a 2-core box without one is
+    a warning (the resources are offered all the same)."""
+    from hypha_sm.config.worker import capacity_warnings, summary
+
+    settings = load_worker_settings(example, {})
+    line = summary(settings)
+    assert line.startswith(f"offering cpu {settings.resources.cpu:g}, memory ")
+    assert "at price 100 (whole, floor 100)" in line
+    assert "executors train/diloco-transformer" in line
+    settings.resources.cpu = 64
+    settings.resources.gpu = 24
+    warnings = capacity_warnings(settings, cpus=2, memory_bytes=2 * 10**9, gpu_found=False)
+    assert warnings[0] == "resources.cpu = 64, but this machine has 2 CPUs"
+    assert warnings[-1] == "resources.gpu = 24 GB, but no GPU was found (nvidia-smi)"
+    assert capacity_warnings(settings, cpus=128, memory_bytes=10**15, gpu_found=True) == []

@@ -256,3 +256,31 @@ def preflight(settings: WorkerSettings) -> list[str]:
         if e.cmd and shutil.which(e.cmd) is None
     )
     return problems
+
+
+def summary(settings: WorkerSettings) -> str:
+    """One line of what the node offers: resources, price, executors, where it listens."""
+    r, o = settings.resources, settings.offer
+    executors = ", ".join(f"{e.cls}/{e.name}" for e in settings.executors) or "none"
+    return (
+        f"offering cpu {r.cpu:g}, memory {r.memory:g} GB, storage {r.storage:g} GB, "
+        f"gpu {r.gpu:g} GB at price {o.price:g} ({o.strategy}, floor {o.floor:g}); "
+        f"executors {executors}; listening on {', '.join(settings.listen_addresses)}"
+    )
+
+
+def capacity_warnings(
+    settings: WorkerSettings, *, cpus: int, memory_bytes: int, gpu_found: bool
+) -> list[str]:
+    """Advertised resources this machine does not have (schedulers would pay for nothing)."""
+    r = settings.resources
+    warnings = []
+    if r.cpu > cpus:
+        warnings.append(f"resources.cpu = {r.cpu:g}, but this machine has {cpus} CPUs")
+    if r.memory * 1e9 > memory_bytes:
+        warnings.append(
+            f"resources.memory = {r.memory:g} GB, but this machine has {memory_bytes / 1e9:.1f} GB"
+        )
+    if r.gpu > 0 and not gpu_found:
+        warnings.append(f"resources.gpu = {r.gpu:g} GB, but no GPU was found (nvidia-smi)")
+    return warnings

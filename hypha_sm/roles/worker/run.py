@@ -12,11 +12,19 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # as in process.py
 import trio
 
-from hypha_sm.config.worker import WorkerSettings, executor_warnings, uses_tls
+from hypha_sm.config.worker import (
+    WorkerSettings,
+    capacity_warnings,
+    executor_warnings,
+    summary,
+    uses_tls,
+)
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.resources import Amounts, convert
 from hypha_sm.log.store import Recorder
@@ -170,6 +178,14 @@ async def _run(
                 'job_user = "node" to run jobs as this node\'s user'
             )
     log.info("%s", described[0].upper() + described[1:])
+    log.info("%s", summary(settings))
+    for lacking in capacity_warnings(
+        settings,
+        cpus=os.cpu_count() or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        gpu_found=shutil.which("nvidia-smi") is not None,
+    ):
+        log.warning("%s: it will be offered all the same", lacking)
     for injection in executor_warnings(settings):
         log.warning("%s", injection)
     if (warning := users.warning()) is not None:
