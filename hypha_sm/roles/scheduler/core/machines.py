@@ -305,7 +305,6 @@ def dispatch_all(ctx: Ctx) -> None:
     training = [p for p in placements if p.group == TRAIN]
     workers = tuple(p.worker for p in training)
     server = next((p.worker for p in placements if p.group == PS), "")
-    state.server_lease = next((p.key for p in placements if p.group == PS), "")
     if state.tracker is not None:
         state.tracker.round_start = state.now.mono  # the original's tracker starts at dispatch
         for p in training:
@@ -399,19 +398,15 @@ def _training_outcome(state: SchedulerState, ended: list[Ended | None]) -> tuple
     """
     tracker = state.tracker
     assert tracker is not None
-    clean = [e for e in ended if e is not None and e.phase == "finished" and e.exit_code == 0]
+    trainers = [e for e in ended if e is not None and e.group == TRAIN]
     # A worker told Done whose lease went with its job before its "finished" arrived counts
     # as done too (the same race as the PS's, above).
     done = [
         e
-        for e in ended
-        if e is not None
-        and (e in clean or e.lease_id in tracker.told_done)
-        and state.group_of_ended(e) == TRAIN
+        for e in trainers
+        if (e.phase == "finished" and e.exit_code == 0) or e.lease_id in tracker.told_done
     ]
-    left = sum(
-        1 for e in ended if e is not None and state.group_of_ended(e) == TRAIN and e not in done
-    )
+    left = len(trainers) - len(done)
     if tracker.finished and done:
         return True, f"{left} worker(s) left on the way" if left else ""
     return False, f"training ended after {tracker.round - 1} of {tracker.plan.rounds} rounds"
@@ -493,7 +488,15 @@ def end(ctx: Ctx, phase: str) -> None:
         )
     if rec.key in state.placed:  # part of the job (not refused, not a let-go surplus)
         state.ended[rec.key] = Ended(
-            rec.worker, rec.address, rec.key, rec.price, rec.job_id, phase, exit_code, reason
+            rec.worker,
+            rec.address,
+            rec.key,
+            rec.price,
+            rec.job_id,
+            phase,
+            exit_code,
+            reason,
+            rec.group,
         )
     if rec.job_id:
         state.jobs.pop(rec.job_id, None)

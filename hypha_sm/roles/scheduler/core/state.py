@@ -151,6 +151,7 @@ class Ended(msgspec.Struct, frozen=True):
     phase: str
     exit_code: int | None = None
     reason: str = ""
+    group: str = TRAIN
 
 
 class SchedulerState(Host[Effect]):
@@ -174,8 +175,6 @@ class SchedulerState(Host[Effect]):
         self.looking_up = False
         #: A DiLoCo job's rounds (the original's ProgressTracker and WorkerTracker).
         self.tracker = RoundTracker(plan.diloco) if plan.diloco is not None else None
-        #: A DiLoCo job's parameter server's lease id, once dispatched.
-        self.server_lease = ""
 
     def drain(self) -> None:
         """Run queued internal events until none is left.
@@ -190,10 +189,6 @@ class SchedulerState(Host[Effect]):
                 self.count(f"late.{event}")
                 continue
             self.fire(kind, key, event, payload)
-
-    def group_of_ended(self, ended: Ended) -> str:
-        """The group of a placement that ended (the parameter server's lease is kept)."""
-        return PS if ended.lease_id == self.server_lease else TRAIN
 
     def groups(self) -> tuple[str, ...]:
         """The job's groups, in the order they are advertised for."""
