@@ -67,7 +67,7 @@ class PSWorld:
         match effect:
             case ps.Aggregate(round=rnd):
                 if rng.random() < 0.9:
-                    self.feed(ps.Aggregated(rnd, f"/w/update-{rnd}", 100))
+                    self.feed(ps.Aggregated(rnd, f"/w/update-{rnd}", 100, "ab" * 32))
                 else:
                     self.feed(ps.AggregateFailed(rnd, "disk full"))
             case ps.Publish(round=rnd, peers=peers):

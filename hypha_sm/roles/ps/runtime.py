@@ -126,8 +126,6 @@ class ParameterServerJob:
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._taken = 0
-        #: Each update's SHA-256, computed while it was written (the send needs no second pass).
-        self._digests: dict[str, str] = {}
         self.outcome: tuple[bool, str] = (False, "not run")
 
     async def run(self) -> int:
@@ -229,16 +227,15 @@ class ParameterServerJob:
                 ps.AggregateFailed(effect.round, f"{type(exc).__name__}: {exc}")
             )
             return
-        self._digests[str(update)] = digest
-        await self._inbox.send(ps.Aggregated(effect.round, str(update), update.stat().st_size))
+        size = update.stat().st_size
+        await self._inbox.send(ps.Aggregated(effect.round, str(update), size, digest))
 
     async def _publish(self, effect: ps.Publish) -> None:
         path = Path(effect.path)
         name = f"{effect.round}_update.safetensors"
         try:
-            digest = self._digests.pop(str(path), None)
             outcomes = await self._send(
-                path, list(effect.peers), "update", name=name, sha256=digest
+                path, list(effect.peers), "update", name=name, sha256=effect.sha256
             )
         except Exception as exc:
             outcomes = dict.fromkeys(effect.peers, f"failed: {type(exc).__name__}: {exc}")
