@@ -11,13 +11,11 @@ becomes an event; temporary files are removed as rounds end and the work dir wit
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -281,9 +279,3 @@ def open_ps_log(directory: Path) -> BinaryIO:
     for path in old:
         path.unlink(missing_ok=True)
     return sink
-
-
-def remove_work_dir(path: Path) -> None:
-    """The job's files go with the job."""
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path)

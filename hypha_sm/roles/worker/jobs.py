@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from hypha_sm.roles.ps.runtime import (
     ParameterServerJob,
     load_spec,
     open_ps_log,
-    remove_work_dir,
 )
 from hypha_sm.roles.worker.bridge import JobBridge, ReceiveFiles, SendFile, SendProgress
 from hypha_sm.roles.worker.core.effects import StartJob
@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 
 #: Longest socket path used as is (the kernel's limit is 108 bytes with the terminator).
 MAX_SOCKET_PATH = 100
+
+
+@dataclass
+class _Server:
+    """A parameter-server job running in this process, and the storage its lease allows."""
+
+    job: ParameterServerJob
+    scope: trio.CancelScope
+    ended: trio.Event
+    storage: float
 
 
 class LocalExecutor:
@@ -65,9 +75,7 @@ class LocalExecutor:
         self.users = users or JobUsers(mode="node")
         self._slices = slices
         self._jobs: dict[str, tuple[ProcessJob, trio.CancelScope]] = {}
-        self._servers: dict[str, tuple[ParameterServerJob, trio.CancelScope, trio.Event]] = {}
-        #: Each parameter server's storage allowance (its lease's), for the disk monitor.
-        self._server_storage: dict[str, float] = {}
+        self._servers: dict[str, _Server] = {}
 
     async def start(self, job: StartJob) -> None:
         """Create the work dir, bind the bridge, start the process; StartFailed with a reason.
@@ -167,7 +175,7 @@ class LocalExecutor:
         try:
             event_log = open_ps_log(self._settings.work_dir / "ps-events")
         except OSError as exc:
-            remove_work_dir(work_dir)
+            shutil.rmtree(work_dir, ignore_errors=True)
             raise StartFailed(f"cannot open the parameter server's event log: {exc}") from None
         server = ParameterServerJob(
             job.job_id,
@@ -187,18 +195,18 @@ class LocalExecutor:
                     await server.run()
             finally:
                 event_log.close()
-                remove_work_dir(work_dir)
+                shutil.rmtree(work_dir, ignore_errors=True)
                 ended.set()
 
         self._nursery.start_soon(serve)
-        self._servers[job.job_id] = (server, scope, ended)
-        self._server_storage[job.job_id] = job.resources.storage
+        self._servers[job.job_id] = _Server(server, scope, ended, job.resources.storage)
         log.info("job %s: parameter server for %d workers", job.job_id, len(plan.workers))
 
     async def wait(self, job_id: str) -> int:
         """The exit code once every process is gone; the bridge closes with the job."""
         if job_id in self._servers:
-            server, _, ended = self._servers[job_id]
+            running = self._servers[job_id]
+            server, ended = running.job, running.ended
             try:
                 await ended.wait()
                 ok, reason = server.outcome
@@ -207,7 +215,6 @@ class LocalExecutor:
                 return 0 if ok else 1
             finally:
                 self._servers.pop(job_id, None)
-                self._server_storage.pop(job_id, None)
         process, scope = self._jobs[job_id]
         try:
             code = await process.wait()
@@ -229,8 +236,8 @@ class LocalExecutor:
         ]
         # A parameter server's files come from the job's workers: its lease bounds them too.
         servers = [
-            JobDisk(job_id, server.work_dir, limit_of(self._server_storage[job_id]))
-            for job_id, (server, _, _) in self._servers.items()
+            JobDisk(job_id, server.job.work_dir, limit_of(server.storage))
+            for job_id, server in self._servers.items()
         ]
         return processes + servers
 
@@ -244,7 +251,7 @@ class LocalExecutor:
         """TERM, grace, KILL (``force``: KILL now). A job not (yet) running is ignored."""
         server = self._servers.get(job_id)
         if server is not None:
-            server[1].cancel()
+            server.scope.cancel()
         entry = self._jobs.get(job_id)
         if entry is not None:
             await entry[0].stop(0.0 if force else None)
