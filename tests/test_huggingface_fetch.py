@@ -155,3 +155,23 @@ def test_the_mirror_is_what_the_hub_client_sees(mirror: Path) -> None:
     assert Path(path).read_bytes() == (mirror / "config.json").read_bytes()
     with pytest.raises(hub.errors.EntryNotFoundError):
         hub.hf_hub_download("hypha-test/tiny", "nope.json", endpoint=os.environ["HF_ENDPOINT"])
+
+
+async def test_a_file_larger_than_a_fetch_may_be_is_refused_before_it_is_downloaded(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """Found by review: the hub's cache is the node's disk, not the job's, so the size cap
+    applied only to the copy into artifacts/ let a job fill the node's disk through the cache.
+    The file's size is asked first; nothing of it reaches the cache."""
+    from hypha_sm.roles.worker.bridge import BridgeLimits
+
+    with tempfile.TemporaryDirectory(prefix="hb-") as sock_dir:
+        bridge = make_bridge(tmp_path, Path(sock_dir), limits=BridgeLimits(max_fetch_bytes=1000))
+        async with running(bridge) as client:
+            reply = await client.post(
+                "/resources/fetch", json=_original(["model.safetensors"]), timeout=60
+            )
+    assert reply.status_code == 502
+    assert reply.json()["code"] == "fetch_too_large"
+    cached = [p for p in (tmp_path / "hub-cache").rglob("*") if p.is_file()]
+    assert not any(p.name == "model.safetensors" or p.stat().st_size > 1000 for p in cached)

@@ -316,25 +316,49 @@ class JobBridge:
         artifacts = self._artifacts_dir()
         targets = [self.resolve(f"artifacts/{name}", "filename") for name in filenames]
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import (
+                constants as hf_constants,
+            )
+            from huggingface_hub import (
+                get_hf_file_metadata,
+                hf_hub_download,
+                hf_hub_url,
+            )
         except ImportError:
             raise BridgeError(501, "not_implemented", "huggingface_hub is not installed") from None
         fetched = []
         for name, dest in zip(filenames, targets, strict=True):
 
             def download(name: str = name) -> str:
+                endpoint = os.environ.get("HF_ENDPOINT") or None
+                if not hf_constants.HF_HUB_OFFLINE:
+                    # The hub's cache is the node's disk, not the job's: a file larger than a
+                    # fetch may be is refused before a byte of it is downloaded.
+                    url = hf_hub_url(
+                        repository, name, revision=revision or "main", endpoint=endpoint
+                    )
+                    size = get_hf_file_metadata(url, token=token, endpoint=endpoint).size
+                    if size is not None and size > self.limits.max_fetch_bytes:
+                        raise BridgeError(
+                            502,
+                            "fetch_too_large",
+                            f"{repository}/{name} is {size} bytes, more than "
+                            f"{self.limits.max_fetch_bytes}",
+                        )
                 return str(
                     hf_hub_download(
                         repository,
                         name,
                         revision=revision or "main",
                         token=token,
-                        endpoint=os.environ.get("HF_ENDPOINT") or None,
+                        endpoint=endpoint,
                     )
                 )
 
             try:
                 cached = await trio.to_thread.run_sync(download)
+            except BridgeError:
+                raise
             except Exception as exc:  # the hub's errors, offline misses, network failures
                 detail = f"{repository}@{revision or 'main'}/{name}: {type(exc).__name__}: {exc}"
                 raise BridgeError(502, "fetch_failed", detail[:500]) from None
