@@ -170,3 +170,12 @@ def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path
     assert settings["work_dir"] == str(conf / "work")
     from_env = hypha("check-config", "conf/w.toml", cwd=tmp_path, env={"HYPHA_WORK_DIR": "jobs"})
     assert json.loads(from_env.stdout)["work_dir"] == "jobs"
+
+
+def test_the_gateway_takes_multiaddrs_too(tmp_path: Path) -> None:
+    from hypha_sm.config.gateway import GatewaySettings
+
+    settings = GatewaySettings.model_validate(
+        {"node_key": str(tmp_path / "k.pem"), "listen": "/ip4/0.0.0.0/tcp/7000"}
+    )
+    assert settings.listen == "tcp://0.0.0.0:7000"

@@ -7,6 +7,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from hypha_sm.config.addresses import Address
 from hypha_sm.config.layers import LayeredSettings, check_tls_files
 
 
@@ -14,9 +15,9 @@ class GatewaySettings(LayeredSettings):
     """Where the gateway listens, its key, and its limits."""
 
     node_key: Path = Field(description="the gateway's Ed25519 key (create with hypha-sm keygen)")
-    listen: str = Field("tcp://0.0.0.0:7000", description="requests: records, lookups, health")
-    ingest: str = Field("tcp://0.0.0.0:7001", description="schedulers' publishers dial here")
-    publish: str = Field("tcp://0.0.0.0:7002", description="workers' subscriptions dial here")
+    listen: Address = Field("tcp://0.0.0.0:7000", description="requests: records, lookups, health")
+    ingest: Address = Field("tcp://0.0.0.0:7001", description="schedulers' publishers dial here")
+    publish: Address = Field("tcp://0.0.0.0:7002", description="workers' subscriptions dial here")
     cert_pem: Path | None = Field(None, description="TLS certificate, for tls+tcp:// addresses")
     key_pem: Path | None = Field(None, description="TLS private key")
     trust_pem: Path | None = Field(None, description="CA bundle peers' certificates must chain to")

@@ -220,7 +220,9 @@ class Job:
         self.precision = PRECISIONS[str(self.config.get("precision", "float32"))]
         checkpoints = self.config.get("checkpoint_dir")
         self.checkpoints = Path(checkpoints) if checkpoints else None
-        self.rank = int(self.config.get("rank", 0))
+        #: This worker's place among the job's training workers (the spec's ``rank``); not the
+        #: accelerate process rank (``ranks.rank``).
+        self.worker_index = int(self.config.get("rank", 0))
         self.events: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
 
     @property
@@ -371,7 +373,9 @@ class Job:
                 done = ranks.share(False)
             else:
                 if self.checkpoints is not None:  # the update as received, beside the weights
-                    target = self.checkpoints / f"update-{rnd}-rank-{self.rank}.safetensors"
+                    target = (
+                        self.checkpoints / f"update-{rnd}-rank-{self.worker_index}.safetensors"
+                    )
                     os.replace(update_path, target)
                 else:
                     update_path.unlink()
@@ -428,7 +432,7 @@ class Job:
         """
         if self.checkpoints is not None:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            target = self.checkpoints / f"round-{rnd}-rank-{self.rank}.safetensors"
+            target = self.checkpoints / f"round-{rnd}-rank-{self.worker_index}.safetensors"
             save_file({k: v.contiguous() for k, v in theta.items()}, str(target))
 
 
