@@ -43,14 +43,6 @@ class Contribution:
     weight: float = 1.0
 
 
-def mean_of(
-    tensors: Sequence[torch.Tensor], weights: Sequence[float], pairwise: bool
-) -> torch.Tensor:
-    """The weighted mean of same-shaped tensors, in float32 (``pairwise``: the original's)."""
-    out = torch.empty(tensors[0].numel(), dtype=torch.float32)
-    return _mean_into(out, tensors, weights, pairwise).view(tensors[0].shape)
-
-
 def _mean_into(
     out: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], pairwise: bool
 ) -> torch.Tensor:
