@@ -15,6 +15,7 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import msgspec
 import pytest
 import trio
@@ -161,7 +162,13 @@ def test_consider_refuses_bad_offers_up_front(tmp_path: Path) -> None:
     assert server.consider(SENDER.peer_id, good).accepted
     cases: dict[str, list[dict[str, object]]] = {
         "bad-name": [{"name": n} for n in ("../x", "a/b", ".hidden", "", "x.part", "a\x00b")],
-        "bad-offer": [{"sha256": "XYZ"}, {"size": -1}, {"transfer_id": "no spaces"}],
+        "bad-offer": [
+            {"sha256": "XYZ"},
+            {"blake3": "0" * 63},
+            {"sha256": "", "blake3": ""},  # names no digest: nothing to check the bytes by
+            {"size": -1},
+            {"transfer_id": "no spaces"},
+        ],
         "too-large": [{"size": MiB + 1}],
         "exists": [{"name": "taken"}],
     }
@@ -180,10 +187,11 @@ def test_consider_refuses_bad_offers_up_front(tmp_path: Path) -> None:
 
 @pytest.mark.net
 @pytest.mark.parametrize("scheme", ["tcp", "tls+tcp", "ipc"])
-async def test_round_trip_stores_the_file_with_matching_sha256(
+async def test_round_trip_stores_the_file_with_matching_digest(
     scheme: str, tmp_path: Path, pki: Pki, nursery: trio.Nursery
 ) -> None:
-    """A few MiB arrive intact under the offered name; both sides agree on who and what."""
+    """A few MiB arrive intact under the offered name; both sides agree on who and what (the
+    sender named the file's BLAKE3, computed for the offer, and no SHA-256)."""
     source = tmp_path / "pseudo-gradient.bin"
     sha = make_file(source, 3 * MiB + 12345)
     inbox = tmp_path / "inbox"
@@ -196,13 +204,15 @@ async def test_round_trip_stores_the_file_with_matching_sha256(
         source, to=srv.address, identity=SENDER, peer=RECEIVER.peer_id, tls=tls_client,
         purpose="pseudo-gradient", chunk_size=256 * 1024,
     )  # fmt: skip
-    assert (sent.size, sent.sha256, sent.receiver) == (
+    assert (sent.size, sent.sha256, sent.blake3, sent.receiver) == (
         source.stat().st_size,
-        sha,
+        "",
+        blake3.blake3(source.read_bytes()).hexdigest(),
         RECEIVER.peer_id,
     )
     got = await srv.next_outcome()
     assert isinstance(got, bulk.ReceivedFile)
+    assert got.offer.blake3 == sent.blake3
     assert got.sender == SENDER.peer_id
     assert got.offer.purpose == "pseudo-gradient"
     assert got.path == inbox / "pseudo-gradient.bin"
@@ -216,7 +226,9 @@ async def test_empty_file_and_existing_name(tmp_path: Path, nursery: trio.Nurser
     source = tmp_path / "empty"
     sha = make_file(source, 0)
     srv = await start_server(nursery, tmp_path / "inbox")
-    sent = await bulk.send_file(source, to=srv.address, identity=SENDER, peer=RECEIVER.peer_id)
+    sent = await bulk.send_file(
+        source, to=srv.address, identity=SENDER, peer=RECEIVER.peer_id, sha256=sha
+    )
     assert sent.sha256 == sha
     assert (tmp_path / "inbox" / "empty").read_bytes() == b""
     with pytest.raises(bulk.TransferRefused) as refused:
@@ -249,6 +261,28 @@ async def test_hash_mismatch_is_typed_and_leaves_no_file(
     outcome = await srv.next_outcome()
     assert isinstance(outcome, bulk.TransferMismatch)
     assert outcome.actual == real
+    assert leftovers(inbox) == []
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("wrong", ["sha256", "blake3"])
+async def test_every_digest_the_offer_names_is_checked(
+    wrong: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """An offer naming both digests, one of them wrong, fails on that one: a sender cannot
+    pair a manifest's true SHA-256 with the BLAKE3 of other bytes."""
+    source = tmp_path / "slice.bin"
+    sha = make_file(source, MiB + 7)
+    digests = {"sha256": sha, "blake3": blake3.blake3(source.read_bytes()).hexdigest()}
+    digests[wrong] = "cd" * 32
+    inbox = tmp_path / "inbox"
+    srv = await start_server(nursery, inbox)
+    with pytest.raises(bulk.TransferMismatch) as caught:
+        await bulk.send_file(source, to=srv.address, identity=SENDER, **digests)
+    assert (caught.value.field, caught.value.expected) == (wrong, "cd" * 32)
+    outcome = await srv.next_outcome()
+    assert isinstance(outcome, bulk.TransferMismatch)
+    assert outcome.field == wrong
     assert leftovers(inbox) == []
 
 

@@ -359,8 +359,8 @@ async def test_receive_streams_events_and_keepalive(tmp_path: Path, sock_dir: Pa
         if line.startswith("data: ")
     ]
     assert events == [
-        {"path": f"inbox/{PEER_A}", "size": 1, "from_peer": PEER_A, "sha256": "h0"},
-        {"path": f"inbox/{PEER_B}", "size": 2, "from_peer": PEER_B, "sha256": "h1"},
+        {"path": f"inbox/{PEER_A}", "size": 1, "from_peer": PEER_A, "sha256": "h0", "blake3": ""},
+        {"path": f"inbox/{PEER_B}", "size": 2, "from_peer": PEER_B, "sha256": "h1", "blake3": ""},
     ]
     assert ": keepalive\n\n" in text
     assert (bridge.work_dir / "inbox" / PEER_B).read_bytes() == b"uu"
@@ -405,7 +405,7 @@ async def test_sync_client_in_thread(tmp_path: Path, sock_dir: Path) -> None:
     assert out["status"] == {"type": "ScheduleUpdate", "counter": 3}
     assert out["send"] == {"path": "seed.txt", "results": {PEER_A: "delivered"}}
     assert out["receive"] == [
-        {"path": f"incoming/{PEER_A}", "size": 5, "from_peer": PEER_A, "sha256": "h"}
+        {"path": f"incoming/{PEER_A}", "size": 5, "from_peer": PEER_A, "sha256": "h", "blake3": ""}
     ]
     assert "/resources/receive" in out["paths"]
     assert out["error"] == (400, "invalid_path")

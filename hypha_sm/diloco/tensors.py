@@ -7,15 +7,18 @@ writes the header, then each tensor as it is computed, and never holds more than
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import blake3
 import torch
 
 from hypha_sm.wire.bounds import json_problem
@@ -44,6 +47,8 @@ class Layout:
 
     tensors: tuple[tuple[str, str, tuple[int, ...]], ...]
     metadata: Mapping[str, str]
+    #: Where each tensor's bytes start in the file, in the order of ``tensors``.
+    offsets: tuple[int, ...] = ()
 
     @property
     def signature(self) -> str:
@@ -115,7 +120,44 @@ def read_layout(path: Path) -> Layout:
         position = end
     if position != body:
         raise LayoutError("bytes after the last tensor")
-    return Layout(tuple(tensors), dict(metadata))
+    data_start = 8 + length
+    return Layout(tuple(tensors), dict(metadata), tuple(data_start + a for a, _ in spans))
+
+
+class TensorReader:
+    """Reads a checked file's tensors into a caller's buffer with ``pread``: no memory map.
+
+    A map's pages count in the process's memory (and its cgroup's) until it is closed; this
+    holds nothing but the file descriptor.
+    """
+
+    def __init__(self, path: Path, layout: Layout | None = None) -> None:
+        self.layout = layout or read_layout(path)
+        self._where = {
+            name: (offset, WIRE_DTYPES[dtype], shape)
+            for (name, dtype, shape), offset in zip(
+                self.layout.tensors, self.layout.offsets, strict=True
+            )
+        }
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read_into(self, name: str, scratch: torch.Tensor) -> torch.Tensor:
+        """Tensor ``name``, flat, read into the front of ``scratch`` (a uint8 buffer)."""
+        offset, dtype, shape = self._where[name]
+        count = 1
+        for d in shape:
+            count *= d
+        raw = scratch[: count * dtype.itemsize]
+        view = raw.numpy().data  # a memoryview of the scratch buffer's bytes
+        while view:
+            n = os.preadv(self._fd, [view], offset)
+            if n == 0:
+                raise LayoutError(f"{name!r}: the file ended early")
+            view, offset = view[n:], offset + n
+        return raw.view(dtype)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class StreamWriter:
@@ -126,7 +168,16 @@ class StreamWriter:
         path: Path,
         tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
         metadata: Mapping[str, str] | None = None,
+        *,
+        digest: Literal["sha256", "blake3"] | None = "sha256",
+        background: bool = False,
     ) -> None:
+        """``digest``: hash the bytes written with it (``hexdigest()``), or not at all.
+
+        ``background``: hash and write each tensor in a worker thread while the caller computes
+        the next one (hashlib and file writes release the GIL). The caller must then leave a
+        tensor unchanged until its next ``write`` or ``close`` returns.
+        """
         header: dict[str, Any] = {}
         offset = 0
         self._order = []
@@ -151,15 +202,35 @@ class StreamWriter:
         # Over an existing file, not a fresh one: its pages are reused (a VM that hands freed
         # pages back to the host writes fresh ones at a fraction of the speed); truncated to size
         # at the end.
+        self._path = path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "wb")
-        #: The SHA-256 of every byte written, ready when the file is (no second pass to send it).
-        self.digest = hashlib.sha256()
+        # The SHA-256 of every byte written, ready when the file is (no second pass to send it).
+        self._digest: Any = None
+        if digest == "sha256":
+            self._digest = hashlib.sha256()
+        elif digest == "blake3":
+            self._digest = blake3.blake3()
+        self._pool = ThreadPoolExecutor(1, "stream-writer") if background else None
+        self._pending: Future[None] | None = None
         self._put(struct.pack("<Q", len(raw)) + raw)
 
     def _put(self, data: Any) -> None:
-        self.digest.update(data)
+        if self._digest is not None:
+            self._digest.update(data)
         self._file.write(data)
+
+    def _settle(self) -> None:
+        """Wait for the tensor in flight (its error, if any, is raised here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def hexdigest(self) -> str:
+        """The digest of the file's bytes (after ``close``)."""
+        if self._digest is None:
+            raise ValueError("this writer was opened with digest=None")
+        return str(self._digest.hexdigest())
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """The next tensor of the layout (its name, dtype and shape must match)."""
@@ -168,12 +239,29 @@ class StreamWriter:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {tensor.dtype}")
         # A view, not a copy: the file takes the tensor's own bytes.
         raw: Any = tensor.detach().contiguous().view(torch.uint8).numpy()
-        self._put(memoryview(raw))
         self._next += 1
+        if self._pool is None:
+            self._put(memoryview(raw))
+            return
+        self._settle()
+        self._pending = self._pool.submit(self._put, memoryview(raw))
+
+    def discard(self) -> None:
+        """Give the file up after a failure: wait for the writer thread, close, delete."""
+        try:
+            # The caller is handling the failure that matters; the writer's own is secondary.
+            with contextlib.suppress(Exception):
+                self._settle()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._file.close()
+            self._path.unlink(missing_ok=True)
 
     def close(self, *, fsync: bool = True) -> None:
         """Flush (and fsync) and close; every tensor must have been written."""
         try:
+            self._settle()
             if self._next != len(self._order):
                 raise ValueError(f"{len(self._order) - self._next} tensors were not written")
             self._file.flush()
@@ -181,6 +269,8 @@ class StreamWriter:
             if fsync:
                 os.fsync(self._file.fileno())
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             self._file.close()
 
 

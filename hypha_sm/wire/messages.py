@@ -381,13 +381,17 @@ class Refused(_Msg, tag="refused", frozen=True):
 
 
 class TransferOffer(_Msg, tag="transfer_offer", frozen=True):
-    """A sender proposes a file: its name, size and SHA-256, and where to fetch the bytes."""
+    """A sender proposes a file: its name, size and digests (at least one), and its purpose.
+
+    The receiver checks every digest named (64 hex digits each; "" = not named).
+    """
 
     transfer_id: TransferId
     name: Annotated[str, msgspec.Meta(max_length=255)]
     size: int
-    sha256: Annotated[str, msgspec.Meta(max_length=64)]
+    sha256: Annotated[str, msgspec.Meta(max_length=64)] = ""
     purpose: Name = ""
+    blake3: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class TransferAnswer(_Msg, tag="transfer_answer", frozen=True):

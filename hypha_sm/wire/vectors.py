@@ -94,7 +94,7 @@ EXAMPLES: dict[str, m.Message] = {
     "gateway_info_reply": m.GatewayInfoReply("tcp://10.0.0.2:7001", "tcp://10.0.0.2:7002"),
     "ack": m.Ack(),
     "refused": m.Refused("bad_signature"),
-    "transfer_offer": m.TransferOffer("t-1", "update.safetensors", 1024, "00" * 32, "update"),
+    "transfer_offer": m.TransferOffer("t-1", "update.safetensors", 1024, "", "update", "00" * 32),
     "transfer_answer": m.TransferAnswer("t-1", True, "", "tcp://10.0.0.9:7201"),
 }
 

@@ -9,7 +9,7 @@ measurements and the choice are in ``docs/network-bulk.md``.
 Protocol, one transfer per connection (``frame`` = 4-byte big-endian length + that many bytes,
 at most 64 KiB)::
 
-    sender → receiver   MAGIC frame(seal(TransferOffer))    who sends what: name, size, SHA-256
+    sender → receiver   MAGIC frame(seal(TransferOffer))    who sends what: name, size, digests
     receiver → sender   frame(seal(TransferAnswer))         accepted, or refused with a reason
     sender → receiver   chunk* end                          chunk = u32 n (1..MAX_CHUNK) + n bytes
                                                             end = u32 0
@@ -19,7 +19,7 @@ at most 64 KiB)::
 
 The verdict may come early (too many bytes, disk error, the receiver cancelled); the sender
 watches for it while it sends and stops at once. A refused verdict's ``reason`` starts with a
-code: ``size-mismatch``, ``sha256-mismatch``, ``exists``, ``aborted``, ``not-placed`` (see
+code: ``size-mismatch``, ``sha256-mismatch``, ``blake3-mismatch``, ``exists``, ``aborted``, ``not-placed`` (see
 ``protocol.verdict_reason`` and ``BulkServer``'s ``place``).
 
 Threat model. Peers are identified by Ed25519 keys (``hypha_sm.wire``), never by addresses.
@@ -28,7 +28,8 @@ Threat model. Peers are identified by Ed25519 keys (``hypha_sm.wire``), never by
   verified as signed by the sender, fresh (clock skew) and not replayed (the server's single
   ``Opener`` remembers envelope ids), and only if its ``authorize`` policy accepted that sender
   and offer. Oversized offers are refused before any byte is sent.
-* Integrity is end to end: the size and SHA-256 are inside the signed offer, so a corrupted or
+* Integrity is end to end: the size and digest (BLAKE3, or SHA-256 where a manifest names it;
+  the receiver checks every digest named) are inside the signed offer, so a corrupted or
   substituted stream fails the check, even over plain ``tcp://``; the partial file is removed
   and the error names expected and actual values. A file appears under its final name only
   after the check (it is ``.<transfer id>.part`` until then; the final step is an atomic link
@@ -61,7 +62,13 @@ from hypha_sm.net.bulk.protocol import (
     TransferRefused,
 )
 from hypha_sm.net.bulk.receive import BulkServer
-from hypha_sm.net.bulk.send import file_sha256, new_transfer_id, send_file, send_over
+from hypha_sm.net.bulk.send import (
+    file_digest,
+    file_sha256,
+    new_transfer_id,
+    send_file,
+    send_over,
+)
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -78,6 +85,7 @@ __all__ = [
     "TransferAborted",
     "TransferMismatch",
     "TransferRefused",
+    "file_digest",
     "file_sha256",
     "new_transfer_id",
     "send_file",

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -21,6 +20,7 @@ from hypha_sm.net.bulk.protocol import (
     Authorize,
     BulkError,
     Clock,
+    DigestName,
     PeerAuthError,
     ReceivedFile,
     TransferAborted,
@@ -29,6 +29,8 @@ from hypha_sm.net.bulk.protocol import (
     check_offer,
     close_quietly,
     frame,
+    new_hasher,
+    offered_digests,
     read_exact,
     read_frame,
     read_into,
@@ -47,11 +49,11 @@ from hypha_sm.wire.messages import TransferAnswer, TransferOffer, clip
 
 
 class _Sink:
-    """The partial file and its running SHA-256; both methods run in worker threads."""
+    """The partial file and a running hash of each digest the offer names (worker threads)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, digests: Iterable[DigestName]) -> None:
         self.fd = fd
-        self.digest = hashlib.sha256()
+        self.hashers = {name: new_hasher(name) for name in digests}
 
     def store(self, view: memoryview) -> None:
         """Append ``view`` to the file."""
@@ -273,18 +275,20 @@ class BulkServer:
     async def _store(
         self, stream: trio.abc.Stream, offer: TransferOffer, fd: int, part: Path, final: Path
     ) -> None:
-        """Receive into ``fd`` (the ``part`` file), check the SHA-256, link it as ``final``."""
+        """Receive into ``fd`` (the ``part`` file), check its digests, link it as ``final``."""
         tid = offer.transfer_id
-        sink = _Sink(fd)
+        expected = offered_digests(offer)
+        sink = _Sink(fd, expected)
         await self._receive_chunks(stream, sink, offer)
         if self.fsync:
             try:
                 await trio.to_thread.run_sync(os.fsync, fd)
             except OSError as exc:
                 raise TransferAborted(f"cannot flush the file: {exc}", transfer_id=tid) from exc
-        actual = sink.digest.hexdigest()
-        if actual != offer.sha256:
-            raise TransferMismatch("sha256", offer.sha256, actual, transfer_id=tid)
+        for name, hasher in sink.hashers.items():
+            actual = hasher.hexdigest()
+            if actual != expected[name]:
+                raise TransferMismatch(name, expected[name], actual, transfer_id=tid)
         try:
             os.link(part, final)  # atomic, and never overwrites
         except FileExistsError:
@@ -315,16 +319,18 @@ class BulkServer:
     ) -> None:
         """Read chunks into at most ``depth`` buffers while worker threads hash and write them.
 
-        Hashing and writing are separate tasks, each with its own worker thread, so a chunk
-        costs max(hash, write) rather than their sum. A buffer is reused once both are done
-        with it. When either is slower than the network no buffer is free, this task stops
+        Each hash and the write are separate tasks, each with its own worker thread, so a chunk
+        costs the slowest of them rather than their sum. A buffer is reused once all are done
+        with it. When any is slower than the network no buffer is free, this task stops
         reading, the TCP window closes and the sender's ``send_all`` blocks: backpressure.
         """
         tid = offer.transfer_id
         depth = self.depth
         free_send, free_recv = trio.open_memory_channel[bytearray](depth)
-        to_hash_send, to_hash_recv = trio.open_memory_channel[tuple[bytearray, int]](depth)
-        to_write_send, to_write_recv = trio.open_memory_channel[tuple[bytearray, int]](depth)
+        steps: list[Callable[[memoryview], object]] = [sink.store]
+        steps += [hasher.update for hasher in sink.hashers.values()]
+        channels = [trio.open_memory_channel[tuple[bytearray, int]](depth) for _ in steps]
+        consumers = [send for send, _ in channels]
         pending: dict[int, int] = {}  # id(buffer) -> consumers still using it
         failure: list[BulkError] = []
         total = 0
@@ -352,7 +358,9 @@ class BulkServer:
         async def reader() -> None:
             nonlocal total
             buffers = 0
-            async with to_hash_send, to_write_send:
+            async with contextlib.AsyncExitStack() as stack:
+                for channel in consumers:
+                    await stack.enter_async_context(channel)
                 while True:
                     with trio.fail_after(self.idle_timeout):
                         (n,) = U32.unpack(await read_exact(stream, 4))
@@ -378,13 +386,13 @@ class BulkServer:
                     with trio.fail_after(self.idle_timeout):
                         await read_into(stream, memoryview(buf)[:n])
                     total += n
-                    pending[id(buf)] = 2
-                    await to_hash_send.send((buf, n))
-                    await to_write_send.send((buf, n))
+                    pending[id(buf)] = len(consumers)
+                    for channel in consumers:
+                        await channel.send((buf, n))
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, to_hash_recv, sink.digest.update)
-            nursery.start_soon(consume, to_write_recv, sink.store)
+            for (_, receive), step in zip(channels, steps, strict=True):
+                nursery.start_soon(consume, receive, step)
             try:
                 await reader()
             except BulkError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import stat
@@ -19,6 +18,7 @@ from hypha_sm.net.bulk.protocol import (
     U32,
     BulkError,
     Clock,
+    DigestName,
     MiB,
     PeerAuthError,
     SentFile,
@@ -28,6 +28,7 @@ from hypha_sm.net.bulk.protocol import (
     close_quietly,
     error_from_verdict,
     frame,
+    new_hasher,
     read_frame,
     seal_message,
     ssl_cause,
@@ -42,9 +43,11 @@ from hypha_sm.wire.messages import TransferAnswer, TransferOffer
 # -- sender ------------------------------------------------------------------------------------
 
 
-async def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 4 * MiB) -> str:
-    """The hex SHA-256 of a file, hashed in a worker thread, cancellable between chunks."""
-    digest = hashlib.sha256()
+async def file_digest(
+    path: str | os.PathLike[str], name: DigestName = "blake3", *, chunk_size: int = 4 * MiB
+) -> str:
+    """The hex digest of a file, hashed in a worker thread, cancellable between chunks."""
+    digest = new_hasher(name)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
 
@@ -62,6 +65,11 @@ async def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 4 * MiB
     return digest.hexdigest()
 
 
+async def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 4 * MiB) -> str:
+    """The hex SHA-256 of a file (``file_digest`` with ``"sha256"``)."""
+    return await file_digest(path, "sha256", chunk_size=chunk_size)
+
+
 def new_transfer_id() -> str:
     """128 random bits as 32 hex digits."""
     return os.urandom(16).hex()
@@ -77,6 +85,7 @@ async def send_file(
     name: str | None = None,
     purpose: str = "",
     sha256: str | None = None,
+    blake3: str | None = None,
     transfer_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     depth: int = DEFAULT_DEPTH,
@@ -96,8 +105,10 @@ async def send_file(
         name: the name the receiver stores the file under (default: the name of ``path``); a
             plain file name of letters, digits and ``._+-``, not starting with a dot.
         purpose: a label for the receiver's policy (``"pseudo-gradient"``, ``"artifact"``, …).
-        sha256: the file's hex SHA-256 if known (e.g. computed when it was written);
-            otherwise the file is hashed first, which reads it twice.
+        sha256: the file's hex SHA-256 if known (e.g. from a manifest); the offer names each
+            digest given and the receiver checks each one.
+        blake3: the file's hex BLAKE3 if known (e.g. computed when it was written). With
+            neither digest, the file's BLAKE3 is computed first, which reads it twice.
         transfer_id: defaults to 128 random bits.
         chunk_size: bytes per chunk (at most ``MAX_CHUNK``); with ``depth`` the sender holds
             about ``depth`` x ``chunk_size`` bytes.
@@ -109,7 +120,7 @@ async def send_file(
     Raises:
         TransferRefused: the receiver declined; nothing was sent (or, code ``exists``, the name
             was taken by the time the file was complete).
-        TransferMismatch: the receiver got another size or SHA-256 than offered (e.g. the file
+        TransferMismatch: the receiver got another size or digest than offered (e.g. the file
             changed while it was being sent).
         TransferAborted: the connection broke, the receiver gave up, or a timeout expired.
         PeerAuthError: the receiver's envelopes or its TLS certificate did not check out, or
@@ -118,16 +129,17 @@ async def send_file(
         TlsSetupError: ``tls+tcp://`` without ``tls``, or its PEM files cannot be loaded.
     """
     source = Path(path)
-    if sha256 is None:
-        sha256 = await file_sha256(source)
+    if sha256 is None and blake3 is None:
+        blake3 = await file_digest(source, "blake3")
     fd = os.open(source, os.O_RDONLY)
     try:
         offer = TransferOffer(
             transfer_id=transfer_id or new_transfer_id(),
             name=name or source.name,
             size=os.fstat(fd).st_size,
-            sha256=sha256,
+            sha256=sha256 or "",
             purpose=purpose,
+            blake3=blake3 or "",
         )
         tid = offer.transfer_id
         try:
@@ -272,7 +284,7 @@ async def send_over(
         if not verdict.accepted:
             raise error_from_verdict(verdict.reason, offer)
         if send_error is None:
-            return SentFile(tid, receiver[0], offer.size, offer.sha256)
+            return SentFile(tid, receiver[0], offer.size, offer.sha256, offer.blake3)
     if send_error is not None:
         raise send_error
     if isinstance(verdict, BulkError):

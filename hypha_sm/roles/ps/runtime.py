@@ -3,7 +3,7 @@
 It runs inside the worker (``runtime = "parameter-server"``) as one trio task per job, on the
 same loop as every role (``runtime.loop``): the core (``roles/ps/core``) decides, this does.
 Files arrive through the node's bulk receiver (only from the job's workers; each verified by
-size and SHA-256 before it is placed); each is moved to a name of its own at once, so a second
+size and digest before it is placed); each is moved to a name of its own at once, so a second
 file from the same worker cannot overwrite the first, and its header is read here and handed
 to the core. Averaging and the outer step run in a thread, one tensor at a time. Every failure
 becomes an event; temporary files are removed as rounds end and the work dir with the job.
@@ -233,7 +233,7 @@ class ParameterServerJob:
         name = f"{effect.round}_update.safetensors"
         try:
             outcomes = await self._send(
-                path, list(effect.peers), "update", name=name, sha256=effect.sha256
+                path, list(effect.peers), "update", name=name, blake3=effect.blake3
             )
         except Exception as exc:
             outcomes = dict.fromkeys(effect.peers, f"failed: {type(exc).__name__}: {exc}")

@@ -33,7 +33,7 @@ from hypha_sm.net.bulk import (
     BulkServer,
     PeerAuthError,
     ReceivedFile,
-    file_sha256,
+    file_digest,
     new_transfer_id,
     send_file,
 )
@@ -53,6 +53,14 @@ BULK_PROTOCOL = "hypha/bulk"
 #: Events buffered per receive stream before new ones are dropped (the file stays in the dir).
 RECEIVE_BUFFER = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+@dataclass(frozen=True)
+class Digests:
+    """The digests a transfer offer names ("" = not named); the receiver checks each."""
+
+    sha256: str
+    blake3: str
 
 
 @dataclass(eq=False)
@@ -191,7 +199,8 @@ class PeerFiles:
                     temporary.unlink(missing_ok=True)
                     log.warning("cannot place %s in %s: %s", staged.name, receiver.directory, exc)
                     continue
-                event = bridge.ReceivedFile(target, size, sender, received.offer.sha256)
+                offer = received.offer
+                event = bridge.ReceivedFile(target, size, sender, offer.sha256, offer.blake3)
                 try:
                     receiver.events.send_nowait(event)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -242,19 +251,23 @@ class PeerFiles:
         *,
         name: str | None = None,
         sha256: str | None = None,
+        blake3: str | None = None,
     ) -> Mapping[str, str]:
         """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook).
 
         ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``);
-        ``sha256`` the file's digest if the caller has it (else it is computed here).
+        ``sha256`` and ``blake3`` the file's digests if the caller has them (the offer names
+        each given); with neither, its BLAKE3 is computed here.
         """
-        sha256 = sha256 or await file_sha256(path)
+        if not sha256 and not blake3:
+            blake3 = await file_digest(path, "blake3")
+        digests = Digests(sha256 or "", blake3 or "")
         shown = name or path.name
         name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{shown}")[:255]
         results: dict[str, str] = {}
 
         async def one(peer: str) -> None:
-            results[peer] = await self._send_one(path, peer, name, sha256, purpose, shown)
+            results[peer] = await self._send_one(path, peer, name, digests, purpose, shown)
 
         # Side by side: a parameter server's update reaches every worker in the time of one.
         async with trio.open_nursery() as nursery:
@@ -263,7 +276,7 @@ class PeerFiles:
         return {peer: results[peer] for peer in dict.fromkeys(peers)}
 
     async def _send_one(
-        self, path: Path, peer: str, name: str, sha256: str, purpose: str, shown: str
+        self, path: Path, peer: str, name: str, digests: Digests, purpose: str, shown: str
     ) -> str:
         try:
             peer_id = PeerId.parse(peer)
@@ -273,7 +286,9 @@ class PeerFiles:
         if not addresses:
             return "unknown_peer: no gateway has its record"
         size = os.stat(path).st_size  # the bridge checked it exists; a stat does not block long
-        offer = TransferOffer(new_transfer_id(), name, size, sha256, purpose)
+        offer = TransferOffer(
+            new_transfer_id(), name, size, digests.sha256, purpose, digests.blake3
+        )
         outcome = "unreachable"
         for address in addresses:
             try:
@@ -295,7 +310,8 @@ class PeerFiles:
                     tls=self.tls,
                     name=name,
                     purpose=purpose,
-                    sha256=sha256,
+                    sha256=digests.sha256 or None,
+                    blake3=digests.blake3 or None,
                     transfer_id=offer.transfer_id,
                 )
             except BulkError as exc:

@@ -60,12 +60,12 @@ class FileArrived(_Event, tag="file_arrived", frozen=True, omit_defaults=True):
 
 
 class Aggregated(_Event, tag="aggregated", frozen=True):
-    """The update of ``round`` is written at ``path`` (its SHA-256, taken while writing)."""
+    """The update of ``round`` is written at ``path`` (its BLAKE3, taken while writing)."""
 
     round: int
     path: str
     size: int
-    sha256: str
+    blake3: str
 
 
 class AggregateFailed(_Event, tag="aggregate_failed", frozen=True):
@@ -127,12 +127,12 @@ class Aggregate(_Effect, tag="aggregate", frozen=True):
 
 
 class Publish(_Effect, tag="publish", frozen=True):
-    """Send the update at ``path`` (with its ``sha256``) to each of ``peers``."""
+    """Send the update at ``path`` (with its ``blake3``) to each of ``peers``."""
 
     round: int
     path: str
     peers: tuple[str, ...]
-    sha256: str
+    blake3: str
 
 
 class ReportUpdated(_Effect, tag="report_updated", frozen=True):

@@ -195,7 +195,7 @@ def publish(ctx: Ctx) -> None:
     state = ctx.state
     done: Aggregated = ctx.event
     state.update_path = done.path
-    state.emit(Publish(state.round, done.path, tuple(state.live), done.sha256))
+    state.emit(Publish(state.round, done.path, tuple(state.live), done.blake3))
 
 
 @ROUND.action

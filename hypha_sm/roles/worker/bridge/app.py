@@ -533,6 +533,7 @@ class JobBridge:
                 "size": item.size,
                 "from_peer": item.from_peer,
                 "sha256": item.sha256,
+                "blake3": item.blake3,
             }
 
         return EventStream(events, describe, self.limits.keepalive)

@@ -31,12 +31,17 @@ class FetchedFile:
 
 @dataclass(frozen=True)
 class ReceivedFile:
-    """A file a peer pushed, already written inside the receive dir."""
+    """A file a peer pushed, already written inside the receive dir.
+
+    ``sha256`` and ``blake3`` are the digests the sender's offer named and the node checked
+    ("" = not named; senders name BLAKE3 unless a manifest fixed the SHA-256).
+    """
 
     path: Path
     size: int
     from_peer: str
     sha256: str
+    blake3: str = ""
 
 
 FetchPeers = Callable[[Mapping[str, Any], Path], Awaitable[Sequence[FetchedFile]]]

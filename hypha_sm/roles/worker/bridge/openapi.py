@@ -95,8 +95,8 @@ def openapi_schema() -> dict[str, Any]:
         ["type"],
     )
     received = _obj(
-        {"path": _STR, "size": _INT, "from_peer": _STR, "sha256": _STR},
-        ["path", "size", "from_peer", "sha256"],
+        {"path": _STR, "size": _INT, "from_peer": _STR, "sha256": _STR, "blake3": _STR},
+        ["path", "size", "from_peer", "sha256", "blake3"],
     )
 
     def body(schema: dict[str, Any]) -> dict[str, Any]:
