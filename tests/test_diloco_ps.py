@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from hypha_sm.diloco.outer import Contribution, OuterStep, aggregate  # noqa: E402
-from hypha_sm.diloco.tensors import StreamWriter, read_layout  # noqa: E402
+from hypha_sm.diloco.tensors import StreamWriter, TensorReader, read_layout  # noqa: E402
 from hypha_sm.roles.scheduler.core import effects as fx  # noqa: E402
 from hypha_sm.roles.scheduler.core import events as ev  # noqa: E402
 from tests.scheduler_world import placed_diloco, progress  # noqa: E402
@@ -114,6 +114,52 @@ def test_the_stream_writer_writes_what_safetensors_reads(tmp_path: Path) -> None
     loaded = load_file(str(tmp_path / "f"))
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     assert read_layout(tmp_path / "f").metadata == {"samples": "9"}
+
+
+@pytest.mark.parametrize("digest", ["sha256", "blake3"])
+def test_a_background_writer_writes_and_hashes_the_same_bytes_as_an_inline_one(
+    tmp_path: Path, digest: str
+) -> None:
+    """Hashing and writing in a worker thread changes nothing in the file or its digest; the
+    caller may reuse a buffer once the next ``write`` has returned."""
+    layout = [(f"t{i}", torch.float32, (1000,)) for i in range(5)]
+    inline = StreamWriter(tmp_path / "a", layout, digest=digest)  # type: ignore[arg-type]
+    threaded = StreamWriter(tmp_path / "b", layout, digest=digest, background=True)  # type: ignore[arg-type]
+    buffers = [torch.empty(1000), torch.empty(1000)]
+    for i, (name, _, _) in enumerate(layout):
+        value = buffers[i % 2].fill_(float(i))  # two buffers, alternating, as the PS does
+        inline.write(name, value)
+        threaded.write(name, value)
+    inline.close()
+    threaded.close()
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    assert inline.hexdigest() == threaded.hexdigest()
+    assert torch.equal(load_file(str(tmp_path / "b"))["t3"], torch.full((1000,), 3.0))
+
+
+def test_a_discarded_writer_leaves_no_file_and_a_tensor_reader_reads_what_was_written(
+    tmp_path: Path,
+) -> None:
+    layout = [("a", torch.float32, (4,)), ("b", torch.float16, (2, 3))]
+    writer = StreamWriter(tmp_path / "gone", layout, background=True)
+    writer.write("a", torch.ones(4))
+    writer.discard()
+    assert not (tmp_path / "gone").exists()
+
+    tensors = {"a": torch.arange(4.0), "b": torch.full((2, 3), 0.5, dtype=torch.float16)}
+    writer = StreamWriter(tmp_path / "kept", layout, {"samples": "3"}, digest=None)
+    for name, value in tensors.items():
+        writer.write(name, value)
+    writer.close()
+    reader = TensorReader(tmp_path / "kept")
+    scratch = torch.empty(64, dtype=torch.uint8)
+    try:
+        assert torch.equal(reader.read_into("b", scratch).view(2, 3), tensors["b"])
+        assert torch.equal(reader.read_into("a", scratch), tensors["a"])
+    finally:
+        reader.close()
+    with pytest.raises(ValueError, match="digest=None"):
+        writer.hexdigest()
 
 
 # -- the scheduler's rounds ------------------------------------------------------------------
