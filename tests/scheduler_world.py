@@ -113,8 +113,10 @@ class World:
                 return self.open.pop(i)
         return None
 
-    def answer(self, effect: fx.Effect, ok: bool = True, refused: bool = False) -> None:
-        """Report ``effect``'s result: success, a network failure, or a refusal."""
+    def answer(
+        self, effect: fx.Effect, ok: bool = True, refused: bool = False, why: str = "unknown_lease"
+    ) -> None:
+        """Report ``effect``'s result: success, a network failure, or a refusal (``why``)."""
         wall = WALL0 + self.mono
         match effect:
             case fx.LocateGateways():
@@ -127,7 +129,7 @@ class World:
                 if ok:
                     self.feed(ev.Renewed(lid, wall + 5.0))
                 elif refused:
-                    self.feed(ev.RenewRefused(lid, "unknown_lease"))
+                    self.feed(ev.RenewRefused(lid, f"renewal refused: {why}"))
                 else:
                     self.feed(ev.RenewFailed(lid, "timeout"))
             case fx.DispatchJob(lease_id=lid):
@@ -228,7 +230,7 @@ def random_walk(
         plan(
             workers or rng.choice((1, 2, 3)),
             advertise_timeout=rng.choice((3.0, 20.0)),
-            timeout=rng.choice((2.0, 30.0)) if not training else rng.choice((8.0, 60.0)),
+            timeout=rng.choice((2.0, 30.0, 120.0)) if not training else rng.choice((8.0, 60.0)),
             dataset=rng.choice(("", "d", "d", "d")),
             slice_timeout=rng.choice((1.0, 600.0)),
             epochs=rng.choice((0, 0, 2)),
@@ -244,7 +246,8 @@ def random_walk(
         roll = rng.random()
         if roll < 0.45 and world.open:
             effect = world.open.pop(rng.randrange(len(world.open)))
-            world.answer(effect, ok=rng.random() < 0.85, refused=rng.random() < 0.5)
+            why = rng.choice(("unknown_lease", "job_ended", "lease_expired"))
+            world.answer(effect, ok=rng.random() < 0.85, refused=rng.random() < 0.5, why=why)
         elif roll < 0.6:
             leases += 1
             price = rng.choice((90.0, 50.0, 99.0, 90.0, 150.0, -1.0, float("nan")))
@@ -398,6 +401,11 @@ def protocol_walk(rng: random.Random, steps: int = 300) -> World:
             job_id = world.job_of(lease)
             peer = world.state.records["placement"][lease].worker
             world.feed(ev.StatusReceived(world.token(), peer, job_id or "", "failed", 1))
+        elif roll < 0.175 and leases:  # the job ended and its worker let the lease go
+            world.feed(ev.RenewRefused(rng.choice(leases), "renewal refused: job_ended"))
+        elif roll < 0.18 and world.state.jobs:
+            job_id = rng.choice(sorted(world.state.jobs))
+            world.feed(ev.ProgressReceived(world.token(), "12D3KooWStranger", job_id, "x", "y"))
         elif roll < 0.2:
             world.advance(rng.choice((0.05, 0.5, 3.0)))
         elif leases:

@@ -410,15 +410,16 @@ def test_lease_offered_offer_expired_exactly_at_the_deadline() -> None:
     ("phase", "offset", "answer"),
     [
         ("offered", -EPS, "renewed"),
-        ("offered", 0.0, "unknown_lease"),
+        ("offered", 0.0, "offer_expired"),
         ("active", -EPS, "renewed"),
-        ("active", 0.0, "unknown_lease"),
+        ("active", 0.0, "lease_expired"),
     ],
 )
 def test_lease_renew_requested_at_the_deadline_finds_it_gone(
     phase: str, offset: float, answer: str
 ) -> None:
-    """Seed 10 (fixed): a renewal just before the deadline renews; at the deadline it is too late."""
+    """Seed 10 (fixed): a renewal just before the deadline renews; at the deadline it is too late,
+    and the owner is told why (a late acceptance: ``offer_expired``, not ``unknown_lease``)."""
     w = Worker(policy())
     lease_id = accepted_lease(w) if phase == "active" else offered_lease(w)
     deadline = lease(w, lease_id).deadline
@@ -644,8 +645,12 @@ def test_job_running_job_exited_reports_and_releases_the_lease_at_once(
     assert_nothing_reserved(w.state)
     assert w.state.counters["lease.released.job_ended"] == 1
     assert job(w, "job-1").phase == "reporting"
+    # The owner's renewal crossing the end is told the job ended (its status is on the way);
+    # anyone else learns nothing about the lease.
     out = w.feed(renew(lease_id, reply_to=9))
-    assert out.effects == (ReplyRenewFailed(9, lease_id, "unknown_lease"),)
+    assert out.effects == (ReplyRenewFailed(9, lease_id, "job_ended"),)
+    out = w.feed(renew(lease_id, peer=OTHER, reply_to=10))
+    assert out.effects == (ReplyRenewFailed(10, lease_id, "unknown_lease"),)
     w.feed(StatusDelivered("job-1", "running"))  # a late ack of the running report
     assert job(w, "job-1").phase == "reporting"
     w.feed(StatusDelivered("job-1", status))

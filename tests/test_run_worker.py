@@ -215,7 +215,7 @@ async def test_lease_expiry_kills_a_term_ignoring_tree_and_returns_the_reservati
     assert in_work_dir == []
     cancelled = next(s for s in sched.statuses if s.status == "cancelled")
     assert cancelled.reason == "lease_expired"
-    assert late.message == m.RenewFailed(lease, "unknown_lease")
+    assert late.message == m.RenewFailed(lease, "lease_expired")  # its owner is told why
     engine, machines_hash = load_engine(WORKER)
     report = replay_series(
         read_series(newest_run(tmp_path / "work" / "events")), engine, machines_hash, role=WORKER
@@ -273,7 +273,7 @@ async def test_a_crashing_job_is_reported_failed_and_its_resources_return(tmp_pa
             await sched.wait_for(lambda: len(sched.offers) == 2)
     failed = next(s for s in sched.statuses if s.status == "failed")
     assert failed.exit_code == 3
-    assert late.message == m.RenewFailed(lease, "unknown_lease")
+    assert late.message == m.RenewFailed(lease, "job_ended")  # its owner is told why
     assert list((tmp_path / "work").glob("hypha-*"))  # a failed job's dir is kept to inspect
 
 

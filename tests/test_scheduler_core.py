@@ -26,6 +26,7 @@ from hypha_sm.log.store import make_header
 from hypha_sm.machines_io import load_engine
 from hypha_sm.roles.scheduler.core import effects as fx
 from hypha_sm.roles.scheduler.core import events as ev
+from hypha_sm.roles.scheduler.core.machines import STATUS_GRACE
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import HELD
 from hypha_sm.roles.scheduler.examples import render
@@ -193,6 +194,34 @@ def test_a_refused_renewal_loses_the_lease_and_the_run_ends_when_every_part_ende
     world.feed(ev.StatusReceived(world.token(), PEERS[1], job, "finished", 0))
     assert world.state.finished == (False, "")
     assert of(fx.Finished, world.effects) == [fx.Finished(False, "")]
+
+
+def test_a_lease_let_go_because_its_job_ended_waits_for_the_final_status() -> None:
+    """The worker ends the job and lets the lease go at once, so a renewal may be refused
+    (``job_ended``) before the job's "finished" arrives: the placement waits for it and
+    finishes, rather than being counted lost; without a status it is lost, saying why."""
+    world = placed(2)
+    world.advance(1.0)
+    world.answer(world.take(fx.RenewLease), ok=False, refused=True, why="job_ended")
+    assert world.state.records["placement"]["L0"].phase == "ending"
+    job = world.job_of("L0")
+    assert job is not None
+    world.feed(ev.StatusReceived(world.token(), PEERS[0], job, "running", 0))  # overtaken
+    assert world.state.records["placement"]["L0"].phase == "ending"
+    world.feed(ev.StatusReceived(world.token(), PEERS[0], job, "finished", 0))
+    assert world.state.ended["L0"].phase == "finished"
+
+    world = placed(1, timeout=120.0)
+    world.advance(1.0)
+    world.answer(world.take(fx.RenewLease), ok=False, refused=True, why="job_ended")
+    assert world.state.records["placement"]["L0"].phase == "ending"
+    world.advance(STATUS_GRACE)
+    lost = world.state.ended["L0"]
+    assert (lost.phase, lost.reason) == (
+        "lost",
+        f"the job ended on the worker but its status did not come in {STATUS_GRACE:g} s",
+    )
+    assert world.state.finished == (False, "")
 
 
 def test_statuses_and_progress_count_only_from_the_worker_the_job_was_sent_to() -> None:

@@ -144,11 +144,11 @@ async def test_a_job_runs_from_advertisement_to_release_over_the_network() -> No
                     while not any(s.status == "finished" for s in sched.statuses):
                         await sched.status_seen.wait()
                         sched.status_seen = trio.Event()
-                    # The lease ended with its job: a renewal now fails.
+                    # The lease ended with its job: a renewal now fails, saying so.
                     late = await sched.endpoint.request(
                         worker_address, m.RenewLease(offer.lease_id)
                     )
-                    assert late.message == m.RenewFailed(offer.lease_id, "unknown_lease")
+                    assert late.message == m.RenewFailed(offer.lease_id, "job_ended")
                     await node.shutdown()
                 nursery.cancel_scope.cancel()  # the scheduler's server; the node stops by itself
     assert [s.status for s in sched.statuses] == ["running", "finished"]

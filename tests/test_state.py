@@ -97,6 +97,7 @@ def test_the_snapshot_names_everything_that_determines_future_behaviour() -> Non
     state.seen_ads["req-1"] = 30.0
     state.storage_full = True
     state.lapses["sched"] = (1, 5.0)
+    state.note_ended("lease-1", "sched", "not_accepted")
     snap = state.snapshot()
     records = snap.pop("records")
     assert snap == {
@@ -111,6 +112,7 @@ def test_the_snapshot_names_everything_that_determines_future_behaviour() -> Non
         "remembered_ads": 1,
         "storage_full": True,
         "lapses": {"sched": (1, 5.0)},
+        "ended_leases": {"lease-1": ("sched", "offer_expired")},
     }
     assert isinstance(records, dict)
     assert records["node"]["n1"]["deadline"] == 7.0

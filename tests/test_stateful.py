@@ -226,6 +226,8 @@ class MLease:
     accepted: bool = False
     draining: bool = False
     job: str | None = None
+    #: What the owner is told about the lease once it has ended (why draining began, if it did).
+    ended_reply: str = ""
 
 
 @dataclass
@@ -309,6 +311,8 @@ class WorkerMachine(RuleBasedStateMachine):
         self.arrivals = 0
         self.window_closes = math.inf
         self.m_leases: dict[str, MLease] = {}
+        #: Ended leases, oldest first: (owner, what a late renewal or dispatch of it is told).
+        self.m_ended: dict[str, tuple[str, str]] = {}
         self.m_jobs: dict[str, MJob] = {}
         self.released: set[str] = set()
         self.ids: set[str] = set()
@@ -345,12 +349,22 @@ class WorkerMachine(RuleBasedStateMachine):
         job = self.m_jobs.get(job_id)
         return job is not None and self.now.mono < job.report_deadline
 
+    def _gone(self, lease_id: str, peer: str) -> str:
+        """The answer about a lease the worker no longer holds: its owner is told why it ended
+        (it may end in this very step, at its expiry); anyone else, ``unknown_lease``."""
+        lease = self.m_leases.get(lease_id)
+        if lease is not None:  # past its expiry: the step releases it before the request
+            ended = (lease.owner, "lease_expired" if lease.accepted else "offer_expired")
+        else:
+            ended = self.m_ended.get(lease_id, ("", ""))
+        return ended[1] if ended[0] == peer and ended[1] else "unknown_lease"
+
     def _predict(self, event: Event) -> str | None:
         """The expected answer to a renewal or dispatch ("renewed"/"start" or a reason)."""
         if isinstance(event, RenewRequested):
             status = self._lease_status(event.lease_id)
             if status == "gone":
-                return "unknown_lease"
+                return self._gone(event.lease_id, event.peer)
             if status == "draining":
                 return "lease_ending"
             if event.peer != self.m_leases[event.lease_id].owner:
@@ -359,7 +373,7 @@ class WorkerMachine(RuleBasedStateMachine):
         if isinstance(event, DispatchRequested):
             status = self._lease_status(event.lease_id)
             if status == "gone":
-                return "unknown_lease"
+                return self._gone(event.lease_id, event.peer)
             if status == "draining":
                 return "lease_ending"
             if status == "offered":
@@ -578,6 +592,7 @@ class WorkerMachine(RuleBasedStateMachine):
                 assert ev == "shutdown"
                 assert isinstance(event, ShutdownRequested)
             lease.draining = True
+            lease.ended_reply = "lease_expired" if ev == "lease_expired" else "shutting_down"
             self.drained_now.add(key)
             return
         assert dst == "released", (src, ev, dst)
@@ -600,6 +615,18 @@ class WorkerMachine(RuleBasedStateMachine):
             assert ev in ("job_ended", "job_detached"), ev
             assert lease.job is not None
             assert self._ended_job(event) == lease.job
+        if lease.draining:
+            reply = lease.ended_reply
+        else:
+            reply = {
+                "offer_expired": "offer_expired",
+                "offer_failed": "offer_expired",
+                "lease_expired": "lease_expired",
+                "shutdown": "shutting_down",
+            }.get(ev, "job_ended")
+        self.m_ended[key] = (lease.owner, reply)
+        while len(self.m_ended) > self.policy.ended_lease_memory:
+            del self.m_ended[next(iter(self.m_ended))]
         del self.m_leases[key]
         self.released.add(key)
 

@@ -122,7 +122,7 @@ class LeaseRenewed(_Msg, tag="lease_renewed", frozen=True):
 
 
 class RenewFailed(_Msg, tag="renew_failed", frozen=True):
-    """Renewal refused, with a reason (``unknown_lease``, ``not_owner``, ``lease_ending``)."""
+    """Renewal refused, with a reason (``unknown_lease``, ``not_owner``, ``lease_ending``, ...)."""
 
     lease_id: Id
     reason: Reason

@@ -62,6 +62,9 @@ REGISTRIES = {
 }
 #: The shortest renewal period, however near a worker says its lease expires.
 MIN_RENEW = 0.05
+#: Seconds to wait for a job's final status once its worker let the lease go for job_ended
+#: (the status is sent at the same moment; a retry or a slow path may make it later).
+STATUS_GRACE = 30.0
 
 
 def _short(peer: str) -> str:
@@ -482,6 +485,8 @@ def end(ctx: Ctx, phase: str) -> None:
     exit_code = event.exit_code if isinstance(event, StatusReceived) else None
     if isinstance(event, str):
         reason = event  # let go: the allocation says why
+    elif rec.phase == "ending" and phase == "lost":
+        reason = f"the job ended on the worker but its status did not come in {STATUS_GRACE:g} s"
     else:
         reason = getattr(event, "reason", "") or (
             "lease expired unrenewed" if phase == "lost" else ""
@@ -518,8 +523,6 @@ def ended(ctx: Ctx) -> None:
     state, rec = ctx.state, ctx.rec
     if JOB not in state.records["allocation"]:
         return
-    if rec.key in state.records["training"]:
-        state.post("training", rec.key, "worker_lost")
     if rec.group == PS and rec.job_id and state.tracker is not None:
         how = state.ended.get(rec.key)
         # After the last round the PS was told Done: its job ends and the worker lets its lease
@@ -529,8 +532,7 @@ def ended(ctx: Ctx) -> None:
             why = "" if how is None else f" ({how.phase}{': ' + how.reason if how.reason else ''})"
             training_failed(state, f"the parameter server ended{why}")
     state.post("allocation", JOB, "placement_ended")
-    for key in state.records["slice"]:
-        state.post("slice", key, "worker_lost", rec.worker)
+    _worker_gone(state, rec)
 
 
 @PLACEMENT.action
@@ -550,6 +552,30 @@ def extend(ctx: Ctx) -> None:
     rec.renew_every = _renew_every(state, rec)
     if state.now.mono + rec.renew_every < rec.renew_at:
         _arm_renewal(state, rec, state.now.mono + rec.renew_every)
+
+
+@PLACEMENT.guard
+def job_ended_on_worker(ctx: Ctx) -> bool:
+    """The worker refused the renewal because the job under the lease ended."""
+    return bool(ctx.event.reason.endswith(": job_ended"))
+
+
+@PLACEMENT.action
+def await_status(ctx: Ctx) -> None:
+    """No more renewals; the job's final status decides how the placement ended."""
+    state, rec = ctx.state, ctx.rec
+    state.arm(rec, state.now.mono + STATUS_GRACE)
+    _notice(state, "info", f"{_short(rec.worker)}: job ended, lease {rec.key} let go")
+    # Its job is over whatever the status will say: a round or a slice it held is not waited on.
+    _worker_gone(state, rec)
+
+
+def _worker_gone(state: SchedulerState, rec: PlacementRec) -> None:
+    """The worker's job no longer runs: it leaves the rounds, and its slices go back."""
+    if rec.key in state.records["training"]:
+        state.post("training", rec.key, "worker_lost")
+    for key in state.records["slice"]:
+        state.post("slice", key, "worker_lost", rec.worker)
 
 
 @PLACEMENT.guard

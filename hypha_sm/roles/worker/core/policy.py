@@ -93,6 +93,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Most advertisement ids remembered at once (the soonest forgotten go first): a flood of
     #: ads costs bounded memory. Re-deliveries come within milliseconds, not 16,384 ads later.
     dedupe_capacity: int = 16_384
+    #: Most ended leases whose owner is told why a late renewal or acceptance finds none
+    #: (``offer_expired``, ``job_ended``, ...) instead of ``unknown_lease``; the oldest go first.
+    ended_lease_memory: int = 1024
 
     def executor_for(self, ref: ExecutorRef) -> ExecutorSpec | None:
         """The first configured executor with this class and name, if any."""
@@ -151,7 +154,12 @@ def policy_from_config(data: dict[str, object]) -> Policy:
             raise PolicyError(f"timings.{name} = {seconds!r}: expected seconds > 0")
     if policy.max_leases < 1:
         raise PolicyError(f"max_leases = {policy.max_leases!r}: expected an integer >= 1")
-    for name in ("max_pending_offers", "lapses_before_backoff", "scheduler_memory"):
+    for name in (
+        "max_pending_offers",
+        "lapses_before_backoff",
+        "scheduler_memory",
+        "ended_lease_memory",
+    ):
         if getattr(policy, name) < 1:
             raise PolicyError(f"{name} = {getattr(policy, name)!r}: expected an integer >= 1")
     if policy.dedupe_capacity < 1:

@@ -110,7 +110,8 @@ def _on_lease_request(state: WorkerState, event: RenewRequested | DispatchReques
     if event.lease_id in state.records["lease"]:
         state.fire("lease", event.lease_id, name, event)
     else:
-        state.reject("lease", event.lease_id, "", name, event, "unknown_lease")
+        why = state.why_unknown(event.lease_id, event.peer)
+        state.reject("lease", event.lease_id, "", name, event, why)
 
 
 def _on_offer_result(state: WorkerState, event: OfferDelivered | OfferFailed) -> None:

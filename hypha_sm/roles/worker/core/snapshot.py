@@ -133,6 +133,8 @@ class Snapshot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     storage_full: bool = False
     #: Scheduler -> (offers in a row it let lapse, mono time its backoff ends); finite.
     lapses: dict[str, tuple[int, float]] = {}
+    #: Lease id -> (owner, what a late message about it is told); finite.
+    ended_leases: dict[str, tuple[str, str]] = {}
 
 
 _PAIRS: tuple[tuple[type[Record], type[RecordSnapshot]], ...] = (
@@ -211,6 +213,7 @@ def capture(state: WorkerState) -> Snapshot:
         counters=dict(state.counters),
         storage_full=state.storage_full,
         lapses=dict(state.lapses),
+        ended_leases=dict(state.ended_leases),
     )
 
 
@@ -259,6 +262,7 @@ def restore(snapshot: Snapshot, engine: Engine, policy: Policy, seed: bytes) -> 
     state.counters = Counter(snapshot.counters)
     state.storage_full = snapshot.storage_full
     state.lapses = dict(snapshot.lapses)
+    state.ended_leases = dict(snapshot.ended_leases)
     state.effects = []
     state.trace = []
     return state

@@ -25,6 +25,16 @@ from hypha_sm.roles.worker.core.records import BatchRec, NodeRec
 KINDS = ("node", "batch", "request", "lease", "job")
 
 
+#: A released lease's end reason -> what its owner is told when a message about it comes late.
+ENDED_LEASE_REPLIES = {
+    "not_accepted": "offer_expired",
+    "offer_failed": "offer_expired",
+    "job_ended": "job_ended",
+    "expired": "lease_expired",
+    "shutdown": "shutting_down",
+}
+
+
 class WorkerState(Host[Effect]):
     """Everything the worker's core knows. Mutated only inside ``step``."""
 
@@ -46,6 +56,9 @@ class WorkerState(Host[Effect]):
         #: Scheduler -> (offers in a row it let lapse, mono time its backoff ends or, without
         #: one, of its last lapse), the least recently changed first; bounded.
         self.lapses: dict[str, tuple[int, float]] = {}
+        #: Lease id -> (owner, why it ended), the most recent last; bounded. A renewal or a
+        #: dispatch from the owner that arrives after the end is told why.
+        self.ended_leases: dict[str, tuple[str, str]] = {}
         self.arrivals = 0
         #: While a flush reserves: each scheduler's pending offers, counted once per flush
         #: rather than by a scan of every lease per advertisement. Derived from the records,
@@ -123,6 +136,20 @@ class WorkerState(Host[Effect]):
             del self.lapses[next(iter(self.lapses))]
         return backoff
 
+    def note_ended(self, lease_id: str, owner: str, reason: str) -> None:
+        """A lease ended: remember why, for its owner's messages still in flight."""
+        self.ended_leases[lease_id] = (owner, ENDED_LEASE_REPLIES.get(reason, "lease_ended"))
+        while len(self.ended_leases) > self.policy.ended_lease_memory:
+            del self.ended_leases[next(iter(self.ended_leases))]
+
+    def why_unknown(self, lease_id: str, peer: str) -> str:
+        """The refusal for a message about a lease this node does not hold.
+
+        Its owner learns why it ended; anyone else learns nothing (``unknown_lease``).
+        """
+        ended = self.ended_leases.get(lease_id)
+        return ended[1] if ended is not None and ended[0] == peer else "unknown_lease"
+
     def note_accepted(self, scheduler: str) -> None:
         """The scheduler accepted (renewed) a lease: its lapses are forgiven."""
         self.lapses.pop(scheduler, None)
@@ -179,4 +206,5 @@ class WorkerState(Host[Effect]):
             "remembered_ads": len(self.seen_ads),
             "storage_full": self.storage_full,
             "lapses": dict(self.lapses),
+            "ended_leases": dict(self.ended_leases),
         }

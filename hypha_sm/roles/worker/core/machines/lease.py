@@ -195,6 +195,7 @@ def release(ctx: Ctx, reason: str) -> None:
     lease: LeaseRec = ctx.rec
     lease.end_reason = reason
     ctx.state.release(lease.key)
+    ctx.state.note_ended(lease.key, lease.owner, reason)
     ctx.state.count(f"lease.released.{reason}")
 
 
