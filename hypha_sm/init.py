@@ -156,12 +156,15 @@ def write_example(
         create_key_file(key_path, force=force)
         written.append(key_path)
         written += make_dev_certificates(*tls_paths)
+        # Paths in a config file are relative to the file: the files sit beside it.
         tls = "\n".join(
-            f'{key} = "{p}"'
+            f'{key} = "{p.name}"'
             for key, p in zip(("cert_pem", "key_pem", "trust_pem"), tls_paths, strict=True)
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = EXAMPLE.format(node_key=key_path, tls=tls, work_dir=work_dir, python=sys.executable)
+    text = EXAMPLE.format(
+        node_key=key_path.name, tls=tls, work_dir=work_dir, python=sys.executable
+    )
     for key, values in addresses.items():
         if values is not None:
             text = re.sub(rf"^{key} = .*$", f"{key} = {json.dumps(values)}", text, flags=re.M)

@@ -72,6 +72,19 @@ def test_init_takes_the_originals_flags(tmp_path: Path) -> None:
     assert json.loads(checked.stdout)["external_addresses"] == ["tcp://box.example:7200"]
 
 
+def test_init_in_another_directory_writes_a_config_that_checks_from_anywhere(
+    tmp_path: Path,
+) -> None:
+    """The key and certificates are named relative to the config file, as every path in it
+    is read, so the config works from the parent and from its own directory alike."""
+    result = hypha("init", "conf/worker.toml", "--with-keys", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'node_key = "worker-node-key.pem"' in (tmp_path / "conf" / "worker.toml").read_text()
+    for cwd, config in ((tmp_path, "conf/worker.toml"), (tmp_path / "conf", "worker.toml")):
+        checked = hypha("check-config", config, cwd=cwd)
+        assert checked.returncode == 0, (cwd, checked.stderr)
+
+
 def test_init_refuses_a_quic_multiaddr_in_one_line(tmp_path: Path) -> None:
     result = hypha("init", "-o", "w.toml", "--gateway", "/ip4/1.2.3.4/udp/1/quic-v1", cwd=tmp_path)
     assert result.returncode == 2
