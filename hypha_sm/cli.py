@@ -396,6 +396,7 @@ def _run(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     import trio
 
+    from hypha_sm.config.addresses import nng_address
     from hypha_sm.net.probe import probe
     from hypha_sm.net.tls import TlsFiles
 
@@ -410,7 +411,11 @@ def _probe(args: argparse.Namespace) -> int:
             trust or settings.trust_pem,
         )
     tls = TlsFiles(cert, key, trust) if cert and key and trust else None
-    healthy, detail = trio.run(lambda: probe(args.address, seconds=args.timeout / 1000, tls=tls))
+    try:  # the original's form: a multiaddr
+        address = nng_address(args.address)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    healthy, detail = trio.run(lambda: probe(address, seconds=args.timeout / 1000, tls=tls))
     print(f"{args.address}: {detail}")
     return 0 if healthy else 1
 
@@ -632,7 +637,7 @@ def _replay(args: argparse.Namespace) -> int:
         if state_doc is not None:  # one JSON document: the summary with the state in it
             summary["until"] = args.until
             summary["state"] = state_doc
-        print(json.dumps(summary, indent=2, default=str))
+        print(_strict_json(summary))
     else:
         print(
             f"log: {args.log} ({role.name}, v{header.version}, engine {header.engine_version}, "
@@ -666,10 +671,25 @@ def _replay(args: argparse.Namespace) -> int:
         else:
             print("effects match the recording" if not args.no_check else "effects not checked")
     if state_doc is not None and not args.json:
-        print(json.dumps(state_doc, indent=2, default=str))
+        print(_strict_json(state_doc))
     if report.divergence is not None:
         return 1
     return 3 if report.error is not None else 0
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # "never" (no deadline): JSON has no infinity, and strict parsers refuse it
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _strict_json(document: object) -> str:
+    """``document`` as standard JSON: non-finite numbers become null, other objects strings."""
+    return json.dumps(_finite(document), indent=2, default=str, allow_nan=False)
 
 
 if __name__ == "__main__":

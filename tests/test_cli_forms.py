@@ -192,3 +192,22 @@ def test_the_gateway_takes_multiaddrs_too(tmp_path: Path) -> None:
         {"node_key": str(tmp_path / "k.pem"), "listen": "/ip4/0.0.0.0/tcp/7000"}
     )
     assert settings.listen == "tcp://0.0.0.0:7000"
+
+
+def test_probe_takes_a_multiaddr_and_refuses_one_without_an_nng_form_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """``probe /ip4/.../tcp/PORT`` probes that address (here nobody answers: exit 1); a QUIC
+    multiaddr is a one-line error, exit 2."""
+    quiet = hypha("probe", "/ip4/127.0.0.1/tcp/1", "--timeout", "200", cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (
+        1,
+        "/ip4/127.0.0.1/tcp/1: no healthy answer: timeout\n",
+    )
+    quic = hypha("probe", "/ip4/1.2.3.4/udp/1234/quic-v1", cwd=tmp_path)
+    assert (quic.returncode, quic.stdout) == (2, "")
+    assert quic.stderr == (
+        "hypha-sm: error: multiaddr '/ip4/1.2.3.4/udp/1234/quic-v1': only "
+        "/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port> converts to an NNG address "
+        "(QUIC and other transports are not supported)\n"
+    )
