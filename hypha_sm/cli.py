@@ -46,6 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``: flags over ``HYPHA_LOG_*`` over the file."""
+    parser.add_argument(
+        "--log-level", help="debug, info (default), warning or error (also HYPHA_LOG_LEVEL)"
+    )
+    parser.add_argument(
+        "--log-format", help="text (default) or json, one object per line (HYPHA_LOG_FORMAT)"
+    )
+
+
+def _log_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {"log_level": args.log_level, "log_format": args.log_format}
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="hypha-sm",
@@ -88,6 +102,7 @@ def _main(argv: list[str] | None) -> int:
     for flag in ("listen", "ingest", "publish"):
         p_gw_run.add_argument(f"--{flag}", help=f"address to {flag} on (overrides the file)")
     p_gw_run.add_argument("--node-key", type=Path, help="the gateway's Ed25519 key file")
+    _log_flags(p_gw_run)
 
     p_data = sub.add_parser("data", help="datasets as slices: prepare and serve them")
     data_sub = p_data.add_subparsers(dest="data_command", required=True)
@@ -98,6 +113,7 @@ def _main(argv: list[str] | None) -> int:
     p_data_run.add_argument("config", nargs="?", type=Path, help="data.toml")
     p_data_run.add_argument("--config", dest="config_flag", type=Path, help="data.toml")
     p_data_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
+    _log_flags(p_data_run)
     source = p_prepare.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--text", metavar="FILE", help="a text file, or pydoc-topics (Python's bundled docs)"
@@ -131,6 +147,7 @@ def _main(argv: list[str] | None) -> int:
     p_sched_run.add_argument("config", nargs="?", type=Path, help="job.toml")
     p_sched_run.add_argument("--config", dest="config_flag", type=Path, help="job.toml")
     p_sched_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
+    _log_flags(p_sched_run)
 
     p_devnet = sub.add_parser(
         "devnet",
@@ -179,6 +196,7 @@ def _main(argv: list[str] | None) -> int:
     p_run.add_argument("--gateway", action="append", help="replaces gateway_addresses")
     p_run.add_argument("--listen", action="append", help="replaces listen_addresses")
     p_run.add_argument("--external", action="append", help="replaces external_addresses")
+    _log_flags(p_run)
 
     p_probe = sub.add_parser("probe", help="exit 0 only if ADDRESS answers healthy in time")
     p_probe.add_argument("address")
@@ -310,6 +328,7 @@ def _gateway(args: argparse.Namespace) -> int:
         "ingest": args.ingest,
         "publish": args.publish,
         "node_key": args.node_key,
+        **_log_settings(args),
     }
     return run_gateway(load_settings(GatewaySettings, path, flags))
 
@@ -319,12 +338,17 @@ def _scheduler(args: argparse.Namespace) -> int:
     import trio
 
     from hypha_sm.config.scheduler import SchedulerSettings
-    from hypha_sm.config.worker import otel_overrides
+    from hypha_sm.config.worker import otel_overrides, otel_sources
     from hypha_sm.roles.scheduler.scheduler import run_scheduler
 
-    flags: dict[str, object] = {"gateway_addresses": args.gateway, **otel_overrides()}
-    settings = load_settings(SchedulerSettings, args.config_flag or args.config, flags)
-    _log_to_stderr()
+    flags: dict[str, object] = {
+        "gateway_addresses": args.gateway,
+        **otel_overrides(),
+        **_log_settings(args),
+    }
+    path = args.config_flag or args.config
+    settings = load_settings(SchedulerSettings, path, flags, otel_sources())
+    _log_to_stderr(settings)
     outcome = trio.run(run_scheduler, settings)
     for p in outcome.placements:
         code = "" if p.exit_code is None else f" exit {p.exit_code}"
@@ -345,10 +369,10 @@ def _check_telemetry(settings: Any) -> None:
         raise ConfigError(f"invalid configuration:\n  {exc}") from None
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(settings: Any) -> None:
     from hypha_sm.runtime.textlog import configure
 
-    configure("INFO")
+    configure(settings.log_level, settings.log_format)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -381,6 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         "gateway_addresses": args.gateway,
         "listen_addresses": args.listen,
         "external_addresses": args.external,
+        **_log_settings(args),
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
     _check_telemetry(settings)
@@ -388,7 +413,7 @@ def _run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"hypha-sm: error: {problem}", file=sys.stderr)
         return 2
-    _log_to_stderr()
+    _log_to_stderr(settings)
     trio.run(run_worker, settings)
     return 0
 
@@ -412,7 +437,7 @@ def _probe(args: argparse.Namespace) -> int:
         )
     tls = TlsFiles(cert, key, trust) if cert and key and trust else None
     try:  # the original's form: a multiaddr
-        address = nng_address(args.address)
+        address = str(nng_address(args.address))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     healthy, detail = trio.run(lambda: probe(address, seconds=args.timeout / 1000, tls=tls))
@@ -440,7 +465,7 @@ def _data(args: argparse.Namespace) -> int:
         from hypha_sm.config.data import DataNodeSettings
         from hypha_sm.roles.data.main import run_data_node
 
-        flags = {"gateway_addresses": args.gateway}
+        flags = {"gateway_addresses": args.gateway, **_log_settings(args)}
         return run_data_node(
             load_settings(DataNodeSettings, args.config_flag or args.config, flags)
         )

@@ -211,3 +211,82 @@ def test_probe_takes_a_multiaddr_and_refuses_one_without_an_nng_form_in_one_line
         "/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port> converts to an NNG address "
         "(QUIC and other transports are not supported)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "line"),
+    [
+        (
+            {"HYPHA_RESOURCES__CPU": "-1"},
+            [],
+            "HYPHA_RESOURCES__CPU: resources.cpu = '-1': Input should be greater than or equal "
+            "to 0",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER_ARG": "7"},
+            [],
+            "OTEL_TRACES_SAMPLER_ARG: telemetry_sample_ratio = '7': Input should be less than "
+            "or equal to 1",
+        ),
+        (
+            {},
+            ["--gateway", "nonsense"],
+            "--gateway: gateway_addresses.0 = 'nonsense': String should match pattern "
+            "'^(tcp|tls\\+tcp)://[^\\s]+:\\d+$|^ipc:///[^\\s]+$'",
+        ),
+        (
+            {"HYPHA_LOG_LEVEL": "loud"},
+            [],
+            "HYPHA_LOG_LEVEL: log_level = 'loud': Input should be 'DEBUG', 'INFO', 'WARNING' "
+            "or 'ERROR'",
+        ),
+        ({}, [], None),
+    ],
+)
+def test_a_bad_value_is_blamed_on_where_it_was_set(
+    tmp_path: Path, env: dict[str, str], flags: list[str], line: str | None
+) -> None:
+    """An invalid value names its source, the variable or flag that set it, not the file
+    (which was blamed for all of them); a value from the file still names the file."""
+    assert hypha("init", "w.toml", cwd=tmp_path).returncode == 0
+    if line is None:  # the file's own value
+        text = (tmp_path / "w.toml").read_text().replace("cpu = ", "cpu = -2 #", 1)
+        (tmp_path / "w.toml").write_text(text)
+        line = "w.toml: resources.cpu = -2: Input should be greater than or equal to 0"
+    result = hypha("check-config", "w.toml", *flags, cwd=tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"hypha-sm: error: invalid configuration:\n  {line}\n"
+
+
+def test_the_log_level_and_format_flags_change_what_a_node_writes(tmp_path: Path) -> None:
+    """``--log-format json``: every stderr line of a running worker is one JSON object;
+    ``--log-level warning`` drops the info lines; a bad level is a one-line error, exit 2."""
+    import signal
+    import time
+
+    assert hypha("init", "w.toml", "--with-keys", cwd=tmp_path).returncode == 0
+    config = (tmp_path / "w.toml").read_text()
+    config = config.replace('job_user = "auto"', 'job_user = "node"')
+    (tmp_path / "w.toml").write_text(config.replace("7200", "0"))
+    lines = {}
+    for level in ("info", "warning"):
+        node = subprocess.Popen(
+            [sys.executable, "-m", "hypha_sm.cli", "run", "w.toml", "--log-format", "json",
+             "--log-level", level],
+            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(3)
+        node.send_signal(signal.SIGINT)
+        _, err = node.communicate(timeout=30)
+        assert node.returncode == 0, err
+        lines[level] = [json.loads(line) for line in err.splitlines()]
+        assert all(set(e) >= {"ts", "level", "logger", "msg"} for e in lines[level])
+    assert any(e["level"] == "INFO" for e in lines["info"])
+    assert lines["warning"]
+    assert all(e["level"] in ("WARNING", "ERROR") for e in lines["warning"])
+    bad = hypha("run", "w.toml", "--log-format", "xml", cwd=tmp_path)
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "hypha-sm: error: invalid configuration:\n  --log-format: log_format = 'xml': Input "
+        "should be 'text' or 'json'\n",
+    )

@@ -43,7 +43,6 @@ class DataNodeSettings(LayeredSettings):
     cert_pem: Path | None = Field(default=None, description="TLS certificate")
     key_pem: Path | None = Field(default=None, description="TLS private key")
     trust_pem: Path | None = Field(default=None, description="CA bundle peers must chain to")
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> Self:

@@ -27,7 +27,6 @@ class GatewaySettings(LayeredSettings):
     )
     relay_queue: int = Field(1024, ge=1, description="advertisements queued before overload drops")
     max_skew: float = Field(30.0, gt=0, description="largest clock difference accepted, seconds")
-    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> Self:

@@ -12,9 +12,9 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +41,24 @@ class LayeredSettings(BaseSettings):
         extra="forbid",
         nested_model_default_partial_update=True,
     )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="least severe log lines written (any case: debug, info, ...)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line"
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return (
+            value.upper()
+            if value.lower() in ("debug", "info", "warning", "error")
+            else value.lower()
+        )
 
     @classmethod
     def settings_customise_sources(
@@ -105,12 +123,32 @@ def _resolve_paths(model: type[BaseModel], data: dict[str, Any], base: Path) -> 
             _resolve_paths(sub, value, base)
 
 
-def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> S:
+#: The command-line flag that sets a key, where it is not ``--`` and the key with dashes.
+FLAG_NAMES = {
+    "gateway_addresses": "--gateway",
+    "listen_addresses": "--listen",
+    "external_addresses": "--external",
+}
+
+
+def load_settings(
+    cls: type[S],
+    path: Path | None,
+    flags: Mapping[str, Any],
+    sources: Mapping[str, str] | None = None,
+) -> S:
     """Load ``cls`` from the TOML file at ``path`` (if any), the environment and ``flags``.
 
+    ``sources`` names where a flag's value came from when it was not a command-line flag
+    (e.g. ``{"telemetry_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}``): an error names it.
+
     Raises:
-        ConfigError: the file is missing or not TOML, or a value is invalid; fix the named key.
+        ConfigError: the file is missing or not TOML, or a value is invalid; fix the named key
+            where the error says it was set (the file, a HYPHA_* variable, a flag).
     """
+    given = {k: v for k, v in flags.items() if v is not None}
+    labels = {k: FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in given}
+    labels.update({k: v for k, v in (sources or {}).items() if k in given})
     bound: type[S] = cls
     for name, value in os.environ.items():
         # pydantic-settings decodes complex values as JSON, which recurses per level.
@@ -135,9 +173,9 @@ def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> 
         config = SettingsConfigDict(**{**cls.model_config, "toml_file": path})
         bound = type(cls.__name__, (cls,), {"model_config": config, "__module__": cls.__module__})
     try:
-        return bound(**{k: v for k, v in flags.items() if v is not None})
+        return bound(**given)
     except ValidationError as exc:
-        raise ConfigError(describe(exc, path)) from None
+        raise ConfigError(describe(exc, path, labels)) from None
     except SettingsError as exc:
         # A HYPHA_* value for a list or table that is not JSON: name the variable, not a trace.
         field = str(exc).split('field "', 1)[-1].split('"', 1)[0]
@@ -148,11 +186,23 @@ def load_settings(cls: type[S], path: Path | None, flags: Mapping[str, Any]) -> 
         ) from None
 
 
-def describe(exc: ValidationError, path: Path | None) -> str:
-    """One line per problem: ``key = value: what is allowed``."""
-    where = f"{path}: " if path else ""
+def describe(
+    exc: ValidationError,
+    path: Path | None,
+    labels: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """One line per problem: ``source: key = value: what is allowed``.
+
+    The source is where the value was set: a flag or variable in ``labels`` (by top-level
+    key), else a HYPHA_* variable that is set for the key, else the file.
+    """
     lines = []
     for error in exc.errors():
+        source = _source(
+            error["loc"], path, labels or {}, os.environ if environ is None else environ
+        )
+        where = f"{source}: " if source else ""
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "missing":
             lines.append(f"{where}{key}: missing (required)")
@@ -161,6 +211,26 @@ def describe(exc: ValidationError, path: Path | None) -> str:
         else:
             lines.append(f"{where}{key} = {error.get('input')!r}: {error['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _source(
+    loc: tuple[int | str, ...],
+    path: Path | None,
+    labels: Mapping[str, str],
+    environ: Mapping[str, str],
+) -> str:
+    if loc and loc[0] in labels:
+        return labels[str(loc[0])]
+    names: list[str] = []
+    for part in loc:  # HYPHA_A__B names the key a.b; a list index ends the name
+        if not isinstance(part, str):
+            break
+        names.append(part.upper())
+    for n in range(len(names), 0, -1):
+        variable = "HYPHA_" + "__".join(names[:n])
+        if variable in environ:
+            return variable
+    return str(path) if path else ""
 
 
 def check_tls_files(settings: object, addresses: Iterable[str]) -> None:

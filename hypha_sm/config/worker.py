@@ -201,6 +201,12 @@ def otel_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {key: env[var] for var, key in OTEL_VARIABLES.items() if env.get(var)}
 
 
+def otel_sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which ``OTEL_*`` variable set each ``telemetry_*`` value (errors name it)."""
+    env = os.environ if environ is None else environ
+    return {key: var for var, key in OTEL_VARIABLES.items() if env.get(var)}
+
+
 def load_worker_settings(path: Path | None, flags: Mapping[str, Any]) -> WorkerSettings:
     """The worker's settings: file → HYPHA_* → flags, with OTEL_* winning for telemetry.
 
@@ -211,7 +217,7 @@ def load_worker_settings(path: Path | None, flags: Mapping[str, Any]) -> WorkerS
 
     layered = {k: v for k, v in flags.items() if v is not None}
     layered.update(otel_overrides())
-    return load_settings(WorkerSettings, path, layered)
+    return load_settings(WorkerSettings, path, layered, otel_sources())
 
 
 def uses_tls(settings: WorkerSettings) -> bool:

@@ -5,12 +5,15 @@ peer or a job. A newline in such text would start a line that looks like the nod
 escape sequence could rewrite the operator's terminal. ``SafeFormatter`` writes every control
 character of a record's message (C0 but tab, DEL, C1, and the Unicode line and paragraph
 separators) as a visible escape, so one record is always one line. Tracebacks, which the node
-itself produces, keep their lines.
+itself produces, keep their lines. ``JsonFormatter`` writes each record as one JSON object per
+line (a traceback included, as a string), for log collectors.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 
 _ESCAPES = {
     code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -33,10 +36,33 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def configure(level: str | int = "INFO") -> None:
-    """Log to stderr, one safe line per record (what every role's command line uses)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record and line.
+
+    Keys: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``msg``, and ``exc`` with the
+    traceback if there is one. JSON escapes every control character (and, ASCII only, the line
+    separators), so a record is always one line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=True)
+
+
+def configure(level: str | int = "INFO", fmt: str = "text") -> None:
+    """Log to stderr, one safe line per record (what every role's command line uses).
+
+    ``fmt`` is ``text`` (readable lines) or ``json`` (one object per line).
+    """
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else SafeFormatter(FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

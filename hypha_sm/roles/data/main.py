@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def run_data_node(settings: DataNodeSettings) -> int:
     """Serve until a signal has drained every fetch; exit code 0 on a clean stop."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     identity = load_key_file(settings.node_key)
     datasets = load_datasets(settings.datasets)
     plan = plan_of(settings, datasets)

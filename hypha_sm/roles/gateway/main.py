@@ -17,7 +17,7 @@ from hypha_sm.runtime.textlog import configure
 
 def run_gateway(settings: GatewaySettings) -> int:
     """Run until a signal; exit code 0 on a clean stop."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     identity = load_key_file(settings.node_key)
     config = NetConfig(max_skew=settings.max_skew, tls=tls_files(settings))
 
