@@ -1,9 +1,10 @@
 """What the node does in the market, in its log: a line per lease decision, a summary a minute.
 
 A line for each offer the node makes, each lease a scheduler accepts and each lease that ends
-(leases are bounded by the node's capacity, so these lines are too); advertisements the node
-declines are counted and summed up at most once a minute, by reason, so a flood of them costs a
-line a minute, not a line each.
+or starts to drain (leases are bounded by the node's capacity, so these lines are too). The
+first advertisement declined for each reason gets a line at once; after it, declines and
+renewals are counted and summed up at most once a minute, so a flood of them costs a line a
+minute, not a line each. At stop, the totals of the run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class MarketLog:
         self._every = every
         self._seen: Counter[str] = Counter()
         self._next: float | None = None
+        self._announced: set[str] = set()
+        #: Lease decisions of the whole run, for the totals at stop.
+        self.totals: Counter[str] = Counter()
 
     def on_step(self, event: Any, result: Any, now: Now) -> None:
         """Lines for this step's lease decisions; the summary when a minute has passed."""
@@ -52,16 +56,34 @@ class MarketLog:
                     ),
                 )
         for kind, key, src, name, dst, _index in result.trace:
-            if kind != "lease" or dst is None or dst == src:
+            if kind != "lease" or dst is None:
+                continue
+            if dst == src:
+                if name == "renew_requested" and src == "active":
+                    self.totals["renewals"] += 1
                 continue
             if src == "offered" and dst == "active":
+                self.totals["won"] += 1
                 log.info("lease %s won: the scheduler accepted the offer", _short(key))
+            elif dst == "draining":
+                why = "expired unrenewed" if name == "lease_expired" else "ends: node stopping"
+                log.info("lease %s %s while its job runs: stopping the job", _short(key), why)
             elif dst == "released":
+                self.totals["lapsed" if src == "offered" else "ended"] += 1
                 how = "lapsed unaccepted" if src == "offered" else f"ended ({name})"
                 log.info("lease %s %s", _short(key), how)
+        declines = self._declines()
+        for reason in sorted(declines):
+            if reason.startswith("declined.") and reason not in self._announced:
+                self._announced.add(reason)
+                log.info(
+                    "declining advertisements: %s (from now on summed once a minute)",
+                    reason.removeprefix("declined."),
+                )
         if self._next is None:
             self._next = now.mono + self._every
-            self._seen.update(self._declines())
+            self._seen.update(declines)
+            self._seen["renewals"] = self.totals["renewals"]
         elif now.mono >= self._next:
             self._next = now.mono + self._every
             self.summarise()
@@ -74,15 +96,41 @@ class MarketLog:
     def summarise(self) -> None:
         """One line of what changed since the last summary (nothing: no line)."""
         now = self._declines()
+        now["renewals"] = self.totals["renewals"]
         delta = now - self._seen
         self._seen = now
-        declined = {k.removeprefix("declined."): v for k, v in delta.items() if k != "offers"}
-        if not declined and not delta.get("offers"):
+        declined = {k.removeprefix("declined."): v for k, v in delta.items() if "." in k}
+        if not any(delta.values()):
             return
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(declined.items(), key=lambda x: -x[1]))
         log.info(
-            "market: %d offer(s) made, %d advertisement(s) declined%s",
+            "market: %d offer(s) made, %d advertisement(s) declined%s, %d renewal(s)",
             delta.get("offers", 0),
             sum(declined.values()),
-            f" ({reasons})" if reasons else "",
+            _reasons(declined),
+            delta.get("renewals", 0),
         )
+
+    def stopped(self) -> None:
+        """The last summary, and the totals of the run."""
+        self.summarise()
+        declines = self._declines()
+        declined = {k.removeprefix("declined."): v for k, v in declines.items() if "." in k}
+        t = self.totals
+        log.info(
+            "market totals: %d offer(s), %d won, %d lapsed, %d ended, %d renewal(s), "
+            "%d advertisement(s) declined%s",
+            declines.get("offers", 0),
+            t["won"],
+            t["lapsed"],
+            t["ended"],
+            t["renewals"],
+            sum(declined.values()),
+            _reasons(declined),
+        )
+
+
+def _reasons(declined: Mapping[str, int]) -> str:
+    reasons = ", ".join(
+        f"{r} {n}" for r, n in sorted(declined.items(), key=lambda x: (-x[1], x[0]))
+    )
+    return f" ({reasons})" if reasons else ""

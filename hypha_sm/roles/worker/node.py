@@ -245,12 +245,16 @@ class WorkerNode:
 
     async def _watch_connection(self, sub: Subscription, gateway: str) -> None:
         """Tell ``_keep_registered`` when the subscription connects again after a loss."""
-        connected = sub.connections > 0
+        connected = ever = sub.connections > 0
         while True:
             await trio.sleep(RECONNECT_POLL)
             now = sub.connections > 0
             if now and not connected:
-                self._reconnected.setdefault(gateway, trio.Event()).set()
+                if ever:  # a gateway that restarted has forgotten our record
+                    self._reconnected.setdefault(gateway, trio.Event()).set()
+                else:
+                    log.info("gateway %s: connected; taking advertisements", gateway)
+                ever = True
             connected = now
 
     async def _take_from(self, sub: Subscription) -> None:
@@ -353,6 +357,7 @@ class WorkerNode:
             case Notice():
                 log.warning("%s", effect.detail, extra={"notice": effect.kind})
             case NodeStopped():
+                self.market.stopped()
                 log.info("node stopped (%s)", effect.reason)
                 self._stopped.set()
 
@@ -396,6 +401,10 @@ class WorkerNode:
         try:
             await self.executor.start(job)
         except StartFailed as exc:
+            # The scheduler hears it in the dispatch answer; the operator, here.
+            self.telemetry.job_logger(log, job.job_id).warning(
+                "job %s: could not start: %s", job.job_id, exc
+            )
             await self._inbox.send(JobStartFailed(job.job_id, str(exc)))
             return
         except Exception as exc:  # an effect that fails reports back; it never kills the loop
