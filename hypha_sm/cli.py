@@ -398,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
     import trio
 
     from hypha_sm.config.worker import load_worker_settings, preflight
-    from hypha_sm.roles.worker.run import run_worker
+    from hypha_sm.roles.worker.run import job_user_problems, run_worker
 
     flags = {
         "work_dir": args.work_dir,
@@ -409,7 +409,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     settings = load_worker_settings(args.config_flag or args.config, flags)
     _check_telemetry(settings)
-    if problems := preflight(settings):  # the same checks as check-config
+    if problems := preflight(settings) + job_user_problems(settings):  # as check-config
         for problem in problems:
             print(f"hypha-sm: error: {problem}", file=sys.stderr)
         return 2
@@ -447,6 +447,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from hypha_sm.config.worker import executor_warnings, load_worker_settings, preflight
+    from hypha_sm.roles.worker.run import job_user_problems
 
     flags = {"work_dir": args.work_dir, "gateway_addresses": args.gateway}
     settings = load_worker_settings(args.config, flags)
@@ -454,7 +455,8 @@ def _check_config(args: argparse.Namespace) -> int:
     print(settings.model_dump_json(indent=2, by_alias=True))
     for warning in executor_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
-    problems = preflight(settings)  # what `run` would refuse, the same checks
+    # What `run` would refuse, the same checks.
+    problems = preflight(settings) + job_user_problems(settings)
     for problem in problems:
         print(f"hypha-sm: error: {problem}", file=sys.stderr)
     return 2 if problems else 0

@@ -290,3 +290,28 @@ def test_the_log_level_and_format_flags_change_what_a_node_writes(tmp_path: Path
         "hypha-sm: error: invalid configuration:\n  --log-format: log_format = 'xml': Input "
         "should be 'text' or 'json'\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "line"),
+    [
+        (
+            {},
+            ["--work-dir", "/proc/hypha"],
+            "work_dir /proc/hypha: cannot create or write it: No such file or directory",
+        ),
+        ({"HYPHA_JOB_USER": "nosuchuser"}, [], "job_user = 'nosuchuser': no such user"),
+    ],
+)
+def test_check_config_refuses_what_run_refuses(
+    tmp_path: Path, env: dict[str, str], flags: list[str], line: str
+) -> None:
+    """A work dir that cannot be made (tried, not guessed: root may write anywhere by the
+    permission bits, not in /proc) and a job user that does not exist fail ``check-config``
+    exactly as they fail ``run``."""
+    assert hypha("init", "w.toml", "--with-keys", cwd=tmp_path).returncode == 0
+    for command in ("check-config", "run"):
+        result = hypha(command, "w.toml", *flags, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.endswith(f"hypha-sm: error: {line}\n"), (command, result.stderr)
+    assert not Path("/proc/hypha").exists()

@@ -6,8 +6,10 @@ also come from the standard ``OTEL_*`` variables, which win over the ``telemetry
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -248,20 +250,40 @@ def preflight(settings: WorkerSettings) -> list[str]:
             path = getattr(settings, key)
             if path is not None and not Path(path).is_file():
                 problems.append(f"{key} {path}: no such file (a tls+tcp:// address needs it)")
-    work_dir = settings.work_dir.absolute()
-    existing = work_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        problems.append(f"work_dir {work_dir}: cannot create or write it: {existing} is a file")
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problems.append(f"work_dir {work_dir}: cannot create or write it (permission denied)")
+    if (problem := _work_dir_problem(settings.work_dir.absolute())) is not None:
+        problems.append(problem)
     problems.extend(
         f"executor {e.cls}/{e.name}: cmd {e.cmd!r} is not a program here"
         for e in settings.executors
         if e.cmd and shutil.which(e.cmd) is None
     )
     return problems
+
+
+def _work_dir_problem(work_dir: Path) -> str | None:
+    """Why ``work_dir`` cannot be made and written, found by trying (and undoing it).
+
+    ``os.access`` says yes to root everywhere, /proc and read-only file systems included.
+    """
+    existing = work_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"work_dir {work_dir}: cannot create or write it: {existing} is a file"
+    made: list[Path] = []
+    try:
+        for parent in reversed([work_dir, *work_dir.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        os.rmdir(tempfile.mkdtemp(dir=work_dir, prefix=".hypha-check-"))
+    except OSError as exc:
+        return f"work_dir {work_dir}: cannot create or write it: {exc.strerror}"
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    return None
 
 
 def summary(settings: WorkerSettings) -> str:

@@ -164,19 +164,10 @@ async def _run(
         raise StartupError(
             f"work_dir {work_dir}: cannot create or write it: {exc.strerror}"
         ) from None
+    if problems := job_user_problems(settings):
+        raise StartupError(problems[0])
     users = JobUsers(settings.job_user, settings.job_uid_range)
-    try:
-        described = users.describe()
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
-    if users.isolated:
-        problems = check_reachable([e.cmd for e in settings.executors if e.cmd], work_dir)
-        if problems:
-            raise StartupError(
-                "jobs run as users of their own (job_user = auto, as root), who cannot reach "
-                f"{'; '.join(problems)}: open those paths to other users (chmod o+x), or set "
-                'job_user = "node" to run jobs as this node\'s user'
-            )
+    described = users.describe()
     log.info("%s", described[0].upper() + described[1:])
     log.info("%s", summary(settings))
     for lacking in capacity_warnings(
@@ -308,3 +299,22 @@ async def _serve(
                 await done.wait()
                 watchers.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
+
+
+def job_user_problems(settings: WorkerSettings) -> list[str]:
+    """Why jobs could not run as ``job_user`` says (``run`` and ``check-config`` alike)."""
+    users = JobUsers(settings.job_user, settings.job_uid_range)
+    try:
+        users.describe()
+    except ValueError as exc:
+        return [str(exc)]
+    if users.isolated:
+        work_dir = settings.work_dir.absolute()
+        problems = check_reachable([e.cmd for e in settings.executors if e.cmd], work_dir)
+        if problems:
+            return [
+                "jobs run as users of their own (job_user = auto, as root), who cannot reach "
+                f"{'; '.join(problems)}: open those paths to other users (chmod o+x), or set "
+                'job_user = "node" to run jobs as this node\'s user'
+            ]
+    return []

@@ -159,7 +159,10 @@ def check_reachable(cmds: list[str], work_dir: Path) -> list[str]:
         blocked = unreachable(real)
         if blocked is not None:
             problems.append(f"executor cmd {cmd} ({real}): {blocked} is not open to other users")
-    blocked = unreachable(work_dir)
+    existing = work_dir  # not made yet (check-config): what the node will make it in
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    blocked = unreachable(existing)
     if blocked is not None:
         problems.append(f"work_dir {work_dir}: {blocked} is not open to other users")
     return problems
