@@ -30,7 +30,7 @@ from hypha_sm.roles.scheduler.core.machines import STATUS_GRACE
 from hypha_sm.roles.scheduler.core.role import SCHEDULER
 from hypha_sm.roles.scheduler.core.state import HELD
 from hypha_sm.roles.scheduler.examples import render
-from hypha_sm.roles.scheduler.scheduler import describe_progress
+from hypha_sm.roles.scheduler.scheduler import allocation_line, describe_progress
 from hypha_sm.wire import messages as m
 from tests.scheduler_world import (
     ENOUGH,
@@ -640,5 +640,25 @@ def test_giving_up_says_why_the_offers_were_not_enough() -> None:
     for _ in range(12):
         lonely.advance(0.3)
     assert lonely.state.finished[1].endswith(
-        "no worker offered (is any subscribed at the gateways, with these executors?)"
+        "no worker offered: none is subscribed at the gateways, or each declined (busy, below "
+        "its price floor, too small, or without this executor: its log says which)"
     )
+
+
+def test_while_placing_one_line_says_how_it_goes() -> None:
+    """The wait up to advertise_timeout is not silent: offers seen, refused by reason, leases
+    held of those wanted; no line once the job is placed."""
+    world = started(2, advertise_timeout=20.0)
+    assert allocation_line(world.state, 0.4) == (
+        "placing the job (collecting, 0 of 20 s): 0 offer(s) seen, 0 of 2 lease(s) held"
+    )
+    world.offer(PEERS[0], "L0", price=50.0)
+    world.offer(PEERS[1], "L1", price=500.0)  # over the bid
+    world.advance(0.2)
+    world.answer(world.take(fx.AcceptLease))
+    line = allocation_line(world.state, 3.0)
+    assert line == (
+        "placing the job (advertising, 3 of 20 s): 2 offer(s) seen, 1 refused "
+        "(offer_not_taken 1), 1 of 2 lease(s) held"
+    ), line
+    assert allocation_line(placed(1).state, 9.0) is None

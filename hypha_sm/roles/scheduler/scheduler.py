@@ -185,6 +185,7 @@ class Scheduler:
                 bound = await nursery.start(self.transport.serve, self.address, self._answer)
                 self.public_address = self.public_address or bound
                 task_status.started(bound)
+                nursery.start_soon(self._tell_allocation)
                 await self._inbox.send(ev.Begin())
                 try:
                     await run_loop(
@@ -197,6 +198,22 @@ class Scheduler:
                 finally:
                     nursery.cancel_scope.cancel()
         return self.outcome()
+
+    async def _tell_allocation(self) -> None:
+        """While the job is being placed, a line when what the market gave changes.
+
+        And at least every 10 s, so the wait up to advertise_timeout is not silent.
+        """
+        said, quiet, began = "", 0.0, trio.current_time()
+        while True:
+            await trio.sleep(ALLOCATION_REPORT_EVERY)
+            line = allocation_line(self.state, trio.current_time() - began)
+            if line is None:
+                return  # placed (or over): the placements' own lines take over
+            quiet += ALLOCATION_REPORT_EVERY
+            if line != said or quiet >= 10.0:
+                log.info("%s", line)
+                said, quiet = line, 0.0
 
     async def stop(self) -> None:
         """Let every lease go and end the run (as SIGINT does)."""
@@ -519,6 +536,37 @@ def describe_progress(progress: m.ProgressKind) -> str:
             return "update applied"
         case m.UpdateReceived():
             return "update received"
+
+
+#: Seconds between two looks at how the placing goes.
+ALLOCATION_REPORT_EVERY = 2.0
+_PLACING = ("idle", "locating", "advertising", "collecting", "accepting")
+
+
+def allocation_line(state: SchedulerState, waited: float) -> str | None:
+    """How placing the job goes after ``waited`` seconds, in one line.
+
+    None once it is placed or over.
+    """
+    allocation = state.records["allocation"].get("job")
+    if allocation is None or allocation.phase not in _PLACING:
+        return None
+    counters = state.counters
+    refused = {
+        k.removeprefix("offers.refused."): v
+        for k, v in counters.items()
+        if k.startswith("offers.refused.") and v
+    }
+    offers = counters["offers.taken"] + sum(refused.values())
+    held = sum(len(state.held_in(g)) for g in state.groups())
+    wanted = sum(state.wanted(g) for g in state.groups())
+    why = ", ".join(f"{r} {n}" for r, n in sorted(refused.items()))
+    return (
+        f"placing the job ({allocation.phase}, {waited:.0f} of {state.plan.advertise_timeout:g} s):"
+        f" {offers} offer(s) seen"
+        + (f", {sum(refused.values())} refused ({why})" if refused else "")
+        + f", {held} of {wanted} lease(s) held"
+    )
 
 
 async def run_scheduler(

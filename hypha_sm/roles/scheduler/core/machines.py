@@ -364,7 +364,10 @@ def _market_story(state: SchedulerState) -> str:
     refused = counters["offers.refused.offer_not_taken"]
     lapsed = counters["placements.refused"]
     if not taken and not refused:
-        return "no worker offered (is any subscribed at the gateways, with these executors?)"
+        return (
+            "no worker offered: none is subscribed at the gateways, or each declined (busy, "
+            "below its price floor, too small, or without this executor: its log says which)"
+        )
     parts = [f"{taken + refused} offer(s)"]
     if refused:
         parts.append(f"{refused} refused as too dear or too small (see the lines above)")
