@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 
 WORKERS = 2
 READY_TIMEOUT = 30.0
+#: The job's bid, and the most it pays when a `whole` worker counters above it.
+BID, MAX_PRICE = 100.0, 110.0
+#: Each worker's `[offer]` (strategy, price, floor): the ones the job needs, by turns, then
+#: two it will not get: one that asks more than the job pays, one whose floor is above the bid.
+ABLE = [("whole", 100.0, 80.0), ("flexible", 90.0, 70.0), ("whole", 108.0, 80.0)]
+EXTRA = [("whole", 130.0, 80.0), ("whole", 150.0, 120.0)]
 #: The devnet's model: a byte-level GPT-2 (tied embeddings) of about 370,000 parameters.
 MODEL_CONFIG = {
     "model_type": "gpt2",
@@ -124,7 +131,9 @@ class Devnet:
             f"tcp://127.0.0.1:{free_port()}",
         ]
         self.workers = []
-        for i in range(1, (self.trainers + 1 if self.training else WORKERS) + 1):
+        able = self.trainers + 1 if self.training else WORKERS
+        self.offers = [ABLE[n % len(ABLE)] for n in range(able)] + EXTRA
+        for i in range(1, len(self.offers) + 1):
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")
             # A devnet runs your own demo jobs from a private temp dir, as you (even as root).
@@ -153,7 +162,7 @@ class Devnet:
             "workers = 2\n"
             'executor = { class = "train", name = "bigram-demo" }\n'
             "resources = { cpu = 1, memory = 1 }\n"
-            "bid = 100\n"
+            f"bid = {BID:g}\nmax_price = {MAX_PRICE:g}\n"
             "renew_interval = 0.5\n"
             "timeout = 300\n"
             f"{dataset_lines}"
@@ -185,7 +194,7 @@ class Devnet:
             f"workers = {self.trainers}\n"
             'executor = { class = "train", name = "diloco-transformer" }\n'
             "resources = { cpu = 1, memory = 1 }\n"
-            "bid = 100\n"
+            f"bid = {BID:g}\nmax_price = {MAX_PRICE:g}\n"
             "renew_interval = 0.5\n"
             "timeout = 600\n"
             'dataset = "pydoc"\n'
@@ -268,7 +277,11 @@ class Devnet:
                 pid = self.children[-1].process.pid
                 print(f"  data node  {self.data_address} (pid {pid}, log data-node.log)")
             for i, (config, listen) in enumerate(self.workers, start=1):
+                strategy, price, floor = self.offers[i - 1]
                 env = {
+                    "HYPHA_OFFER__STRATEGY": strategy,
+                    "HYPHA_OFFER__PRICE": str(price),
+                    "HYPHA_OFFER__FLOOR": str(floor),
                     "HYPHA_RESOURCES__CPU": "1",
                     "HYPHA_RESOURCES__MEMORY": "2",
                     "HYPHA_RESOURCES__STORAGE": "1",
@@ -281,7 +294,11 @@ class Devnet:
             for i, (_, listen) in enumerate(self.workers, start=1):
                 await self._wait_answering(listen, healthy=True, who=f"worker-{i}")
                 pid = next(c.process.pid for c in self.children if c.name == f"worker-{i}")
-                print(f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log)")
+                strategy, price, floor = self.offers[i - 1]
+                print(
+                    f"  worker-{i}   {listen} (pid {pid}, log worker-{i}.log): {strategy}, "
+                    f"asks {price:g}, floor {floor:g}"
+                )
             if self.training:
                 print(
                     f"  scheduler  running job.toml: DiLoCo, {self.trainers} training workers and a "
@@ -295,10 +312,25 @@ class Devnet:
                     f"  scheduler  running job.toml: 2 workers, bigram-demo{shared}\n", flush=True
                 )
             result = await trio.run_process([*cli, "scheduler", "run", str(job)], check=False)
+            print(self.legend())
             return int(result.returncode)
         finally:
             with trio.CancelScope(shield=True):
                 await self._stop_all()
+
+    def legend(self) -> str:
+        """What each worker did in the market, read from its log."""
+        lines = [
+            f"market: the scheduler bid {BID:g} a lease and paid up to {MAX_PRICE:g}, "
+            "cheapest offers first"
+        ]
+        for i, (strategy, price, floor) in enumerate(self.offers, start=1):
+            log_file = self.directory / f"worker-{i}.log"
+            text = log_file.read_text(errors="replace") if log_file.exists() else ""
+            lines.append(
+                f"  worker-{i} ({strategy}, asks {price:g}, floor {floor:g}): {_market(text)}"
+            )
+        return "\n".join(lines)
 
     async def _wait_answering(self, address: str, *, healthy: bool, who: str) -> None:
         with Endpoint(Identity.generate()) as endpoint:
@@ -338,6 +370,26 @@ class Devnet:
                 child.log_file.close()
 
 
+def _market(log_text: str) -> str:
+    """A worker's market lines (roles/worker/market.py) told in a few words."""
+    prices = sorted(
+        {float(p) for p in re.findall(r"offered lease \S+ .* at price ([\d.]+)", log_text)}
+    )
+    won = len(re.findall(r"won: the scheduler accepted the offer", log_text))
+    lapsed = len(re.findall(r"lapsed unaccepted", log_text))
+    declined = re.findall(r"declining advertisements: (\w+)", log_text)
+    parts = []
+    if prices:
+        parts.append("offered at " + ", ".join(f"{p:g}" for p in prices))
+    if won:
+        parts.append(f"won {won} lease(s)")
+    if lapsed:
+        parts.append(f"{lapsed} offer(s) not taken")
+    if declined:
+        parts.append("declined advertisements: " + ", ".join(declined))
+    return "; ".join(parts) or "no advertisement reached it"
+
+
 class DevnetError(HyphaSMError):
     """A part of the devnet did not come up; the message says which and where its log is."""
 
@@ -374,7 +426,7 @@ def run_devnet(
         code = 1
     if code == 0 and not keep and directory is None:
         shutil.rmtree(chosen, ignore_errors=True)
-        print("devnet: the job finished on both workers; all processes stopped")
+        print("devnet: the job finished; all processes stopped, the temporary directory removed")
     else:
         print(f"devnet: exit {code}; logs, configs and event logs in {chosen}")
     return code

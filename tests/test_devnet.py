@@ -1,4 +1,5 @@
-"""`hypha-sm devnet` end to end: a gateway, a data node, the scheduler and three workers."""
+"""`hypha-sm devnet` end to end: a gateway, a data node, the scheduler and five workers (three
+the job needs, one too dear, one whose floor is above the bid)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
     assert sorted(evals) == [0, 1, 2, 3], out
     assert evals[3] < evals[0] - 1.0, evals  # ln 256 = 5.55 nats/byte at the start
     assert len(re.findall(r": finished exit 0", out)) == 3, out
+    # The market decided (issue 14, item 11): the three workers the job needs won a lease each
+    # at their own prices; one asked more than the job pays and one's floor is above the bid.
+    legend = out[out.index("market: the scheduler bid 100 a lease and paid up to 110") :]
+    lines = dict(re.findall(r"  (worker-\d) \(.*?\): (.*)", legend))
+    assert lines["worker-1"].startswith("offered at 100; won 1 lease(s)"), legend
+    assert lines["worker-2"].startswith("offered at 100; won 1 lease(s)"), legend  # the bid
+    assert lines["worker-3"].startswith("offered at 108; won 1 lease(s)"), legend  # a counter
+    assert lines["worker-4"].startswith("offered at 130;"), legend
+    assert "won" not in lines["worker-4"], legend
+    assert lines["worker-5"] == "declined advertisements: below_floor", legend
     for name in ("metrics.jsonl", "metrics.csv", "loss.png"):
         assert (tmp_path / "metrics" / name).stat().st_size > 0
     # After every round both workers' global weights are bit-identical (the scheduler compared
@@ -100,5 +111,5 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert "effects match the recording" in replayed.stdout
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", out)]
-    assert len(pids) == 5  # the gateway, the data node and three workers
+    assert len(pids) == 7  # the gateway, the data node and five workers
     assert not any(process_alive(pid) for pid in pids)

@@ -108,10 +108,16 @@ def held_by_lost_worker(ctx: Ctx) -> bool:
 def reclaim(ctx: Ctx, why: str) -> None:
     """Back to the pool: its worker is gone or did not report it done in time."""
     state, rec = ctx.state, ctx.rec
-    state.emit(
-        Notice(
-            "warning", f"slice {rec.index} back to the pool ({why}, held by …{rec.assignee[-6:]})"
+    holder = f"held by …{rec.assignee[-6:]}"
+    # A job that finished may end holding the slice it had fetched ahead: worth a line, not
+    # a warning.
+    if why == "worker_lost" and any(
+        e.worker == rec.assignee and e.phase == "finished" for e in state.ended.values()
+    ):
+        state.emit(
+            Notice("info", f"slice {rec.index} back to the pool (its job finished, {holder})")
         )
-    )
+    else:
+        state.emit(Notice("warning", f"slice {rec.index} back to the pool ({why}, {holder})"))
     state.count(f"slices.reclaimed.{why}")
     rec.assignee = ""
