@@ -112,6 +112,9 @@ class Devnet:
     train_args: list[str] | None = None
     #: The pseudo-gradients' dtype on the wire (``float32``, ``bfloat16``, ``float16``).
     precision: str = "float32"
+    #: Also start the two workers the job will not get (too dear; floor above the bid), to
+    #: show a price decision; tests that need the CPU for training leave them out.
+    market_extras: bool = True
 
     def prepare(self) -> tuple[list[str], Path]:
         """Keys, configs, corpus; the gateway flags and the job file."""
@@ -132,7 +135,8 @@ class Devnet:
         ]
         self.workers = []
         able = self.trainers + 1 if self.training else WORKERS
-        self.offers = [ABLE[n % len(ABLE)] for n in range(able)] + EXTRA
+        self.offers = [ABLE[n % len(ABLE)] for n in range(able)]
+        self.offers += EXTRA if self.market_extras else []
         for i in range(1, len(self.offers) + 1):
             config = d / f"worker-{i}.toml"
             write_example(config, work_dir=d / f"work-{i}", force=True, name=f"worker-{i}")

@@ -112,6 +112,7 @@ def ad(
     scheduler: str = SCHED,
     expires_in: float = 5.0,
     t: float = 0.0,
+    offer_lifetime: float = 0.0,
 ) -> AdvertisementReceived:
     return AdvertisementReceived(
         request_id=request_id,
@@ -121,6 +122,7 @@ def ad(
         executors=tuple(executors),
         bid=bid,
         expires_wall=WALL0 + t + expires_in,
+        offer_lifetime=offer_lifetime,
     )
 
 

@@ -31,7 +31,9 @@ def test_two_accelerate_processes_per_worker_train_rounds_to_done(
 ) -> None:
     """Two ranks per worker (gloo), with the pseudo-gradients in bfloat16 on the wire: half the
     bytes up, the PS averages in float32 and answers in bfloat16."""
-    devnet = Devnet(tmp_path, rounds=2, train_args=LAUNCH, precision="bfloat16")
+    devnet = Devnet(
+        tmp_path, rounds=2, train_args=LAUNCH, precision="bfloat16", market_extras=False
+    )
     code = trio.run(devnet.run)
     out = capfd.readouterr().out
     assert code == 0, out

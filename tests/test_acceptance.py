@@ -434,6 +434,32 @@ def test_lease_renew_requested_at_the_deadline_finds_it_gone(
         assert_nothing_reserved(w.state)
 
 
+@pytest.mark.parametrize(
+    ("asked", "open_for"),
+    [
+        (0.0, 0.5),  # nothing asked: the worker's offer_timeout
+        (2.0, 2.0),  # a loaded scheduler asks for longer
+        (0.2, 0.2),
+        (60.0, 5.0),  # bounded by max_offer_timeout: a scheduler cannot hold the box for long
+        (float("nan"), 0.5),
+        (float("inf"), 0.5),
+        (-1.0, 0.5),
+    ],
+)
+def test_an_offer_stays_open_as_long_as_the_advertisement_asked_within_the_maximum(
+    asked: float, open_for: float
+) -> None:
+    """Issue 14, item 7: an acceptance 0.61 s after an offer of 0.5 s found it gone. The
+    advertisement states the lifetime it needs; the offer's expiry says what was granted, and
+    the lease lapses then (an acceptance just before it wins)."""
+    w = Worker(policy())
+    lease_id = offered_lease(w, offer_lifetime=asked)
+    offered_at = w.t
+    assert lease(w, lease_id).deadline == offered_at + open_for
+    out = w.feed(renew(lease_id, reply_to=3), offered_at + open_for - EPS)
+    assert the(out, ReplyRenewed).reply_to == 3
+
+
 def test_lease_active_renew_requested_by_owner_extends_from_now() -> None:
     """Seed 10: each renewal sets expiry to now + lease_timeout (replacing, not adding)."""
     w = Worker(policy())

@@ -32,7 +32,7 @@ def test_the_originals_calls_train_through_the_devnet_to_done(
         "--job",
         "{JOB_JSON}",
     ]
-    devnet = Devnet(tmp_path, rounds=3, train_args=args)  # the worker runs them with python
+    devnet = Devnet(tmp_path, rounds=3, train_args=args, market_extras=False)  # python runs them
     code = trio.run(devnet.run)
     out = capfd.readouterr().out
     assert code == 0, out

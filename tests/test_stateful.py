@@ -311,6 +311,8 @@ class WorkerMachine(RuleBasedStateMachine):
         self.arrivals = 0
         self.window_closes = math.inf
         self.m_leases: dict[str, MLease] = {}
+        #: The offer lifetime each offered request was granted (what it asked, bounded).
+        self.lifetimes: dict[str, float] = {}
         #: Ended leases, oldest first: (owner, what a late renewal or dispatch of it is told).
         self.m_ended: dict[str, tuple[str, str]] = {}
         self.m_jobs: dict[str, MJob] = {}
@@ -348,6 +350,12 @@ class WorkerMachine(RuleBasedStateMachine):
         """The job is still live at self.now (its report deadline has not passed)."""
         job = self.m_jobs.get(job_id)
         return job is not None and self.now.mono < job.report_deadline
+
+    def _lifetime(self, asked: float) -> float:
+        """How long an offer stays open: the ad's ask up to the maximum; else the default."""
+        if math.isfinite(asked) and asked > 0:
+            return min(asked, self.timings.max_offer_timeout)
+        return self.timings.offer_timeout
 
     def _gone(self, lease_id: str, peer: str) -> str:
         """The answer about a lease the worker no longer holds: its owner is told why it ended
@@ -572,8 +580,9 @@ class WorkerMachine(RuleBasedStateMachine):
                     len(self.m_leases),
                 )
                 self.m_leases[key] = MLease(
-                    offer.scheduler, req.resources, now + self.timings.offer_timeout
+                    offer.scheduler, req.resources, now + self._lifetime(req.ad.offer_lifetime)
                 )
+                self.lifetimes[offer.request_id] = self._lifetime(req.ad.offer_lifetime)
             return  # a rejection of an unknown or released lease
         assert key not in self.released, f"released lease {key} moved again"
         lease = self.m_leases[key]
@@ -678,7 +687,8 @@ class WorkerMachine(RuleBasedStateMachine):
             if isinstance(effect, SendOffer):
                 assert self.accepting, "offer while shutting down"
                 assert effect.request_id not in self.requests  # offered, so dropped
-                assert effect.expires_wall == now.wall + self.timings.offer_timeout
+                lifetime = self.lifetimes[effect.request_id]
+                assert effect.expires_wall == now.wall + lifetime
                 if effect.lease_id not in self.m_leases:
                     # A window due at the very instant of a shutdown flushes first; the
                     # shutdown then releases the fresh lease in the same step.
@@ -845,8 +855,9 @@ class WorkerMachine(RuleBasedStateMachine):
         executors=EXECUTOR_LISTS,
         bid=BIDS,
         expires_in=EXPIRES_IN,
+        lifetime=st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.0, 60.0, -1.0, math.nan, math.inf]),
     )
-    def advertise(self, rid, scheduler, resources, executors, bid, expires_in):
+    def advertise(self, rid, scheduler, resources, executors, bid, expires_in, lifetime):
         """A scheduler advertises (valid, malformed, stale or duplicate); offers are checked."""
         if rid is None:
             self.fresh += 1
@@ -859,6 +870,7 @@ class WorkerMachine(RuleBasedStateMachine):
             executors=executors,
             bid=bid,
             expires_wall=at(self.t).wall + expires_in,
+            offer_lifetime=lifetime,  # asked for: 0 is the default, the rest bounded
         )
         return multiple(*self._feed(ad))
 

@@ -83,6 +83,9 @@ class Advertisement(_Msg, tag="advertisement", frozen=True):
     executors: Annotated[tuple[Executor, ...], msgspec.Meta(max_length=MAX_EXECUTORS)]
     bid: float
     expires: float
+    #: Seconds the scheduler needs to accept an offer (0: the worker's default); a worker
+    #: grants at most its own maximum and says in the offer's ``expires`` what it granted.
+    offer_lifetime: float = 0.0
 
 
 # -- worker offer ----------------------------------------------------------------------------

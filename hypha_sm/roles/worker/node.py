@@ -272,6 +272,7 @@ class WorkerNode:
                     tuple(ExecutorRef(cls=e.cls, name=e.name) for e in ad.executors),
                     ad.bid,
                     ad.expires,
+                    ad.offer_lifetime,
                 )
             )
 

@@ -29,6 +29,8 @@ class AdvertisementReceived(_Event, tag="advertisement_received", frozen=True):
     bid: float
     #: Wall-clock time after which the scheduler no longer listens for offers.
     expires_wall: float
+    #: Seconds the scheduler asks an offer to stay open (0: the worker's ``offer_timeout``).
+    offer_lifetime: float = 0.0
 
 
 class RenewRequested(_Event, tag="renew_requested", frozen=True):

@@ -59,6 +59,9 @@ class Timings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window_wait: float = 0.2
     window_limit: int = 100
     offer_timeout: float = 0.5
+    #: The longest an offer stays open when an advertisement asks for longer than
+    #: ``offer_timeout`` (a loaded scheduler may need more than half a second to accept).
+    max_offer_timeout: float = 5.0
     lease_timeout: float = 10.0
     start_timeout: float = 60.0
     kill_grace: float = 5.0

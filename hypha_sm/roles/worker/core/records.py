@@ -42,6 +42,7 @@ class RequestRec(Record):
         "bid",
         "executors",
         "expires_mono",
+        "offer_lifetime",
         "offer_price",
         "offer_resources",
         "reply_address",
@@ -62,6 +63,7 @@ class RequestRec(Record):
         bid: float,
         expires_mono: float,
         arrival: int,
+        offer_lifetime: float = 0.0,
     ) -> None:
         super().__init__(key)
         self.scheduler = scheduler
@@ -71,6 +73,7 @@ class RequestRec(Record):
         self.bid = bid
         self.expires_mono = expires_mono
         self.arrival = arrival
+        self.offer_lifetime = offer_lifetime
         self.requested: Resources | None = None
         self.offer_price = 0.0
         self.offer_resources: Resources | None = None

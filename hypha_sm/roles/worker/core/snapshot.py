@@ -73,6 +73,7 @@ class RequestSnapshot(RecordSnapshot, tag="request", frozen=True):
     offer_price: float
     offer_resources: Resources | None
     score: float
+    offer_lifetime: float = 0.0
 
 
 class LeaseSnapshot(RecordSnapshot, tag="lease", frozen=True):

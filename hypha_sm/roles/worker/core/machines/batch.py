@@ -60,6 +60,7 @@ def admit(ctx: Ctx) -> None:
         bid=ad.bid,
         expires_mono=expires_mono,
         arrival=state.arrivals,
+        offer_lifetime=ad.offer_lifetime,
     )
     rec.requested = to_resources(ad.resources)
     state.create(rec)

@@ -13,6 +13,7 @@ from hypha_sm.core.engine import Registry
 from hypha_sm.core.resources import score
 from hypha_sm.roles.worker.core.effects import SendOffer
 from hypha_sm.roles.worker.core.machines._ctx import Ctx
+from hypha_sm.roles.worker.core.policy import Timings
 from hypha_sm.roles.worker.core.records import LeaseRec, RequestRec
 
 REGISTRY = Registry.new("request")
@@ -130,6 +131,16 @@ def price_and_score(ctx: Ctx) -> None:
     rec.score = score(rec.offer_price, rec.offer_resources, state.policy.weights)
 
 
+def offer_lifetime(asked: float, timings: Timings) -> float:
+    """How long an offer stays open: what the advertisement asked, up to the maximum.
+
+    The default when it asked nothing (or nonsense: NaN, infinite, not positive).
+    """
+    if not (math.isfinite(asked) and asked > 0):
+        return timings.offer_timeout
+    return min(asked, timings.max_offer_timeout)
+
+
 @REGISTRY.action
 def offer(ctx: Ctx) -> None:
     """Reserve, create the temporary lease, and send the offer."""
@@ -138,7 +149,7 @@ def offer(ctx: Ctx) -> None:
     resources = rec.offer_resources
     assert resources is not None
     now = state.now
-    timeout = state.policy.timings.offer_timeout
+    timeout = offer_lifetime(rec.offer_lifetime, state.policy.timings)
     lease_id = state.ids.next_id()
     state.reserve(lease_id, resources)
     lease = LeaseRec(
