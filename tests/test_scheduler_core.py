@@ -224,6 +224,22 @@ def test_a_lease_let_go_because_its_job_ended_waits_for_the_final_status() -> No
     assert world.state.finished == (False, "")
 
 
+def test_a_running_report_that_overtakes_the_dispatch_answer_is_logged_in_order() -> None:
+    """Issue 14, item 8: "running" was logged before "dispatched" when the worker's report
+    overtook its answer to the dispatch; now one line says both, and the late answer adds none."""
+    world = started(1)
+    world.offer(PEERS[0], "L0", price=50.0)
+    world.advance(0.2)
+    world.answer(world.take(fx.AcceptLease))
+    dispatch = world.take(fx.DispatchJob)
+    effects = world.feed(ev.StatusReceived(world.token(), PEERS[0], dispatch.job_id, "running"))
+    effects += world.feed(ev.Dispatched("L0"))
+    lines = [e.text for e in of(fx.Notice, effects)]
+    assert lines == [f"worker …{PEERS[0][-6:]} job {dispatch.job_id} dispatched and running"], (
+        lines
+    )
+
+
 def test_statuses_and_progress_count_only_from_the_worker_the_job_was_sent_to() -> None:
     """A stranger's status is refused; progress is answered ``continue`` after an update was
     received, else ``ok``; an unknown job is refused."""

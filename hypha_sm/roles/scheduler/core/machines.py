@@ -678,7 +678,12 @@ def ack_status(ctx: Ctx) -> None:
     state.emit(ReplyStatus(status.reply_to, status.job_id))
     code = "" if status.exit_code is None else f" (exit {status.exit_code})"
     why = f": {status.reason}" if status.reason else ""
-    _notice(state, "info", f"{_short(rec.worker)} job {status.job_id} {status.status}{code}{why}")
+    # The worker answers a dispatch once the job runs, and reports it running at once: the
+    # report may overtake the answer, whose line would then come second (and is dropped).
+    how = "dispatched and " if rec.phase == "dispatched" else ""
+    _notice(
+        state, "info", f"{_short(rec.worker)} job {status.job_id} {how}{status.status}{code}{why}"
+    )
 
 
 @PLACEMENT.action
