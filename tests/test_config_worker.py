@@ -243,9 +243,17 @@ def test_the_node_says_what_it_offers_and_warns_of_resources_it_lacks(example: P
     assert line.startswith(f"offering cpu {settings.resources.cpu:g}, memory ")
     assert "at price 100 (whole, floor 100)" in line
     assert "executors train/diloco-transformer" in line
+    assert line.endswith("(reached at the listen address); gateways tcp://127.0.0.1:7000")
     settings.resources.cpu = 64
     settings.resources.gpu = 24
     warnings = capacity_warnings(settings, cpus=2, memory_bytes=2 * 10**9, gpu_found=False)
     assert warnings[0] == "resources.cpu = 64, but this machine has 2 CPUs"
     assert warnings[-1] == "resources.gpu = 24 GB, but no GPU was found (nvidia-smi)"
+    disk = capacity_warnings(
+        settings, cpus=128, memory_bytes=10**15, gpu_found=True, disk_bytes=3 * 10**9
+    )
+    assert disk == [
+        f"resources.storage = {settings.resources.storage:g} GB, but the work dir's disk has "
+        "3.0 GB free"
+    ]
     assert capacity_warnings(settings, cpus=128, memory_bytes=10**15, gpu_found=True) == []

@@ -290,15 +290,23 @@ def summary(settings: WorkerSettings) -> str:
     """One line of what the node offers: resources, price, executors, where it listens."""
     r, o = settings.resources, settings.offer
     executors = ", ".join(f"{e.cls}/{e.name}" for e in settings.executors) or "none"
+    reached = ", ".join(settings.external_addresses) or "the listen address"
+    gateways = ", ".join(settings.gateway_addresses) or "none"
     return (
         f"offering cpu {r.cpu:g}, memory {r.memory:g} GB, storage {r.storage:g} GB, "
         f"gpu {r.gpu:g} GB at price {o.price:g} ({o.strategy}, floor {o.floor:g}); "
-        f"executors {executors}; listening on {', '.join(settings.listen_addresses)}"
+        f"executors {executors}; listening on {', '.join(settings.listen_addresses)} "
+        f"(reached at {reached}); gateways {gateways}"
     )
 
 
 def capacity_warnings(
-    settings: WorkerSettings, *, cpus: int, memory_bytes: int, gpu_found: bool
+    settings: WorkerSettings,
+    *,
+    cpus: int,
+    memory_bytes: int,
+    gpu_found: bool,
+    disk_bytes: int | None = None,
 ) -> list[str]:
     """Advertised resources this machine does not have (schedulers would pay for nothing)."""
     r = settings.resources
@@ -311,4 +319,9 @@ def capacity_warnings(
         )
     if r.gpu > 0 and not gpu_found:
         warnings.append(f"resources.gpu = {r.gpu:g} GB, but no GPU was found (nvidia-smi)")
+    if disk_bytes is not None and r.storage * 1e9 > disk_bytes:
+        warnings.append(
+            f"resources.storage = {r.storage:g} GB, but the work dir's disk has "
+            f"{disk_bytes / 1e9:.1f} GB free"
+        )
     return warnings

@@ -175,6 +175,7 @@ async def _run(
         cpus=os.cpu_count() or 1,
         memory_bytes=psutil.virtual_memory().total,
         gpu_found=shutil.which("nvidia-smi") is not None,
+        disk_bytes=shutil.disk_usage(work_dir).free,
     ):
         log.warning("%s: it will be offered all the same", lacking)
     for injection in executor_warnings(settings):
