@@ -315,3 +315,20 @@ def test_check_config_refuses_what_run_refuses(
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.endswith(f"hypha-sm: error: {line}\n"), (command, result.stderr)
     assert not Path("/proc/hypha").exists()
+
+
+def test_a_key_beside_the_command_not_the_config_is_named_not_replaced(tmp_path: Path) -> None:
+    """Issue 14, item 3: run from the parent of a config whose key sits in the current
+    directory, the error names the key that exists and how to point at it; it does not tell
+    the user to make a new identity."""
+    (tmp_path / "conf").mkdir()
+    assert hypha("init", "conf/w.toml", cwd=tmp_path).returncode == 0
+    assert hypha("keygen", "worker-node-key.pem", cwd=tmp_path).returncode == 0
+    result = hypha("check-config", "conf/w.toml", cwd=tmp_path)
+    key = tmp_path / "worker-node-key.pem"
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"hypha-sm: error: node_key {tmp_path / 'conf' / 'worker-node-key.pem'}: no such file; "
+        f"{key} exists, but paths in a config file are relative to the file: set node_key = "
+        f'"{key}"\n'
+    )

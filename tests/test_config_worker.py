@@ -44,9 +44,9 @@ def test_check_config_reports_what_run_would_refuse(
     err = capsys.readouterr().err.splitlines()
     base = example.parent
     assert err == [
-        f"hypha-sm: error: node_key {base / 'worker-node-key.pem'}: no such file (`hypha-sm "
-        f"keygen {base / 'worker-node-key.pem'}` makes a new identity; if you have one, point "
-        "node_key at it)",
+        f"hypha-sm: error: node_key {base / 'worker-node-key.pem'}: no such file (if this node "
+        f"has an identity, point node_key at it; `hypha-sm keygen {base / 'worker-node-key.pem'}`"
+        " makes a new one)",
         f"hypha-sm: error: cert_pem {base / 'missing-cert.pem'}: no such file (a tls+tcp:// "
         "address needs it)",
         f"hypha-sm: error: key_pem {base / 'missing-key.pem'}: no such file (a tls+tcp:// "

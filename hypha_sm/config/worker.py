@@ -240,11 +240,19 @@ def preflight(settings: WorkerSettings) -> list[str]:
     the work dir, each executor's program.
     """
     problems = []
-    if not settings.node_key.is_file():
-        problems.append(
-            f"node_key {settings.node_key}: no such file (`hypha-sm keygen {settings.node_key}` "
-            "makes a new identity; if you have one, point node_key at it)"
-        )
+    key = settings.node_key
+    if not key.is_file():
+        elsewhere = Path.cwd() / key.name
+        if elsewhere.is_file():  # read against the current directory, as before 0.1
+            problems.append(
+                f"node_key {key}: no such file; {elsewhere} exists, but paths in a config "
+                f'file are relative to the file: set node_key = "{elsewhere}"'
+            )
+        else:
+            problems.append(
+                f"node_key {key}: no such file (if this node has an identity, point node_key "
+                f"at it; `hypha-sm keygen {key}` makes a new one)"
+            )
     if uses_tls(settings):
         for key in ("cert_pem", "key_pem", "trust_pem"):
             path = getattr(settings, key)
