@@ -254,10 +254,10 @@ def preflight(settings: WorkerSettings) -> list[str]:
                 f"at it; `hypha-sm keygen {key}` makes a new one)"
             )
     if uses_tls(settings):
-        for key in ("cert_pem", "key_pem", "trust_pem"):
-            path = getattr(settings, key)
+        for name in ("cert_pem", "key_pem", "trust_pem"):
+            path = getattr(settings, name)
             if path is not None and not Path(path).is_file():
-                problems.append(f"{key} {path}: no such file (a tls+tcp:// address needs it)")
+                problems.append(f"{name} {path}: no such file (a tls+tcp:// address needs it)")
     if (problem := _work_dir_problem(settings.work_dir.absolute())) is not None:
         problems.append(problem)
     problems.extend(
