@@ -332,3 +332,48 @@ def test_a_key_beside_the_command_not_the_config_is_named_not_replaced(tmp_path:
         f"{key} exists, but paths in a config file are relative to the file: set node_key = "
         f'"{key}"\n'
     )
+
+
+@pytest.mark.parametrize("role", ["worker", "gateway", "scheduler"])
+def test_a_port_in_use_is_one_line_from_the_real_command(tmp_path: Path, role: str) -> None:
+    """Issue 14, item 2: a 52-line ExceptionGroup was printed by the worker and the gateway
+    alike; each role's real command now says it in one line and exits 2."""
+    import pynng
+
+    assert hypha("init", "w.toml", "--with-keys", cwd=tmp_path).returncode == 0
+    with pynng.Rep0(listen="tcp://127.0.0.1:0") as taken:
+        address = taken.listeners[0].url
+        if role == "worker":
+            argv = ["run", "w.toml", "--listen", address]
+        elif role == "gateway":
+            argv = ["gateway", "run", "--node-key", "worker-node-key.pem", "--listen", address,
+                    "--ingest", "tcp://127.0.0.1:0", "--publish", "tcp://127.0.0.1:0"]  # fmt: skip
+        else:
+            (tmp_path / "job.toml").write_text(
+                'node_key = "worker-node-key.pem"\n'
+                'gateway_addresses = ["tcp://127.0.0.1:1"]\n'
+                f'listen_address = "{address}"\n'
+                '[job]\nexecutor = { class = "train", name = "bigram-demo" }\n'
+            )
+            argv = ["scheduler", "run", "job.toml"]
+        result = hypha(*argv, cwd=tmp_path, env={"HYPHA_JOB_USER": "node"})
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.splitlines()[-1]
+        == f"hypha-sm: error: bad_address: {address}: Address in use"
+    )
+    assert "Traceback" not in result.stderr
+    assert "ExceptionGroup" not in result.stderr
+
+
+def test_replay_into_a_pipe_that_closes_early_is_quiet(tmp_path: Path) -> None:
+    """``hypha-sm replay LOG | head -1``: one line through, no BrokenPipeError, exit 141."""
+    log = Path(__file__).resolve().parent.parent / "specs" / "logs" / "job-lifecycle.jsonl"
+    result = subprocess.run(
+        f"{sys.executable} -m hypha_sm.cli replay {log} --until 8 | head -1; "
+        'echo "rc=${PIPESTATUS[0]}" >&2',
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == "rc=141\n", result.stderr
