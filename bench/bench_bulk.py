@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python bench/bench_bulk.py            # 256 MiB, median of 3 (~1-2 min)
-    /work/venv/bin/python bench/bench_bulk.py --quick    # 32 MiB smoke run (~15 s)
-    /work/venv/bin/python bench/bench_bulk.py --survey   # raw transports: bare TCP, trio, NNG, TLS
+    python bench/bench_bulk.py            # 256 MiB, median of 3 (~1-2 min)
+    python bench/bench_bulk.py --quick    # 32 MiB smoke run (~15 s)
+    python bench/bench_bulk.py --survey   # raw transports: bare TCP, trio, NNG, TLS
 
 Sender and receiver are separate processes (this file, re-run with ``--role``), so each one's
 peak RSS growth is its own: the receiver resets its high-water mark (``/proc/self/clear_refs``)

@@ -2,7 +2,7 @@
 
 Run from the repository root (about 25 s on the 2-core box):
 
-    /work/venv/bin/python bench/bench_codec.py
+    python bench/bench_codec.py   # in the project's .venv
 
 Candidates, each encoding and decoding into the typed message set of hypha_sm/wire/messages.py:
 
@@ -394,10 +394,11 @@ def print_codec_table(rows: list[dict[str, Any]]) -> None:
             f"   decode {geomean([r['dec_x'] for r in mine]):5.2f}x"
             f"   size {geomean([r['size_x'] for r in mine]):5.2f}x"
         )
+    members = len(get_args(Message))
     print(
-        "  cbor2 +convert: msgspec.convert(obj, Message) rebuilds the 25-member union's type info"
-        " per call;\n  +conv(tag) converts to the class named by the tag (what a receiver would"
-        " write), so it is the fair CBOR figure."
+        f"  cbor2 +convert: msgspec.convert(obj, Message) rebuilds the {members}-member union's"
+        " type info per call;\n  +conv(tag) converts to the class named by the tag (what a"
+        " receiver would write), so it is the fair CBOR figure."
     )
     print(
         "  (noise = (max-min)/median of the gross per-op times over the repetitions, worse of enc/dec)"
@@ -680,10 +681,9 @@ def robustness(codecs: list[Codec], messages: dict[str, Message]) -> None:
     if any("builtins.UnicodeDecodeError" in c for c in bad.values()):
         print(
             "  msgspec raises UnicodeDecodeError (a ValueError, not a DecodeError) for invalid"
-            " UTF-8 inside a str\n  (known, open: msgspec issue #714). envelope.py catches"
-            " ValueError around the envelope decode\n  but only ValidationError/DecodeError"
-            " around the payload decode, so a signed payload with one bad\n  UTF-8 byte makes"
-            " Opener.open raise instead of returning 'malformed_payload'."
+            " UTF-8 inside a str\n  (known, open: msgspec issue #714). Opener.open turns any"
+            " exception of the payload decode into\n  a 'malformed_payload' rejection, so it"
+            " must not appear in the Opener.open rows above."
         )
 
 

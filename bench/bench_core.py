@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python bench/bench_core.py            # full run (~1 min on 2 cores)
-    /work/venv/bin/python bench/bench_core.py --quick    # smoke test (< 20 s)
-    /work/venv/bin/python bench/bench_core.py --profile ads|renew|mix   # cProfile, top 25
+    python bench/bench_core.py            # full run (~1 min on 2 cores)
+    python bench/bench_core.py --quick    # smoke test (< 20 s)
+    python bench/bench_core.py --profile ads|renew|mix   # cProfile, top 25
 
 Every timed figure is the median of several repetitions, each paired with a baseline measured
 in the same run (the box is a noisy 2-core machine: compare ratios across runs, not raw

@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python bench/bench_net.py            # full run (~3 min)
-    /work/venv/bin/python bench/bench_net.py --quick    # smoke test (~25 s)
+    python bench/bench_net.py            # full run (~3 min)
+    python bench/bench_net.py --quick    # smoke test (~25 s)
 
 1. Renew round trip, tcp://127.0.0.1: ``Endpoint.request(RenewLease)`` answered by
    ``Endpoint.serve`` with a sealed ``LeaseRenewed`` (both envelopes signed and verified),

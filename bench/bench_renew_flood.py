@@ -5,11 +5,11 @@ rate a real gateway process relays (2,208 ads/s, bench_relay.py) <= 3x the p99 w
 
 Run from the repository root:
 
-    /work/venv/bin/python bench/bench_renew_flood.py                  # full run, 3 reps (~75 s)
-    /work/venv/bin/python bench/bench_renew_flood.py --quick          # smoke test (~8 s)
-    /work/venv/bin/python bench/bench_renew_flood.py --rate 1000      # another flood rate
-    /work/venv/bin/python bench/bench_renew_flood.py --trace-worker   # + where a renewal waits
-    /work/venv/bin/python bench/bench_renew_flood.py --profile-worker # + cProfile of the worker
+    python bench/bench_renew_flood.py                  # full run, 3 reps (~75 s)
+    python bench/bench_renew_flood.py --quick          # smoke test (~8 s)
+    python bench/bench_renew_flood.py --rate 1000      # another flood rate
+    python bench/bench_renew_flood.py --trace-worker   # + where a renewal waits
+    python bench/bench_renew_flood.py --profile-worker # + cProfile of the worker
 
 Processes, each with its own interpreter (the box has 2 cores; nothing timed shares a GIL with
 work it does not measure):

@@ -197,7 +197,9 @@ class Devnet:
             self._scheduler_lines() + "[job]\n"
             f"workers = {self.trainers}\n"
             'executor = { class = "train", name = "diloco-transformer" }\n'
-            "resources = { cpu = 1, memory = 1 }\n"
+            # What a training process (torch; two under accelerate) needs: a `flexible` worker
+            # offers exactly this, and a job's memory is its limit (1 GB failed to map scipy).
+            "resources = { cpu = 1, memory = 2 }\n"
             f"bid = {BID:g}\nmax_price = {MAX_PRICE:g}\n"
             "renew_interval = 0.5\n"
             "timeout = 600\n"

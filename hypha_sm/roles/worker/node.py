@@ -229,7 +229,6 @@ class WorkerNode:
                 continue
             with trio.move_on_after(RECORD_LIFETIME / 3):
                 await reconnected.wait()
-                log.info("gateway %s: connected again; registering again", gateway)
             self._reconnected[gateway] = trio.Event()
 
     async def _take_advertisements(self, publish: str, gateway: str) -> None:
@@ -250,10 +249,11 @@ class WorkerNode:
             await trio.sleep(RECONNECT_POLL)
             now = sub.connections > 0
             if now and not connected:
-                if ever:  # a gateway that restarted has forgotten our record
-                    self._reconnected.setdefault(gateway, trio.Event()).set()
-                else:
-                    log.info("gateway %s: connected; taking advertisements", gateway)
+                # Register again on every connection, the first included: a gateway that
+                # restarted before this poll saw the first one has forgotten our record.
+                self._reconnected.setdefault(gateway, trio.Event()).set()
+                how = "connected again; registering again" if ever else "connected"
+                log.info("gateway %s: %s", gateway, how)
                 ever = True
             connected = now
 
