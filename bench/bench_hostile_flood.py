@@ -45,6 +45,7 @@ def config(tmp: Path, gateway: str) -> Path:
     text = path.read_text()
     text = text.replace('["tcp://127.0.0.1:7000"]', f'["{gateway}"]')
     text = text.replace('["tcp://0.0.0.0:7200"]', '["tcp://127.0.0.1:0"]')
+    text = text.replace('job_user = "auto"', 'job_user = "node"')  # see bench_renew_flood
     path.write_text(text)
     return path
 

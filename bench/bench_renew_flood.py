@@ -378,6 +378,9 @@ def worker_settings(tmp: Path, gateway: str) -> dict[str, Any]:
         "gateway_addresses": [gateway],
         "listen_addresses": ["tcp://127.0.0.1:0"],
         "work_dir": str(tmp / "work"),
+        # The echo job is never dispatched here; as root, job_user = auto would refuse to start
+        # a node whose interpreter other users cannot reach.
+        "job_user": "node",
         "resources": CAPACITY,
         "offer": {"price": 100, "floor": 100, "strategy": "flexible"},
         "executors": [

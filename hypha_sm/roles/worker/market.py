@@ -22,6 +22,8 @@ log = logging.getLogger("hypha_sm.roles.worker.market")
 
 #: Seconds between two summaries of the declined advertisements.
 SUMMARY_EVERY = 60.0
+#: Seconds between two looks for a decline reason not yet said.
+SCAN_EVERY = 1.0
 
 
 def _short(text: str, keep: int = 8) -> str:
@@ -37,6 +39,7 @@ class MarketLog:
         self._seen: Counter[str] = Counter()
         self._next: float | None = None
         self._announced: set[str] = set()
+        self._next_scan = 0.0
         #: Lease decisions of the whole run, for the totals at stop.
         self.totals: Counter[str] = Counter()
 
@@ -72,7 +75,21 @@ class MarketLog:
                 self.totals["lapsed" if src == "offered" else "ended"] += 1
                 how = "lapsed unaccepted" if src == "offered" else f"ended ({name})"
                 log.info("lease %s %s", _short(key), how)
-        declines = self._declines()
+        # Scanning the counters costs a walk over all of them: at most once a second, not per
+        # step (a flood of advertisements is thousands of steps a second).
+        if self._next is None or now.mono >= self._next_scan:
+            self._next_scan = now.mono + SCAN_EVERY
+            self._announce(self._declines())
+        if self._next is None:
+            self._next = now.mono + self._every
+            self._seen.update(self._declines())
+            self._seen["renewals"] = self.totals["renewals"]
+        elif now.mono >= self._next:
+            self._next = now.mono + self._every
+            self.summarise()
+
+    def _announce(self, declines: Counter[str]) -> None:
+        """A line for each decline reason seen for the first time."""
         for reason in sorted(declines):
             if reason.startswith("declined.") and reason not in self._announced:
                 self._announced.add(reason)
@@ -80,13 +97,6 @@ class MarketLog:
                     "declining advertisements: %s (from now on summed once a minute)",
                     reason.removeprefix("declined."),
                 )
-        if self._next is None:
-            self._next = now.mono + self._every
-            self._seen.update(declines)
-            self._seen["renewals"] = self.totals["renewals"]
-        elif now.mono >= self._next:
-            self._next = now.mono + self._every
-            self.summarise()
 
     def _declines(self) -> Counter[str]:
         return Counter(
