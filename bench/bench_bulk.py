@@ -245,7 +245,7 @@ def send_impl(a: dict[str, Any]) -> None:
             tls=tls,
             sha256=a.get("sha256"),
             blake3=a.get("blake3"),
-            chunk_size=a["chunk"],
+            chunk_size=bulk.DEFAULT_CHUNK,  # what a node sends with (bare rows: CHUNK)
         )
         dt = perf() - t0
         assert result.size == a["size"]
