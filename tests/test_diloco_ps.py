@@ -35,6 +35,32 @@ def _round(tmp: Path, grads: list[dict[str, object]], step: OuterStep, first: bo
     return load_file(str(tmp / "update"))
 
 
+def test_a_round_that_cannot_write_its_update_leaves_no_file_and_no_open_file(
+    tmp_path: Path,
+) -> None:
+    """The update's directory is gone: the round raises, the momentum is as it was, nothing
+    half-written is left, and every input it opened is closed again."""
+    import os
+
+    step = OuterStep()
+    _round(tmp_path, [{"w": [1.0, 2.0]}], step, True)
+    before = (tmp_path / "momentum").read_bytes()
+    path = tmp_path / "g0.safetensors"
+    save_file({"w": torch.tensor([3.0, 4.0])}, str(path))
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        aggregate(
+            [Contribution(path)],
+            momentum_path=tmp_path / "momentum",
+            update_path=tmp_path / "gone" / "update",
+            step=step,
+            first_round=False,
+        )
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert (tmp_path / "momentum").read_bytes() == before
+    assert not (tmp_path / "momentum.next").exists()
+
+
 def test_golden_nesterov_two_rounds(tmp_path: Path) -> None:
     """μ 0.7, η 0.1: g = 0.5 gives 0.085; then g = 0.1..0.5 gives 0.0415..0.1095 (§16.1)."""
     step = OuterStep(learning_rate=0.1, momentum=0.7)

@@ -89,27 +89,73 @@ def aggregate(
     if not contributions:
         raise ValueError("no pseudo-gradients to aggregate")
     readers: list[TensorReader] = []
+    update: StreamWriter | None = None
+    moment: StreamWriter | None = None
     try:
         readers += [TensorReader(c.path) for c in contributions]
         if not first_round:
             readers.append(TensorReader(momentum_path))
+        layout = readers[0].layout
+        next_momentum = momentum_path.with_name(momentum_path.name + ".next")
+        # The update is hashed (BLAKE3, what the bulk transfer offers) and written in a worker
+        # thread while the next tensor is computed: SHA-256 alone was half of this function's
+        # time. The momentum needs no digest.
+        update = StreamWriter(
+            update_path,
+            [(name, WIRE_DTYPES[dtype], shape) for name, dtype, shape in layout.tensors],
+            {"format": "pt"},
+            digest="blake3",
+            background=True,
+        )
+        moment = StreamWriter(
+            next_momentum,
+            [(name, torch.float32, shape) for name, _, shape in layout.tensors],
+            {"format": "pt"},
+            digest=None,
+        )
+        _step(
+            readers,
+            contributions,
+            update,
+            moment,
+            step,
+            first_round=first_round,
+            pairwise=pairwise,
+        )
+        # No fsync: both files live for the job only, and a crashed parameter server fails the
+        # job; each worker's bulk receiver syncs the update it stores.
+        update.close(fsync=False)
+        moment.close(fsync=False)
+        _swap(next_momentum, momentum_path)
     except BaseException:
+        for writer in (update, moment):
+            if writer is not None:
+                writer.discard()
+        raise
+    finally:
         for reader in readers:
             reader.close()
-        raise
+    return update.hexdigest()
+
+
+def _step(
+    readers: Sequence[TensorReader],
+    contributions: Sequence[Contribution],
+    update: StreamWriter,
+    moment: StreamWriter,
+    step: OuterStep,
+    *,
+    first_round: bool,
+    pairwise: bool,
+) -> None:
+    """Tensor by tensor: the mean, the momentum and the update, handed to the writers.
+
+    One reader per contribution, in order, then (after the first round) the momentum's.
+    """
     layout = readers[0].layout
+    count = len(contributions)
     weights = [c.weight for c in contributions]
     mu, lr = step.momentum, step.learning_rate
-    out_tensors = [(name, WIRE_DTYPES[dtype], shape) for name, dtype, shape in layout.tensors]
-    mom_tensors = [(name, torch.float32, shape) for name, _, shape in layout.tensors]
-    next_momentum = momentum_path.with_name(momentum_path.name + ".next")
-    # The update is hashed (BLAKE3, what the bulk transfer offers) and written in a worker
-    # thread while the next tensor is computed: SHA-256 alone was half of this function's time.
-    # The momentum needs no digest.
-    update = StreamWriter(
-        update_path, out_tensors, {"format": "pt"}, digest="blake3", background=True
-    )
-    moment = StreamWriter(next_momentum, mom_tensors, {"format": "pt"}, digest=None)
     # Scratch buffers for every tensor: no allocation (and no fresh pages) per tensor. Two for
     # the update: the writer thread still reads one while the next is computed into the other.
     # Inputs are read with pread into buffers of their own, not memory-mapped: a map's pages
@@ -118,32 +164,18 @@ def aggregate(
     g_buf, m_buf, *u_bufs = (torch.empty(largest, dtype=torch.float32) for _ in range(4))
     scratch = [torch.empty(largest * 4, dtype=torch.uint8) for _ in readers]
     inputs = list(zip(readers, scratch, strict=True))
-    contributed = inputs[: len(contributions)]
-    try:
-        for index, (name, dtype, shape) in enumerate(layout.tensors):
-            n = math.prod(shape)
-            tensors = [reader.read_into(name, buf) for reader, buf in contributed]
-            g = _mean_into(g_buf[:n], tensors, weights, pairwise)
-            m = m_buf[:n]
-            if first_round:
-                m.copy_(g)
-            else:
-                reader, buf = inputs[-1]
-                torch.mul(reader.read_into(name, buf).float(), mu, out=m)
-                m.add_(g)
-            u = torch.mul(m, mu, out=u_bufs[index % 2][:n]).add_(g).mul_(lr)
-            moment.write(name, m.view(shape))
-            update.write(name, u.view(shape).to(WIRE_DTYPES[dtype]))
-        # No fsync: both files live for the job only, and a crashed parameter server fails the
-        # job; each worker's bulk receiver syncs the update it stores.
-        update.close(fsync=False)
-        moment.close(fsync=False)
-        _swap(next_momentum, momentum_path)
-    except BaseException:
-        update.discard()
-        moment.discard()
-        raise
-    finally:
-        for reader in readers:
-            reader.close()
-    return update.hexdigest()
+    contributed = inputs[:count]
+    for index, (name, dtype, shape) in enumerate(layout.tensors):
+        n = math.prod(shape)
+        tensors = [reader.read_into(name, buf) for reader, buf in contributed]
+        g = _mean_into(g_buf[:n], tensors, weights, pairwise)
+        m = m_buf[:n]
+        if first_round:
+            m.copy_(g)
+        else:
+            reader, buf = inputs[-1]
+            torch.mul(reader.read_into(name, buf).float(), mu, out=m)
+            m.add_(g)
+        u = torch.mul(m, mu, out=u_bufs[index % 2][:n]).add_(g).mul_(lr)
+        moment.write(name, m.view(shape))
+        update.write(name, u.view(shape).to(WIRE_DTYPES[dtype]))
