@@ -48,7 +48,7 @@ class Layout:
     tensors: tuple[tuple[str, str, tuple[int, ...]], ...]
     metadata: Mapping[str, str]
     #: Where each tensor's bytes start in the file, in the order of ``tensors``.
-    offsets: tuple[int, ...] = ()
+    offsets: tuple[int, ...]
 
     @property
     def signature(self) -> str:
@@ -131,8 +131,8 @@ class TensorReader:
     holds nothing but the file descriptor.
     """
 
-    def __init__(self, path: Path, layout: Layout | None = None) -> None:
-        self.layout = layout or read_layout(path)
+    def __init__(self, path: Path) -> None:
+        self.layout = read_layout(path)
         self._where = {
             name: (offset, WIRE_DTYPES[dtype], shape)
             for (name, dtype, shape), offset in zip(
@@ -205,7 +205,7 @@ class StreamWriter:
         self._path = path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "wb")
-        # The SHA-256 of every byte written, ready when the file is (no second pass to send it).
+        # The digest of every byte written, ready when the file is (no second pass to send it).
         self._digest: Any = None
         if digest == "sha256":
             self._digest = hashlib.sha256()

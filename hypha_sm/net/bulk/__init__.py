@@ -64,7 +64,6 @@ from hypha_sm.net.bulk.protocol import (
 from hypha_sm.net.bulk.receive import BulkServer
 from hypha_sm.net.bulk.send import (
     file_digest,
-    file_sha256,
     new_transfer_id,
     send_file,
     send_over,
@@ -86,7 +85,6 @@ __all__ = [
     "TransferMismatch",
     "TransferRefused",
     "file_digest",
-    "file_sha256",
     "new_transfer_id",
     "send_file",
     "send_over",

@@ -65,11 +65,6 @@ async def file_digest(
     return digest.hexdigest()
 
 
-async def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 4 * MiB) -> str:
-    """The hex SHA-256 of a file (``file_digest`` with ``"sha256"``)."""
-    return await file_digest(path, "sha256", chunk_size=chunk_size)
-
-
 def new_transfer_id() -> str:
     """128 random bits as 32 hex digits."""
     return os.urandom(16).hex()

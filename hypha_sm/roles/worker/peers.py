@@ -55,14 +55,6 @@ RECEIVE_BUFFER = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-@dataclass(frozen=True)
-class Digests:
-    """The digests a transfer offer names ("" = not named); the receiver checks each."""
-
-    sha256: str
-    blake3: str
-
-
 @dataclass(eq=False)
 class _Receiver:
     directory: Path
@@ -250,24 +242,20 @@ class PeerFiles:
         purpose: str,
         *,
         name: str | None = None,
-        sha256: str | None = None,
         blake3: str | None = None,
     ) -> Mapping[str, str]:
         """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook).
 
         ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``);
-        ``sha256`` and ``blake3`` the file's digests if the caller has them (the offer names
-        each given); with neither, its BLAKE3 is computed here.
+        ``blake3`` the file's digest if the caller has it (else it is computed here).
         """
-        if not sha256 and not blake3:
-            blake3 = await file_digest(path, "blake3")
-        digests = Digests(sha256 or "", blake3 or "")
+        digest = blake3 or await file_digest(path, "blake3")
         shown = name or path.name
         name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{shown}")[:255]
         results: dict[str, str] = {}
 
         async def one(peer: str) -> None:
-            results[peer] = await self._send_one(path, peer, name, digests, purpose, shown)
+            results[peer] = await self._send_one(path, peer, name, digest, purpose, shown)
 
         # Side by side: a parameter server's update reaches every worker in the time of one.
         async with trio.open_nursery() as nursery:
@@ -276,7 +264,7 @@ class PeerFiles:
         return {peer: results[peer] for peer in dict.fromkeys(peers)}
 
     async def _send_one(
-        self, path: Path, peer: str, name: str, digests: Digests, purpose: str, shown: str
+        self, path: Path, peer: str, name: str, blake3: str, purpose: str, shown: str
     ) -> str:
         try:
             peer_id = PeerId.parse(peer)
@@ -286,9 +274,7 @@ class PeerFiles:
         if not addresses:
             return "unknown_peer: no gateway has its record"
         size = os.stat(path).st_size  # the bridge checked it exists; a stat does not block long
-        offer = TransferOffer(
-            new_transfer_id(), name, size, digests.sha256, purpose, digests.blake3
-        )
+        offer = TransferOffer(new_transfer_id(), name, size, purpose=purpose, blake3=blake3)
         outcome = "unreachable"
         for address in addresses:
             try:
@@ -310,8 +296,7 @@ class PeerFiles:
                     tls=self.tls,
                     name=name,
                     purpose=purpose,
-                    sha256=digests.sha256 or None,
-                    blake3=digests.blake3 or None,
+                    blake3=blake3,
                     transfer_id=offer.transfer_id,
                 )
             except BulkError as exc:
