@@ -129,7 +129,7 @@ class World:
                 if ok:
                     self.feed(ev.Renewed(lid, wall + 5.0))
                 elif refused:
-                    self.feed(ev.RenewRefused(lid, f"renewal refused: {why}"))
+                    self.feed(ev.RenewRefused(lid, f"{ev.RENEWAL_REFUSED}{why}"))
                 else:
                     self.feed(ev.RenewFailed(lid, "timeout"))
             case fx.DispatchJob(lease_id=lid):
@@ -402,7 +402,7 @@ def protocol_walk(rng: random.Random, steps: int = 300) -> World:
             peer = world.state.records["placement"][lease].worker
             world.feed(ev.StatusReceived(world.token(), peer, job_id or "", "failed", 1))
         elif roll < 0.175 and leases:  # the job ended and its worker let the lease go
-            world.feed(ev.RenewRefused(rng.choice(leases), "renewal refused: job_ended"))
+            world.feed(ev.RenewRefused(rng.choice(leases), f"{ev.RENEWAL_REFUSED}job_ended"))
         elif roll < 0.18 and world.state.jobs:
             job_id = rng.choice(sorted(world.state.jobs))
             world.feed(ev.ProgressReceived(world.token(), "12D3KooWStranger", job_id, "x", "y"))

@@ -472,7 +472,7 @@ class Scheduler:
         if isinstance(answer.message, m.LeaseRenewed):
             await self._inbox.send(ev.Renewed(effect.lease_id, answer.message.expires))
         else:
-            reason = f"renewal refused: {_why(answer.message)}"
+            reason = f"{ev.RENEWAL_REFUSED}{_why(answer.message)}"
             await self._inbox.send(ev.RenewRefused(effect.lease_id, reason))
 
     async def _dispatch(self, effect: fx.DispatchJob) -> None:

@@ -97,8 +97,15 @@ class RenewFailed(_Event, tag="renew_failed", frozen=True):
     reason: str
 
 
+#: How a ``RenewRefused`` reason starts; the worker's own reason follows.
+RENEWAL_REFUSED = "renewal refused: "
+
+
 class RenewRefused(_Event, tag="renew_refused", frozen=True):
-    """The worker refused a renewal: the lease is gone on its side."""
+    """The worker refused a renewal: the lease is gone on its side.
+
+    ``reason`` is ``RENEWAL_REFUSED`` and the worker's reason (``job_ended``, ...).
+    """
 
     lease_id: str
     reason: str

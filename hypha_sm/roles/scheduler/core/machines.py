@@ -27,6 +27,7 @@ from hypha_sm.roles.scheduler.core.effects import (
     ReplyStatus,
 )
 from hypha_sm.roles.scheduler.core.events import (
+    RENEWAL_REFUSED,
     LeaseAccepted,
     OfferReceived,
     ProgressReceived,
@@ -560,7 +561,7 @@ def extend(ctx: Ctx) -> None:
 @PLACEMENT.guard
 def job_ended_on_worker(ctx: Ctx) -> bool:
     """The worker refused the renewal because the job under the lease ended."""
-    return bool(ctx.event.reason.endswith(": job_ended"))
+    return bool(ctx.event.reason == f"{RENEWAL_REFUSED}job_ended")
 
 
 @PLACEMENT.action
