@@ -243,7 +243,7 @@ def preflight(settings: WorkerSettings) -> list[str]:
     key = settings.node_key
     if not key.is_file():
         elsewhere = Path.cwd() / key.name
-        if elsewhere.is_file():  # read against the current directory, as before 0.1
+        if elsewhere.is_file():  # where a path read against the current directory would be
             problems.append(
                 f"node_key {key}: no such file; {elsewhere} exists, but paths in a config "
                 f'file are relative to the file: set node_key = "{elsewhere}"'
