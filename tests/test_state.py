@@ -181,6 +181,20 @@ def test_lapse_memory_is_bounded_and_a_long_quiet_scheduler_starts_afresh() -> N
     assert state.lapses["s3"][0] == 1
 
 
+def test_ended_lease_memory_is_bounded_and_tells_only_the_owner() -> None:
+    """A stranger who renews lease ids cannot grow the memory of ended leases (at most
+    ``ended_lease_memory``, the oldest forgotten) or learn why one ended."""
+    state = _with(ended_lease_memory=2)
+    state.note_ended("l1", "owner", "not_accepted")
+    state.note_ended("l2", "owner", "job_ended")
+    state.note_ended("l3", "owner", "draining?")  # a reason without its own reply
+    assert list(state.ended_leases) == ["l2", "l3"]
+    assert state.why_unknown("l1", "owner") == "unknown_lease"  # forgotten
+    assert state.why_unknown("l2", "owner") == "job_ended"
+    assert state.why_unknown("l3", "owner") == "lease_ended"
+    assert state.why_unknown("l2", "stranger") == "unknown_lease"
+
+
 def test_ended_records_are_counted_by_kind_and_final_phase() -> None:
     state = _state()
     for key in ("n0", "n1"):
