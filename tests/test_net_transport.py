@@ -137,18 +137,25 @@ def forge(
 
 
 async def test_round_trip(any_net: Net) -> None:
-    """A renewal goes out sealed and comes back verified, from the server, over every transport."""
+    """A renewal to a named peer goes through a session (one signed handshake, then a sealed
+    frame each way) and comes back from the server; a request to an unnamed peer is a signed
+    envelope each way; over every transport."""
     handler = Renewer()
     with any_net.endpoint(SERVER) as server, any_net.endpoint(CLIENT) as client:
         async with serving(server, any_net.address(), handler) as address:
             answer = await client.request(address, RenewLease("lease-1"), expect=SERVER.peer_id)
             assert answer.message == LeaseRenewed("lease-1", expires=1000.0)
             assert answer.sender == SERVER.peer_id
-            again = await client.request(address, Health())
-            assert again.message == HealthReply(healthy=True)
-        assert server.stats().accepted == 2
-        assert client.stats().accepted == 2
-        assert handler.calls == 2
+            assert answer.envelope == b""  # sealed, not signed: nothing to hand on
+            again = await client.request(address, RenewLease("lease-2"), expect=SERVER.peer_id)
+            assert again.message == LeaseRenewed("lease-2", expires=1000.0)
+            health = await client.request(address, Health())
+            assert health.message == HealthReply(healthy=True)
+            assert health.envelope != b""
+        # the handshake, two sealed renewals, the signed health request
+        assert server.stats().accepted == 4
+        assert client.stats().accepted == 4
+        assert handler.calls == 3
 
 
 async def test_fifty_concurrent_requests_are_each_answered_correctly(net: Net) -> None:
@@ -229,7 +236,7 @@ async def test_hostile_requests_are_refused_counted_logged_and_the_server_keeps_
             assert good.message == LeaseRenewed("after", expires=1000.0)
         stats = server.stats()
     assert stats.rejected == {counted: 1}
-    assert stats.accepted == 1
+    assert stats.accepted == 2  # the session's handshake and the sealed renewal
     assert handler.calls == 1
     assert f"rejected ({counted})" in caplog.text
     assert client.stats().failed_requests == {reason: 1}

@@ -43,6 +43,7 @@ from hypha_sm.wire.envelope import (
     Opened,
     Opener,
     Rejection,
+    decode_payload,
     open_record,
     signing_bytes,
 )
@@ -69,7 +70,8 @@ _enc = msgspec.msgpack.encode
 #: Every function in the package that decodes bytes from outside, and the fuzz that covers it.
 FUZZED = {
     "hypha_sm.wire.envelope:_verified": "envelope",
-    "hypha_sm.wire.envelope:_decoded": "envelope",
+    "hypha_sm.wire.envelope:decode_payload": "envelope",
+    "hypha_sm.net.session:_decode": "session_frame",
     "hypha_sm.log.codec:decode_header": "event_log",
     "hypha_sm.log.codec:decode_entry": "event_log",
     "hypha_sm.log.codec:role_of": "event_log",
@@ -350,7 +352,16 @@ def fuzz_manifest(text: bytes) -> None:
             decode_manifest(data)
 
 
-TARGETS = ("envelope", "event_log", "config", "bridge", "manifest", "gradient_file", "ps_spec")
+TARGETS = (
+    "envelope",
+    "session_frame",
+    "event_log",
+    "config",
+    "bridge",
+    "manifest",
+    "gradient_file",
+    "ps_spec",
+)
 
 
 @given(
@@ -393,6 +404,37 @@ def test_fuzz_envelope_and_payload_refuse_deep_and_wide_structures(hostile: byte
     extra element, signed payload, unknown field, field value): a message or a counted
     rejection, never an exception."""
     fuzz_envelope(hostile)
+
+
+def fuzz_session_frame(hostile: bytes) -> None:
+    """The hostile object in every place of a sealed frame, and sealed as its payload."""
+    from hypha_sm.net import session as sn
+
+    keys = (b"k" * 32, b"K" * 32)
+    table = sn.SessionTable()
+    table.add(MALLORY.peer_id, b"S" * 16, keys, NOW + 60, 10)
+    client = sn.ClientSession.from_keys(MALLORY.peer_id, b"S" * 16, keys, NOW + 60, 10)
+    head = b"\x94" + _enc(2) + _enc(b"S" * 16) + _enc(0)
+    for frame in (hostile, head + hostile, b"\x95" + head[1:] + _enc(b"") + hostile):
+        result = table.open(frame, NOW)
+        assert isinstance(result, tuple)
+        assert result[0].reason in ("malformed", "oversized", *sn.REASONS)
+        assert isinstance(client.open_answer(frame, 0), Rejection)
+    _, sealed = client.seal(hostile)  # a stranger's session: the payload decoder is next
+    opened = table.open(sealed, NOW)
+    assert isinstance(opened, sn.OpenedFrame)
+    assert isinstance(decode_payload(opened.payload), Rejection | m.Message)
+
+
+@given(st.one_of(hostile_msgpack(), nested_values().map(_enc)))
+@settings(max_examples=200)
+@example(msgpack_tower(DEEPEST))
+@example(b"\xdd" + (60_000).to_bytes(4, "big") + b"\x90" * 60_000)  # wide: 60,000 items
+def test_fuzz_sealed_frames_refuse_deep_and_wide_structures(hostile: bytes) -> None:
+    """Towers, wide containers and recursive values as a whole frame, as a field of one, or
+    sealed as the payload of a valid session: a counted rejection or a message, never an
+    exception."""
+    fuzz_session_frame(hostile)
 
 
 def test_the_crash_frame_of_the_report_is_refused_before_decoding() -> None:

@@ -31,12 +31,12 @@ from hypha_sm.net.transport.base import (
     HARD_LIMIT_FACTOR,
     Handler,
     NetConfig,
-    NetError,
     Publisher,
     Subscription,
     Transport,
     log,
 )
+from hypha_sm.net.transport.failures import NetError
 from hypha_sm.wire.envelope import Opener
 from hypha_sm.wire.identity import Identity
 

@@ -221,12 +221,13 @@ def _verified(
     return env, sender
 
 
-def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
-    problem = msgpack_problem(env.payload)
+def decode_payload(payload: bytes) -> Message | Rejection:
+    """A message's msgpack bytes as a ``Message``, or why not; never raises for bad input."""
+    problem = msgpack_problem(payload)
     if problem is not None:
         return Rejection("malformed_payload", f"{problem} (checked before decoding)")
     try:
-        message = _payload_decoder.decode(env.payload)
+        message: Message = _payload_decoder.decode(payload)
     except msgspec.ValidationError as exc:
         text = str(exc)
         reason = (
@@ -239,4 +240,11 @@ def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
         # Remote bytes: whatever the decoder raises is a rejection, never the caller's problem.
         # (msgspec raises UnicodeDecodeError, a ValueError, for invalid UTF-8: its issue #714.)
         return Rejection("malformed_payload", f"{type(exc).__name__}: {str(exc)[:200]}")
+    return message
+
+
+def _decoded(env: Envelope, sender: PeerId, data: bytes) -> Opened | Rejection:
+    message = decode_payload(env.payload)
+    if isinstance(message, Rejection):
+        return message
     return Opened(sender, message, env.id, env.ts, data)

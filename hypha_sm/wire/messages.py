@@ -380,6 +380,35 @@ class Refused(_Msg, tag="refused", frozen=True):
     reason: Reason
 
 
+# -- sessions (specs/protocol.md §5.1) --------------------------------------------------------
+
+#: An X25519 public key, and a session id.
+EphemeralKey = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+SessionId = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+MessageId = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class SessionOpen(_Msg, tag="session_open", frozen=True):
+    """Open a session with ``peer`` (the server): the client's ephemeral X25519 key."""
+
+    ephemeral: EphemeralKey
+    peer: PeerText
+
+
+class SessionAccept(_Msg, tag="session_accept", frozen=True):
+    """A session with ``peer`` (the client), answering the ``SessionOpen`` with id ``opened``.
+
+    It lasts ``lifetime`` seconds or ``max_messages`` requests, whichever ends first.
+    """
+
+    ephemeral: EphemeralKey
+    session: SessionId
+    opened: MessageId
+    peer: PeerText
+    lifetime: float
+    max_messages: int
+
+
 # -- bulk transfers ----------------------------------------------------------------------------
 
 
@@ -436,6 +465,8 @@ Message = (
     | GatewayInfoReply
     | Ack
     | Refused
+    | SessionOpen
+    | SessionAccept
     | TransferOffer
     | TransferAnswer
 )

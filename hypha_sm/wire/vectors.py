@@ -94,6 +94,10 @@ EXAMPLES: dict[str, m.Message] = {
     "gateway_info_reply": m.GatewayInfoReply("tcp://10.0.0.2:7001", "tcp://10.0.0.2:7002"),
     "ack": m.Ack(),
     "refused": m.Refused("bad_signature"),
+    "session_open": m.SessionOpen(bytes(range(32)), PEER),
+    "session_accept": m.SessionAccept(
+        bytes(range(32, 64)), bytes(range(16)), MSG_ID, PEER, 600.0, 1 << 20
+    ),
     "transfer_offer": m.TransferOffer("t-1", "update.safetensors", 1024, "", "update", "00" * 32),
     "transfer_answer": m.TransferAnswer("t-1", True, "", "tcp://10.0.0.9:7201"),
 }

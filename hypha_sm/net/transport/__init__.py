@@ -42,18 +42,20 @@ Size limits:
 from hypha_sm.net.transport.base import (
     DRAIN_BATCH,
     HARD_LIMIT_FACTOR,
-    NET_ERRORS,
     NNG_ERRORS,
-    PUBSUB_PROTOCOL,
-    REQUEST_PROTOCOL,
     TRANSPORT_REASONS,
     Handler,
     NetConfig,
-    NetError,
     NetStats,
     Publisher,
     Subscription,
     Transport,
+)
+from hypha_sm.net.transport.failures import (
+    NET_ERRORS,
+    PUBSUB_PROTOCOL,
+    REQUEST_PROTOCOL,
+    NetError,
 )
 from hypha_sm.net.transport.nng import Endpoint
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import os
 import time
 import types
@@ -15,26 +16,25 @@ from typing import Self
 import trio
 
 from hypha_sm.net import relay
-from hypha_sm.net.errors import NetworkError
+from hypha_sm.net import session as sn
 from hypha_sm.net.tls import TlsFiles
-from hypha_sm.wire.envelope import MSG_ID_BYTES, Opened, Opener, Rejection, seal
+from hypha_sm.net.transport.failures import (
+    PUBSUB_PROTOCOL,
+    REQUEST_PROTOCOL,
+    NetError,
+)
+from hypha_sm.net.transport.sessions import Sessions
+from hypha_sm.wire.envelope import (
+    MSG_ID_BYTES,
+    Opened,
+    Opener,
+    Rejection,
+    seal,
+)
 from hypha_sm.wire.identity import Identity, PeerId
-from hypha_sm.wire.messages import Message, Refused
+from hypha_sm.wire.messages import Message, Refused, SessionOpen
 
 log = logging.getLogger("hypha_sm.net")
-
-#: Why a request failed (``NetError.reason``).
-NET_ERRORS = (
-    "timeout",  # connected, but no answer in time (the peer dropped or never answered it)
-    "unreachable",  # no connection to the address within the timeout
-    "connection_lost",  # the connection closed while we waited (e.g. the peer's size limit)
-    "too_large",  # our envelope is over our own size limit; it was not sent
-    "rejected",  # the answer failed verification; ``cause`` is the Rejection reason
-    "refused",  # the peer answered Refused; ``cause`` is its reason
-    "closed",  # this endpoint was closed
-    "bad_address",  # the address cannot be dialled or listened on
-    "unexpected_answer",  # a verified answer of the wrong kind for the request
-)
 
 #: Rejection reasons read from NNG's own statistics (the others come from the ``Opener``).
 TRANSPORT_REASONS = ("tls_auth", "protocol")
@@ -62,25 +62,6 @@ Handler = Callable[[Opened], Awaitable[Message]]
 """Answers one verified request; the transport seals and sends what it returns."""
 
 
-class NetError(NetworkError):
-    """A request (or a publication) that failed, with a reason from ``NET_ERRORS``.
-
-    Attributes:
-        reason: what went wrong, from ``NET_ERRORS``.
-        address: the address the request went to.
-        cause: for ``rejected``, the Rejection reason; for ``refused``, the peer's reason.
-        detail: a short human-readable detail.
-    """
-
-    def __init__(self, reason: str, address: str, *, cause: str = "", detail: str = "") -> None:
-        self.reason = reason
-        self.address = address
-        self.cause = cause
-        self.detail = detail
-        text = f"{reason} ({cause})" if cause else reason
-        super().__init__(f"{text}: {address}" + (f": {detail}" if detail else ""))
-
-
 @dataclass(frozen=True, slots=True)
 class NetConfig:
     """Transport settings.
@@ -94,6 +75,10 @@ class NetConfig:
         request_timeout: default time to wait for an answer, in seconds.
         pubsub_buffer: frames queued per pub/sub connection before NNG drops (max 8192).
         tls: PEM files for ``tls+tcp://`` addresses (mutual TLS); None for tcp/ipc only.
+        sessions: send the requests of ``net.session.SESSION_KINDS`` through sessions (one
+            signed handshake, then sealed frames); a server always answers both forms.
+        session_lifetime: seconds a session this node serves lasts (then its client re-keys).
+        session_messages: requests one session this node serves accepts (then re-keying).
     """
 
     recv_max_size: int = 1 << 20
@@ -103,6 +88,9 @@ class NetConfig:
     request_timeout: float = 10.0
     pubsub_buffer: int = 1024
     tls: TlsFiles | None = None
+    sessions: bool = True
+    session_lifetime: float = sn.LIFETIME
+    session_messages: int = sn.MAX_MESSAGES
 
     def __post_init__(self) -> None:
         if self.recv_max_size <= 0 or self.publication_max_size <= 0:
@@ -113,6 +101,8 @@ class NetConfig:
             raise ValueError("timeouts and skew must be positive")
         if not 1 <= self.pubsub_buffer <= 8192:
             raise ValueError("pubsub_buffer must be between 1 and 8192")
+        if not 0 < self.session_lifetime < math.inf or self.session_messages < 1:
+            raise ValueError("a session needs a positive lifetime and message budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +134,6 @@ class NetStats:
     connection_errors: int
     bytes_in: Mapping[str, int] = field(default_factory=dict)
     bytes_out: Mapping[str, int] = field(default_factory=dict)
-
-
-#: Protocol names in the byte counters (the ``protocols`` attribute of the bandwidth metrics).
-REQUEST_PROTOCOL = "hypha/request"
-PUBSUB_PROTOCOL = "hypha/pubsub"
 
 
 @dataclass(slots=True)
@@ -198,6 +183,7 @@ class Transport(abc.ABC):
         )
         self._counts = _Counters()
         self._closed = False
+        self._sessions = Sessions()
 
     @property
     def peer_id(self) -> PeerId:
@@ -234,6 +220,8 @@ class Transport(abc.ABC):
     async def _answer_bytes(
         self, data: bytes, handler: Handler, peer: Callable[[], object]
     ) -> bytes | None:
+        if sn.is_frame(data):
+            return await self._sessions.answer(self, data, handler, peer)
         result = self._opener.open(data, self._wall())
         if isinstance(result, Rejection):
             self._reject(result, "request", peer())
@@ -241,6 +229,8 @@ class Transport(abc.ABC):
                 return None
             return self.seal(Refused(result.reason))
         self._counts.accepted += 1
+        if isinstance(result.message, SessionOpen):
+            return self._sessions.accept(self, data, result)
         name = type(result.message).__name__
         try:
             answer = self.seal(await handler(result))
@@ -287,10 +277,18 @@ class Transport(abc.ABC):
                 otherwise).
             timeout: seconds to wait; ``config.request_timeout`` by default.
 
+        Requests of ``net.session.SESSION_KINDS`` to an ``expect``ed peer go through a
+        session with it (``config.sessions``); everything else is a signed envelope.
+
         Raises:
             NetError: for every failure, with a reason from ``NET_ERRORS``; a ``Refused``
                 answer raises ``refused`` with the peer's reason as ``cause``.
         """
+        if expect is not None and self.config.sessions and type(message) in sn.SESSION_KINDS:
+            if self._closed:
+                raise self._failed(NetError("closed", address))
+            wait = self.config.request_timeout if timeout is None else timeout
+            return await self._sessions.request(self, address, message, expect, wait)
         return await self.request_envelope(
             address, self.seal(message), expect=expect, timeout=timeout
         )

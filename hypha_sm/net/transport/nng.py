@@ -22,12 +22,12 @@ from hypha_sm.net.transport.base import (
     NNG_ERRORS,
     Handler,
     NetConfig,
-    NetError,
     NetStats,
     Publisher,
     Subscription,
     Transport,
 )
+from hypha_sm.net.transport.failures import NetError
 from hypha_sm.wire.envelope import Opener
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import TOPIC_WORKER
