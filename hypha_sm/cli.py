@@ -162,6 +162,12 @@ def _main(argv: list[str] | None) -> int:
         "--outer-momentum", type=float, default=0.5, help="outer momentum (0.5; the original: 0.9)"
     )
     p_devnet.add_argument(
+        "--samples-per-round",
+        type=int,
+        default=256,
+        help="samples all workers train between updates (256: 16 steps of 8 each for two)",
+    )
+    p_devnet.add_argument(
         "--quorum", type=int, default=0, help="pseudo-gradients that close a late round (0: all)"
     )
     p_devnet.add_argument(
@@ -247,6 +253,7 @@ def _main(argv: list[str] | None) -> int:
                 quorum=args.quorum,
                 round_timeout=args.round_timeout,
                 precision=args.precision,
+                samples_per_round=args.samples_per_round,
             )
         if args.command == "run":
             return _run(args)

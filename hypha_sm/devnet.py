@@ -112,6 +112,9 @@ class Devnet:
     train_args: list[str] | None = None
     #: The pseudo-gradients' dtype on the wire (``float32``, ``bfloat16``, ``float16``).
     precision: str = "float32"
+    #: Samples the workers train between two updates, all together (the original's
+    #: ``avg_samples_between_updates``): 256 is 16 inner steps of 8 samples for each of two.
+    samples_per_round: int = 256
     #: Also start the two workers the job will not get (too dear; floor above the bid), to
     #: show a price decision; tests that need the CPU for training leave them out.
     market_extras: bool = True
@@ -207,7 +210,7 @@ class Devnet:
             f'metrics_dir = "{d / "metrics"}"\n\n'
             "[job.diloco]\n"
             f"rounds = {self.rounds}\n"
-            "avg_samples_between_updates = 256\n"
+            f"avg_samples_between_updates = {self.samples_per_round}\n"
             "max_batch_size = 8\n"
             "inner_optimizer = { learning-rate = 0.003 }\n"
             f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
@@ -410,6 +413,7 @@ def run_devnet(
     quorum: int = 0,
     round_timeout: float = 60.0,
     precision: str = "float32",
+    samples_per_round: int = 256,
 ) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
@@ -423,6 +427,7 @@ def run_devnet(
             quorum=quorum,
             round_timeout=round_timeout,
             precision=precision,
+            samples_per_round=max(1, samples_per_round),
         )
         if not devnet.training:
             print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")

@@ -1,16 +1,28 @@
 """DiLoCo's quality on real data: two workers as real processes against one worker in-process.
 
 The devnet trains a byte-level GPT-2 on Python's documentation text with two training workers
-and a parameter server for 10 outer rounds; the baseline is one worker with the same model
-initialisation trained on the same number of samples (batch 16 = the two workers' batches
-together, so the same number of optimizer steps as each DiLoCo worker), evaluated on the same
-held-out slices. DiLoCo's final eval loss (the mean of the last three evaluations on each side)
-must be within 15 % of the baseline's (the target is 5 %; see the assertion); the bytes the
+and a parameter server for 40 outer rounds of 128 samples (H ≈ 8 inner steps of 8 samples per
+worker, about 5,200 samples); the baseline is one worker with the same model initialisation
+trained on the same number of samples (batch 16 = the two workers' batches together, so the
+same number of optimizer steps as each DiLoCo worker), evaluated on the same held-out slices
+after every 128 samples. DiLoCo's final eval loss (the mean of the last three evaluations on
+each side) should be within 5 % of the baseline's; the test holds 12 % (below). The bytes the
 workers exchanged must be at least H times fewer than a per-step all-reduce would move.
 
+Why this length: both models first sit on the byte model's plateau (eval ≈ 3.25) and leave it
+at a moment that depends on the order of the data (for the single worker alone, two slice
+orders gave 2.62 and 2.71 after 2,600 samples), and for DiLoCo on which slices each worker
+happened to get (timing decides that); right after it the curves are steep, so comparing there
+measures that moment more than DiLoCo. Measured (docs/training.md, "What it reaches"): 10
+rounds of H 16 gave +2.1 % to +3.3 % in most runs and +9.4 % to +14 % in others; 20 rounds of
+H 8, -0.2 % to +1.6 % and once +6.9 %; 40 rounds of H 8 (this test), +2.1 %, +3.1 %, +3.2 % and
+once +8.7 % (that run's DiLoCo left the plateau three rounds later and stayed 0.15 behind). An
+outer learning rate of 1.4 (to make up for two noisier Adam trajectories averaged) gave +5.2 %.
+So the 5 % target holds in most runs, not in all: the assertion is 12 %, which still fails a
+DiLoCo that does not learn together (stuck on the plateau: about +35 % at this length).
+
 It runs after the parallel suite, alone (``alone`` marker, scripts/test): when it shared two
-cores with other end-to-end tests, one worker was starved for whole rounds and the model left
-the early plateau several rounds later (+10 % at round 10; +1.7 % to +3.3 % alone).
+cores with other end-to-end tests, one worker was starved for whole rounds.
 
 The outer step here is η 1, μ 0 (plain averaging of the pseudo-gradients): measured on this
 tiny problem, outer momentum 0.9 needs more rounds than a CI run has to pay off (10 rounds of
@@ -35,12 +47,14 @@ from hypha_sm.devnet import MODEL_CONFIG  # noqa: E402
 from hypha_sm.executors.diloco import batches, build_model, lm_loss, rows_of  # noqa: E402
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
-ROUNDS = 10
+ROUNDS = 40
+#: Samples all workers train between two updates (the job's avg_samples_between_updates).
+SAMPLES_PER_ROUND = 128
 NAMES = ["input_ids", "attention_mask", "labels"]
 
 
 def single_worker(dataset: Path, samples: int, batch: int = 16) -> list[float]:
-    """Eval loss of one worker trained on ``samples`` samples, every 16 steps."""
+    """Eval loss of one worker trained on ``samples`` samples, every ``SAMPLES_PER_ROUND``."""
     torch.set_num_threads(1)
     model = build_model(dataset.parent.parent / "data" / "model", "causal-lm", 0)  # the same
     evals = sorted(dataset.glob("eval-*.safetensors"))[:2]
@@ -64,7 +78,7 @@ def single_worker(dataset: Path, samples: int, batch: int = 16) -> list[float]:
         optimizer.zero_grad()
         lm_loss(model, b).backward()
         optimizer.step()
-        if step % 16 == 0:
+        if step * batch % SAMPLES_PER_ROUND == 0:
             curve.append(evaluate())
         if step * batch >= samples:
             break
@@ -90,6 +104,8 @@ def test_two_worker_diloco_stays_near_one_worker_on_the_same_samples(
             "1.0",
             "--outer-momentum",
             "0",
+            "--samples-per-round",
+            str(SAMPLES_PER_ROUND),
         ],
         capture_output=True,
         text=True,
@@ -105,18 +121,13 @@ def test_two_worker_diloco_stays_near_one_worker_on_the_same_samples(
     samples = sum(m["samples"] for r in range(1, ROUNDS + 1) for m in rounds[r].values())
     baseline = single_worker(tmp_path / "datasets" / "pydoc", int(samples))
     print(f"\nDiLoCo (2 workers) eval loss per round: {[round(x, 4) for x in diloco]}")
-    print(f"one worker, every 16 steps of 16:      {[round(x, 4) for x in baseline]}")
+    print(f"one worker, every 8 steps of 16:       {[round(x, 4) for x in baseline]}")
     print(f"samples {samples:.0f}; final {diloco[-1]:.4f} vs {baseline[-1]:.4f}")
     # The last three evaluations on each side: one evaluation swings by a few hundredths with
     # which slices each worker happened to get (timing decides that), the mean much less.
     ours, theirs = sum(diloco[-3:]) / 3, sum(baseline[-3:]) / 3
     print(f"mean of the last three: {ours:.4f} vs {theirs:.4f} ({ours / theirs - 1:+.1%})")
-    # The issue's target is 5 %. Measured over a dozen runs: +1.7 % to +3.3 % when both models
-    # leave the byte model's plateau (near 3.25) by round 5, up to +14 % when DiLoCo's workers
-    # leave it only at round 8 (which happened with uneven step counts, 21 and 12 a round).
-    # Until that is understood the test holds what it reliably reaches; it still fails a DiLoCo
-    # that does not learn together (stuck on the plateau: about +19 %).
-    assert ours <= 1.15 * theirs, (diloco, baseline)
+    assert ours <= 1.12 * theirs, (diloco, baseline)  # the target is 5 %: see the docstring
     assert diloco[-1] < diloco[0] - 2.0  # it learned: ln 256 = 5.55 nats per byte at the start
 
     # Bytes: each worker sends one pseudo-gradient and receives one update per round; a
