@@ -84,11 +84,11 @@ from gateway_process import start_gateway
 
 from hypha_sm.log.codec import decode_entry
 from hypha_sm.net.keys import create_key_file
-from hypha_sm.net.transport import Endpoint, NetError
+from hypha_sm.net.transport import Endpoint, NetConfig, NetError
 from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.wire import messages as m
 from hypha_sm.wire.envelope import Opened
-from hypha_sm.wire.identity import Identity
+from hypha_sm.wire.identity import Identity, PeerId
 
 MP = mp.get_context("spawn")  # a forked child would inherit the running trio loop
 perf = time.perf_counter
@@ -217,7 +217,7 @@ def _install_trace(path: str, long_steps: list[tuple[float, float, str]]) -> Cal
         token = self._tokens.last + 1  # the one the original takes first, before any await
         verified = time.time()
         arrived[token] = perf()
-        backlog = self._inbox.statistics().current_buffer_used
+        backlog = self._inbox._receive.statistics().current_buffer_used
         result = await original_answer(self, opened)
         del arrived[token]
         renews.append((verified, backlog, waited.pop(token, float("nan")), time.time()))
@@ -407,7 +407,13 @@ async def wait_healthy(endpoint: Endpoint, address: str) -> None:
 
 
 async def renew_series(
-    endpoint: Endpoint, worker: str, lease: str, n: int, interval: float, phase: Phase
+    endpoint: Endpoint,
+    worker: str,
+    expect: PeerId,
+    lease: str,
+    n: int,
+    interval: float,
+    phase: Phase,
 ) -> None:
     next_at = trio.current_time()
     warm = n // 10
@@ -416,7 +422,7 @@ async def renew_series(
             next_at = max(next_at + interval, trio.current_time())
             await trio.sleep_until(next_at)
         sent, t0 = time.time(), perf()
-        answer = await endpoint.request(worker, m.RenewLease(lease), timeout=10.0)
+        answer = await endpoint.request(worker, m.RenewLease(lease), expect=expect, timeout=10.0)
         rtt = perf() - t0
         assert isinstance(answer.message, m.LeaseRenewed), answer.message
         if i >= warm:
@@ -432,25 +438,29 @@ async def scheduler_side(
     events: tuple[Any, Any, Any],
     rep: Rep,
     meter: CpuMeter,
+    sessions: bool = True,
 ) -> None:
     go, flooding, stop = events
     offers: list[m.WorkerOffer] = []
     offered = trio.Event()
+    worker_id: list[PeerId] = []
 
     async def handle(opened: Opened) -> m.Message:
         if isinstance(opened.message, m.WorkerOffer):
             offers.append(opened.message)
+            worker_id.append(opened.sender)
             offered.set()
             return m.OfferAck(opened.message.lease_id)
         return m.Refused("unsupported")
 
     async def timed(phase: Phase) -> None:
         start, before = time.time(), meter.sample()
-        await renew_series(endpoint, worker, lease, sizes.renewals, interval, phase)
+        await renew_series(endpoint, worker, expect, lease, sizes.renewals, interval, phase)
         phase.window = (start, time.time())
         phase.cpu, phase.runq = meter.shares(before, meter.sample())
 
-    with Endpoint(RENEWER) as endpoint, endpoint.publisher(dial=[ingest]) as pub:
+    config = NetConfig(sessions=sessions)
+    with Endpoint(RENEWER, config) as endpoint, endpoint.publisher(dial=[ingest]) as pub:
         async with trio.open_nursery() as nursery:
             reply = await nursery.start(endpoint.serve, "tcp://127.0.0.1:0", handle)
             with trio.fail_after(30):
@@ -469,16 +479,18 @@ async def scheduler_side(
                 )
                 await pub.publish(ad)
                 await offered.wait()
-            lease = offers[0].lease_id
-            accepted = await endpoint.request(worker, m.RenewLease(lease))
+            lease, expect = offers[0].lease_id, worker_id[0]
+            # As the scheduler renews: naming the worker, so through a session (a signed
+            # handshake once, then sealed frames); --signed renews with signed envelopes.
+            accepted = await endpoint.request(worker, m.RenewLease(lease), expect=expect)
             assert isinstance(accepted.message, m.LeaseRenewed), accepted.message
             await timed(rep.quiet)
             go.set()
             # Keep the lease alive until the flood starts and while it settles.
             while not flooding.is_set():
-                await renew_series(endpoint, worker, lease, 1, 0.05, Phase())
+                await renew_series(endpoint, worker, expect, lease, 1, 0.05, Phase())
             settle = max(1, int(sizes.settle / 0.05))
-            await renew_series(endpoint, worker, lease, settle, 0.05, Phase())
+            await renew_series(endpoint, worker, expect, lease, settle, 0.05, Phase())
             await timed(rep.flood)
             stop.set()
             nursery.cancel_scope.cancel()
@@ -541,7 +553,15 @@ def run_rep(sizes: Sizes, args: argparse.Namespace) -> Rep:
             )
             flood_events = (go, flooding, stop)
             trio.run(
-                scheduler_side, ingest, address, sizes, args.interval, flood_events, rep, meter
+                scheduler_side,
+                ingest,
+                address,
+                sizes,
+                args.interval,
+                flood_events,
+                rep,
+                meter,
+                not args.signed,
             )
             rep.published, rep.flood_seconds, rep.lag, rep.offers_acked = out.get(timeout=60)
         finally:
@@ -746,6 +766,11 @@ def main() -> None:
         "--presign",
         action="store_true",
         help="diagnostic: the flooder signs its ads before the flood (it then only sends)",
+    )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="renew with signed envelopes, not through a session (as before sessions)",
     )
     parser.add_argument(
         "--pin",
