@@ -272,7 +272,33 @@ class Devnet:
         self.children.append(_Child(name, process, log_file))
 
     async def run(self) -> int:
-        """Start everything, run the job, stop everything; the scheduler's exit code."""
+        """Start everything, run the job, stop everything; the scheduler's exit code.
+
+        SIGTERM or SIGHUP stops it as Ctrl-C does: every process it started is stopped first
+        (without a handler the signal would end this process and leave them running).
+        """
+        result = 1
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal result
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        print(f"devnet: {signal.Signals(signum).name}: stopping everything")
+                        result = 128 + signum
+                        nursery.cancel_scope.cancel()
+                        return
+
+            async def main() -> None:
+                nonlocal result
+                result = await self._run()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(main)
+        return result
+
+    async def _run(self) -> int:
         gateway_flags, job = self.prepare()
         cli = [sys.executable, "-m", "hypha_sm.cli"]
         print(f"devnet in {self.directory}")

@@ -113,3 +113,55 @@ def test_devnet_trains_with_diloco_end_to_end(tmp_path: Path) -> None:
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", out)]
     assert len(pids) == 7  # the gateway, the data node and five workers
     assert not any(process_alive(pid) for pid in pids)
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_devnet_and_every_process_it_started(tmp_path: Path) -> None:
+    """`kill` (SIGTERM) while the job runs: the devnet stops its gateway, data node, workers and
+    scheduler before it exits 143; none is left running (they were, before it handled it)."""
+    import signal
+    import time
+
+    devnet = subprocess.Popen(
+        [sys.executable, "-m", "hypha_sm.cli", "devnet", "--dir", str(tmp_path), "--rounds", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert devnet.stdout is not None
+        seen = []
+        for line in devnet.stdout:
+            seen.append(line)
+            if "scheduler  running" in line:
+                break
+        else:
+            pytest.fail("".join(seen))
+        time.sleep(2)  # the job is being placed or runs
+        started = [p for p in _processes_naming(str(tmp_path)) if p != devnet.pid]
+        assert len(started) >= 7, started  # gateway, data node, 5 workers (and the scheduler)
+        devnet.send_signal(signal.SIGTERM)
+        rest, _ = devnet.communicate(timeout=60)
+    finally:
+        if devnet.poll() is None:
+            devnet.kill()
+    assert devnet.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert "devnet: SIGTERM: stopping everything" in rest
+    assert not [p for p in started if process_alive(p)]
+    assert _processes_naming(str(tmp_path)) == []
