@@ -577,3 +577,36 @@ async def test_an_answer_too_large_for_the_peer_is_not_sent(net: Net) -> None:
             nursery.cancel_scope.cancel()
     assert (caught.value.reason, caught.value.cause) == ("refused", "internal_error")
     assert server.stats().handler_errors == 1
+
+
+async def test_a_backlog_of_publications_is_verified_in_a_thread_in_order_once_each(
+    net: Net,
+) -> None:
+    """Forty advertisements queued at once (and a forged one among them, and a repeat) are
+    checked together in a worker thread: each good one arrives once, in order, the forged one
+    and the repeat are counted, and the subscription goes on with single frames after."""
+    with (
+        net.endpoint(SCHEDULER) as scheduler,
+        net.endpoint(CLIENT) as worker,
+        scheduler.publisher(listen=[net.address()]) as pub,
+        worker.subscribe(dial=list(pub.addresses)) as sub,
+    ):
+        await connected(pub)
+        await connected(sub)
+        envelopes = [scheduler.seal(advertisement(i)) for i in range(40)]
+        forged = forge(SCHEDULER, encode_payload(advertisement(99)), sig=bytes(64))
+        for i, envelope in enumerate(envelopes):
+            await pub.relay(envelope)
+            if i == 20:
+                await pub.relay(forged)
+                await pub.relay(envelopes[3])
+        await trio.sleep(0.2)  # all of them queue before the first receive
+        got = [await sub.receive() for _ in range(40)]
+        await pub.publish(advertisement(40))
+        last = await sub.receive()
+        stats = worker.stats()
+    assert [o.message.request_id for o in got] == [f"req-{i}" for i in range(40)]  # type: ignore[union-attr]
+    assert last.message.request_id == "req-40"  # type: ignore[union-attr]
+    assert stats.rejected == {"bad_signature": 1}
+    assert stats.duplicates == 1
+    assert stats.verified_in_thread >= 8

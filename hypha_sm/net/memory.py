@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from hypha_sm.net.transport.base import (
+    DRAIN_BATCH,
     HARD_LIMIT_FACTOR,
     Handler,
     NetConfig,
@@ -270,6 +271,15 @@ class _MemorySubscription(Subscription):
             return await self._receive.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             raise NetError("closed", ",".join(self._listen) or "subscription") from None
+
+    def _take_queued(self) -> list[tuple[bytes, int]]:
+        frames: list[tuple[bytes, int]] = []
+        while len(frames) < DRAIN_BATCH - 1:
+            try:
+                frames.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+        return frames
 
     def close(self) -> None:
         for hub in self._hubs:

@@ -139,6 +139,10 @@ class ReplayGuard:
         return None
 
 
+#: An envelope whose signature verified, and its sender (``Opener.check_signature``).
+Signed = tuple[Envelope, PeerId]
+
+
 class Opener:
     """Verifies envelopes for one socket or node, counting rejections by reason."""
 
@@ -159,17 +163,28 @@ class Opener:
         self, data: bytes, now_wall: float, expect_sender: PeerId | None = None
     ) -> Opened | Rejection:
         """Verify ``data`` at ``now_wall``. Never raises for bad input."""
-        result = self._open(data, now_wall, expect_sender)
+        return self.admit(data, self.check_signature(data, expect_sender), now_wall)
+
+    def check_signature(self, data: bytes, expect: PeerId | None = None) -> Signed | Rejection:
+        """The first half of ``open``: size, shape, version, sender and signature.
+
+        Pure and thread-safe (it touches no state of the opener), so a backlog can be checked
+        in a worker thread (the Ed25519 check releases the GIL); ``admit`` does the rest.
+        """
+        return _verified(data, self.max_size, expect)
+
+    def admit(
+        self, data: bytes, signed: Signed | Rejection, now_wall: float
+    ) -> Opened | Rejection:
+        """The second half of ``open``, on the caller's thread: freshness, replay, payload."""
+        result = signed if isinstance(signed, Rejection) else self._admit(data, signed, now_wall)
         if isinstance(result, Rejection):
             self.rejected[result.reason] += 1
         else:
             self.accepted += 1
         return result
 
-    def _open(self, data: bytes, now_wall: float, expect: PeerId | None) -> Opened | Rejection:
-        signed = _verified(data, self.max_size, expect)
-        if isinstance(signed, Rejection):
-            return signed
+    def _admit(self, data: bytes, signed: Signed, now_wall: float) -> Opened | Rejection:
         env, sender = signed
         now_ms = int(now_wall * 1000)
         if abs(now_ms - env.ts) > self.max_skew_ms:

@@ -8,7 +8,7 @@ import math
 import os
 import time
 import types
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
@@ -29,6 +29,7 @@ from hypha_sm.wire.envelope import (
     Opened,
     Opener,
     Rejection,
+    Signed,
     seal,
 )
 from hypha_sm.wire.identity import Identity, PeerId
@@ -57,6 +58,8 @@ HARD_LIMIT_FACTOR = 2
 
 #: Frames a subscription takes from NNG's queue per wake-up (see ``_NngSubscription``).
 DRAIN_BATCH = 64
+#: A backlog of this many publications has its signatures checked in a worker thread.
+VERIFY_IN_THREAD = 8
 
 Handler = Callable[[Opened], Awaitable[Message]]
 """Answers one verified request; the transport seals and sends what it returns."""
@@ -123,6 +126,8 @@ class NetStats:
             answers we got; ``hypha/pubsub``: publication frames).
         bytes_out: bytes sent, by protocol (a publication counts once, however many
             subscribers it reaches).
+        verified_in_thread: publications whose signature was checked in a worker thread
+            (part of a backlog; see ``Subscription.receive_envelope``).
     """
 
     accepted: int
@@ -134,6 +139,7 @@ class NetStats:
     connection_errors: int
     bytes_in: Mapping[str, int] = field(default_factory=dict)
     bytes_out: Mapping[str, int] = field(default_factory=dict)
+    verified_in_thread: int = 0
 
 
 @dataclass(slots=True)
@@ -147,6 +153,7 @@ class _Counters:
     connection_errors: int = 0
     bytes_in: Counter[str] = field(default_factory=Counter)
     bytes_out: Counter[str] = field(default_factory=Counter)
+    verified_in_thread: int = 0
 
 
 def _frozen(counts: Counter[str]) -> Mapping[str, int]:
@@ -362,6 +369,7 @@ class Transport(abc.ABC):
             connection_errors=c.connection_errors,
             bytes_in=_frozen(c.bytes_in),
             bytes_out=_frozen(c.bytes_out),
+            verified_in_thread=c.verified_in_thread,
         )
 
     def close(self) -> None:
@@ -440,6 +448,8 @@ class Subscription(abc.ABC):
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
         self._gaps: dict[int, relay.GapCounter] = {}
+        #: Envelopes taken from the socket, with their signature check if it was done already.
+        self._pending: deque[tuple[bytes, int, Signed | Rejection | None]] = deque()
 
     @property
     @abc.abstractmethod
@@ -457,24 +467,24 @@ class Subscription(abc.ABC):
         return opened
 
     async def receive_envelope(self) -> tuple[Opened, bytes]:
-        """The next verified publication and its envelope as signed by its author."""
+        """The next verified publication and its envelope as signed by its author.
+
+        When a backlog has formed (``VERIFY_IN_THREAD`` frames or more already here), their
+        signatures are checked together in a worker thread: the Ed25519 check releases the
+        GIL, so the event loop keeps serving requests (renewals) meanwhile, on another core
+        if there is one. Fewer frames are checked one at a time on the loop, as they are taken.
+        """
         t = self._transport
         counts = t._counts
         while True:
-            frame, source = await self._receive_frame()
-            counts.bytes_in[PUBSUB_PROTOCOL] += len(frame)
-            envelope = self._unframe(frame, source)
-            if envelope is None:
+            if not self._pending:
+                await self._fill()
                 continue
-            if len(envelope) > t.config.publication_max_size:
-                limit = t.config.publication_max_size
-                t._reject(
-                    Rejection("oversized", f"{len(envelope)} bytes > {limit}"),
-                    "publication",
-                    source,
-                )
-                continue
-            result = t._opener.open(envelope, t._wall())
+            envelope, source, signed = self._pending.popleft()
+            if signed is None:
+                await trio.lowlevel.checkpoint()  # a frame at a time: let the others run
+                signed = t._opener.check_signature(envelope)
+            result = t._opener.admit(envelope, signed, t._wall())
             if isinstance(result, Opened):
                 counts.accepted += 1
                 return result, envelope
@@ -483,6 +493,40 @@ class Subscription(abc.ABC):
                 log.debug("publication: duplicate %s", result.detail)
             else:
                 t._reject(result, "publication", source)
+
+    async def _fill(self) -> None:
+        """Wait for frames; unframe and size-check them; check a backlog's signatures at once."""
+        t = self._transport
+        counts = t._counts
+        limit = t.config.publication_max_size
+        frames = [await self._receive_frame(), *self._take_queued()]
+        envelopes: list[tuple[bytes, int]] = []
+        for frame, source in frames:
+            counts.bytes_in[PUBSUB_PROTOCOL] += len(frame)
+            envelope = self._unframe(frame, source)
+            if envelope is None:
+                continue
+            if len(envelope) > limit:
+                t._reject(
+                    Rejection("oversized", f"{len(envelope)} bytes > {limit}"),
+                    "publication",
+                    source,
+                )
+                continue
+            envelopes.append((envelope, source))
+        if len(envelopes) < VERIFY_IN_THREAD:
+            self._pending.extend((e, s, None) for e, s in envelopes)
+            return
+        opener = t._opener
+        checked = await trio.to_thread.run_sync(
+            lambda: [opener.check_signature(e) for e, _ in envelopes]
+        )
+        counts.verified_in_thread += len(envelopes)
+        self._pending.extend((e, s, c) for (e, s), c in zip(envelopes, checked, strict=True))
+
+    def _take_queued(self) -> list[tuple[bytes, int]]:
+        """Frames already here, taken without waiting (none by default)."""
+        return []
 
     def _unframe(self, frame: bytes, source: int) -> bytes | None:
         """The envelope inside a relay frame; counts numbering gaps as drops."""

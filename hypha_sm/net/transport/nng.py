@@ -398,5 +398,10 @@ class _NngSubscription(Subscription):
             raise NetError("closed", ",".join(self.bound) or "subscription") from None
         return _frame_of(msg)
 
+    def _take_queued(self) -> list[tuple[bytes, int]]:
+        frames = list(self._queued)
+        self._queued.clear()
+        return frames
+
     def close(self) -> None:
         self._endpoint._retire(self._sock)
