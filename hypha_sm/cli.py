@@ -168,6 +168,11 @@ def _main(argv: list[str] | None) -> int:
         help="samples all workers train between updates (256: 16 steps of 8 each for two)",
     )
     p_devnet.add_argument(
+        "--model-weights",
+        type=Path,
+        help="start from these weights (safetensors of the devnet's model) instead of a seed",
+    )
+    p_devnet.add_argument(
         "--quorum", type=int, default=0, help="pseudo-gradients that close a late round (0: all)"
     )
     p_devnet.add_argument(
@@ -254,6 +259,7 @@ def _main(argv: list[str] | None) -> int:
                 round_timeout=args.round_timeout,
                 precision=args.precision,
                 samples_per_round=args.samples_per_round,
+                model_weights=args.model_weights,
             )
         if args.command == "run":
             return _run(args)

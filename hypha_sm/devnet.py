@@ -115,6 +115,9 @@ class Devnet:
     #: Samples the workers train between two updates, all together (the original's
     #: ``avg_samples_between_updates``): 256 is 16 inner steps of 8 samples for each of two.
     samples_per_round: int = 256
+    #: Start from these weights (a safetensors file of the model ``MODEL_CONFIG`` builds)
+    #: rather than a seeded initialisation: a warm start, as the DiLoCo paper's runs.
+    model_weights: Path | None = None
     #: Also start the two workers the job will not get (too dear; floor above the bid), to
     #: show a price decision; tests that need the CPU for training leave them out.
     market_extras: bool = True
@@ -193,6 +196,11 @@ class Devnet:
         model = d / "data" / "model"
         model.mkdir(parents=True, exist_ok=True)
         (model / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2))
+        artifacts = [model / "config.json"]
+        if self.model_weights is not None:  # a warm start: every worker loads these weights
+            shutil.copyfile(self.model_weights, model / "model.safetensors")
+            artifacts.append(model / "model.safetensors")
+        artifact_refs = ", ".join(f'{{ type = "uri", value = "file://{a}" }}' for a in artifacts)
         evals = sorted((d / "datasets" / "pydoc").glob("eval-*.safetensors"))[:2]
         eval_refs = ", ".join(f'{{ type = "uri", value = "file://{e}" }}' for e in evals)
         job = d / "job.toml"
@@ -215,7 +223,7 @@ class Devnet:
             "inner_optimizer = { learning-rate = 0.003 }\n"
             f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
-            f'artifact = {{ type = "uri", value = "file://{model / "config.json"}" }} }}\n'
+            f"artifact = [{artifact_refs}] }}\n"
             f'extra = {{ seed = 0, precision = "{self.precision}", checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
@@ -440,6 +448,7 @@ def run_devnet(
     round_timeout: float = 60.0,
     precision: str = "float32",
     samples_per_round: int = 256,
+    model_weights: Path | None = None,
 ) -> int:
     """Run the devnet; the directory is removed afterwards unless ``keep`` or it failed."""
     chosen = directory or Path(tempfile.mkdtemp(prefix="hypha-devnet-"))
@@ -454,6 +463,7 @@ def run_devnet(
             round_timeout=round_timeout,
             precision=precision,
             samples_per_round=max(1, samples_per_round),
+            model_weights=model_weights,
         )
         if not devnet.training:
             print("devnet: torch is not installed: running the bigram demo instead of DiLoCo")
