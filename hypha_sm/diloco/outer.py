@@ -123,7 +123,8 @@ def aggregate(
             pairwise=pairwise,
         )
         # No fsync: both files live for the job only, and a crashed parameter server fails the
-        # job; each worker's bulk receiver syncs the update it stores.
+        # job; the workers' copies are not synced either (the bulk server's default): a worker
+        # that crashes leaves the round's live set.
         update.close(fsync=False)
         moment.close(fsync=False)
         _swap(next_momentum, momentum_path)
