@@ -200,7 +200,9 @@ class Devnet:
         if self.model_weights is not None:  # a warm start: every worker loads these weights
             shutil.copyfile(self.model_weights, model / "model.safetensors")
             artifacts.append(model / "model.safetensors")
-        artifact_refs = ", ".join(f'{{ type = "uri", value = "file://{a}" }}' for a in artifacts)
+        refs = [f'{{ type = "uri", value = "file://{a}" }}' for a in artifacts]
+        # One reference stays bare: the original executor fetches ``model.artifact`` as one.
+        artifact_refs = refs[0] if len(refs) == 1 else "[" + ", ".join(refs) + "]"
         evals = sorted((d / "datasets" / "pydoc").glob("eval-*.safetensors"))[:2]
         eval_refs = ", ".join(f'{{ type = "uri", value = "file://{e}" }}' for e in evals)
         job = d / "job.toml"
@@ -223,7 +225,7 @@ class Devnet:
             "inner_optimizer = { learning-rate = 0.003 }\n"
             f"outer_optimizer = {{ learning-rate = {self.outer[0]}, momentum = {self.outer[1]} }}\n"
             'model = { task = "causal-lm", input-names = ["input_ids", "attention_mask"], '
-            f"artifact = [{artifact_refs}] }}\n"
+            f"artifact = {artifact_refs} }}\n"
             f'extra = {{ seed = 0, precision = "{self.precision}", checkpoint_dir = "{d / "checkpoints"}", eval = [{eval_refs}] }}\n\n'
             "[job.diloco.parameter_server]\n"
             "resources = { cpu = 1, memory = 1 }\n"
