@@ -155,11 +155,8 @@ class Devnet:
             config.write_text(text)
             create_key_file(d / f"worker-{i}-node-key.pem", force=True)
             self.workers.append((config, f"tcp://127.0.0.1:{free_port()}"))
-        from pydoc_data.topics import topics
-
         (d / "data").mkdir(exist_ok=True)  # jobs may read only this, not the keys beside it
-        corpus = d / "data" / "corpus.txt"
-        corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
+        corpus = write_pydoc_corpus(d / "data" / "corpus.txt")
         self.data_node = self._prepare_data_node(corpus)
         if self.training and self.data_node is not None:
             return gateway_flags, self._diloco_job()
@@ -236,8 +233,6 @@ class Devnet:
 
     def _prepare_data_node(self, corpus: Path) -> Path | None:
         """The corpus as slices and a data.toml serving them; None without the data extra."""
-        from hypha_sm.datasets import prepare
-
         d = self.directory
         try:
             import numpy  # noqa: F401
@@ -245,19 +240,7 @@ class Devnet:
         except ImportError:
             print("devnet: no data node (pip install 'hypha-sm[data]' to add one)")
             return None
-        dataset = d / "datasets" / "pydoc"
-        data, _ = prepare.read_text(str(corpus))
-        train, evaluation = prepare.text_samples(data, 64, 0.1)
-        prepare.write_dataset(
-            dataset,
-            name="pydoc",
-            source="pydoc-topics, bytes, seq-len 64",
-            seed=0,
-            samples_per_slice=256,
-            train=prepare.shuffled(train, 0),
-            evaluation=evaluation,
-            force=True,
-        )
+        dataset = write_pydoc_dataset(corpus, d / "datasets" / "pydoc")
         create_key_file(d / "data-key.pem", force=True)
         self.data_address = f"tcp://127.0.0.1:{free_port()}"
         config = d / "data.toml"
@@ -433,6 +416,33 @@ def _market(log_text: str) -> str:
     if declined:
         parts.append("declined advertisements: " + ", ".join(declined))
     return "; ".join(parts) or "no advertisement reached it"
+
+
+def write_pydoc_corpus(path: Path) -> Path:
+    """The text of Python's documentation topics (it ships with Python), written to ``path``."""
+    from pydoc_data.topics import topics
+
+    path.write_text("\n".join(topics[k] for k in sorted(topics)))
+    return path
+
+
+def write_pydoc_dataset(corpus: Path, dataset: Path) -> Path:
+    """The devnet's dataset: ``corpus`` as 64-byte samples in slices of 256 (10 % held out)."""
+    from hypha_sm.datasets import prepare
+
+    data, _ = prepare.read_text(str(corpus))
+    train, evaluation = prepare.text_samples(data, 64, 0.1)
+    prepare.write_dataset(
+        dataset,
+        name="pydoc",
+        source="pydoc-topics, bytes, seq-len 64",
+        seed=0,
+        samples_per_slice=256,
+        train=prepare.shuffled(train, 0),
+        evaluation=evaluation,
+        force=True,
+    )
+    return dataset
 
 
 class DevnetError(HyphaSMError):

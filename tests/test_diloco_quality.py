@@ -89,28 +89,13 @@ def single_worker(
 
 def warm_start(directory: Path) -> Path:
     """Weights after ``WARM_STEPS`` steps of one worker on the devnet's own dataset."""
-    from pydoc_data.topics import topics
-
     from safetensors.torch import save_file
 
-    from hypha_sm.datasets import prepare
+    from hypha_sm.devnet import write_pydoc_corpus, write_pydoc_dataset
     from hypha_sm.executors.diloco import global_of
 
-    corpus = directory / "corpus.txt"  # what the devnet's data node serves, made the same way
-    corpus.write_text("\n".join(topics[k] for k in sorted(topics)))
-    data, _ = prepare.read_text(str(corpus))
-    train, evaluation = prepare.text_samples(data, 64, 0.1)
-    dataset = directory / "pydoc"
-    prepare.write_dataset(
-        dataset,
-        name="pydoc",
-        source="pydoc-topics, bytes, seq-len 64",
-        seed=0,
-        samples_per_slice=256,
-        train=prepare.shuffled(train, 0),
-        evaluation=evaluation,
-        force=True,
-    )
+    corpus = write_pydoc_corpus(directory / "corpus.txt")
+    dataset = write_pydoc_dataset(corpus, directory / "pydoc")  # what the data node serves
     (directory / "model").mkdir()
     (directory / "model" / "config.json").write_text(json.dumps(MODEL_CONFIG))
     _, model = single_worker(dataset, directory / "model", WARM_STEPS * 16)
