@@ -393,3 +393,16 @@ def msgspec_decode(data: bytes) -> list[object]:
     value = msgspec.msgpack.decode(data)
     assert isinstance(value, list)
     return value
+
+
+async def test_a_handshake_with_a_low_order_key_is_refused_and_counted() -> None:
+    """An all-zero X25519 key (a low-order point: an all-zero secret) opens no session."""
+    network = MemoryNetwork()
+    with MemoryEndpoint(network, SERVER) as server, MemoryEndpoint(network, CLIENT) as client:
+        async with served(server, "mem:s") as address:
+            hello = client.seal(SessionOpen(bytes(32), str(SERVER.peer_id)))
+            with pytest.raises(NetError) as caught:
+                await client.request_envelope(address, hello, expect=SERVER.peer_id)
+    assert (caught.value.reason, caught.value.cause) == ("refused", "bad_ephemeral_key")
+    assert server.stats().rejected == {"bad_ephemeral_key": 1}
+    assert len(server._sessions.table) == 0

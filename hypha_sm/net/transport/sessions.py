@@ -69,7 +69,7 @@ class Sessions:
         try:
             keys = sn.derive_keys(private, hello.ephemeral, data, accept)
         except sn.SessionError as exc:
-            t._reject(Rejection("bad_seal", str(exc)), "session", opened.sender)
+            t._reject(Rejection("bad_ephemeral_key", str(exc)), "session", opened.sender)
             return t.seal(Refused("bad_ephemeral_key"))
         self.table.add(opened.sender, session, keys, t._wall() + lifetime, budget)
         return accept
@@ -92,7 +92,8 @@ class Sessions:
             t._reject(message, "sealed request", entry.client)
             return entry.seal_answer(seq, encode_payload(Refused(message.reason)))
         if type(message) not in sn.SESSION_KINDS:  # e.g. a dispatch, which must stay signed
-            t._reject(Rejection("not_in_session", type(message).__name__), "sealed request")
+            reason = Rejection("not_in_session", type(message).__name__)
+            t._reject(reason, "sealed request", entry.client)
             return entry.seal_answer(seq, encode_payload(Refused("not_in_session")))
         t._counts.accepted += 1
         msg_id = entry.session[:8] + seq.to_bytes(8, "big")
