@@ -62,9 +62,7 @@ def handshake(
     assert client_keys == server_keys  # both sides hold the same two keys
     table = sn.SessionTable(capacity=4)
     table.add(CLIENT.peer_id, b"S" * 16, server_keys, now + lifetime, budget)
-    client = sn.ClientSession.from_keys(
-        SERVER.peer_id, b"S" * 16, client_keys, now + lifetime, budget
-    )
+    client = sn.ClientSession.from_keys(b"S" * 16, client_keys, now + lifetime, budget)
     return client, table
 
 
@@ -143,7 +141,7 @@ def test_the_table_is_bounded_and_forgets_the_least_recently_used_session() -> N
     for i in range(3):
         table.add(CLIENT.peer_id, bytes([i]) * 16, keys, 2000.0, 10)
     assert len(table) == 2
-    stale = sn.ClientSession.from_keys(SERVER.peer_id, bytes([0]) * 16, keys, 2000.0, 10)
+    stale = sn.ClientSession.from_keys(bytes([0]) * 16, keys, 2000.0, 10)
     assert reason(table.open(stale.seal(b"x")[1], 1000.0)) == "unknown_session"
 
 

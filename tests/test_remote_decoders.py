@@ -413,7 +413,7 @@ def fuzz_session_frame(hostile: bytes) -> None:
     keys = (b"k" * 32, b"K" * 32)
     table = sn.SessionTable()
     table.add(MALLORY.peer_id, b"S" * 16, keys, NOW + 60, 10)
-    client = sn.ClientSession.from_keys(MALLORY.peer_id, b"S" * 16, keys, NOW + 60, 10)
+    client = sn.ClientSession.from_keys(b"S" * 16, keys, NOW + 60, 10)
     head = b"\x94" + _enc(2) + _enc(b"S" * 16) + _enc(0)
     for frame in (hostile, head + hostile, b"\x95" + head[1:] + _enc(b"") + hostile):
         result = table.open(frame, NOW)

@@ -102,6 +102,20 @@ def _aad(session: bytes, seq: int) -> bytes:
     return DOMAIN + session + seq.to_bytes(8, "big")
 
 
+def _seal(key: ChaCha20Poly1305, session: bytes, seq: int, payload: bytes) -> bytes:
+    """The frame of ``payload`` sealed under ``key`` as message ``seq`` of ``session``."""
+    box = key.encrypt(_nonce(seq), payload, _aad(session, seq))
+    return _frame_encoder.encode(Frame(FRAME_VERSION, session, seq, box))
+
+
+def _unseal(key: ChaCha20Poly1305, frame: Frame) -> bytes | None:
+    """The payload of ``frame`` if it opens under ``key``, else None."""
+    try:
+        return key.decrypt(_nonce(frame.seq), frame.box, _aad(frame.session, frame.seq))
+    except InvalidTag:
+        return None
+
+
 def derive_keys(
     private: X25519PrivateKey, their_public: bytes, open_envelope: bytes, accept_envelope: bytes
 ) -> tuple[bytes, bytes]:
@@ -169,7 +183,6 @@ def _decode(data: bytes) -> Frame | Rejection:
 class ClientSession:
     """The client's half: seals requests, opens their answers."""
 
-    server: PeerId
     session: bytes
     expires: float
     remaining: int
@@ -179,16 +192,10 @@ class ClientSession:
 
     @classmethod
     def from_keys(
-        cls,
-        server: PeerId,
-        session: bytes,
-        keys: tuple[bytes, bytes],
-        expires: float,
-        remaining: int,
+        cls, session: bytes, keys: tuple[bytes, bytes], expires: float, remaining: int
     ) -> ClientSession:
         """A session from ``derive_keys``' output (client-to-server first)."""
         return cls(
-            server,
             session,
             expires,
             remaining,
@@ -207,8 +214,7 @@ class ClientSession:
         seq = self.next_seq
         self.next_seq += 1
         self.remaining -= 1
-        box = self._send.encrypt(_nonce(seq), payload, _aad(self.session, seq))
-        return seq, _frame_encoder.encode(Frame(FRAME_VERSION, self.session, seq, box))
+        return seq, _seal(self._send, self.session, seq, payload)
 
     def open_answer(self, data: bytes, seq: int) -> bytes | Rejection:
         """The payload of the answer to request ``seq``; never raises for bad input.
@@ -222,10 +228,8 @@ class ClientSession:
             return Rejection("bad_seal", "answer for another session or request")
         if not frame.box:
             return Rejection("unknown_session", self.session.hex())
-        try:
-            return self._receive.decrypt(_nonce(seq), frame.box, _aad(self.session, seq))
-        except InvalidTag:
-            return Rejection("bad_seal", "answer does not open")
+        payload = _unseal(self._receive, frame)
+        return Rejection("bad_seal", "answer does not open") if payload is None else payload
 
 
 @dataclass(slots=True)
@@ -259,8 +263,7 @@ class ServerSession:
 
     def seal_answer(self, seq: int, payload: bytes) -> bytes:
         """The sealed answer to request ``seq``."""
-        box = self._send.encrypt(_nonce(seq), payload, _aad(self.session, seq))
-        return _frame_encoder.encode(Frame(FRAME_VERSION, self.session, seq, box))
+        return _seal(self._send, self.session, seq, payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +324,8 @@ class SessionTable:
         if entry.remaining <= 0:
             del self._sessions[frame.session]
             return Rejection("exhausted", frame.session.hex()), frame
-        try:
-            payload = entry._receive.decrypt(
-                _nonce(frame.seq), frame.box, _aad(frame.session, frame.seq)
-            )
-        except InvalidTag:
+        payload = _unseal(entry._receive, frame)
+        if payload is None:
             return Rejection("bad_seal", f"{frame.session.hex()}#{frame.seq}"), frame
         verdict = entry._accept(frame.seq)
         if verdict is not None:

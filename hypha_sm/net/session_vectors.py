@@ -9,14 +9,13 @@ for a deliberate, versioned format change.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from hypha_sm.net import session as sn
 from hypha_sm.wire.envelope import encode_payload, seal
 from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import LeaseRenewed, RenewLease, SessionAccept, SessionOpen
+from hypha_sm.wire.vectors import write_vectors
 
 CLIENT_SEED = bytes(range(32))
 SERVER_SEED = bytes(range(32, 64))
@@ -45,7 +44,7 @@ def build() -> dict[str, Any]:
     )
     accept = seal(server, accept_message, WALL, ACCEPT_ID)
     keys = sn.derive_keys(client_key, sn.public_bytes(server_key), hello, accept)
-    ours = sn.ClientSession.from_keys(server.peer_id, SESSION, keys, WALL + 600.0, 1 << 20)
+    ours = sn.ClientSession.from_keys(SESSION, keys, WALL + 600.0, 1 << 20)
     ours.next_seq = SEQ
     request = encode_payload(RenewLease(LEASE))
     _, request_frame = ours.seal(request)
@@ -78,11 +77,7 @@ def render() -> bytes:
 
 def main() -> int:
     """Write specs/vectors/session-v1.json (or the path given)."""
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("specs/vectors/session-v1.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(render())
-    print(f"wrote {path}")
-    return 0
+    return write_vectors(render(), "specs/vectors/session-v1.json")
 
 
 if __name__ == "__main__":

@@ -125,13 +125,18 @@ def render() -> bytes:
     return (json.dumps(out, indent=1) + "\n").encode()
 
 
-def main() -> int:
-    """Write specs/vectors/wire-v1.json (or the path given)."""
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("specs/vectors/wire-v1.json")
+def write_vectors(data: bytes, default: str) -> int:
+    """Write a vectors file to the path on the command line, or ``default``; exit code 0."""
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(default)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(render())
+    path.write_bytes(data)
     print(f"wrote {path}")
     return 0
+
+
+def main() -> int:
+    """Write specs/vectors/wire-v1.json (or the path given)."""
+    return write_vectors(render(), "specs/vectors/wire-v1.json")
 
 
 if __name__ == "__main__":

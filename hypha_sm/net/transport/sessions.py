@@ -229,7 +229,6 @@ class Sessions:
         # Re-key a little before the server forgets the session (clocks differ, requests wait).
         lifetime = min(accept.lifetime, sn.LIFETIME)
         session = sn.ClientSession.from_keys(
-            expect,
             accept.session,
             keys,
             t._wall() + 0.9 * lifetime,
