@@ -6,6 +6,7 @@ it runs over the in-memory transport (with a clock the test moves) and over real
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -120,6 +121,20 @@ def test_the_replay_window_takes_late_requests_once_and_refuses_what_fell_out_of
     assert reason(table.open(frames[0], 1000.0)) == "replayed"
     assert isinstance(table.open(frames[-1], 1000.0), sn.OpenedFrame)
     assert reason(table.open(frames[2], 1000.0)) == "replayed"  # now out of the window
+
+
+def test_a_jump_to_a_huge_sequence_number_costs_nothing_and_closes_the_window_behind_it() -> None:
+    """A client (or a key thief) that jumps to seq 2**62: the window is reset, not shifted by
+    2**62 bits (which would take memory and time), and everything before it is refused."""
+    client, table = handshake()
+    _, early = client.seal(b"early")
+    client.next_seq = 1 << 62
+    _, late = client.seal(b"late")
+    opened = table.open(late, 1000.0)
+    assert isinstance(opened, sn.OpenedFrame)
+    assert opened.session.highest == 1 << 62
+    assert opened.session.seen == 1
+    assert reason(table.open(early, 1000.0)) == "replayed"
 
 
 def test_a_session_ends_with_its_lifetime_or_its_budget() -> None:
@@ -283,6 +298,11 @@ async def raw_server(answer_hello: str) -> AsyncIterator[str]:
                 assert isinstance(opened, Opened)
                 if isinstance(opened.message, SessionOpen) and answer_hello == "older":
                     reply: Message = Refused("unknown_message")
+                elif isinstance(opened.message, SessionOpen) and answer_hello == "forever":
+                    # It answers this very handshake, but wants the session kept forever.
+                    reply = SessionAccept(
+                        b"\x09" * 32, b"S" * 16, opened.msg_id, str(CLIENT.peer_id), math.inf, 9
+                    )
                 elif isinstance(opened.message, SessionOpen):
                     reply = SessionAccept(
                         b"\x09" * 32, b"S" * 16, b"x" * 16, str(CLIENT.peer_id), 60.0, 9
@@ -310,8 +330,11 @@ async def test_a_peer_without_sessions_is_asked_with_signed_envelopes() -> None:
 
 
 @pytest.mark.net
-async def test_an_accept_for_another_handshake_is_rejected() -> None:
-    async with raw_server("bad") as address:
+@pytest.mark.parametrize("kind", ["bad", "forever"])
+async def test_an_accept_for_another_handshake_or_with_no_end_is_rejected(kind: str) -> None:
+    """A server that answers with an accept for some other open, or one with an infinite
+    lifetime (a key never to be rotated), sets up no session."""
+    async with raw_server(kind) as address:
         with Endpoint(CLIENT) as client:
             with pytest.raises(NetError) as caught:
                 await client.request(address, RenewLease("l"), expect=SERVER.peer_id)
