@@ -415,7 +415,9 @@ class SessionAccept(_Msg, tag="session_accept", frozen=True):
 class TransferOffer(_Msg, tag="transfer_offer", frozen=True):
     """A sender proposes a file: its name, size and digests (at least one), and its purpose.
 
-    The receiver checks every digest named (64 hex digits each; "" = not named).
+    The receiver checks every digest named (64 hex digits each; "" = not named). An offer
+    with ``trailer = "blake3"`` names no digest: the file is still being written as it is
+    sent, and its BLAKE3 follows the bytes in a signed ``TransferTrailer``.
     """
 
     transfer_id: TransferId
@@ -424,6 +426,14 @@ class TransferOffer(_Msg, tag="transfer_offer", frozen=True):
     sha256: Annotated[str, msgspec.Meta(max_length=64)] = ""
     purpose: Name = ""
     blake3: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    trailer: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+class TransferTrailer(_Msg, tag="transfer_trailer", frozen=True):
+    """After the bytes of a ``trailer`` offer, on the same stream: the file's BLAKE3."""
+
+    transfer_id: TransferId
+    blake3: Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class TransferAnswer(_Msg, tag="transfer_answer", frozen=True):
@@ -469,4 +479,5 @@ Message = (
     | SessionAccept
     | TransferOffer
     | TransferAnswer
+    | TransferTrailer
 )

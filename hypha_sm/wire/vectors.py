@@ -100,6 +100,10 @@ EXAMPLES: dict[str, m.Message] = {
     ),
     "transfer_offer": m.TransferOffer("t-1", "update.safetensors", 1024, "", "update", "00" * 32),
     "transfer_answer": m.TransferAnswer("t-1", True, "", "tcp://10.0.0.9:7201"),
+    "transfer_offer_trailer": m.TransferOffer(
+        "t-2", "update.safetensors", 1024, "", "update", "", "blake3"
+    ),
+    "transfer_trailer": m.TransferTrailer("t-2", "00" * 32),
 }
 
 

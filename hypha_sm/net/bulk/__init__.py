@@ -13,9 +13,16 @@ at most 64 KiB)::
     receiver → sender   frame(seal(TransferAnswer))         accepted, or refused with a reason
     sender → receiver   chunk* end                          chunk = u32 n (1..MAX_CHUNK) + n bytes
                                                             end = u32 0
+    sender → receiver   frame(seal(TransferTrailer))        only after an offer with
+                                                            ``trailer = "blake3"``: the digest
     receiver → sender   frame(seal(TransferAnswer))         the verdict: accepted=True once the
                                                             file is verified, stored and (with
                                                             a ``place`` hook) placed
+
+An offer names its digest, or (``trailer = "blake3"``, no digest named) promises it after the
+bytes: a file still being written (``GrowingFile``, the parameter server's update) is sent as
+it is written, and its BLAKE3 follows in a trailer signed by the offer's sender and naming the
+transfer. The receiver checks it exactly as an offered digest.
 
 The verdict may come early (too many bytes, disk error, the receiver cancelled); the sender
 watches for it while it sends and stops at once. A refused verdict's ``reason`` starts with a
@@ -28,6 +35,9 @@ Threat model. Peers are identified by Ed25519 keys (``hypha_sm.wire``), never by
   verified as signed by the sender, fresh (clock skew) and not replayed (the server's single
   ``Opener`` remembers envelope ids), and only if its ``authorize`` policy accepted that sender
   and offer. Oversized offers are refused before any byte is sent.
+* A trailer counts only if it is signed by the offer's sender, fresh, not replayed and names
+  the transfer; until it checks out the bytes stay in the ``.part`` file, so streaming before
+  the digest is known gives an attacker nothing an offered digest would not.
 * Integrity is end to end: the size and digest (BLAKE3, or SHA-256 where a manifest names it;
   the receiver checks every digest named) are inside the signed offer, so a corrupted or
   substituted stream fails the check, even over plain ``tcp://``; the partial file is removed
@@ -46,6 +56,7 @@ Threat model. Peers are identified by Ed25519 keys (``hypha_sm.wire``), never by
   there can read the bytes or spoil the transfer, but cannot get a different file accepted.
 """
 
+from hypha_sm.net.bulk.growing import GrowingFile
 from hypha_sm.net.bulk.protocol import (
     DEFAULT_CHUNK,
     DEFAULT_DEPTH,
@@ -78,6 +89,7 @@ __all__ = [
     "Authorize",
     "BulkError",
     "BulkServer",
+    "GrowingFile",
     "PeerAuthError",
     "ReceivedFile",
     "SentFile",

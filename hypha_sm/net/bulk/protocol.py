@@ -20,7 +20,7 @@ import trio
 from hypha_sm.net.errors import NetworkError
 from hypha_sm.wire.envelope import MSG_ID_BYTES, seal
 from hypha_sm.wire.identity import Identity, PeerId
-from hypha_sm.wire.messages import TransferAnswer, TransferOffer
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer, TransferTrailer
 
 MAGIC = b"HSMBULK1"
 MiB = 1 << 20
@@ -37,7 +37,7 @@ MAX_FRAME = 64 * 1024
 U32 = struct.Struct(">I")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _MISMATCH = re.compile(r"(size|sha256|blake3)-mismatch: expected=(\S+) actual=(\S+)")
 
 #: The digests an offer may name, each as 64 hex digits. BLAKE3 is what senders compute
@@ -58,7 +58,7 @@ def new_hasher(name: DigestName) -> Hasher:
 
 
 def offered_digests(offer: TransferOffer) -> dict[DigestName, str]:
-    """The digests ``offer`` names (non-empty), the receiver checks every one."""
+    """The digests ``offer`` names, the receiver checks every one (empty with a trailer)."""
     named = {"sha256": offer.sha256, "blake3": offer.blake3}
     return {name: named[name] for name in DIGESTS if named[name]}
 
@@ -149,11 +149,16 @@ class SentFile:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedFile:
-    """A verified file in the receiving directory, and the signed offer it was bound to."""
+    """A verified file in the receiving directory, and the signed offer it was bound to.
+
+    ``blake3`` is the digest the file was checked against (from the offer or its trailer), ""
+    if the offer named only a SHA-256.
+    """
 
     path: Path
     sender: PeerId
     offer: TransferOffer
+    blake3: str = ""
 
 
 # -- framing -----------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ async def read_frame(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 def seal_message(
-    identity: Identity, message: TransferOffer | TransferAnswer, clock: Clock
+    identity: Identity, message: TransferOffer | TransferAnswer | TransferTrailer, clock: Clock
 ) -> bytes:
     """Sign ``message`` for the peer: now, with a fresh envelope id."""
     return seal(identity, message, clock(), os.urandom(MSG_ID_BYTES))
@@ -234,10 +239,15 @@ def check_offer(offer: TransferOffer) -> str | None:
     if not _NAME.fullmatch(offer.name) or offer.name.endswith(".part"):
         return f"bad-name: {offer.name[:80]!r} is not a plain file name"
     digests = offered_digests(offer)
-    if not digests:
+    if offer.trailer:
+        if offer.trailer != "blake3":
+            return f"bad-offer: unknown trailer digest {offer.trailer[:16]!r} (blake3 only)"
+        if digests:
+            return "bad-offer: an offer with a trailer names no digest itself"
+    elif not digests:
         return "bad-offer: the offer names no digest (sha256 or blake3)"
     for name, value in digests.items():
-        if not _HEX_DIGEST.fullmatch(value):
+        if not HEX_DIGEST.fullmatch(value):
             return f"bad-offer: {name} must be 64 lowercase hex digits"
     if offer.size < 0:
         return "bad-offer: negative size"

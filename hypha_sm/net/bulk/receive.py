@@ -14,6 +14,7 @@ import trio
 from hypha_sm.net.bulk.protocol import (
     DEFAULT_DEPTH,
     DEFAULT_MAX_SIZE,
+    HEX_DIGEST,
     MAGIC,
     MAX_CHUNK,
     U32,
@@ -43,7 +44,7 @@ from hypha_sm.net.streams import Address, open_listener
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import Opener, Rejection
 from hypha_sm.wire.identity import Identity, PeerId
-from hypha_sm.wire.messages import TransferAnswer, TransferOffer, clip
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer, TransferTrailer, clip
 
 # -- receiver ----------------------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class BulkServer:
         try:
             try:
                 await self._reply(stream, answer)
-                await self._store(stream, offer, fd, part, final)
+                checked = await self._store(stream, opened.sender, offer, fd, part, final)
             except BulkError as exc:
                 await self._reply(stream, _failed(tid, exc), drain=True)
                 raise
@@ -262,7 +263,7 @@ class BulkServer:
             with contextlib.suppress(OSError):
                 os.close(fd)
             part.unlink(missing_ok=True)
-        received = ReceivedFile(final, opened.sender, offer)
+        received = ReceivedFile(final, opened.sender, offer, checked.get("blake3", ""))
         unplaced = self.place(received) if self.place is not None else None
         if unplaced is not None:
             final.unlink(missing_ok=True)
@@ -273,13 +274,24 @@ class BulkServer:
         return received
 
     async def _store(
-        self, stream: trio.abc.Stream, offer: TransferOffer, fd: int, part: Path, final: Path
-    ) -> None:
-        """Receive into ``fd`` (the ``part`` file), check its digests, link it as ``final``."""
+        self,
+        stream: trio.abc.Stream,
+        sender: PeerId,
+        offer: TransferOffer,
+        fd: int,
+        part: Path,
+        final: Path,
+    ) -> dict[DigestName, str]:
+        """Receive into ``fd`` (the ``part`` file), check its digests, link it as ``final``.
+
+        Returns the digests checked (the offer's, or its trailer's).
+        """
         tid = offer.transfer_id
         expected = offered_digests(offer)
-        sink = _Sink(fd, expected)
+        sink = _Sink(fd, ["blake3"] if offer.trailer else expected)
         await self._receive_chunks(stream, sink, offer)
+        if offer.trailer:
+            expected = {"blake3": await self._trailer(stream, sender, tid)}
         if self.fsync:
             try:
                 await trio.to_thread.run_sync(os.fsync, fd)
@@ -295,6 +307,32 @@ class BulkServer:
             raise TransferRefused(f"exists: {offer.name}", transfer_id=tid) from None
         except OSError as exc:
             raise TransferAborted(f"cannot store {final}: {exc}", transfer_id=tid) from exc
+        return expected
+
+    async def _trailer(self, stream: trio.abc.Stream, sender: PeerId, tid: str) -> str:
+        """The BLAKE3 in the signed trailer that follows a growing file's bytes."""
+        try:
+            with trio.fail_after(self.idle_timeout):
+                data = await read_frame(stream)
+        except trio.TooSlowError:
+            raise TransferAborted(
+                f"no trailer within {self.idle_timeout} s", transfer_id=tid
+            ) from None
+        except (EOFError, trio.BrokenResourceError) as exc:
+            raise TransferAborted(
+                f"the sender went away before the trailer ({exc})", transfer_id=tid
+            ) from exc
+        opened = self.opener.open(data, self.clock(), expect_sender=sender)
+        if isinstance(opened, Rejection):
+            raise PeerAuthError(
+                f"trailer rejected: {opened.reason} ({opened.detail})", transfer_id=tid
+            )
+        trailer = opened.message
+        if not isinstance(trailer, TransferTrailer) or trailer.transfer_id != tid:
+            raise PeerAuthError(f"expected the trailer of transfer {tid}", transfer_id=tid)
+        if not HEX_DIGEST.fullmatch(trailer.blake3):
+            raise PeerAuthError("the trailer's blake3 is not 64 hex digits", transfer_id=tid)
+        return trailer.blake3
 
     async def _reply(
         self, stream: trio.abc.Stream, answer: TransferAnswer, *, drain: bool = False

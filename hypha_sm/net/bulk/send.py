@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import select
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+import msgspec
 import trio
 
+from hypha_sm.net.bulk.growing import GrowingFile
 from hypha_sm.net.bulk.protocol import (
     DEFAULT_CHUNK,
     DEFAULT_DEPTH,
@@ -38,7 +41,7 @@ from hypha_sm.net.streams import Address, open_stream
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import Opener, Rejection
 from hypha_sm.wire.identity import Identity, PeerId
-from hypha_sm.wire.messages import TransferAnswer, TransferOffer
+from hypha_sm.wire.messages import TransferAnswer, TransferOffer, TransferTrailer
 
 # -- sender ------------------------------------------------------------------------------------
 
@@ -87,6 +90,7 @@ async def send_file(
     idle_timeout: float = 60.0,
     clock: Clock = wall_clock,
     progress: Callable[[int], None] | None = None,
+    growing: GrowingFile | None = None,
 ) -> SentFile:
     """Send the file at ``path`` to the bulk server at ``to``; return once it is verified and stored.
 
@@ -111,6 +115,9 @@ async def send_file(
         idle_timeout: seconds without progress (connecting, the answer, a chunk, the verdict).
         clock: wall clock for envelope timestamps.
         progress: called with the total bytes sent after each chunk.
+        growing: the file is still being written (``path`` is ``growing.path``): its bytes go
+            out as they are written, the offer names ``growing.size`` and no digest, and the
+            BLAKE3 follows the bytes in a signed trailer. ``sha256`` and ``blake3`` must be None.
 
     Raises:
         TransferRefused: the receiver declined; nothing was sent (or, code ``exists``, the name
@@ -124,17 +131,20 @@ async def send_file(
         TlsSetupError: ``tls+tcp://`` without ``tls``, or its PEM files cannot be loaded.
     """
     source = Path(path)
-    if sha256 is None and blake3 is None:
+    if growing is not None and (sha256 is not None or blake3 is not None):
+        raise ValueError("a growing file's digest comes in the trailer, not the offer")
+    if growing is None and sha256 is None and blake3 is None:
         blake3 = await file_digest(source, "blake3")
     fd = os.open(source, os.O_RDONLY)
     try:
         offer = TransferOffer(
             transfer_id=transfer_id or new_transfer_id(),
             name=name or source.name,
-            size=os.fstat(fd).st_size,
+            size=growing.size if growing is not None else os.fstat(fd).st_size,
             sha256=sha256 or "",
             purpose=purpose,
             blake3=blake3 or "",
+            trailer="blake3" if growing is not None else "",
         )
         tid = offer.transfer_id
         try:
@@ -160,6 +170,7 @@ async def send_file(
                 idle_timeout=idle_timeout,
                 clock=clock,
                 progress=progress,
+                growing=growing,
             )
         finally:
             await close_quietly(stream)
@@ -179,17 +190,21 @@ async def send_over(
     idle_timeout: float = 60.0,
     clock: Clock = wall_clock,
     progress: Callable[[int], None] | None = None,
+    growing: GrowingFile | None = None,
 ) -> SentFile:
     """The sender's half of the protocol on a connected ``stream``, reading ``fd`` from its position.
 
-    ``offer`` is sent as given and its size and SHA-256 are what the receiver checks; at most
-    ``offer.size`` bytes are read (fewer if the file ends first). See ``send_file``.
+    ``offer`` is sent as given and its size and digests are what the receiver checks; at most
+    ``offer.size`` bytes are read (fewer if the file ends first). An offer with a trailer needs
+    ``growing``, whose digest is sent after the bytes. See ``send_file``.
     """
     if not 0 < chunk_size <= MAX_CHUNK or depth < 1:
         raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK} and depth at least 1")
     bad = check_offer(offer)
     if bad is not None:
         raise ValueError(bad)
+    if bool(offer.trailer) != (growing is not None):
+        raise ValueError("an offer with a trailer goes with a growing file, and only then")
     tid = offer.transfer_id
     opener = Opener()
     receiver: list[PeerId] = []
@@ -255,8 +270,14 @@ async def send_over(
         with sending:
             try:
                 await _send_chunks(
-                    stream, fd, offer.size, chunk_size, depth, idle_timeout, progress
+                    stream, fd, offer.size, chunk_size, depth, idle_timeout, progress, growing
                 )
+                if growing is not None:
+                    digest = await _written(growing.digest(), idle_timeout)
+                    trailer = TransferTrailer(transfer_id=tid, blake3=digest)
+                    with trio.fail_after(idle_timeout):
+                        await stream.send_all(frame(seal_message(identity, trailer, clock)))
+                    offer = msgspec.structs.replace(offer, blake3=digest)
             except trio.TooSlowError:
                 send_error = TransferAborted(
                     f"no progress for {idle_timeout} s: the receiver stopped reading",
@@ -285,6 +306,16 @@ async def send_over(
     if isinstance(verdict, BulkError):
         raise verdict
     raise TransferAborted(f"no verdict from the receiver within {idle_timeout} s", transfer_id=tid)
+
+
+_T = TypeVar("_T")
+
+
+async def _written(wait: Awaitable[_T], idle_timeout: float) -> _T:
+    """What a growing file's writer produces next, or ``OSError`` if it stalls or failed."""
+    with trio.move_on_after(idle_timeout):
+        return await wait
+    raise OSError(f"the writer added nothing for {idle_timeout} s")
 
 
 def _sendfile_batch(
@@ -341,6 +372,7 @@ async def _sendfile_chunks(
     depth: int,
     idle_timeout: float,
     progress: Callable[[int], None] | None,
+    growing: GrowingFile | None,
 ) -> None:
     """Like ``_send_chunks`` for a plain socket: the kernel copies file pages to the socket.
 
@@ -349,13 +381,21 @@ async def _sendfile_chunks(
     sock_fd = stream.socket.fileno()
     start = os.lseek(fd, 0, os.SEEK_CUR)
     available = max(0, os.fstat(fd).st_size - start)
-    total = min(size, available)  # a file shorter than offered: the receiver will say so
+    # A file shorter than offered: the receiver will say so. A growing one is offered whole.
+    total = size if growing is not None else min(size, available)
     sent = 0
     while sent < total:
+        if growing is not None:
+            ready = await _written(growing.readable(start + sent), idle_timeout) - start
+            if ready <= sent:
+                raise OSError(f"the file ended after {start + sent} of {size} bytes")
+            batch_end = min(total, ready)
+        else:
+            batch_end = total
         lengths: list[int] = []
         batch = 0
-        while len(lengths) < depth and sent + batch < total:
-            n = min(chunk_size, total - sent - batch)
+        while len(lengths) < depth and sent + batch < batch_end:
+            n = min(chunk_size, batch_end - sent - batch)
             lengths.append(n)
             batch += n
         try:
@@ -383,16 +423,20 @@ async def _send_chunks(
     depth: int,
     idle_timeout: float,
     progress: Callable[[int], None] | None,
+    growing: GrowingFile | None = None,
 ) -> None:
     """Send up to ``size`` bytes of ``fd`` as chunks, then the end mark.
 
+    With ``growing``, each chunk waits until its bytes are in the file.
     Plain sockets and regular files go through ``sendfile`` (``_sendfile_chunks``). Otherwise
     (TLS) a reader task fills buffers in a worker thread while this task sends them: at most
     ``depth`` buffers exist, and ``send_all`` blocks while the receiver is slow (backpressure).
     Each buffer keeps 4 bytes in front for the chunk header, so a chunk is one ``send_all``.
     """
     if isinstance(stream, trio.SocketStream) and stat.S_ISREG(os.fstat(fd).st_mode):
-        return await _sendfile_chunks(stream, fd, size, chunk_size, depth, idle_timeout, progress)
+        return await _sendfile_chunks(
+            stream, fd, size, chunk_size, depth, idle_timeout, progress, growing
+        )
     free_send, free_recv = trio.open_memory_channel[bytearray](depth)
     full_send, full_recv = trio.open_memory_channel[tuple[bytearray, int]](depth)
     for _ in range(depth):
@@ -409,13 +453,22 @@ async def _send_chunks(
             got += n
         return got
 
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+
     async def reader() -> None:
         remaining = size
         async with full_send:
             while remaining > 0:
                 buf = await free_recv.receive()
+                want = min(chunk_size, remaining)
                 try:
-                    n = await trio.to_thread.run_sync(fill, buf, min(chunk_size, remaining))
+                    if growing is not None:
+                        offset = start + size - remaining
+                        ready = await _written(growing.readable(offset), idle_timeout)
+                        want = min(want, ready - offset)
+                        if want <= 0:
+                            return  # the file ended early: the receiver will say so
+                    n = await trio.to_thread.run_sync(fill, buf, want)
                 except OSError as exc:
                     failure.append(exc)
                     return

@@ -192,7 +192,7 @@ class PeerFiles:
                     log.warning("cannot place %s in %s: %s", staged.name, receiver.directory, exc)
                     continue
                 offer = received.offer
-                event = bridge.ReceivedFile(target, size, sender, offer.sha256, offer.blake3)
+                event = bridge.ReceivedFile(target, size, sender, offer.sha256, received.blake3)
                 try:
                     receiver.events.send_nowait(event)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
