@@ -6,11 +6,14 @@ server (its own process: a bulk server and ``ParameterServerJob``, the worker's 
 with its machine, streaming mean and Nesterov step). Timed in the workers' process: from the
 moment both pseudo-gradients were delivered (verified and stored) to the moment both workers
 hold the update (verified and stored). The PS process reports its peak RSS growth over the
-round (``/proc/self/clear_refs`` + ``VmHWM``).
+round (``/proc/self/clear_refs`` + ``VmHWM``). The update goes out as the step writes it (its
+digest in a trailer); a second set of jobs, "sent once written", refuses that (as a node that
+predates trailers would) so the PS sends the complete update, as it did before.
 
 Floor, same run: the two gradients already in memory as tensors; torch mean + Nesterov step;
 the update's bytes sent over two bare loopback TCP sockets at once to two receiving threads.
-Repetitions alternate implementation and floor (noisy 2-core machine); medians are printed.
+Repetitions alternate the implementation, the variant and the floor (noisy 2-core machine);
+medians are printed.
 
     python bench/bench_ps.py [--params 10000000] [--repeat 3]
 """
@@ -78,7 +81,7 @@ def run_ps(a: dict[str, Any]) -> None:
     async def main() -> None:
         arrivals, incoming = trio.open_memory_channel[ReceivedFile](8)
 
-        marks: dict[str, list[float]] = {"arrived": [], "publish": [], "published": []}
+        marks: dict[str, list[float]] = {"arrived": [], "written": [], "published": []}
         rounds = a["rounds"]
 
         def place(received: bulk.ReceivedFile) -> str | None:
@@ -99,24 +102,47 @@ def run_ps(a: dict[str, Any]) -> None:
                 yield ReceivedFile(target, item.size, item.from_peer, "")
 
         async def send(
-            path: Path, peers: list[str], purpose: str, *, name: str, blake3: str | None = None
+            path: Path,
+            peers: list[str],
+            purpose: str,
+            *,
+            name: str,
+            blake3: str | None = None,
+            growing: bulk.GrowingFile | None = None,
         ) -> dict[str, str]:
+            """As ``PeerFiles.send``: a growing file as it is written, else with its digest."""
             out: dict[str, str] = {}
-            marks["publish"].append(time.perf_counter())
-            digest = blake3 or await bulk.file_digest(path)  # as PeerFiles.send does
+            digest = None if growing else blake3 or await bulk.file_digest(path)
+            if not a["stream"] and growing is not None:
+                return dict.fromkeys(peers, "refused: bad-offer: (--no-stream)")
+            if growing is None:
+                marks["written"].append(time.perf_counter())
+
+            async def written() -> None:
+                assert growing is not None
+                await growing.digest()
+                marks["written"].append(time.perf_counter())
 
             async def one(peer: str) -> None:
-                await bulk.send_file(
-                    path,
-                    to=a["workers"][peer],
-                    identity=ps,
-                    peer=PeerId.parse(peer),
-                    name=name,
-                    blake3=digest,
-                )
-                out[peer] = "delivered"
+                try:
+                    await bulk.send_file(
+                        path,
+                        to=a["workers"][peer],
+                        identity=ps,
+                        peer=PeerId.parse(peer),
+                        name=name,
+                        blake3=digest,
+                        growing=growing,
+                    )
+                except bulk.BulkError as exc:
+                    out[peer] = f"failed: {exc}"
+                    print(f"ps bench: sending to {peer[:12]} failed: {exc}", file=sys.stderr)
+                else:
+                    out[peer] = "delivered"
 
             async with trio.open_nursery() as nursery:
+                if growing is not None:
+                    nursery.start_soon(written)
                 for peer in peers:
                     nursery.start_soon(one, peer)
             marks["published"].append(time.perf_counter())
@@ -139,9 +165,9 @@ def run_ps(a: dict[str, Any]) -> None:
             code = await job.run()
             arrived = marks["arrived"][1::2]  # the second file of each round
             phases = {
-                "aggregate": [p - a for p, a in zip(marks["publish"], arrived, strict=True)],
+                "aggregate": [w - a for w, a in zip(marks["written"], arrived, strict=True)],
                 "publish": [
-                    d - p for d, p in zip(marks["published"], marks["publish"], strict=True)
+                    d - w for d, w in zip(marks["published"], marks["written"], strict=True)
                 ],
             }
             print(json.dumps({"code": code, "rss": watch.growth(), **phases}), flush=True)
@@ -212,7 +238,9 @@ def run_workers(a: dict[str, Any]) -> None:
     trio.run(main)
 
 
-def trial_impl(gradients: list[Path], root: Path, rounds: int) -> dict[str, Any]:
+def trial_impl(
+    gradients: list[Path], root: Path, rounds: int, stream: bool = True
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(dir=root))
     me = [sys.executable, __file__]
     workers = subprocess.Popen(
@@ -223,7 +251,7 @@ def trial_impl(gradients: list[Path], root: Path, rounds: int) -> dict[str, Any]
     assert workers.stdin is not None
     addresses = json.loads(workers.stdout.readline())["workers"]
     ps = subprocess.Popen(
-        [*me, "--role", "ps", json.dumps({"work": str(work / "ps"), "workers": addresses, "rounds": rounds})],
+        [*me, "--role", "ps", json.dumps({"work": str(work / "ps"), "workers": addresses, "rounds": rounds, "stream": stream})],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert ps.stdout is not None
@@ -306,31 +334,35 @@ def main() -> None:
         root = Path(tmp)
         gradients = make_gradients(root, ns.params)
         file_size = gradients[0].stat().st_size
-        impl, floor = [], []
+        impl, whole, floor = [], [], []
         trial_impl(gradients, root, 2)  # warm-up, not recorded
         for _ in range(ns.repeat):
             impl.append(trial_impl(gradients, root, ns.rounds))
+            whole.append(trial_impl(gradients, root, ns.rounds, stream=False))
             floor.append(trial_floor(gradients))
         t_floor = statistics.median(r["seconds"] for r in floor)
         rss = max(r["rss"] for r in impl)
 
-        def median(key: str, first: bool) -> float:
+        def median(key: str, first: bool, runs: list[dict[str, Any]] = impl) -> float:
             if first:
-                return statistics.median(r[key][0] for r in impl)
-            return statistics.median(x for r in impl for x in r[key][1:])
+                return statistics.median(r[key][0] for r in runs)
+            return statistics.median(x for r in runs for x in r[key][1:])
 
         print(
             f"PS round, 2 workers x {ns.params:,} float32 ({file_size / 2**20:.1f} MiB per file), "
             f"median of {ns.repeat} jobs of {ns.rounds} rounds:"
         )
         print(f"{'':33}{'round 1':>10}{'later':>10}")
-        for label, key, note in (
-            ("implementation", "seconds", "bulk channel, PS machine, streaming step"),
-            ("  aggregate", "aggregate", "PS: last file placed -> update written"),
-            ("  publish", "publish", "PS: sending the update to both"),
+        for label, key, runs, note in (
+            ("implementation", "seconds", impl, "bulk channel, PS machine, streaming step"),
+            ("  aggregate", "aggregate", impl, "PS: last file placed -> update written"),
+            ("  publish", "publish", impl, "PS: update written -> both hold it"),
+            ("update sent once written", "seconds", whole, "the same, update sent when complete"),
+            ("  aggregate", "aggregate", whole, ""),
+            ("  publish", "publish", whole, ""),
         ):
-            first, later = median(key, True), median(key, False)
-            print(f"  {label:31}{first:9.3f}s{later:9.3f}s   ({note})")
+            first, later = median(key, True, runs), median(key, False, runs)
+            print(f"  {label:31}{first:9.3f}s{later:9.3f}s   {f'({note})' if note else ''}")
         print(f"  {'floor':31}{t_floor:9.3f}s{'':10}   (torch in memory + bare loopback sockets)")
         # Each job's rounds against the floor measured right after it: the machine's speed
         # drifts by half between minutes, and a ratio of two medians would mix the drifts.
@@ -344,6 +376,13 @@ def main() -> None:
             f"  {'ratio, paired (target <= 2.5x)':31}{first:9.2f}x{later:9.2f}x"
             "   (round 1 writes every file into fresh pages)"
         )
+        first = statistics.median(
+            r["seconds"][0] / f["seconds"] for r, f in zip(whole, floor, strict=True)
+        )
+        later = statistics.median(
+            x / f["seconds"] for r, f in zip(whole, floor, strict=True) for x in r["seconds"][1:]
+        )
+        print(f"  {'  sent once written':31}{first:9.2f}x{later:9.2f}x")
         print(
             f"  PS peak RSS     +{rss / 2**20:.1f} MiB = {rss / file_size:.2f}x one file (target <= 3x)"
         )

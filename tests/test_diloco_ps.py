@@ -3,6 +3,7 @@ golden vectors (hypha-execution.md §16.1, §16.5) and a NumPy recomputation."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from hypha_sm.diloco.outer import Contribution, OuterStep, aggregate  # noqa: E402
+from hypha_sm.diloco.outer import Contribution, OuterStep, aggregate, update_size  # noqa: E402
 from hypha_sm.diloco.tensors import StreamWriter, TensorReader, read_layout  # noqa: E402
 from hypha_sm.roles.scheduler.core import effects as fx  # noqa: E402
 from hypha_sm.roles.scheduler.core import events as ev  # noqa: E402
@@ -125,6 +126,38 @@ def test_three_rounds_match_a_numpy_recomputation(tmp_path: Path, dtype: str) ->
             np.testing.assert_allclose(
                 update[k].float().numpy(), expected, rtol=tolerance, atol=tolerance
             )
+
+
+def test_a_followed_update_reports_only_final_bytes_and_ends_at_its_planned_size(
+    tmp_path: Path,
+) -> None:
+    """What a sender streams while the step runs: each report is at least the previous one,
+    the bytes reported are already the file's final bytes (over last round's file, whose pages
+    are reused), and the last report is ``update_size`` of the inputs' layout."""
+    grads = {f"t{i}": torch.randn(3, 50) for i in range(6)} | {"h": torch.randn(7).half()}
+    path = tmp_path / "g0.safetensors"
+    save_file(grads, str(path))
+    update = tmp_path / "update"
+    update.write_bytes(b"\xff" * 10_000)  # last round's file, longer than this one
+    seen: list[tuple[int, bytes]] = []
+    with update.open("rb", buffering=0) as follower:  # a buffer would keep stale bytes
+
+        def follow(written: int) -> None:
+            seen.append((written, os.pread(follower.fileno(), written, 0)))
+
+        aggregate(
+            [Contribution(path)],
+            momentum_path=tmp_path / "momentum",
+            update_path=update,
+            step=OuterStep(),
+            first_round=True,
+            on_written=follow,
+        )
+    final = update.read_bytes()
+    assert len(seen) == 1 + len(grads)  # the header, then each tensor
+    assert [n for n, _ in seen] == sorted(n for n, _ in seen)
+    assert all(final.startswith(prefix) for _, prefix in seen)
+    assert seen[-1][0] == len(final) == update_size(path)
 
 
 def test_the_stream_writer_writes_what_safetensors_reads(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ until the bytes match a digest signed by the sender of the offer. Real sockets a
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import blake3
@@ -166,11 +168,8 @@ async def test_two_receivers_take_one_growing_file_side_by_side(
     nursery.start_soon(write_slowly, source, growing, data)
     async with trio.open_nursery() as senders:
         for srv in servers:
-            senders.start_soon(
-                lambda a=srv.address: bulk.send_file(
-                    source, to=a, identity=SENDER, peer=RECEIVER.peer_id, growing=growing
-                )
-            )
+            send = partial(bulk.send_file, to=srv.address, identity=SENDER, peer=RECEIVER.peer_id)
+            senders.start_soon(partial(send, source, growing=growing))
     for n in range(2):
         assert (tmp_path / f"in{n}" / "update.bin").read_bytes() == b"".join(data)
 
@@ -227,23 +226,28 @@ def _sealed(identity: Identity, message: TransferTrailer) -> bytes:
 
 
 TRUE = blake3.blake3(b"z" * 1000).hexdigest()
-HOSTILE_TRAILERS: dict[str, tuple[bytes | None, type[bulk.BulkError], str]] = {
+# Sealed when the test runs (a trailer sealed at collection could be stale by then).
+HOSTILE_TRAILERS: dict[str, tuple[Callable[[], bytes] | None, type[bulk.BulkError], str]] = {
     "signed by a stranger": (
-        _sealed(STRANGER, TransferTrailer("t-h", TRUE)),
+        lambda: _sealed(STRANGER, TransferTrailer("t-h", TRUE)),
         bulk.PeerAuthError,
         "trailer rejected",
     ),
     "for another transfer": (
-        _sealed(SENDER, TransferTrailer("t-other", TRUE)),
+        lambda: _sealed(SENDER, TransferTrailer("t-other", TRUE)),
         bulk.PeerAuthError,
         "expected the trailer of transfer t-h",
     ),
     "not hex": (
-        _sealed(SENDER, TransferTrailer("t-h", "Z" * 64)),
+        lambda: _sealed(SENDER, TransferTrailer("t-h", "Z" * 64)),
         bulk.PeerAuthError,
         "not 64 hex digits",
     ),
-    "garbage": (bulk_protocol.frame(b"\x00" * 100), bulk.PeerAuthError, "trailer rejected"),
+    "garbage": (
+        lambda: bulk_protocol.frame(b"\x00" * 100),
+        bulk.PeerAuthError,
+        "trailer rejected",
+    ),
     "missing (the sender hangs up)": (None, bulk.TransferAborted, "before the trailer"),
 }
 
@@ -264,7 +268,7 @@ async def test_a_hostile_or_missing_trailer_stores_nothing(
     if trailer is None:
         await stream.aclose()
     else:
-        await stream.send_all(trailer)
+        await stream.send_all(trailer())
         verdict = await _raw_answer(stream)
         assert not verdict.accepted
         await stream.aclose()

@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hypha_sm.diloco.tensors import WIRE_DTYPES, StreamWriter, TensorReader
+from hypha_sm.diloco.tensors import (
+    WIRE_DTYPES,
+    Layout,
+    StreamWriter,
+    TensorReader,
+    TensorSpec,
+    encode_header,
+    read_layout,
+)
+
+#: The update file's metadata.
+_UPDATE_METADATA = {"format": "pt"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,15 @@ def _swap(new: Path, current: Path) -> None:
     os.replace(spare, new)
 
 
+def _update_tensors(layout: Layout) -> list[TensorSpec]:
+    return [(name, WIRE_DTYPES[dtype], shape) for name, dtype, shape in layout.tensors]
+
+
+def update_size(pseudo_gradient: Path) -> int:
+    """The size of the update ``aggregate`` writes for files laid out like this one."""
+    return encode_header(_update_tensors(read_layout(pseudo_gradient)), _UPDATE_METADATA)[1]
+
+
 def aggregate(
     contributions: Sequence[Contribution],
     *,
@@ -79,12 +99,15 @@ def aggregate(
     step: OuterStep,
     first_round: bool,
     pairwise: bool = False,
+    on_written: Callable[[int], None] | None = None,
 ) -> str:
     """Write the update for this round to ``update_path``; the momentum file moves on.
 
     Every file must share the first one's layout (checked by the caller on arrival). The new
     momentum is written to ``<momentum_path>.next`` and swapped in only once the update is
     written, so a failed round leaves the momentum as it was. Returns the update's BLAKE3.
+    ``on_written`` follows the update file as it grows (``StreamWriter``): its bytes are
+    final as they are reported, and the file ends at ``update_size``.
     """
     if not contributions:
         raise ValueError("no pseudo-gradients to aggregate")
@@ -102,10 +125,11 @@ def aggregate(
         # time. The momentum needs no digest.
         update = StreamWriter(
             update_path,
-            [(name, WIRE_DTYPES[dtype], shape) for name, dtype, shape in layout.tensors],
-            {"format": "pt"},
+            _update_tensors(layout),
+            _UPDATE_METADATA,
             digest="blake3",
             background=True,
+            on_written=on_written,
         )
         moment = StreamWriter(
             next_momentum,

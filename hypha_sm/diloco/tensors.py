@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,45 +160,63 @@ class TensorReader:
         os.close(self._fd)
 
 
+TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def encode_header(
+    tensors: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None
+) -> tuple[bytes, int]:
+    """The safetensors header for ``tensors`` in this order, and the size of the whole file.
+
+    The header includes its 8-byte length prefix.
+    """
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, dtype, shape in tensors:
+        count = 1
+        for d in shape:
+            count *= d
+        end = offset + count * dtype.itemsize
+        header[name] = {
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % _ALIGN)
+    return struct.pack("<Q", len(raw)) + raw, 8 + len(raw) + offset
+
+
 class StreamWriter:
     """Write a safetensors file whose layout is known, one tensor at a time, in layout order."""
 
     def __init__(
         self,
         path: Path,
-        tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        tensors: list[TensorSpec],
         metadata: Mapping[str, str] | None = None,
         *,
         digest: Literal["sha256", "blake3"] | None = "sha256",
         background: bool = False,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         """``digest``: hash the bytes written with it (``hexdigest()``), or not at all.
 
         ``background``: hash and write each tensor in a worker thread while the caller computes
         the next one (hashlib and file writes release the GIL). The caller must then leave a
         tensor unchanged until its next ``write`` or ``close`` returns.
+
+        ``on_written``: called (from the writing thread) with the bytes in the file so far,
+        once the header and each tensor is flushed to it, so a reader may follow the file.
         """
-        header: dict[str, Any] = {}
-        offset = 0
-        self._order = []
-        for name, dtype, shape in tensors:
-            count = 1
-            for d in shape:
-                count *= d
-            end = offset + count * dtype.itemsize
-            header[name] = {
-                "dtype": DTYPE_NAMES[dtype],
-                "shape": list(shape),
-                "data_offsets": [offset, end],
-            }
-            self._order.append((name, dtype, shape))
-            offset = end
-        if metadata:
-            header["__metadata__"] = dict(metadata)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % _ALIGN)
+        header, self._size = encode_header(tensors, metadata)
+        self._order = list(tensors)
         self._next = 0
-        self._size = 8 + len(raw) + offset
+        self._written = 0
+        self._on_written = on_written
         # Over an existing file, not a fresh one: its pages are reused (a VM that hands freed
         # pages back to the host writes fresh ones at a fraction of the speed); truncated to size
         # at the end.
@@ -213,12 +231,21 @@ class StreamWriter:
             self._digest = blake3.blake3()
         self._pool = ThreadPoolExecutor(1, "stream-writer") if background else None
         self._pending: Future[None] | None = None
-        self._put(struct.pack("<Q", len(raw)) + raw)
+        self._put(header)
+
+    @property
+    def size(self) -> int:
+        """The size of the complete file."""
+        return self._size
 
     def _put(self, data: Any) -> None:
         if self._digest is not None:
             self._digest.update(data)
         self._file.write(data)
+        self._written += memoryview(data).nbytes
+        if self._on_written is not None:
+            self._file.flush()  # the bytes must be in the file before a reader is told
+            self._on_written(self._written)
 
     def _settle(self) -> None:
         """Wait for the tensor in flight (its error, if any, is raised here)."""

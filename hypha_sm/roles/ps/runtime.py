@@ -5,8 +5,11 @@ same loop as every role (``runtime.loop``): the core (``roles/ps/core``) decides
 Files arrive through the node's bulk receiver (only from the job's workers; each verified by
 size and digest before it is placed); each is moved to a name of its own at once, so a second
 file from the same worker cannot overwrite the first, and its header is read here and handed
-to the core. Averaging and the outer step run in a thread, one tensor at a time. Every failure
-becomes an event; temporary files are removed as rounds end and the work dir with the job.
+to the core. Averaging and the outer step run in a thread, one tensor at a time, and the
+update goes out to the workers as it is written (a ``GrowingFile``: its digest follows the
+bytes), so a round costs about the longer of the step and the transfer, not their sum. Every
+failure becomes an event; temporary files are removed as rounds end and the work dir with the
+job.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +29,7 @@ import trio
 
 from hypha_sm.core.errors import HyphaSMError
 from hypha_sm.core.trace import Now
+from hypha_sm.net.bulk import GrowingFile
 from hypha_sm.roles.ps.core import model as ps
 from hypha_sm.roles.ps.core.role import PS
 from hypha_sm.runtime.loop import Inbox, open_run_log, recorded_stepper, run_loop
@@ -98,6 +103,21 @@ def describe_file(path: Path, name: str) -> tuple[int, str, int, str]:
     return rnd, layout.signature, samples, ""
 
 
+def update_name(rnd: int) -> str:
+    """The name a round's update has on the workers (the original's ``<round>_update…``)."""
+    return f"{rnd}_update.safetensors"
+
+
+@dataclass
+class _Streamed:
+    """A round's update, sent to ``peers`` while it is written; their outcomes once known."""
+
+    round: int
+    growing: GrowingFile
+    outcomes: dict[str, str] = field(default_factory=dict)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 class ParameterServerJob:
     """One DiLoCo job's parameter server, from start to the scheduler's ``Done``."""
 
@@ -124,6 +144,7 @@ class ParameterServerJob:
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._taken = 0
+        self._streamed: _Streamed | None = None
         self.outcome: tuple[bool, str] = (False, "not run")
 
     async def run(self) -> int:
@@ -209,6 +230,8 @@ class ParameterServerJob:
             Contribution(Path(p), w) for p, w in zip(effect.files, effect.weights, strict=True)
         ]
         step = OuterStep(self.plan.learning_rate, self.plan.momentum)
+        growing = await self._stream(effect, update)
+        token = trio.lowlevel.current_trio_token()
         try:
             digest = await trio.to_thread.run_sync(
                 lambda: aggregate(
@@ -218,26 +241,82 @@ class ParameterServerJob:
                     step=step,
                     first_round=effect.first,
                     pairwise=self.plan.compat_pairwise,
+                    on_written=growing.reporter(token) if growing is not None else None,
                 )
             )
         except Exception as exc:  # torch and I/O errors alike: the round fails with the reason
-            await self._inbox.send(
-                ps.AggregateFailed(effect.round, f"{type(exc).__name__}: {exc}")
-            )
+            reason = f"{type(exc).__name__}: {exc}"
+            if growing is not None:
+                growing.fail(reason)
+            await self._inbox.send(ps.AggregateFailed(effect.round, reason))
             return
+        if growing is not None:
+            growing.finish(digest)
         size = update.stat().st_size
         await self._inbox.send(ps.Aggregated(effect.round, str(update), size, digest))
 
-    async def _publish(self, effect: ps.Publish) -> None:
-        path = Path(effect.path)
-        name = f"{effect.round}_update.safetensors"
+    async def _stream(self, effect: ps.Aggregate, update: Path) -> GrowingFile | None:
+        """Start sending the update to ``effect.send_to`` as it will be written.
+
+        None: no one to send to, or the inputs' layout cannot be read (the step will say why).
+        """
+        from hypha_sm.diloco.outer import update_size
+        from hypha_sm.diloco.tensors import LayoutError
+
+        if not effect.send_to:
+            return None
         try:
-            outcomes = await self._send(
-                path, list(effect.peers), "update", name=name, blake3=effect.blake3
+            size = await trio.to_thread.run_sync(update_size, Path(effect.files[0]))
+            update.touch(mode=0o600)  # the senders open it before the step writes a byte
+        except (LayoutError, OSError):
+            return None
+        streamed = _Streamed(effect.round, GrowingFile(update, size))
+        self._streamed = streamed
+
+        async def send() -> None:
+            peers = list(effect.send_to)
+            outcomes = await self._send_update(
+                update, peers, update_name(effect.round), growing=streamed.growing
             )
+            streamed.outcomes.update(outcomes)
+            streamed.done.set()
+
+        self._later(send)
+        return streamed.growing
+
+    async def _send_update(
+        self, path: Path, peers: list[str], name: str, **how: Any
+    ) -> Mapping[str, str]:
+        try:
+            return await self._send(path, peers, "update", name=name, **how)
         except Exception as exc:
-            outcomes = dict.fromkeys(effect.peers, f"failed: {type(exc).__name__}: {exc}")
-        await self._inbox.send(ps.Published(effect.round, dict(outcomes)))
+            return dict.fromkeys(peers, f"failed: {type(exc).__name__}: {exc}")
+
+    async def _publish(self, effect: ps.Publish) -> None:
+        """Each peer's outcome, from the transfer begun while the update was written.
+
+        A peer that was not in it, or refused it as a node that predates trailers, gets the
+        complete file.
+        """
+        outcomes: dict[str, str] = {}
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None and streamed.round == effect.round:
+            await streamed.done.wait()
+            outcomes.update(streamed.outcomes)
+        rest = [
+            peer
+            for peer in effect.peers
+            if peer not in outcomes or outcomes[peer].startswith("refused: bad-offer")
+        ]
+        if rest:
+            outcomes.update(
+                await self._send_update(
+                    Path(effect.path), rest, update_name(effect.round), blake3=effect.blake3
+                )
+            )
+        await self._inbox.send(
+            ps.Published(effect.round, {peer: outcomes[peer] for peer in effect.peers})
+        )
 
     async def _report(self, rnd: int) -> None:
         try:

@@ -31,6 +31,7 @@ import trio
 from hypha_sm.net.bulk import (
     BulkError,
     BulkServer,
+    GrowingFile,
     PeerAuthError,
     ReceivedFile,
     file_digest,
@@ -243,19 +244,21 @@ class PeerFiles:
         *,
         name: str | None = None,
         blake3: str | None = None,
+        growing: GrowingFile | None = None,
     ) -> Mapping[str, str]:
         """Push ``path`` to each peer; per peer ``"delivered"`` or why not (the bridge's hook).
 
         ``name`` is the file's own name when ``path`` is a descriptor path (``/proc/self/fd``);
-        ``blake3`` the file's digest if the caller has it (else it is computed here).
+        ``blake3`` the file's digest if the caller has it (else it is computed here, unless
+        the file is ``growing``: sent as it is written, its digest in the trailer).
         """
-        digest = blake3 or await file_digest(path, "blake3")
+        digest = "" if growing is not None else blake3 or await file_digest(path, "blake3")
         shown = name or path.name
         name = _NAME_CHARS.sub("_", f"{self.identity.peer_id}.{shown}")[:255]
         results: dict[str, str] = {}
 
         async def one(peer: str) -> None:
-            results[peer] = await self._send_one(path, peer, name, digest, purpose, shown)
+            results[peer] = await self._send_one(path, peer, name, digest, purpose, shown, growing)
 
         # Side by side: a parameter server's update reaches every worker in the time of one.
         async with trio.open_nursery() as nursery:
@@ -264,7 +267,14 @@ class PeerFiles:
         return {peer: results[peer] for peer in dict.fromkeys(peers)}
 
     async def _send_one(
-        self, path: Path, peer: str, name: str, blake3: str, purpose: str, shown: str
+        self,
+        path: Path,
+        peer: str,
+        name: str,
+        blake3: str,
+        purpose: str,
+        shown: str,
+        growing: GrowingFile | None,
     ) -> str:
         try:
             peer_id = PeerId.parse(peer)
@@ -273,8 +283,16 @@ class PeerFiles:
         addresses = await self.gateways.lookup_peer(peer)
         if not addresses:
             return "unknown_peer: no gateway has its record"
-        size = os.stat(path).st_size  # the bridge checked it exists; a stat does not block long
-        offer = TransferOffer(new_transfer_id(), name, size, purpose=purpose, blake3=blake3)
+        # The bridge checked the file exists; a stat does not block long.
+        size = growing.size if growing is not None else os.stat(path).st_size
+        offer = TransferOffer(
+            new_transfer_id(),
+            name,
+            size,
+            purpose=purpose,
+            blake3=blake3,
+            trailer="blake3" if growing is not None else "",
+        )
         outcome = "unreachable"
         for address in addresses:
             try:
@@ -296,8 +314,9 @@ class PeerFiles:
                     tls=self.tls,
                     name=name,
                     purpose=purpose,
-                    blake3=blake3,
+                    blake3=blake3 or None,
                     transfer_id=offer.transfer_id,
+                    growing=growing,
                 )
             except BulkError as exc:
                 log.warning("sending %s to %s failed: %s", shown, peer, exc)

@@ -118,16 +118,24 @@ class DropFile(_Effect, tag="drop_file", frozen=True):
 
 
 class Aggregate(_Effect, tag="aggregate", frozen=True):
-    """Average ``files`` with ``weights`` and take the outer step; ``first``: round 1."""
+    """Average ``files`` with ``weights`` and take the outer step; ``first``: round 1.
+
+    The update goes out to ``send_to`` while it is written; ``Publish`` completes it.
+    """
 
     round: int
     files: tuple[str, ...]
     weights: tuple[float, ...]
     first: bool
+    send_to: tuple[str, ...] = ()
 
 
 class Publish(_Effect, tag="publish", frozen=True):
-    """Send the update at ``path`` (with its ``blake3``) to each of ``peers``."""
+    """Deliver the update at ``path`` (with its ``blake3``) to each of ``peers``.
+
+    Transfers begun while it was written (``Aggregate.send_to``) are finished with the digest;
+    any other peer gets the complete file.
+    """
 
     round: int
     path: str

@@ -179,14 +179,14 @@ def note_stragglers(ctx: Ctx) -> None:
 
 @ROUND.action
 def aggregate(ctx: Ctx) -> None:
-    """Average this round's files and take the outer step (the shell does it off the loop)."""
+    """Average the files, take the outer step (off the loop); the update streams out as written."""
     state = ctx.state
     senders = [w for w in state.plan.workers if w in state.files]  # the job's order
     files = tuple(state.files[w][0] for w in senders)
     samples = [state.files[w][1] for w in senders]
     by_samples = state.plan.weighting == "samples" and all(s > 0 for s in samples)
     weights = tuple(float(s) if by_samples else 1.0 for s in samples)
-    state.emit(Aggregate(state.round, files, weights, state.round == 1))
+    state.emit(Aggregate(state.round, files, weights, state.round == 1, tuple(state.live)))
 
 
 @ROUND.action
@@ -260,6 +260,9 @@ def fail(ctx: Ctx, why: str) -> None:
     detail = getattr(event, "reason", "")
     if why == "below_quorum":
         detail = f"{len(state.files)} of {state.needed()} pseudo-gradients in time"
+    elif isinstance(event, Published):  # nobody reached: say why for each worker
+        reasons = (f"{w[:12]}…: {o}" for w, o in sorted(event.outcomes.items()))
+        detail = "; ".join(reasons)[:400]
     _end(state, False, f"round {state.round}: {why}" + (f": {detail}" if detail else ""))
 
 
