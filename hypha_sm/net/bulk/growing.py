@@ -68,15 +68,17 @@ class GrowingFile:
         if self.failure is not None:
             raise OSError(f"the file was not completed: {self.failure}")
 
-    async def readable(self, offset: int) -> int:
-        """Bytes in the file once more than ``offset`` are (or the writer is done).
+    async def readable(self, offset: int, want: int = 1) -> int:
+        """Bytes in the file once ``want`` past ``offset`` are, or up to the end, or all.
 
         Returns ``written``; a result not above ``offset`` means the file ends there. Raises
-        ``OSError`` if the writer failed.
+        ``OSError`` if the writer failed. A sender asks for whole chunks (``want``): fewer,
+        fuller sends than one per report.
         """
+        target = min(offset + max(want, 1), self.size)
         while True:
             self._check()
-            if self.written > offset or self.blake3 is not None:
+            if self.written >= target or self.blake3 is not None:
                 return self.written
             await self._changed.wait()
 

@@ -386,7 +386,8 @@ async def _sendfile_chunks(
     sent = 0
     while sent < total:
         if growing is not None:
-            ready = await _written(growing.readable(start + sent), idle_timeout) - start
+            whole = depth * chunk_size  # a full batch, as from a finished file
+            ready = await _written(growing.readable(start + sent, whole), idle_timeout) - start
             if ready <= sent:
                 raise OSError(f"the file ended after {start + sent} of {size} bytes")
             batch_end = min(total, ready)
@@ -464,7 +465,7 @@ async def _send_chunks(
                 try:
                     if growing is not None:
                         offset = start + size - remaining
-                        ready = await _written(growing.readable(offset), idle_timeout)
+                        ready = await _written(growing.readable(offset, want), idle_timeout)
                         want = min(want, ready - offset)
                         if want <= 0:
                             return  # the file ended early: the receiver will say so

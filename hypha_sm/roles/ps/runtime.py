@@ -267,7 +267,8 @@ class ParameterServerJob:
             return None
         try:
             size = await trio.to_thread.run_sync(update_size, Path(effect.files[0]))
-            update.touch(mode=0o600)  # the senders open it before the step writes a byte
+            # The senders open it before the step writes a byte.
+            await trio.Path(update).touch(mode=0o600)
         except (LayoutError, OSError):
             return None
         streamed = _Streamed(effect.round, GrowingFile(update, size))
