@@ -140,6 +140,7 @@ def test_a_followed_update_reports_only_final_bytes_and_ends_at_its_planned_size
     update = tmp_path / "update"
     update.write_bytes(b"\xff" * 10_000)  # last round's file, longer than this one
     seen: list[tuple[int, bytes]] = []
+    threads = torch.get_num_threads()
     with update.open("rb", buffering=0) as follower:  # a buffer would keep stale bytes
 
         def follow(written: int) -> None:
@@ -158,6 +159,7 @@ def test_a_followed_update_reports_only_final_bytes_and_ends_at_its_planned_size
     assert [n for n, _ in seen] == sorted(n for n, _ in seen)
     assert all(final.startswith(prefix) for _, prefix in seen)
     assert seen[-1][0] == len(final) == update_size(path)
+    assert torch.get_num_threads() == threads  # the step's own thread count does not leak
 
 
 def test_the_stream_writer_writes_what_safetensors_reads(tmp_path: Path) -> None:
