@@ -27,6 +27,7 @@ from hypha_sm.core.resources import Amounts
 from hypha_sm.roles.worker.core.effects import StartJob
 from hypha_sm.roles.worker.core.policy import ExecutorSpec
 from hypha_sm.roles.worker.jobs import LocalExecutor
+from hypha_sm.roles.worker.limits import find_cgroup_parent, slow_cgroup_migrations
 from hypha_sm.roles.worker.process import ProcessSettings
 
 # The child says it runs by writing to a FIFO (a FIFO survives close_fds, unlike a pipe).
@@ -101,6 +102,12 @@ def main() -> None:
         f"ratio, median of {len(measured)} alternating pairs {ratio:.2f}x "
         f"(target <= 2x): {'PASS' if ratio <= 2 else 'MISS'}"
     )
+    where = find_cgroup_parent()
+    if where is None:
+        print("jobs ran without a cgroup (none writable here)")
+    else:
+        mounted = "without" if slow_cgroup_migrations() else "with"
+        print(f"jobs ran in cgroups under {where}; cgroup2 mounted {mounted} favordynmods")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import trio
 
 from hypha_sm.core.resources import Amounts
 from hypha_sm.roles.worker import process
-from hypha_sm.roles.worker.limits import find_cgroup_parent
+from hypha_sm.roles.worker.limits import find_cgroup_parent, slow_cgroup_migrations
 from hypha_sm.roles.worker.process import (
     STDERR_NAME,
     STDOUT_NAME,
@@ -65,6 +65,22 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+@pytest.mark.parametrize(
+    ("mounts", "slow"),
+    [
+        ("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0", True),
+        ("cgroup2 /sys/fs/cgroup cgroup2 rw,relatime,nsdelegate,favordynmods 0 0", False),
+        ("cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0", False),  # no cgroup2: no moves
+        ("", False),
+    ],
+)
+def test_a_cgroup2_mount_without_favordynmods_means_slow_job_starts(
+    mounts: str, slow: bool
+) -> None:
+    """The start-up hint fires only where moving a job into its cgroup waits for the kernel."""
+    assert slow_cgroup_migrations(mounts) is slow
 
 
 def test_render_args_replaces_known_tokens_and_keeps_unknown() -> None:

@@ -38,6 +38,26 @@ def find_cgroup_parent() -> Path | None:
     return parent
 
 
+def slow_cgroup_migrations(mounts: str | None = None) -> bool:
+    """Whether moving a job into its cgroup will wait for an RCU grace period.
+
+    Each job start writes the job's pid to its cgroup's ``cgroup.procs``. Unless cgroup2 is
+    mounted with ``favordynmods`` (Linux 6.0+), the kernel's threadgroup lock then waits for a
+    grace period when it was idle: 7-10 ms per job start on the CI VM against 0.25 ms with the
+    option (docs/operations.md). ``mounts``: the text of ``/proc/self/mounts`` (read if None).
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return False
+    for line in mounts.splitlines():
+        fields = line.split()
+        if fields[2:3] == ["cgroup2"] and len(fields) > 3:
+            return "favordynmods" not in fields[3].split(",")
+    return False
+
+
 def nvidia_devices() -> list[int]:
     return sorted(
         int(m.group(1))

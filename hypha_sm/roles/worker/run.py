@@ -37,6 +37,7 @@ from hypha_sm.roles.worker.core.policy import ExecutorSpec, Offer, Policy
 from hypha_sm.roles.worker.core.role import WORKER
 from hypha_sm.roles.worker.core.state import WorkerState
 from hypha_sm.roles.worker.jobs import LocalExecutor
+from hypha_sm.roles.worker.limits import find_cgroup_parent, slow_cgroup_migrations
 from hypha_sm.roles.worker.node import WorkerNode
 from hypha_sm.roles.worker.otel import telemetry_from_settings
 from hypha_sm.roles.worker.peers import PeerFiles, bulk_address_for
@@ -182,6 +183,11 @@ async def _run(
         log.warning("%s", injection)
     if (warning := users.warning()) is not None:
         log.warning("%s", warning)
+    if find_cgroup_parent() is not None and slow_cgroup_migrations():
+        log.info(
+            "cgroup2 is mounted without favordynmods: each job start waits ~10 ms for the "
+            "kernel to move the job into its cgroup (docs/operations.md, Resource enforcement)"
+        )
     adopting = is_subreaper()
     if not become_subreaper():
         log.warning(
