@@ -7,6 +7,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -40,6 +41,7 @@ from hypha_sm.net.bulk.protocol import (
     verdict_reason,
     wall_clock,
 )
+from hypha_sm.net.bulk.pump import pump_chunks
 from hypha_sm.net.streams import Address, open_listener
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import Opener, Rejection
@@ -353,6 +355,33 @@ class BulkServer:
                 pass
 
     async def _receive_chunks(
+        self, stream: trio.abc.Stream, sink: _Sink, offer: TransferOffer
+    ) -> None:
+        """Read the chunks, write and hash them; the size must come out as offered.
+
+        A plain socket is read in a worker thread (``pump.pump_chunks``); a TLS stream by
+        ``_receive_decrypted`` on the loop.
+        """
+        if isinstance(stream, trio.SocketStream):
+            steps: list[Callable[[memoryview], object]] = [sink.store]
+            steps += [hasher.update for hasher in sink.hashers.values()]
+            total = await trio.to_thread.run_sync(
+                partial(
+                    pump_chunks,
+                    stream.socket.fileno(),
+                    steps,
+                    offer.size,
+                    depth=self.depth,
+                    idle_timeout=self.idle_timeout,
+                    transfer_id=offer.transfer_id,
+                )
+            )
+            if total != offer.size:
+                raise TransferMismatch("size", offer.size, total, transfer_id=offer.transfer_id)
+            return
+        await self._receive_decrypted(stream, sink, offer)
+
+    async def _receive_decrypted(
         self, stream: trio.abc.Stream, sink: _Sink, offer: TransferOffer
     ) -> None:
         """Read chunks into at most ``depth`` buffers while worker threads hash and write them.
