@@ -356,6 +356,88 @@ async def test_extra_bytes_are_refused_as_a_size_mismatch(
     assert leftovers(inbox) == []
 
 
+STALLS: dict[str, tuple[bytes, str]] = {
+    # what the sender sends after an accepted offer of 100 bytes, and the receiver's reason
+    "a chunk over MAX_CHUNK": (
+        bulk_protocol.U32.pack(bulk.MAX_CHUNK + 1),
+        f"protocol error: a chunk of {bulk.MAX_CHUNK + 1} bytes",
+    ),
+    "silence mid-chunk": (bulk_protocol.U32.pack(100) + b"z" * 40, "no data for 0.3 s after 0"),
+    "silence between chunks": (
+        bulk_protocol.U32.pack(40) + b"z" * 40,
+        "no data for 0.3 s after 40",
+    ),
+}
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("scheme", ["tcp", "tls+tcp"])
+@pytest.mark.parametrize("case", list(STALLS))
+async def test_a_bad_chunk_or_a_silent_sender_aborts_with_a_reason_and_no_file(
+    case: str, scheme: str, tmp_path: Path, pki: Pki, nursery: trio.Nursery
+) -> None:
+    """Over a plain socket (read in a thread) and TLS (read on the loop) alike: a chunk
+    larger than the protocol allows, or a sender that goes quiet, ends the transfer."""
+    data, reason = STALLS[case]
+    tls = scheme == "tls+tcp"
+    inbox = tmp_path / "inbox"
+    srv = await start_server(
+        nursery, inbox, f"{scheme}://127.0.0.1:0", tls=pki.server if tls else None,
+        idle_timeout=0.3,
+    )  # fmt: skip
+    offer = TransferOffer(transfer_id="stall-1", name="x.bin", size=100, sha256="0" * 64)
+    async with await open_stream(srv.address, pki.client if tls else None) as stream:
+        assert (await _raw_offer(stream, offer)).accepted
+        await stream.send_all(data)
+        verdict = await _raw_answer(stream)
+    assert not verdict.accepted
+    outcome = await srv.next_outcome()
+    assert isinstance(outcome, bulk.TransferAborted)
+    assert reason in str(outcome)
+    assert leftovers(inbox) == []
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("scheme", ["tcp", "tls+tcp"])
+async def test_a_disk_error_mid_transfer_is_an_abort_both_sides_see(
+    scheme: str,
+    tmp_path: Path,
+    pki: Pki,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiver's file write fails (a full disk): the sender hears why, nothing is kept,
+    and the server takes the next transfer."""
+    source = tmp_path / "big.bin"
+    make_file(source, 4 * MiB)
+    store = bulk_receive._Sink.store
+    calls = [0]
+
+    def full_disk(self: bulk_receive._Sink, view: memoryview) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device")
+        store(self, view)
+
+    monkeypatch.setattr(bulk_receive._Sink, "store", full_disk)
+    tls = scheme == "tls+tcp"
+    inbox = tmp_path / "inbox"
+    srv = await start_server(
+        nursery, inbox, f"{scheme}://127.0.0.1:0", tls=pki.server if tls else None
+    )
+    with pytest.raises(bulk.TransferAborted, match="No space left on device"):
+        await bulk.send_file(
+            source, to=srv.address, identity=SENDER, chunk_size=256 * 1024,
+            tls=pki.client if tls else None,
+        )  # fmt: skip
+    outcome = await srv.next_outcome()
+    assert isinstance(outcome, bulk.TransferAborted)
+    assert leftovers(inbox) == []
+    monkeypatch.setattr(bulk_receive._Sink, "store", store)
+    await bulk.send_file(source, to=srv.address, identity=SENDER, tls=pki.client if tls else None)
+    assert isinstance(await srv.next_outcome(), bulk.ReceivedFile)
+
+
 # -- refusals and authentication ---------------------------------------------------------------
 
 
