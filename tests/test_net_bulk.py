@@ -24,12 +24,14 @@ import trustme
 
 from hypha_sm.net import bulk
 from hypha_sm.net.bulk import protocol as bulk_protocol
+from hypha_sm.net.bulk import pump as bulk_pump
 from hypha_sm.net.bulk import receive as bulk_receive
 from hypha_sm.net.streams import (
     Address,
     AddressError,
     TlsFiles,
     TlsSetupError,
+    open_listener,
     open_stream,
     parse_address,
 )
@@ -436,6 +438,33 @@ async def test_a_disk_error_mid_transfer_is_an_abort_both_sides_see(
     monkeypatch.setattr(bulk_receive._Sink, "store", store)
     await bulk.send_file(source, to=srv.address, identity=SENDER, tls=pki.client if tls else None)
     assert isinstance(await srv.next_outcome(), bulk.ReceivedFile)
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("scheme", ["tcp", "tls+tcp", "ipc"])
+async def test_every_stream_the_node_makes_is_received_in_threads_not_on_the_loop(
+    scheme: str, tmp_path: Path, pki: Pki
+) -> None:
+    """The threaded reader drives trio's SSLStream through its internals: a trio upgrade that
+    renamed them would put decryption back on the loop (correct, but half the speed), so it
+    fails here instead of silently."""
+    tls = scheme == "tls+tcp"
+    address = f"ipc://{tmp_path}/s.sock" if scheme == "ipc" else f"{scheme}://127.0.0.1:0"
+    listener, bound = await open_listener(address, pki.server if tls else None)
+    clients: list[trio.abc.Stream] = []
+
+    async def connect() -> None:  # a TLS client's handshake needs the server to read
+        clients.append(await open_stream(str(bound), pki.client if tls else None))
+        await clients[0].send_all(b"x")
+
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(connect)
+        server = await listener.accept()
+        reader = bulk_pump.thread_reader(server, 1.0)
+        assert isinstance(reader, bulk_pump._TlsReader if tls else bulk_pump._PlainReader)
+        assert await server.receive_some(1) == b"x"  # still a working stream
+    await clients[0].aclose()
+    await server.aclose()
 
 
 # -- refusals and authentication ---------------------------------------------------------------

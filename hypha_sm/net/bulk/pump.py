@@ -1,13 +1,13 @@
-"""The receiver's data phase on a plain socket, in threads: read, write and hash side by side.
+"""The receiver's data phase in threads: read (and decrypt), write and hash side by side.
 
-Over ``tcp://`` and ``ipc://`` the bytes need no decryption, so the event loop need not touch
-them. ``pump_chunks`` runs in one worker thread: it reads each chunk straight from the socket
-into a buffer and hands the buffer to one thread per step (the file write, each digest); a
+``pump_chunks`` runs in one worker thread: it reads each chunk into a buffer, straight from
+the socket (``tcp://``, ``ipc://``) or decrypted by the TLS connection's own ``SSLObject``
+(``tls+tcp://``), and hands the buffer to one thread per step (the file write, each digest); a
 buffer is reused once every step is done with it, and at most ``depth`` exist. When a step is
 slower than the network no buffer is free, the reader stops reading, the TCP window closes and
-the sender blocks: backpressure, as before. The loop-driven reader it replaces read on the
-loop and hopped to a thread per step and chunk (docs/network-bulk.md has both figures). TLS
-streams keep that reader: their bytes are decrypted by trio's ``SSLStream`` on the loop.
+the sender blocks: backpressure, as before. The loop-driven reader it replaces read on the loop
+(decrypting one TLS record per step there) and hopped to a thread per step and chunk; it stays
+for streams this cannot drive (docs/network-bulk.md has the figures).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import queue
 import select
+import ssl
 import threading
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import trio
 
@@ -28,39 +30,138 @@ _TICK = 0.05
 Step = Callable[[memoryview], object]
 
 
-class _Reader:
-    """Exact reads from a non-blocking socket, waiting in ``poll``; cancellable, with a timeout."""
+class _Socket:
+    """A trio-owned (non-blocking) socket used from a worker thread, waiting in ``poll``."""
 
     def __init__(self, fd: int, idle_timeout: float) -> None:
         self.fd = fd
         self.idle_timeout = idle_timeout
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
         self._idle = 0.0
 
-    def wait(self) -> None:
-        """Until the socket is readable (or ``_TICK``): raises on cancellation and idleness."""
-        if not self._poller.poll(int(_TICK * 1000)):
+    def wait(self, event: int) -> None:
+        """Until the socket is ready for ``event``, or ``_TICK`` passed.
+
+        Raises on cancellation, and after ``idle_timeout`` seconds of waiting without progress.
+        """
+        poller = select.poll()
+        poller.register(self.fd, event)
+        if not poller.poll(int(_TICK * 1000)):
             self._idle += _TICK
             if self._idle >= self.idle_timeout:
                 raise TimeoutError
         trio.from_thread.check_cancelled()
 
+    def progressed(self) -> None:
+        self._idle = 0.0
+
+    def read_into(self, view: memoryview) -> int:
+        """Some bytes into ``view`` (0 at EOF), waiting for them."""
+        while True:
+            try:
+                n = os.readv(self.fd, [view])
+            except BlockingIOError:
+                self.wait(select.POLLIN)
+                continue
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise EOFError(str(exc)) from exc
+            self.progressed()
+            return n
+
+    def write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                self.wait(select.POLLOUT)
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise EOFError(str(exc)) from exc
+
+
+class _PlainReader:
+    """Exact reads from the socket itself."""
+
+    def __init__(self, sock: _Socket) -> None:
+        self._sock = sock
+
     def fill(self, view: memoryview) -> None:
         """Read exactly ``len(view)`` bytes into ``view``; EOFError if the peer closes first."""
         got = 0
         while got < len(view):
-            try:
-                n = os.readv(self.fd, [view[got:]])
-            except BlockingIOError:
-                self.wait()
-                continue
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise EOFError(str(exc)) from exc
+            n = self._sock.read_into(view[got:])
             if n == 0:
                 raise EOFError(f"connection closed {len(view) - got} bytes short")
             got += n
-            self._idle = 0.0
+
+
+class _TlsReader:
+    """Exact reads of decrypted bytes, driving trio's ``SSLStream``'s TLS object from here.
+
+    The stream's ``SSLObject`` and memory BIOs are trio's (private attributes): this is only
+    safe while no task uses the stream, which holds for the receiver's data phase (nothing is
+    sent until the bytes are in). Bytes read past the data phase stay in the incoming BIO, where
+    the stream finds them next.
+    """
+
+    #: Bytes taken from the socket per read: several TLS records per wake-up.
+    PULL = 256 * 1024
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], sock: _Socket) -> None:
+        self._tls: ssl.SSLObject = stream._ssl_object
+        self._incoming: ssl.MemoryBIO = stream._incoming
+        self._outgoing: ssl.MemoryBIO = stream._outgoing
+        # With a buffer, SSLObject.read returns the count it read into it (typeshed says bytes).
+        self._read_into = cast(Callable[[int, memoryview], int], self._tls.read)
+        self._sock = sock
+        self._raw = bytearray(self.PULL)
+
+    def fill(self, view: memoryview) -> None:
+        """Read exactly ``len(view)`` decrypted bytes into ``view``; EOFError if it ends first."""
+        got = 0
+        try:
+            while got < len(view):
+                try:
+                    n = self._read_into(len(view) - got, view[got:])
+                except ssl.SSLWantReadError:
+                    self._flush()  # e.g. a key update's answer
+                    self._pull()
+                    continue
+                if n == 0:
+                    raise EOFError(f"TLS closed {len(view) - got} bytes short")
+                got += n
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
+            raise EOFError(f"TLS closed {len(view) - got} bytes short") from exc
+        except ssl.SSLError as exc:
+            raise EOFError(f"TLS error: {exc}") from exc
+        self._flush()
+
+    def _pull(self) -> None:
+        n = self._sock.read_into(memoryview(self._raw))
+        if n == 0:
+            self._incoming.write_eof()
+        else:
+            self._incoming.write(memoryview(self._raw)[:n])
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self._sock.write_all(self._outgoing.read())
+
+
+Reader = _PlainReader | _TlsReader
+
+
+def thread_reader(stream: trio.abc.Stream, idle_timeout: float) -> Reader | None:
+    """A reader for ``pump_chunks`` on ``stream``, or None where only the loop can read it."""
+    if isinstance(stream, trio.SocketStream):
+        return _PlainReader(_Socket(stream.socket.fileno(), idle_timeout))
+    if isinstance(stream, trio.SSLStream) and isinstance(
+        stream.transport_stream, trio.SocketStream
+    ):
+        parts = ("_ssl_object", "_incoming", "_outgoing")
+        if all(hasattr(stream, part) for part in parts):  # trio's internals, as of 0.35
+            sock = _Socket(stream.transport_stream.socket.fileno(), idle_timeout)
+            return _TlsReader(stream, sock)
+    return None
 
 
 class _Lanes:
@@ -132,7 +233,7 @@ class _Lanes:
 
 
 def pump_chunks(
-    fd: int,
+    reader: Reader,
     steps: Sequence[Step],
     size: int,
     *,
@@ -140,14 +241,13 @@ def pump_chunks(
     idle_timeout: float,
     transfer_id: str,
 ) -> int:
-    """In a worker thread: read ``chunk* end`` from socket ``fd``, each chunk through ``steps``.
+    """In a worker thread: read ``chunk* end`` with ``reader``, each chunk through ``steps``.
 
     Returns the bytes received once the end mark came and every step finished. Raises
     ``TransferMismatch`` (more than ``size`` bytes), ``TransferAborted`` (a chunk over
     ``MAX_CHUNK``, the sender gone or idle for ``idle_timeout`` s, a step's ``OSError``), or
     ``trio.Cancelled`` when the calling task is cancelled.
     """
-    reader = _Reader(fd, idle_timeout)
     lanes = _Lanes(steps, depth)
     total = 0
     header = memoryview(bytearray(4))

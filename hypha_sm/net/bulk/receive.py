@@ -41,7 +41,7 @@ from hypha_sm.net.bulk.protocol import (
     verdict_reason,
     wall_clock,
 )
-from hypha_sm.net.bulk.pump import pump_chunks
+from hypha_sm.net.bulk.pump import pump_chunks, thread_reader
 from hypha_sm.net.streams import Address, open_listener
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import Opener, Rejection
@@ -359,16 +359,17 @@ class BulkServer:
     ) -> None:
         """Read the chunks, write and hash them; the size must come out as offered.
 
-        A plain socket is read in a worker thread (``pump.pump_chunks``); a TLS stream by
+        In worker threads (``pump.pump_chunks``) where they can read the stream, else by
         ``_receive_decrypted`` on the loop.
         """
-        if isinstance(stream, trio.SocketStream):
+        reader = thread_reader(stream, self.idle_timeout)
+        if reader is not None:
             steps: list[Callable[[memoryview], object]] = [sink.store]
             steps += [hasher.update for hasher in sink.hashers.values()]
             total = await trio.to_thread.run_sync(
                 partial(
                     pump_chunks,
-                    stream.socket.fileno(),
+                    reader,
                     steps,
                     offer.size,
                     depth=self.depth,
