@@ -661,6 +661,43 @@ async def test_receiver_cancelled_mid_transfer(tmp_path: Path, nursery: trio.Nur
     assert leftovers(inbox) == ["big.bin"]
 
 
+@pytest.mark.net
+async def test_a_receiver_stopped_while_the_bytes_flow_without_pause_stores_nothing(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte is already in the socket, so the reading thread never waits: stopping the
+    server as the first chunk is written must still abort the transfer, not store the file."""
+    inbox = tmp_path / "inbox"
+    server_scope = trio.CancelScope()
+    token = trio.lowlevel.current_trio_token()
+    store = bulk_receive._Sink.store
+
+    def stop_on_first_write(self: bulk_receive._Sink, view: memoryview) -> None:
+        trio.from_thread.run_sync(server_scope.cancel, trio_token=token)
+        store(self, view)
+
+    monkeypatch.setattr(bulk_receive._Sink, "store", stop_on_first_write)
+    server = bulk.BulkServer(inbox, identity=RECEIVER, authorize=allow_sender, depth=1)
+
+    async def run_server(task_status: trio.TaskStatus[Address]) -> None:
+        with server_scope:
+            await server.serve("tcp://127.0.0.1:0", task_status=task_status)
+
+    address = await nursery.start(run_server)
+    data = b"q" * (256 * 1024)
+    chunks = (bulk_protocol.U32.pack(len(data)) + data) * 4 + bulk_protocol.U32.pack(0)
+    offer = TransferOffer(
+        "flow-1", "x.bin", 4 * len(data), blake3=blake3.blake3(data * 4).hexdigest()
+    )
+    sealed = bulk_protocol.seal_message(SENDER, offer, bulk_protocol.wall_clock)
+    async with await open_stream(str(address)) as stream:
+        await stream.send_all(bulk.MAGIC + bulk_protocol.frame(sealed) + chunks)
+        assert (await _raw_answer(stream)).accepted
+        verdict = await _raw_answer(stream)
+    assert not verdict.accepted
+    assert leftovers(inbox) == []
+
+
 # -- memory and backpressure -------------------------------------------------------------------
 
 

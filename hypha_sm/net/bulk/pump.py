@@ -270,6 +270,9 @@ def pump_chunks(
             lanes.hand_out(buf, n)
             if lanes.failure:
                 break
+            # A reader that never waits never looks at its task otherwise: a receiver stopped
+            # mid-transfer must abort it, not store the rest.
+            trio.from_thread.check_cancelled()
     except TimeoutError:
         raise TransferAborted(
             f"no data for {idle_timeout} s after {total} of {size} bytes",

@@ -377,6 +377,8 @@ class BulkServer:
                     transfer_id=offer.transfer_id,
                 )
             )
+            # Cancelled while the last chunks went through: abort, never store.
+            await trio.lowlevel.checkpoint_if_cancelled()
             if total != offer.size:
                 raise TransferMismatch("size", offer.size, total, transfer_id=offer.transfer_id)
             return
