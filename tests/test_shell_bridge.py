@@ -91,6 +91,32 @@ async def test_socket_mode_and_cleanup(tmp_path: Path, sock_dir: Path) -> None:
     assert not bridge.socket_path.exists()
 
 
+async def test_a_connection_idle_longer_than_hypercorns_default_is_still_served(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    """An executor that calls again after 6 s (loading a model, a long step) reuses its
+    connection; with hypercorn's 5 s default the server had closed it, and a request sent as
+    it closed failed with "Server disconnected without sending a response" (a devnet job died
+    of it)."""
+    bridge = make_bridge(tmp_path, sock_dir)
+    request = (
+        b"POST /status/send HTTP/1.1\r\nhost: hypha\r\ncontent-type: application/json\r\n"
+        b"content-length: 31\r\n\r\n" + b'{"status": {"batch_size": 1}}  '
+    )
+    async with running(bridge):
+        sock = await trio.open_unix_socket(str(bridge.socket_path))
+        async with sock:
+            for idle in (6.0, 0.0):
+                await sock.send_all(request)
+                answer = b""
+                while b'"Continue"' not in answer:
+                    more = await sock.receive_some(4096)
+                    assert more, "the bridge closed the connection"
+                    answer += more
+                assert answer.startswith(b"HTTP/1.1 200")
+                await trio.sleep(idle)
+
+
 async def test_status_replies_in_original_shape(tmp_path: Path, sock_dir: Path) -> None:
     """Each progress form is converted, forwarded, and the reply comes back as {"type": ...}."""
     bridge = make_bridge(tmp_path, sock_dir)

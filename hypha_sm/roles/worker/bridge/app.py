@@ -66,6 +66,8 @@ _CHUNK = 256 * 1024
 #: A Hugging Face repository id (``name`` or ``owner/name``) and the most files one fetch takes.
 _HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 MAX_HF_FILES = 64
+#: Seconds a job's idle bridge connection stays open (hypercorn's default is 5).
+KEEP_ALIVE = 24 * 3600.0
 _BASE58 = set("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
@@ -132,6 +134,12 @@ class JobBridge:
         config.errorlog = server_log
         config.include_server_header = False
         config.graceful_timeout = 1.0
+        # Hypercorn closes a connection idle for 5 s by default. An executor that calls again
+        # just then (a fetch after loading a model, a status after a step) finds it closed
+        # as its request goes out: "Server disconnected without sending a response", and a
+        # client that does not retry (the original executor's) fails the job. The socket is
+        # the job's own, so its connections stay open while the job runs.
+        config.keep_alive_timeout = KEEP_ALIVE
         try:
             app: Any = self.app  # hypercorn's ASGI types are narrower than starlette's
             await hypercorn_serve(app, config, task_status=task_status)
