@@ -110,7 +110,7 @@ def update_name(rnd: int) -> str:
 
 @dataclass
 class _Streamed:
-    """A round's update, sent to ``peers`` while it is written; their outcomes once known."""
+    """A round's update, sent to the live workers while it is written; their outcomes once known."""
 
     round: int
     growing: GrowingFile
