@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import tracemalloc
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -465,6 +466,44 @@ async def test_every_stream_the_node_makes_is_received_in_threads_not_on_the_loo
         assert await server.receive_some(1) == b"x"  # still a working stream
     await clients[0].aclose()
     await server.aclose()
+
+
+async def test_a_stream_no_thread_can_read_directly_goes_through_the_same_pipeline(
+    tmp_path: Path,
+) -> None:
+    """An in-memory stream (neither a socket nor TLS over one) is read through the loop, one
+    call per read, and the file arrives checked all the same; a sender that then goes quiet
+    is timed out there too."""
+    source = tmp_path / "x.bin"
+    make_file(source, 3 * MiB + 7)
+    inbox = tmp_path / "inbox"
+    server = bulk.BulkServer(inbox, identity=RECEIVER, authorize=allow_sender, idle_timeout=0.3)
+    inbox.mkdir()
+    client, end = trio.testing.memory_stream_pair()
+    assert isinstance(bulk_pump.thread_reader(end, 1.0), bulk_pump._StreamReader)
+    digest = blake3.blake3(source.read_bytes()).hexdigest()
+    offer = TransferOffer("mem-1", "x.bin", source.stat().st_size, blake3=digest)
+    received: list[bulk.ReceivedFile] = []
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _keep(received, server.receive(end)))
+            await bulk.send_over(client, fd, offer, identity=SENDER, peer=RECEIVER.peer_id)
+    finally:
+        os.close(fd)
+    assert received[0].path.read_bytes() == source.read_bytes()
+
+    client, end = trio.testing.memory_stream_pair()
+    quiet = TransferOffer("mem-2", "y.bin", 100, blake3=digest)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_raw_offer, client, quiet)
+        with pytest.raises(bulk.TransferAborted, match=r"no data for 0\.3 s after 0 of 100"):
+            await server.receive(end)
+    assert leftovers(inbox) == ["x.bin"]
+
+
+async def _keep(into: list[bulk.ReceivedFile], receiving: Awaitable[bulk.ReceivedFile]) -> None:
+    into.append(await receiving)
 
 
 # -- refusals and authentication ---------------------------------------------------------------

@@ -174,28 +174,6 @@ async def read_exact(stream: trio.abc.ReceiveStream, n: int) -> bytes:
     return bytes(data)
 
 
-async def read_into(stream: trio.abc.ReceiveStream, view: memoryview) -> None:
-    """Fill ``view`` exactly; a plain socket reads straight into it, without a copy."""
-    got, n = 0, len(view)
-    if isinstance(stream, trio.SocketStream):
-        sock = stream.socket
-        while got < n:
-            try:
-                k = await sock.recv_into(view[got:], n - got)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-            if k == 0:
-                raise EOFError(f"connection closed {n - got} bytes into a chunk")
-            got += k
-        return
-    while got < n:
-        more = await stream.receive_some(n - got)
-        if not more:
-            raise EOFError(f"connection closed {n - got} bytes into a chunk")
-        view[got : got + len(more)] = more
-        got += len(more)
-
-
 def frame(data: bytes) -> bytes:
     return U32.pack(len(data)) + data
 

@@ -6,8 +6,9 @@ the socket (``tcp://``, ``ipc://``) or decrypted by the TLS connection's own ``S
 buffer is reused once every step is done with it, and at most ``depth`` exist. When a step is
 slower than the network no buffer is free, the reader stops reading, the TCP window closes and
 the sender blocks: backpressure, as before. The loop-driven reader it replaces read on the loop
-(decrypting one TLS record per step there) and hopped to a thread per step and chunk; it stays
-for streams this cannot drive (docs/network-bulk.md has the figures).
+(decrypting one TLS record per step there) and hopped to a thread per step and chunk
+(docs/network-bulk.md has the figures); a stream no thread can read directly is read through
+the loop, one call per read, by the same pipeline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import select
 import ssl
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import cast
 
 import trio
@@ -30,58 +32,59 @@ _TICK = 0.05
 Step = Callable[[memoryview], object]
 
 
-class _Socket:
-    """A trio-owned (non-blocking) socket used from a worker thread, waiting in ``poll``."""
+class ThreadSocket:
+    """A trio-owned (non-blocking) socket used from a worker thread, waiting in ``poll``.
+
+    Every wait checks whether the calling trio task was cancelled (``trio.Cancelled``) and
+    raises ``TimeoutError`` after ``idle_timeout`` seconds of waiting without progress. A
+    broken connection is the ``ConnectionError`` the system call raised.
+    """
 
     def __init__(self, fd: int, idle_timeout: float) -> None:
         self.fd = fd
         self.idle_timeout = idle_timeout
         self._idle = 0.0
+        self._pollers: dict[int, select.poll] = {}
 
-    def wait(self, event: int) -> None:
-        """Until the socket is ready for ``event``, or ``_TICK`` passed.
-
-        Raises on cancellation, and after ``idle_timeout`` seconds of waiting without progress.
-        """
-        poller = select.poll()
-        poller.register(self.fd, event)
+    def _wait(self, event: int) -> None:
+        poller = self._pollers.get(event)
+        if poller is None:
+            poller = self._pollers[event] = select.poll()
+            poller.register(self.fd, event)
         if not poller.poll(int(_TICK * 1000)):
             self._idle += _TICK
             if self._idle >= self.idle_timeout:
-                raise TimeoutError
+                raise TimeoutError(f"no progress for {self.idle_timeout} s")
         trio.from_thread.check_cancelled()
 
-    def progressed(self) -> None:
-        self._idle = 0.0
+    def _retry(self, event: int, call: Callable[[], int]) -> int:
+        while True:
+            try:
+                n = call()
+            except BlockingIOError:
+                self._wait(event)
+                continue
+            self._idle = 0.0
+            return n
 
     def read_into(self, view: memoryview) -> int:
         """Some bytes into ``view`` (0 at EOF), waiting for them."""
-        while True:
-            try:
-                n = os.readv(self.fd, [view])
-            except BlockingIOError:
-                self.wait(select.POLLIN)
-                continue
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise EOFError(str(exc)) from exc
-            self.progressed()
-            return n
+        return self._retry(select.POLLIN, lambda: os.readv(self.fd, [view]))
 
-    def write_all(self, data: bytes) -> None:
+    def write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
-            try:
-                view = view[os.write(self.fd, view) :]
-            except BlockingIOError:
-                self.wait(select.POLLOUT)
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise EOFError(str(exc)) from exc
+            view = view[self._retry(select.POLLOUT, partial(os.write, self.fd, view)) :]
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        """Up to ``count`` bytes of file ``fd`` from ``offset``, page cache to socket."""
+        return self._retry(select.POLLOUT, lambda: os.sendfile(self.fd, fd, offset, count))
 
 
 class _PlainReader:
     """Exact reads from the socket itself."""
 
-    def __init__(self, sock: _Socket) -> None:
+    def __init__(self, sock: ThreadSocket) -> None:
         self._sock = sock
 
     def fill(self, view: memoryview) -> None:
@@ -106,7 +109,7 @@ class _TlsReader:
     #: Bytes taken from the socket per read: several TLS records per wake-up.
     PULL = 256 * 1024
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], sock: _Socket) -> None:
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], sock: ThreadSocket) -> None:
         self._tls: ssl.SSLObject = stream._ssl_object
         self._incoming: ssl.MemoryBIO = stream._incoming
         self._outgoing: ssl.MemoryBIO = stream._outgoing
@@ -147,21 +150,51 @@ class _TlsReader:
             self._sock.write_all(self._outgoing.read())
 
 
-Reader = _PlainReader | _TlsReader
+class _StreamReader:
+    """Exact reads from any trio stream, each one a call into the loop (slow, but any stream).
+
+    For streams the other readers cannot drive from a thread (a TLS stream over something
+    other than a socket, or a trio whose internals moved); the node's own streams never need it.
+    """
+
+    def __init__(self, stream: trio.abc.ReceiveStream, idle_timeout: float) -> None:
+        self._stream = stream
+        self._idle_timeout = idle_timeout
+
+    async def _receive(self, n: int) -> bytes | bytearray:
+        with trio.move_on_after(self._idle_timeout):
+            return await self._stream.receive_some(n)
+        raise TimeoutError(f"no progress for {self._idle_timeout} s")
+
+    def fill(self, view: memoryview) -> None:
+        """Read exactly ``len(view)`` bytes into ``view``; EOFError if the peer closes first."""
+        got = 0
+        while got < len(view):
+            try:
+                data = trio.from_thread.run(self._receive, len(view) - got)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise EOFError(f"connection broken: {exc}") from exc
+            if not data:
+                raise EOFError(f"connection closed {len(view) - got} bytes short")
+            view[got : got + len(data)] = data
+            got += len(data)
 
 
-def thread_reader(stream: trio.abc.Stream, idle_timeout: float) -> Reader | None:
-    """A reader for ``pump_chunks`` on ``stream``, or None where only the loop can read it."""
+Reader = _PlainReader | _TlsReader | _StreamReader
+
+
+def thread_reader(stream: trio.abc.Stream, idle_timeout: float) -> Reader:
+    """The reader ``pump_chunks`` uses on ``stream``: straight from the socket where it can."""
     if isinstance(stream, trio.SocketStream):
-        return _PlainReader(_Socket(stream.socket.fileno(), idle_timeout))
+        return _PlainReader(ThreadSocket(stream.socket.fileno(), idle_timeout))
     if isinstance(stream, trio.SSLStream) and isinstance(
         stream.transport_stream, trio.SocketStream
     ):
         parts = ("_ssl_object", "_incoming", "_outgoing")
         if all(hasattr(stream, part) for part in parts):  # trio's internals, as of 0.35
-            sock = _Socket(stream.transport_stream.socket.fileno(), idle_timeout)
+            sock = ThreadSocket(stream.transport_stream.socket.fileno(), idle_timeout)
             return _TlsReader(stream, sock)
-    return None
+    return _StreamReader(stream, idle_timeout)
 
 
 class _Lanes:
@@ -278,7 +311,7 @@ def pump_chunks(
             f"no data for {idle_timeout} s after {total} of {size} bytes",
             transfer_id=transfer_id,
         ) from None
-    except EOFError as exc:
+    except (EOFError, ConnectionError) as exc:
         raise TransferAborted(
             f"the sender went away after {total} of {size} bytes ({exc})",
             transfer_id=transfer_id,

@@ -17,8 +17,6 @@ from hypha_sm.net.bulk.protocol import (
     DEFAULT_MAX_SIZE,
     HEX_DIGEST,
     MAGIC,
-    MAX_CHUNK,
-    U32,
     Authorize,
     BulkError,
     Clock,
@@ -35,7 +33,6 @@ from hypha_sm.net.bulk.protocol import (
     offered_digests,
     read_exact,
     read_frame,
-    read_into,
     seal_message,
     ssl_cause,
     verdict_reason,
@@ -357,136 +354,27 @@ class BulkServer:
     async def _receive_chunks(
         self, stream: trio.abc.Stream, sink: _Sink, offer: TransferOffer
     ) -> None:
-        """Read the chunks, write and hash them; the size must come out as offered.
+        """Read the chunks, write and hash them in worker threads (``pump.pump_chunks``).
 
-        In worker threads (``pump.pump_chunks``) where they can read the stream, else by
-        ``_receive_decrypted`` on the loop.
+        The size must come out as offered.
         """
-        reader = thread_reader(stream, self.idle_timeout)
-        if reader is not None:
-            steps: list[Callable[[memoryview], object]] = [sink.store]
-            steps += [hasher.update for hasher in sink.hashers.values()]
-            total = await trio.to_thread.run_sync(
-                partial(
-                    pump_chunks,
-                    reader,
-                    steps,
-                    offer.size,
-                    depth=self.depth,
-                    idle_timeout=self.idle_timeout,
-                    transfer_id=offer.transfer_id,
-                )
-            )
-            # Cancelled while the last chunks went through: abort, never store.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if total != offer.size:
-                raise TransferMismatch("size", offer.size, total, transfer_id=offer.transfer_id)
-            return
-        await self._receive_decrypted(stream, sink, offer)
-
-    async def _receive_decrypted(
-        self, stream: trio.abc.Stream, sink: _Sink, offer: TransferOffer
-    ) -> None:
-        """Read chunks into at most ``depth`` buffers while worker threads hash and write them.
-
-        Each hash and the write are separate tasks, each with its own worker thread, so a chunk
-        costs the slowest of them rather than their sum. A buffer is reused once all are done
-        with it. When any is slower than the network no buffer is free, this task stops
-        reading, the TCP window closes and the sender's ``send_all`` blocks: backpressure.
-        """
-        tid = offer.transfer_id
-        depth = self.depth
-        free_send, free_recv = trio.open_memory_channel[bytearray](depth)
         steps: list[Callable[[memoryview], object]] = [sink.store]
         steps += [hasher.update for hasher in sink.hashers.values()]
-        channels = [trio.open_memory_channel[tuple[bytearray, int]](depth) for _ in steps]
-        consumers = [send for send, _ in channels]
-        pending: dict[int, int] = {}  # id(buffer) -> consumers still using it
-        failure: list[BulkError] = []
-        total = 0
-
-        def release(buf: bytearray) -> None:
-            pending[id(buf)] -= 1
-            if pending[id(buf)] == 0:
-                del pending[id(buf)]
-                free_send.send_nowait(buf)
-
-        async def consume(
-            channel: trio.MemoryReceiveChannel[tuple[bytearray, int]],
-            work: Callable[[memoryview], object],
-        ) -> None:
-            async with channel:
-                async for buf, n in channel:
-                    try:
-                        await trio.to_thread.run_sync(work, memoryview(buf)[:n])
-                    except OSError as exc:
-                        failure.append(TransferAborted(f"cannot write: {exc}", transfer_id=tid))
-                        nursery.cancel_scope.cancel()
-                        return
-                    release(buf)
-
-        async def reader() -> None:
-            nonlocal total
-            buffers = 0
-            async with contextlib.AsyncExitStack() as stack:
-                for channel in consumers:
-                    await stack.enter_async_context(channel)
-                while True:
-                    with trio.fail_after(self.idle_timeout):
-                        (n,) = U32.unpack(await read_exact(stream, 4))
-                    if n == 0:
-                        return
-                    if n > MAX_CHUNK:
-                        raise TransferAborted(
-                            f"protocol error: a chunk of {n} bytes (limit {MAX_CHUNK})",
-                            transfer_id=tid,
-                        )
-                    if total + n > offer.size:
-                        raise TransferMismatch("size", offer.size, total + n, transfer_id=tid)
-                    try:
-                        buf = free_recv.receive_nowait()
-                    except trio.WouldBlock:
-                        if buffers < depth:  # buffers are made lazily, at most ``depth``
-                            buf = bytearray(n)
-                            buffers += 1
-                        else:
-                            buf = await free_recv.receive()
-                    if len(buf) < n:
-                        buf = bytearray(n)  # the sender's chunks grew: replace, not add
-                    with trio.fail_after(self.idle_timeout):
-                        await read_into(stream, memoryview(buf)[:n])
-                    total += n
-                    pending[id(buf)] = len(consumers)
-                    for channel in consumers:
-                        await channel.send((buf, n))
-
-        async with trio.open_nursery() as nursery:
-            for (_, receive), step in zip(channels, steps, strict=True):
-                nursery.start_soon(consume, receive, step)
-            try:
-                await reader()
-            except BulkError as exc:
-                failure.append(exc)
-            except trio.TooSlowError:
-                failure.append(
-                    TransferAborted(
-                        f"no data for {self.idle_timeout} s after {total} of {offer.size} bytes",
-                        transfer_id=tid,
-                    )
-                )
-            except (EOFError, trio.BrokenResourceError) as exc:
-                failure.append(
-                    TransferAborted(
-                        f"the sender went away after {total} of {offer.size} bytes ({exc})",
-                        transfer_id=tid,
-                    )
-                )
-            if failure:
-                nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
+        total = await trio.to_thread.run_sync(
+            partial(
+                pump_chunks,
+                thread_reader(stream, self.idle_timeout),
+                steps,
+                offer.size,
+                depth=self.depth,
+                idle_timeout=self.idle_timeout,
+                transfer_id=offer.transfer_id,
+            )
+        )
+        # Cancelled while the last chunks went through: abort, never store.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if total != offer.size:
-            raise TransferMismatch("size", offer.size, total, transfer_id=tid)
+            raise TransferMismatch("size", offer.size, total, transfer_id=offer.transfer_id)
 
 
 def _refuse(transfer_id: str, reason: str) -> TransferAnswer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from hypha_sm.net.bulk.protocol import (
     ssl_cause,
     wall_clock,
 )
+from hypha_sm.net.bulk.pump import ThreadSocket
 from hypha_sm.net.streams import Address, open_stream
 from hypha_sm.net.tls import TlsFiles
 from hypha_sm.wire.envelope import Opener, Rejection
@@ -323,43 +323,20 @@ def _sendfile_batch(
 ) -> int:
     """In a worker thread: send one chunk per entry of ``lengths`` straight from the page cache.
 
-    The socket is non-blocking (trio owns it), so a full send buffer means waiting in
-    ``poll``; every wait checks whether the calling trio task was cancelled. Returns the file
-    bytes sent; fewer than asked only if the file shrank (which breaks the framing, so the
-    caller must abort).
+    The socket is trio's (non-blocking): ``ThreadSocket`` waits in ``poll`` and checks for the
+    calling task's cancellation. Returns the file bytes sent; fewer than asked only if the file
+    shrank (which breaks the framing, so the caller must abort).
     """
-    poller = select.poll()
-    poller.register(sock_fd, select.POLLOUT)
-    waited = 0.0
-
-    def wait() -> None:
-        nonlocal waited
-        if not poller.poll(50):
-            waited += 0.05
-            if waited >= idle_timeout:
-                raise TimeoutError(f"no progress for {idle_timeout} s")
-        trio.from_thread.check_cancelled()
-
+    sock = ThreadSocket(sock_fd, idle_timeout)
     sent = 0
     for n in lengths:
-        header = memoryview(U32.pack(n))
-        while header:
-            try:
-                header = header[os.write(sock_fd, header) :]
-                waited = 0.0
-            except BlockingIOError:
-                wait()
+        sock.write_all(U32.pack(n))
         done = 0
         while done < n:
-            try:
-                k = os.sendfile(sock_fd, fd, offset + sent + done, n - done)
-            except BlockingIOError:
-                wait()
-                continue
+            k = sock.sendfile(fd, offset + sent + done, n - done)
             if k == 0:
                 return sent + done
             done += k
-            waited = 0.0
         sent += n
     return sent
 
