@@ -14,9 +14,10 @@ Peak memory: one tensor per input file plus the momentum and update of that tens
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,17 @@ def _swap(new: Path, current: Path) -> None:
     os.replace(spare, new)
 
 
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """``count`` torch threads for this thread's parallel regions; the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _update_tensors(layout: Layout) -> list[TensorSpec]:
     return [(name, WIRE_DTYPES[dtype], shape) for name, dtype, shape in layout.tensors]
 
@@ -116,32 +128,6 @@ def aggregate(
     """
     if not contributions:
         raise ValueError("no pseudo-gradients to aggregate")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(STEP_THREADS)  # this thread's parallel regions; restored below
-    try:
-        return _aggregate(
-            contributions,
-            momentum_path=momentum_path,
-            update_path=update_path,
-            step=step,
-            first_round=first_round,
-            pairwise=pairwise,
-            on_written=on_written,
-        )
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _aggregate(
-    contributions: Sequence[Contribution],
-    *,
-    momentum_path: Path,
-    update_path: Path,
-    step: OuterStep,
-    first_round: bool,
-    pairwise: bool,
-    on_written: Callable[[int], None] | None,
-) -> str:
     readers: list[TensorReader] = []
     update: StreamWriter | None = None
     moment: StreamWriter | None = None
@@ -168,15 +154,16 @@ def _aggregate(
             {"format": "pt"},
             digest=None,
         )
-        _step(
-            readers,
-            contributions,
-            update,
-            moment,
-            step,
-            first_round=first_round,
-            pairwise=pairwise,
-        )
+        with _torch_threads(STEP_THREADS):
+            _step(
+                readers,
+                contributions,
+                update,
+                moment,
+                step,
+                first_round=first_round,
+                pairwise=pairwise,
+            )
         # No fsync: both files live for the job only, and a crashed parameter server fails the
         # job; the workers' copies are not synced either (the bulk server's default): a worker
         # that crashes leaves the round's live set.
