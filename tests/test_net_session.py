@@ -24,7 +24,6 @@ from hypha_sm.net import session as sn
 from hypha_sm.net.memory import MemoryEndpoint, MemoryNetwork
 from hypha_sm.net.transport import Endpoint, NetConfig, NetError, Transport
 from hypha_sm.wire.envelope import Opened, Opener, Rejection, encode_payload, seal
-from hypha_sm.wire.identity import Identity
 from hypha_sm.wire.messages import (
     DispatchJob,
     Executor,
@@ -38,10 +37,7 @@ from hypha_sm.wire.messages import (
     SessionOpen,
 )
 from tests.test_net_fuzz import mutate
-
-SERVER = Identity.from_seed(b"s" * 32)
-CLIENT = Identity.from_seed(b"c" * 32)
-OTHER = Identity.from_seed(b"o" * 32)
+from tests.test_net_transport import CLIENT, OTHER, SERVER
 
 
 def handshake(
